@@ -1,0 +1,1 @@
+"""cst services: ingest, features (quality gate), predict, training."""

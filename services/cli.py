@@ -1,0 +1,156 @@
+"""The `cst` command: validate, ingest, run (the steps built so far, and which are not built yet)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.features.quality.gate import quarantine_documents
+from services.ingest import logic
+from shared.contracts import QualityReport, iso_to_ms, utcnow
+from shared.errors import CstError
+from shared.logging import configure_logging, redact
+from shared.settings import Settings, resolve_secrets
+from shared.storage import open_lake
+
+console = Console(stderr=True)
+
+# Steps of the main job that later issues build; `cst run` names them instead of pretending.
+NOT_BUILT = [
+    ("features", "point-in-time feature fusion (issue 3)"),
+    ("train", "per-horizon ensembles, calibration, ONNX (issue 4)"),
+    ("predict", "ONNX prediction, 80% filter, consensus, logging, outcomes, drift (issue 5)"),
+    ("risk", "sizing and guards (issue 6)"),
+]
+
+
+def _as_of(text: str | None) -> int:
+    if not text:
+        return int(utcnow().timestamp() * 1000)
+    try:
+        return iso_to_ms(text)
+    except ValueError:
+        raise CstError("bad_as_of", f"--as-of {text!r} is not an ISO-8601 time (e.g. 2024-07-01T00:00:00Z)") from None
+
+
+@contextmanager
+def _progress(label: str):
+    """Yields (on_start, on_done) callbacks for the ingest runner, drawn as a rich progress bar."""
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task_id = bar.add_task(label, total=None)
+        yield (lambda n: bar.update(task_id, total=n), lambda _t: bar.advance(task_id))
+
+
+def quality_table(report: QualityReport) -> Table:
+    table = Table(title=f"quality at as-of {report.as_of}")
+    table.add_column("series", no_wrap=True)
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    table.add_column("rejected", justify="right")
+    table.add_column("issues")
+    colour = {"ok": "green", "quarantined": "yellow", "excluded": "red"}
+    for key, s in report.series.items():
+        issues = ", ".join(f"{k}={v}" for k, v in s.issues.items())
+        table.add_row(key, f"[{colour[s.status]}]{s.status}[/]", str(s.rows), str(s.rejected_rows), issues)
+    return table
+
+
+def _summary_line(report: QualityReport) -> str:
+    counts = Counter(s.status for s in report.series.values())
+    return f"{len(report.series)} series: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "quarantined", "excluded"))
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    as_of = _as_of(args.as_of)
+    from services.ingest.sources.files import FileSource
+
+    source = FileSource(args.source)
+    with _progress("reading files") as cb:
+        fetched = asyncio.run(logic.fetch_sources([source], settings, *cb))
+    outcome = logic.gate(fetched, settings, as_of, source.ignored)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = outcome.report.model_dump(mode="json")
+    doc["read_failures"] = [f.model_dump() for f in fetched.failures]
+    (out / "quality.json").write_text(json.dumps(doc, indent=2))
+    rejected = [{"lake_key": k, **d} for k, d in quarantine_documents(outcome).items()]
+    (out / "quarantine.json").write_text(json.dumps(rejected, indent=2))
+    console.print(quality_table(outcome.report))
+    console.print(_summary_line(outcome.report) + f"; report: {out / 'quality.json'}")
+    for f in fetched.failures:
+        console.print(f"[red]could not read[/] {f.task}: [{f.code}] {f.message}")
+    if outcome.report.series and all(s.issues.get("stale") or s.issues.get("no_data") for s in outcome.report.series.values()):
+        console.print("[yellow]every series is stale or empty at this as-of: recorded files need --as-of "
+                      "(e.g. 2024-07-01T00:00:00Z for the daily files)[/]")
+    return 0
+
+
+def _ingest(args: argparse.Namespace, settings: Settings):
+    lake = open_lake(args.lake or settings.lake.uri, region=settings.aws_region)
+    as_of = _as_of(args.as_of)
+    with _progress(f"ingesting from {args.source}") as cb:
+        report, outcome = logic.ingest(settings, args.source, lake, as_of, progress=cb)
+    console.print(quality_table(outcome.report))
+    console.print(f"run {report.run_id}: landed {report.landed} raw records ({report.already_present} already present), "
+                  f"{len(report.failures)} fetch failures; {_summary_line(outcome.report)}; lake {lake.uri}")
+    for f in report.failures:
+        console.print(f"[red]failed[/] {f.source} {f.task}: [{f.code}] {f.message}")
+    return report, outcome
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    _ingest(args, settings)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    _ingest(args, settings)
+    console.print("[bold]not built yet[/] (no output is faked for these steps):")
+    for step, what in NOT_BUILT:
+        console.print(f"  - {step}: {what}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cst", description="CryptoSmartTrader: multi-horizon crypto forecasts from real data")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="run the quality gate on a directory of files and write OUT/quality.json")
+    p.add_argument("--source", required=True, help="directory laid out like ../shared/data")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--as-of", help="judge as if now were this UTC time; later rows are not read")
+    p.set_defaults(func=cmd_validate)
+
+    for name, func, text in (("ingest", cmd_ingest, "land raw data and the quality report in the lake"),
+                             ("run", cmd_run, "the main job (the steps built so far)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--source", default="live", help="'live' (exchange + public APIs) or a directory of files")
+        p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
+        p.add_argument("--as-of", help="replay as if now were this UTC time")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = resolve_secrets(Settings())
+        configure_logging(settings.log_level, settings.secret_values())
+        return args.func(args, settings)
+    except CstError as exc:
+        console.print(f"error {redact(str(exc))}", markup=False, highlight=False)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The quality gate: registered rules give every series a status and reason codes."""

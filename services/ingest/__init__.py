@@ -1,0 +1,1 @@
+"""Ingestion: source adapters, concurrent fetching with retries, raw landing with provenance."""

@@ -1,0 +1,176 @@
+"""Concurrent fetching: bounded concurrency, per-source rate limits, timeouts, retries with backoff and jitter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+
+from shared.errors import FetchError
+from shared.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RateLimiter:
+    """Spaces request starts of one source at 1/rate seconds; requests may still overlap in flight."""
+
+    def __init__(self, rate_per_s: float):
+        self.interval = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+@dataclass
+class Classified:
+    code: str
+    retryable: bool
+    detail: str
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return seen
+
+
+def classify(exc: BaseException) -> Classified:
+    """Map any fetch exception (aiohttp, ccxt, JSON) to a reason code and whether retrying can help."""
+    import ccxt  # the async and sync ccxt share their exception classes
+
+    chain = _chain(exc)
+    for e in chain:
+        # Name resolution or refused connections do not heal within a retry budget: fail fast.
+        if isinstance(e, (aiohttp.ClientConnectorDNSError, socket.gaierror)):
+            return Classified("unreachable", False, f"cannot resolve host: {e}")
+        if isinstance(e, aiohttp.ClientConnectorError):
+            return Classified("unreachable", False, f"cannot connect: {e}")
+    top = chain[0]
+    if isinstance(top, HttpStatusError):
+        if top.status == 429:
+            return Classified("rate_limited", True, str(top))
+        if top.status >= 500:
+            return Classified("server_error", True, str(top))
+        return Classified(f"http_{top.status}", False, str(top))
+    if isinstance(top, (ccxt.RateLimitExceeded, ccxt.DDoSProtection)):
+        return Classified("rate_limited", True, str(top))
+    if isinstance(top, (ccxt.RequestTimeout, asyncio.TimeoutError, TimeoutError)):
+        return Classified("timeout", True, str(top) or "request timed out")
+    if isinstance(top, (MalformedResponse, ccxt.BadResponse, json.JSONDecodeError, aiohttp.ContentTypeError)):
+        return Classified("malformed_response", False, str(top))
+    if isinstance(top, ccxt.BadSymbol):
+        return Classified("unknown_symbol", False, str(top))
+    if isinstance(top, (ccxt.ExchangeNotAvailable, ccxt.OnMaintenance)):
+        return Classified("server_error", True, str(top))
+    if isinstance(top, (ccxt.NetworkError, aiohttp.ClientError)):
+        return Classified("network_error", True, str(top))
+    if isinstance(top, ccxt.ExchangeError):
+        return Classified("exchange_error", False, str(top))
+    return Classified("unexpected_error", False, f"{type(top).__name__}: {top}")
+
+
+class HttpStatusError(Exception):
+    def __init__(self, status: int, url: str):
+        super().__init__(f"HTTP {status} from {url}")
+        self.status = status
+
+
+class MalformedResponse(Exception):
+    pass
+
+
+class Fetcher:
+    """Shared by every source of one run: a global concurrency bound, a rate limiter per source, one retry loop."""
+
+    def __init__(self, http: HttpSettings, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        self.http = http
+        self.semaphore = asyncio.Semaphore(http.concurrency)
+        self._limiters: dict[str, RateLimiter] = {}
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+        self.attempts: dict[str, int] = {}
+
+    def limiter(self, source: str) -> RateLimiter:
+        if source not in self._limiters:
+            rate = self.http.rate_per_s.get(source, self.http.default_rate_per_s)
+            self._limiters[source] = RateLimiter(rate)
+        return self._limiters[source]
+
+    def backoff(self, attempt: int) -> float:
+        # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
+        return random.uniform(0, min(self.http.backoff_max_s, self.http.backoff_base_s * 2**attempt))
+
+    async def call(self, source: str, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run op under the concurrency bound and rate limit, retrying what can heal; raise FetchError otherwise."""
+        attempt = 0
+        while True:
+            attempt += 1
+            self.attempts[source] = self.attempts.get(source, 0) + 1
+            await self.limiter(source).wait()
+            try:
+                async with self.semaphore:
+                    return await asyncio.wait_for(op(), timeout=self.http.timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is classified, reported or retried
+                verdict = classify(exc)
+                if not verdict.retryable or attempt > self.http.max_retries:
+                    raise FetchError(
+                        verdict.code,
+                        f"{source} {what}: {verdict.detail} (after {attempt} attempt{'s' if attempt > 1 else ''})",
+                        source=source,
+                        attempts=attempt,
+                        retryable=verdict.retryable,
+                    ) from None
+                delay = self.backoff(attempt - 1)
+                log.info("%s %s: %s, retry %d in %.2fs", source, what, verdict.code, attempt, delay)
+                await self._sleep(delay)
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.http.timeout_s), headers={"User-Agent": "cst/0.1"}
+            )
+        return self._session
+
+    async def get_json(self, source: str, url: str, params: dict[str, Any] | None = None) -> Any:
+        """GET a JSON document with the retry policy; non-2xx and unparsable bodies are errors, never empty data."""
+
+        async def op() -> Any:
+            session = await self.session()
+            async with session.get(url, params=params) as resp:
+                text = await resp.text()
+                if resp.status >= 300:
+                    raise HttpStatusError(resp.status, url.split("?")[0])
+                try:
+                    return json.loads(text)
+                except ValueError as exc:
+                    raise MalformedResponse(f"malformed JSON from {url.split('?')[0]} ({len(text)} bytes)") from exc
+
+        return await self.call(source, url.split("?")[0], op)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,141 @@
+"""Ingest: run every source's tasks concurrently, land what succeeded with provenance, gate it, report failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.features.quality.gate import GateOutcome, quarantine_documents, run_gate
+from services.ingest.fetch import Fetcher
+from services.ingest.sources.base import FetchResult, FetchTask, Source
+from services.ingest.sources.exchange import ExchangeSource
+from services.ingest.sources.files import FileSource
+from services.ingest.sources.market import BlockchainSource, CoinMetricsSource, FearGreedSource
+from shared.contracts import FetchFailure, IngestReport, ms_to_iso
+from shared.errors import CstError, FetchError
+from shared.settings import Settings
+from shared.storage import Lake
+
+log = logging.getLogger(__name__)
+
+OFFLINE_HINT = "offline replay: make run SOURCE=../shared/data AS_OF=2024-07-01T00:00:00Z  (cst run --source ../shared/data --as-of ...)"
+
+
+@dataclass
+class Fetched:
+    results: list[tuple[FetchTask, FetchResult]] = field(default_factory=list)
+    failures: list[FetchFailure] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+
+def run_id_for(source: str, as_of_ms: int) -> str:
+    """Deterministic per (source, as-of): re-running the same cycle writes the same keys."""
+    stamp = ms_to_iso(as_of_ms).replace("-", "").replace(":", "")
+    return f"{stamp}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
+
+
+def build_sources(source: str, settings: Settings, now_ms: int) -> list[Source]:
+    """'live' -> exchange + sentiment + on-chain adapters; a directory -> file import."""
+    if source != "live":
+        return [FileSource(source)]
+    coins = settings.universe
+    chain_assets = [a for a in settings.sources.coinmetrics_assets if a in coins]
+    timeout = settings.http.timeout_s
+    return [
+        ExchangeSource(settings.exchange, coins, settings.timeframes, timeout, now_ms=now_ms),
+        FearGreedSource(settings.sources),
+        BlockchainSource(settings.sources),
+        CoinMetricsSource(settings.sources, chain_assets, now_ms=now_ms),
+    ]
+
+
+async def fetch_all(tasks: list[FetchTask], fetcher: Fetcher, on_done: Callable[[FetchTask], None] | None = None) -> Fetched:
+    """Every task runs concurrently; one failing never stops another, and every failure is reported."""
+    out = Fetched()
+
+    async def one(task: FetchTask) -> None:
+        try:
+            result = await task.run(fetcher)
+        except FetchError as exc:
+            out.failures.append(FetchFailure(source=task.source, task=task.name, code=exc.code, message=exc.message,
+                                             attempts=exc.attempts))
+            if exc.code == "unreachable":
+                out.unreachable[task.host or task.source] = exc.message
+        except CstError as exc:
+            out.failures.append(FetchFailure(source=task.source, task=task.name, code=exc.code, message=exc.message,
+                                             attempts=1))
+        except Exception as exc:  # noqa: BLE001 - an adapter bug must not take the other coins down
+            log.exception("task %s failed unexpectedly", task.name)
+            out.failures.append(FetchFailure(source=task.source, task=task.name, code="unexpected_error",
+                                             message=f"{type(exc).__name__}: {exc}", attempts=1))
+        else:
+            out.results.append((task, result))
+        finally:
+            if on_done is not None:
+                on_done(task)
+
+    await asyncio.gather(*(one(t) for t in tasks))
+    for f in out.failures:
+        log.warning("fetch failed: %s %s [%s] %s", f.source, f.task, f.code, f.message)
+    return out
+
+
+async def fetch_sources(sources: list[Source], settings: Settings, on_start: Callable[[int], None] | None = None,
+                        on_done: Callable[[FetchTask], None] | None = None) -> Fetched:
+    fetcher = Fetcher(settings.http)
+    try:
+        tasks = [t for s in sources for t in s.tasks()]
+        if on_start is not None:
+            on_start(len(tasks))
+        return await fetch_all(tasks, fetcher, on_done)
+    finally:
+        await fetcher.close()
+        for s in sources:
+            await s.close()
+
+
+def land(lake: Lake, fetched: Fetched) -> tuple[int, int]:
+    """Raw records of successful tasks; create-if-absent on content-addressed keys, so re-landing is a no-op."""
+    landed = present = 0
+    for _, result in fetched.results:
+        for record in result.records:
+            if lake.put_json(record.lake_key(), record.model_dump(mode="json"), if_absent=True):
+                landed += 1
+            else:
+                present += 1
+    return landed, present
+
+
+def gate(fetched: Fetched, settings: Settings, as_of_ms: int, ignored: dict[str, str] | None = None) -> GateOutcome:
+    series = [s for _, r in fetched.results for s in r.series]
+    outcome = run_gate(series, as_of_ms, settings.quality)
+    outcome.report.files_ignored = dict(ignored or {})
+    return outcome
+
+
+def unreachable_error(fetched: Fetched) -> CstError:
+    hosts = ", ".join(sorted(fetched.unreachable))
+    return CstError("sources_unreachable", f"no source could be reached ({hosts}); nothing was ingested.\n  {OFFLINE_HINT}")
+
+
+def ingest(settings: Settings, source: str, lake: Lake, as_of_ms: int, *, progress=None) -> tuple[IngestReport, GateOutcome]:
+    """Fetch, land raw, gate, and write the quality report and quarantine to the lake."""
+    sources = build_sources(source, settings, as_of_ms)
+    ignored = getattr(sources[0], "ignored", {}) if source != "live" else {}
+    fetched = asyncio.run(fetch_sources(sources, settings, *(progress or (None, None))))
+    if not fetched.results and fetched.unreachable:
+        raise unreachable_error(fetched)
+    run_id = run_id_for(source if source == "live" else str(Path(source).resolve()), as_of_ms)
+    landed, present = land(lake, fetched)
+    outcome = gate(fetched, settings, as_of_ms, ignored)
+    quality_key = f"quality/run_id={run_id}/report.json"
+    lake.put_json(quality_key, outcome.report.model_dump(mode="json"))
+    for key, doc in quarantine_documents(outcome).items():
+        lake.put_json(key, doc, if_absent=True)
+    report = IngestReport(run_id=run_id, as_of=ms_to_iso(as_of_ms), source=source, landed=landed,
+                          already_present=present, failures=fetched.failures, quality_key=quality_key)
+    return report, outcome

@@ -1,0 +1,272 @@
+"""Exchange data through ccxt (any exchange, default kraken): paginated OHLCV, L2 order books, whale trades."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from services.ingest.fetch import Fetcher
+from services.ingest.sources.base import FetchResult, FetchTask, Source
+from shared.contracts import Provenance, RawRecord, Series, utcnow
+from shared.errors import CstError
+from shared.settings import ExchangeSettings, timeframe_ms
+
+RATE_KEY = "exchange"
+
+
+def _strict_json_hook(exchange: Any):
+    """ccxt hands a 2xx body it cannot parse to the caller as text, which parses as *no data*: refuse it."""
+    import ccxt
+
+    def on_rest_response(code, reason, url, method, headers, body, request_headers, request_body):
+        body = body.strip() if isinstance(body, str) else body
+        if 200 <= int(code) < 300:
+            try:
+                json.loads(body)
+            except (TypeError, ValueError):
+                raise ccxt.BadResponse(f"{exchange.id} {method} {url.split('?')[0]}: malformed JSON ({len(body or '')} bytes)") from None
+        return body
+
+    return on_rest_response
+
+
+def make_exchange(settings: ExchangeSettings, timeout_s: float) -> Any:
+    import ccxt.async_support as ccxt_async
+
+    try:
+        cls = getattr(ccxt_async, settings.id)
+    except AttributeError:
+        raise CstError("unknown_exchange", f"ccxt has no exchange {settings.id!r}") from None
+    config: dict[str, Any] = {
+        # Our Fetcher owns rate limiting and retries, so ccxt's own throttle would only serialize requests.
+        "enableRateLimit": False,
+        "timeout": int(timeout_s * 1000),
+    }
+    if settings.api_key is not None:
+        config["apiKey"] = settings.api_key.get_secret_value()
+    if settings.api_secret is not None:
+        config["secret"] = settings.api_secret.get_secret_value()
+    exchange = cls(config)
+    if settings.base_url:
+        api = exchange.urls.get("api")
+        if isinstance(api, dict):
+            exchange.urls["api"] = {k: (settings.base_url if k in ("public", "private") else v) for k, v in api.items()}
+        else:
+            exchange.urls["api"] = settings.base_url
+    exchange.on_rest_response = _strict_json_hook(exchange)
+    return exchange
+
+
+def aggregate_whales(
+    ts: np.ndarray,
+    price: np.ndarray,
+    amount: np.ndarray,
+    is_buy: np.ndarray,
+    *,
+    threshold: float,
+    bucket_ms: int,
+    covered_from_ms: int,
+    covered_to_ms: int,
+) -> dict[str, np.ndarray]:
+    """Per complete bucket: trade count and notional, and count / notional of trades at or above threshold.
+
+    Only buckets wholly inside [covered_from, covered_to) are returned: a bucket the fetched trades only
+    partly cover would under-count, and an under-count is an invented value.
+    """
+    first = -(-covered_from_ms // bucket_ms) * bucket_ms  # first bucket boundary at or after coverage start
+    last = (covered_to_ms // bucket_ms) * bucket_ms  # end of the last complete bucket
+    n = max(0, (last - first) // bucket_ms)
+    starts = first + bucket_ms * np.arange(n, dtype=np.int64)
+    out = {k: np.zeros(n) for k in ("trades", "notional", "whale_trades", "whale_notional", "whale_buy_notional")}
+    if n == 0 or ts.size == 0:
+        return {"ts": starts, **out}
+    inside = (ts >= first) & (ts < last)
+    b = ((ts[inside] - first) // bucket_ms).astype(np.int64)
+    notional = (price * amount)[inside]
+    whale = notional >= threshold
+    buy = is_buy[inside]
+    out["trades"] = np.bincount(b, minlength=n).astype(float)
+    out["notional"] = np.bincount(b, weights=notional, minlength=n)
+    out["whale_trades"] = np.bincount(b, weights=whale.astype(float), minlength=n)
+    out["whale_notional"] = np.bincount(b, weights=notional * whale, minlength=n)
+    out["whale_buy_notional"] = np.bincount(b, weights=notional * (whale & buy), minlength=n)
+    return {"ts": starts, **out}
+
+
+def book_summary(bids: list, asks: list) -> dict[str, float]:
+    """Top-of-book and depth (quote currency) over the levels fetched."""
+    b = np.asarray(bids, dtype=float).reshape(-1, 2)[:, :2] if bids else np.zeros((0, 2))
+    a = np.asarray(asks, dtype=float).reshape(-1, 2)[:, :2] if asks else np.zeros((0, 2))
+    if not len(b) or not len(a):
+        raise CstError("empty_book", "order book has no bids or no asks")
+    best_bid, best_ask = b[0, 0], a[0, 0]
+    mid = (best_bid + best_ask) / 2
+    return {
+        "best_bid": best_bid,
+        "best_ask": best_ask,
+        "spread_bps": (best_ask - best_bid) / mid * 1e4,
+        "bid_depth_quote": float((b[:, 0] * b[:, 1]).sum()),
+        "ask_depth_quote": float((a[:, 0] * a[:, 1]).sum()),
+        "levels": float(min(len(b), len(a))),
+    }
+
+
+class ExchangeSource(Source):
+    name = "exchange"
+
+    def __init__(self, settings: ExchangeSettings, coins: list[str], timeframes: list[str], timeout_s: float,
+                 *, now_ms: int | None = None, include: tuple[str, ...] = ("ohlcv", "orderbook", "trades")):
+        self.settings = settings
+        self.coins = coins
+        self.timeframes = timeframes
+        self.include = include
+        self.exchange = make_exchange(settings, timeout_s)
+        self.now_ms = now_ms
+        self._markets_lock = asyncio.Lock()
+        # A failed market load fails every later task at once instead of re-asking a dead host per coin.
+        self._markets_error: Exception | None = None
+        url = settings.base_url or str((self.exchange.urls.get("api") or {}).get("public", ""))
+        self.host = urlparse(url).netloc or self.exchange.id
+
+    @property
+    def source_id(self) -> str:
+        return self.settings.id
+
+    def symbol(self, coin: str) -> str:
+        return f"{coin}/{self.settings.quote}"
+
+    def tasks(self) -> list[FetchTask]:
+        tasks: list[FetchTask] = []
+        for coin in self.coins:
+            if "ohlcv" in self.include:
+                for tf in self.timeframes:
+                    tasks.append(self._task(f"ohlcv {coin} {tf}", self._ohlcv_run(coin, tf)))
+            if "orderbook" in self.include:
+                tasks.append(self._task(f"orderbook {coin}", self._book_run(coin)))
+            if "trades" in self.include:
+                tasks.append(self._task(f"trades {coin}", self._trades_run(coin)))
+        return tasks
+
+    def _task(self, name: str, run) -> FetchTask:
+        return FetchTask(self.source_id, name, run, host=self.host)
+
+    async def _markets(self, fetcher: Fetcher) -> None:
+        async with self._markets_lock:
+            if self._markets_error is not None:
+                raise self._markets_error
+            if not self.exchange.markets:
+                try:
+                    await fetcher.call(RATE_KEY, "load_markets", self.exchange.load_markets)
+                except Exception as exc:
+                    self._markets_error = exc
+                    raise
+
+    def _record(self, layer: str, coin: str, tf: str, request: dict, body: Any) -> RawRecord:
+        return RawRecord(
+            provenance=Provenance(source=self.source_id, request=request, fetched_at=utcnow()),
+            layer=layer,  # type: ignore[arg-type]
+            symbol=f"{coin}-{self.settings.quote}",
+            timeframe=tf,
+            body=body,
+        )
+
+    def _ohlcv_run(self, coin: str, tf: str):
+        async def run(fetcher: Fetcher) -> FetchResult:
+            await self._markets(fetcher)
+            step = timeframe_ms(tf)
+            now = self.now_ms if self.now_ms is not None else int(utcnow().timestamp() * 1000)
+            lookback = self.settings.history.get(tf)
+            since = now - int(lookback.total_seconds() * 1000) if lookback else None
+            symbol = self.symbol(coin)
+            records: list[RawRecord] = []
+            candles: list[list] = []
+            # Page forward until the exchange returns nothing new; every page lands only if all succeed.
+            for _ in range(10_000):
+                request = {"method": "fetchOHLCV", "symbol": symbol, "timeframe": tf, "since": since,
+                           "limit": self.settings.ohlcv_page_limit}
+                page = await fetcher.call(
+                    RATE_KEY, f"ohlcv {symbol} {tf} since={since}",
+                    lambda s=since: self.exchange.fetch_ohlcv(symbol, tf, since=s, limit=self.settings.ohlcv_page_limit),
+                )
+                if not isinstance(page, list):
+                    raise CstError("malformed_response", f"fetchOHLCV {symbol} returned {type(page).__name__}")
+                fresh = [c for c in page if not candles or c[0] > candles[-1][0]]
+                if not fresh:
+                    break
+                records.append(self._record("ohlcv", coin, tf, request, page))
+                candles.extend(fresh)
+                since = fresh[-1][0] + step
+                if since > now:
+                    break
+            if not candles:
+                raise CstError("no_data", f"{self.source_id} returned no {tf} candles for {symbol}")
+            # The candle still forming at fetch time is not a candle yet.
+            done = [c for c in candles if c[0] + step <= now]
+            arr = np.asarray([[np.nan if v is None else v for v in c[:6]] for c in done], dtype=float).reshape(-1, 6)
+            series = Series(
+                "ohlcv", tf, f"{coin}-{self.settings.quote}", self.source_id,
+                arr[:, 0].astype(np.int64),
+                {"open": arr[:, 1], "high": arr[:, 2], "low": arr[:, 3], "close": arr[:, 4], "volume": arr[:, 5]},
+                [json.dumps(c) for c in done],
+            )
+            return FetchResult(records, [series])
+
+        return run
+
+    def _book_run(self, coin: str):
+        async def run(fetcher: Fetcher) -> FetchResult:
+            await self._markets(fetcher)
+            symbol, levels = self.symbol(coin), self.settings.orderbook_levels
+            book = await fetcher.call(RATE_KEY, f"orderbook {symbol}",
+                                      lambda: self.exchange.fetch_order_book(symbol, limit=levels))
+            bids, asks = book.get("bids", [])[:levels], book.get("asks", [])[:levels]
+            body = {"bids": bids, "asks": asks, "timestamp": book.get("timestamp"), "nonce": book.get("nonce")}
+            record = self._record("orderbook", coin, "snapshot",
+                                  {"method": "fetchOrderBook", "symbol": symbol, "limit": levels}, body)
+            stamp = book.get("timestamp") or int(record.provenance.fetched_at.timestamp() * 1000)
+            summary = book_summary(bids, asks)
+            series = Series("orderbook", "snapshot", f"{coin}-{self.settings.quote}", self.source_id,
+                            np.asarray([stamp], dtype=np.int64), {k: np.asarray([v]) for k, v in summary.items()},
+                            [json.dumps(body)[:2000]])
+            return FetchResult([record], [series])
+
+        return run
+
+    def _trades_run(self, coin: str):
+        async def run(fetcher: Fetcher) -> FetchResult:
+            await self._markets(fetcher)
+            symbol, limit = self.symbol(coin), self.settings.trades_limit
+            trades = await fetcher.call(RATE_KEY, f"trades {symbol}",
+                                        lambda: self.exchange.fetch_trades(symbol, limit=limit))
+            body = [
+                {k: t.get(k) for k in ("id", "timestamp", "price", "amount", "cost", "side")} for t in trades
+            ]
+            record = self._record("trades", coin, self.settings.whale_timeframe,
+                                  {"method": "fetchTrades", "symbol": symbol, "limit": limit}, body)
+            if not body:
+                raise CstError("no_data", f"{self.source_id} returned no trades for {symbol}")
+            ts = np.asarray([t["timestamp"] for t in body], dtype=np.int64)
+            fetched = int(record.provenance.fetched_at.timestamp() * 1000)
+            now = self.now_ms if self.now_ms is not None else fetched
+            agg = aggregate_whales(
+                ts,
+                np.asarray([t["price"] for t in body], dtype=float),
+                np.asarray([t["amount"] for t in body], dtype=float),
+                np.asarray([t["side"] == "buy" for t in body]),
+                threshold=self.settings.whale_notional,
+                bucket_ms=timeframe_ms(self.settings.whale_timeframe),
+                covered_from_ms=int(ts.min()),
+                covered_to_ms=now,
+            )
+            series = Series("trades", self.settings.whale_timeframe, f"{coin}-{self.settings.quote}", self.source_id,
+                            agg.pop("ts"), agg, [])
+            return FetchResult([record], [series])
+
+        return run
+
+    async def close(self) -> None:
+        await self.exchange.close()

@@ -1,0 +1,194 @@
+"""File import: the offline path, reading a directory laid out like ../shared/data (see its README)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from services.ingest.fetch import Fetcher
+from services.ingest.sources.base import FetchResult, FetchTask, Source
+from shared.contracts import Provenance, RawRecord, RejectedRow, Series, utcnow
+from shared.errors import CstError
+
+QUOTES = ("USDT", "USDC", "BUSD", "USD", "EUR", "BTC")
+
+
+def parse_time(text: str) -> int:
+    """'YYYY-MM-DD', 'YYYY-MM-DD HH:MM:SS[+00:00]', ISO with Z, or epoch s/ms digits -> epoch ms UTC."""
+    text = text.strip().strip('"')
+    if text.isdigit():
+        value = int(text)
+        # Epoch seconds have at most 10 digits until the year 2286.
+        return value * 1000 if value < 10**11 else value
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """Which column holds time, and which columns become which float fields (matched by header name)."""
+
+    name: str
+    time_column: str
+    fields: dict[str, str]
+
+
+YAHOO = CsvFormat("yahoo", "Date", {"open": "Open", "high": "High", "low": "Low", "close": "Close", "volume": "Volume"})
+BINANCE = CsvFormat(
+    "binance",
+    "datetime",
+    {
+        "open": "open",
+        "high": "high",
+        "low": "low",
+        "close": "close",
+        "volume": "volume",
+        "quote_volume": "quote_asset_volume",
+        "trades": "num_trades",
+        "taker_buy_volume": "taker_buy_base_vol",
+        "taker_buy_quote_volume": "taker_buy_quote_vol",
+    },
+)
+FEAR_GREED = CsvFormat("alternative.me", "timestamp", {"value": "value"})
+BLOCKCHAIN = CsvFormat("blockchain.com", "x", {"value": "y"})
+
+
+def parse_csv(text: str, fmt: CsvFormat, *, layer: str, timeframe: str, symbol: str, source: str) -> Series:
+    """Parse every line; a line that cannot be parsed becomes a parse_error row, never a guessed value."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    lines = text.splitlines()
+    errors: list[RejectedRow] = []
+    ts: list[int] = []
+    values: dict[str, list[float]] = {f: [] for f in fmt.fields}
+    origin: list[str] = []
+    wanted = [fmt.time_column, *fmt.fields.values()]
+    missing = [c for c in wanted if header is None or c not in header]
+    if missing:
+        detail = f"header lacks columns {missing} (format {fmt.name})"
+        errors = [RejectedRow("parse_error", line, None, detail) for line in lines[1:] if line.strip()]
+        if header is None or not errors:
+            errors.append(RejectedRow("parse_error", lines[0] if lines else "", None, detail))
+    else:
+        idx = {c: header.index(c) for c in wanted}
+        for n, row in enumerate(reader, start=1):
+            line = lines[n] if n < len(lines) else ",".join(row)
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            try:
+                if len(row) != len(header):
+                    raise ValueError(f"{len(row)} cells, header has {len(header)}")
+                t = parse_time(row[idx[fmt.time_column]])
+                parsed = {f: float(row[idx[col]]) for f, col in fmt.fields.items()}
+                if any(not np.isfinite(v) for v in parsed.values()):
+                    raise ValueError("non-finite number")
+            except (ValueError, IndexError, OverflowError) as exc:
+                errors.append(RejectedRow("parse_error", line, None, f"line {n + 1}: {exc}"))
+                continue
+            ts.append(t)
+            for f, v in parsed.items():
+                values[f].append(v)
+            origin.append(line)
+    return Series(
+        layer,
+        timeframe,
+        symbol,
+        source,
+        np.asarray(ts, dtype=np.int64),
+        {f: np.asarray(v, dtype=np.float64) for f, v in values.items()},
+        origin,
+        errors,
+    )
+
+
+def split_pair(name: str) -> str:
+    """'BTC-USD' stays; 'BTCUSDT' -> 'BTC-USDT' (the quote is matched from the known quote list)."""
+    if "-" in name:
+        return name.upper()
+    for quote in QUOTES:
+        if name.upper().endswith(quote) and len(name) > len(quote):
+            return f"{name[: -len(quote)].upper()}-{quote}"
+    raise CstError("unknown_pair", f"cannot split {name!r} into base and quote")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: Path
+    fmt: CsvFormat
+    layer: str
+    timeframe: str
+    symbol: str
+    source: str
+
+
+_BINANCE_NAME = re.compile(r"^(?P<pair>[A-Z0-9]+)-(?P<tf>\d+[mhdw])$")
+
+
+def discover(root: Path) -> tuple[list[FileSpec], dict[str, str]]:
+    """Map every file under root to a series, or to the reason it is not one (nothing is skipped silently)."""
+    specs: list[FileSpec] = []
+    ignored: dict[str, str] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        parts = rel.parts
+        if path.suffix.lower() != ".csv":
+            ignored[rel.as_posix()] = "not a CSV data file"
+            continue
+        if len(parts) == 3 and parts[0] == "ohlcv":
+            specs.append(FileSpec(path, YAHOO, "ohlcv", parts[1], split_pair(path.stem), "yahoo"))
+        elif len(parts) == 2 and parts[0] == "binance" and (m := _BINANCE_NAME.match(path.stem)):
+            specs.append(FileSpec(path, BINANCE, "ohlcv", m["tf"], split_pair(m["pair"]), "binance"))
+        elif len(parts) == 2 and parts[0] == "sentiment" and path.stem == "fear_greed":
+            specs.append(FileSpec(path, FEAR_GREED, "sentiment", "1d", "market", "alternative.me"))
+        elif len(parts) == 3 and parts[0] == "onchain":
+            specs.append(FileSpec(path, BLOCKCHAIN, "onchain", "1d", f"{parts[1].upper()}.{path.stem}", "blockchain.com"))
+        else:
+            ignored[rel.as_posix()] = "layout not recognized (see ../shared/data/README.md)"
+    return specs, ignored
+
+
+class FileSource(Source):
+    """Reads a directory in the formats of ../shared/data; each file is one task and one raw record."""
+
+    name = "files"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise CstError("source_unreadable", f"source directory {str(self.root)!r} does not exist or is not a directory")
+        self.specs, self.ignored = discover(self.root)
+
+    def tasks(self) -> list[FetchTask]:
+        return [FetchTask(spec.source, spec.path.relative_to(self.root).as_posix(), self._reader(spec)) for spec in self.specs]
+
+    def _reader(self, spec: FileSpec):
+        async def run(_: Fetcher) -> FetchResult:
+            try:
+                text = spec.path.read_text(encoding="utf-8", errors="strict")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CstError("source_unreadable", f"cannot read {spec.path}: {exc}") from None
+            record = RawRecord(
+                provenance=Provenance(
+                    source=spec.source,
+                    request={"file": spec.path.relative_to(self.root).as_posix(), "format": spec.fmt.name},
+                    fetched_at=utcnow(),
+                ),
+                layer=spec.layer,  # type: ignore[arg-type]
+                symbol=spec.symbol,
+                timeframe=spec.timeframe,
+                body=text,
+            )
+            series = parse_csv(
+                text, spec.fmt, layer=spec.layer, timeframe=spec.timeframe, symbol=spec.symbol, source=spec.source
+            )
+            return FetchResult([record], [series])
+
+        return run

@@ -1,0 +1,1 @@
+"""cst's common package: settings, secrets, storage, contracts, logging."""

@@ -1,0 +1,188 @@
+"""One settings tree for every knob; secrets are SecretStr and resolved from Secrets Manager or the environment."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import CstError
+
+# Timeframe strings are ccxt's; their length in milliseconds is derived once here.
+_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def timeframe_ms(timeframe: str) -> int:
+    """Length of a ccxt-style timeframe ('1h', '1d', '15m') in milliseconds."""
+    try:
+        return int(timeframe[:-1]) * _UNIT_MS[timeframe[-1]]
+    except (KeyError, ValueError) as exc:
+        raise CstError("bad_timeframe", f"unknown timeframe {timeframe!r}; use e.g. 1h, 4h, 1d") from exc
+
+
+class LakeSettings(BaseModel):
+    # A folder path (default) or s3://bucket[/prefix].
+    uri: str = "./lake"
+
+
+class ExchangeSettings(BaseModel):
+    id: str = "kraken"
+    quote: str = "USD"
+    # Overrides the exchange's public REST base URL (a proxy, or the loopback fake in tests).
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+    ohlcv_page_limit: int = 720
+    # How far back paginated OHLCV history starts, per timeframe.
+    history: dict[str, timedelta] = {"1h": timedelta(days=30), "1d": timedelta(days=720)}
+    orderbook_levels: int = 25
+    trades_limit: int = 1000
+    # A trade is a whale trade when its notional (price * amount, in quote currency) is at least this.
+    whale_notional: float = 100_000.0
+    whale_timeframe: str = "1h"
+
+
+class HttpSettings(BaseModel):
+    timeout_s: float = 10.0
+    max_retries: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 8.0
+    # Requests in flight across all sources.
+    concurrency: int = 16
+    # Requests per second per source (a source absent here uses default_rate_per_s).
+    rate_per_s: dict[str, float] = {"exchange": 10.0, "fear_greed": 2.0, "blockchain": 2.0, "coinmetrics": 1.5}
+    default_rate_per_s: float = 5.0
+
+
+class SourceSettings(BaseModel):
+    fear_greed_url: str = "https://api.alternative.me/fng/"
+    blockchain_url: str = "https://api.blockchain.info/charts"
+    blockchain_metrics: list[str] = [
+        "hash-rate",
+        "difficulty",
+        "n-transactions-total",
+        "transaction-fees",
+        "output-volume",
+        "miners-revenue",
+    ]
+    blockchain_timespan: str = "1year"
+    coinmetrics_url: str = "https://community-api.coinmetrics.io/v4"
+    coinmetrics_api_key: SecretStr | None = None
+    # Community metrics (free tier): active addresses, transaction count, hash rate where the chain has one.
+    coinmetrics_metrics: list[str] = ["AdrActCnt", "TxCnt", "HashRate"]
+    # Assets whose on-chain metrics come from Coin Metrics (BTC comes from blockchain.com).
+    coinmetrics_assets: list[str] = ["ETH", "LTC", "DOGE", "ADA", "XRP", "BNB", "LINK", "SOL", "DOT"]
+    coinmetrics_lookback: timedelta = timedelta(days=365)
+
+
+class QualitySettings(BaseModel):
+    # Rules run in this order; each is a registered unit in services/features/quality/rules.py.
+    rules: list[str] = [
+        "duplicates",
+        "non_monotonic",
+        "non_positive_price",
+        "out_of_range",
+        "ohlc_inconsistent",
+        "negative_volume",
+        "volume_unavailable",
+        "gap",
+        "outlier_return",
+        "stale",
+    ]
+    # A series is stale when its last point is older than this many timeframes at as-of.
+    stale_timeframes: float = 2.0
+    # |robust z| of a log return at or above this is flagged (never altered).
+    outlier_z: float = 12.0
+    # More zero-volume candles than this share means the source does not publish volume.
+    zero_volume_max_share: float = 0.05
+    # Relative tolerance for OHLC consistency (float32 exports round the last digits).
+    ohlc_rel_tol: float = 1e-6
+    # A value is visible at as-of only once published: candle open + timeframe for OHLCV,
+    # the day's close for on-chain daily values, at once for sentiment (published at 00:00 UTC).
+    publication_lag: dict[str, str] = {"ohlcv": "timeframe", "onchain": "1d", "sentiment": "0m", "trades": "timeframe", "orderbook": "0m"}
+    # How many example rows each issue keeps in the report (counts are always complete).
+    examples: int = 5
+
+
+class Settings(BaseSettings):
+    """Every knob of cst. Environment: CST_<FIELD>, nested with '__' (CST_EXCHANGE__ID=binance)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CST_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    lake: LakeSettings = LakeSettings()
+    exchange: ExchangeSettings = ExchangeSettings()
+    http: HttpSettings = HttpSettings()
+    sources: SourceSettings = SourceSettings()
+    quality: QualitySettings = QualitySettings()
+    universe: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
+    timeframes: list[str] = ["1h", "1d"]
+    horizons: list[str] = ["1h", "24h", "7d", "30d"]
+    confidence_threshold: float = Field(0.80, ge=0.5, le=1.0)
+    consensus_min_horizons: int = Field(2, ge=1)
+    # When set, secrets are read from this AWS Secrets Manager secret (a JSON object of secret fields).
+    secrets_manager_id: str | None = None
+    aws_region: str = "eu-west-1"
+    log_level: str = "INFO"
+
+    @field_validator("timeframes")
+    @classmethod
+    def _known_timeframes(cls, value: list[str]) -> list[str]:
+        for tf in value:
+            timeframe_ms(tf)
+        return value
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret's plain value: the redaction filter's list."""
+        found = [
+            s.get_secret_value()
+            for s in (self.exchange.api_key, self.exchange.api_secret, self.sources.coinmetrics_api_key)
+            if s is not None and s.get_secret_value()
+        ]
+        return found
+
+
+# Which secret field a key in the Secrets Manager JSON fills.
+_SECRET_FIELDS = {
+    "exchange_api_key": ("exchange", "api_key"),
+    "exchange_api_secret": ("exchange", "api_secret"),
+    "coinmetrics_api_key": ("sources", "coinmetrics_api_key"),
+}
+
+
+def resolve_secrets(settings: Settings, client: Any | None = None) -> Settings:
+    """Fill secret fields from Secrets Manager when an id is configured; the environment stays the fallback."""
+    if not settings.secrets_manager_id:
+        return settings
+    if client is None:
+        import boto3
+
+        client = boto3.client("secretsmanager", region_name=settings.aws_region)
+    try:
+        payload = client.get_secret_value(SecretId=settings.secrets_manager_id)["SecretString"]
+        values = json.loads(payload)
+    except Exception as exc:  # noqa: BLE001 - boto raises many types; all mean the same to the user
+        # The message names the secret id, never its content.
+        raise CstError(
+            "secret_unavailable",
+            f"cannot read secret {settings.secrets_manager_id!r} from Secrets Manager: {type(exc).__name__}",
+        ) from None
+    if not isinstance(values, dict):
+        raise CstError("secret_malformed", f"secret {settings.secrets_manager_id!r} must be a JSON object")
+    updated = settings.model_copy(deep=True)
+    for key, value in values.items():
+        if key not in _SECRET_FIELDS or not value:
+            continue
+        section, field = _SECRET_FIELDS[key]
+        setattr(getattr(updated, section), field, SecretStr(str(value)))
+    return updated
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return resolve_secrets(Settings())

@@ -1,0 +1,169 @@
+"""The lake: one storage interface, a local folder or S3; writes are atomic and idempotent on their keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from shared.errors import CstError, LakeKeyNotFound
+from shared.logging import redact
+
+
+def _check_key(key: str) -> str:
+    parts = PurePosixPath(key).parts
+    if not key or key.startswith("/") or ".." in parts or "\\" in key or key.endswith("/"):
+        raise CstError("lake_bad_key", f"lake keys are relative paths without '..': {key!r}")
+    return key
+
+
+class Lake(ABC):
+    """Key/value object store with the lake's guarantees."""
+
+    uri: str
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        """Write atomically. With if_absent, an existing key is kept and False is returned."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under prefix, sorted."""
+
+    def put_json(self, key: str, obj: Any, *, if_absent: bool = False) -> bool:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+        # The lake never stores a configured secret, whatever a caller hands it.
+        return self.put(key, redact(text).encode(), if_absent=if_absent)
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get(key))
+
+
+class LocalLake(Lake):
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if if_absent:
+                # link() creates the name only if it does not exist: atomic create-if-absent.
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+                return True
+            os.replace(tmp, path)
+            return True
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise LakeKeyNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.exists():
+            return []
+        keys = []
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+
+class S3Lake(Lake):
+    def __init__(self, bucket: str, prefix: str = "", client: Any | None = None, region: str | None = None):
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", region_name=region)
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        from botocore.exceptions import ClientError
+
+        # A single PUT is atomic in S3; If-None-Match makes create-if-absent atomic too.
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(**kwargs)
+        except ClientError as exc:
+            if if_absent and exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+                return False
+            raise
+        return True
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                raise LakeKeyNotFound(key) from None
+            raise
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+
+    def list(self, prefix: str = "") -> list[str]:
+        full = (f"{self.prefix}/" if self.prefix else "") + prefix
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+
+def open_lake(uri: str, *, client: Any | None = None, region: str | None = None) -> Lake:
+    """A local folder path or s3://bucket[/prefix]."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri[5:].partition("/")
+        if not bucket:
+            raise CstError("lake_bad_uri", f"no bucket in lake URI {uri!r}")
+        return S3Lake(bucket, prefix, client=client, region=region)
+    return LocalLake(uri)
