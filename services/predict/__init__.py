@@ -1,0 +1,1 @@
+"""Prediction (ONNX inference, confidence filter, consensus, logging): built with the main-job issue."""

@@ -1,0 +1,1 @@
+"""Training (labels, walk-forward CV, ensembles, calibration, ONNX export): built with the training issue."""
