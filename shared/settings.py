@@ -102,10 +102,75 @@ class QualitySettings(BaseModel):
     # Relative tolerance for OHLC consistency (float32 exports round the last digits).
     ohlc_rel_tol: float = 1e-6
     # A value is visible at as-of only once published: candle open + timeframe for OHLCV,
-    # the day's close for on-chain daily values, at once for sentiment (published at 00:00 UTC).
-    publication_lag: dict[str, str] = {"ohlcv": "timeframe", "onchain": "1d", "sentiment": "0m", "trades": "timeframe", "orderbook": "0m"}
+    # after the day's close for on-chain daily values, after 00:00 UTC for the sentiment index.
+    # Margins: alternative.me posts the day's index shortly after 00:00 UTC; blockchain.com's daily
+    # values are final only after the day ends and are computed with some delay.
+    publication_lag: dict[str, str] = {"ohlcv": "timeframe", "onchain": "25h", "sentiment": "1h", "trades": "timeframe", "orderbook": "0m"}
     # How many example rows each issue keeps in the report (counts are always complete).
     examples: int = 5
+
+
+class FeatureSet(BaseModel):
+    """What one timeframe's features are built from; a layer left out is named with its reason (model metadata shows it)."""
+
+    layers: list[str]
+    excluded_layers: dict[str, str] = {}
+    # Lookbacks in bars.
+    return_lookbacks: list[int]
+    vol_windows: list[int]
+    zscore_window: int
+    beta_window: int
+    # How long a market-wide value (sentiment, on-chain) stays the current one after publication;
+    # older than this at a row's time -> the row is excluded, never carried forward.
+    market_max_age: str = "1d"
+
+
+class FeatureSettings(BaseModel):
+    rsi_period: int = 14
+    atr_period: int = 14
+    parkinson_window: int = 14
+    macd: tuple[int, int, int] = (12, 26, 9)
+    stoch: tuple[int, int, int] = (14, 3, 3)
+    bollinger: tuple[int, float] = (20, 2.0)
+    # Coins that lead (their returns become inputs for every coin) and the market-aggregate exclusions.
+    reference_coins: list[str] = ["BTC", "ETH"]
+    stablecoins: list[str] = ["USDT", "USDC", "DAI", "BUSD", "TUSD", "FDUSD"]
+    # Market aggregates need at least this many coins at a timestep.
+    min_coins_for_market: int = 3
+    # The price series used per coin: the first quote found in this order.
+    quote_preference: list[str] = ["USD", "USDT", "USDC", "EUR"]
+    fear_greed_extremes: tuple[float, float] = (25.0, 75.0)
+    # Network metrics used as market-wide features when the onchain layer is declared (series symbols).
+    onchain_series: list[str] = ["BTC.hash-rate", "BTC.n-transactions-total", "BTC.transaction-fees", "BTC.output-volume"]
+    sets: dict[str, FeatureSet] = {
+        "1d": FeatureSet(
+            layers=["price", "volume", "sentiment", "cross"],
+            excluded_layers={
+                "onchain": "the recorded on-chain metrics span 2023-04-30..2024-04-27 (BTC only): as a required "
+                "layer they would exclude every other daily row; enable when a longer history is ingested",
+                "liquidity": "order-book and trade snapshots are live-only; no history to train on yet",
+            },
+            return_lookbacks=[1, 3, 7, 14, 30],
+            vol_windows=[7, 30],
+            zscore_window=30,
+            beta_window=30,
+            market_max_age="1d",
+        ),
+        "1h": FeatureSet(
+            layers=["price", "cross"],
+            excluded_layers={
+                "volume": "the hourly source publishes no volume (quality gate: volume_unavailable)",
+                "sentiment": "the Fear & Greed history ends 2024-06-30, before the hourly span starts",
+                "onchain": "no on-chain history overlaps the hourly span",
+                "liquidity": "order-book and trade snapshots are live-only; no history to train on yet",
+            },
+            return_lookbacks=[1, 4, 24, 72, 168],
+            vol_windows=[24, 168],
+            zscore_window=168,
+            beta_window=168,
+            market_max_age="1d",
+        ),
+    }
 
 
 class Settings(BaseSettings):
@@ -120,6 +185,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     sources: SourceSettings = SourceSettings()
     quality: QualitySettings = QualitySettings()
+    features: FeatureSettings = FeatureSettings()
     universe: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
     timeframes: list[str] = ["1h", "1d"]
     horizons: list[str] = ["1h", "24h", "7d", "30d"]

@@ -1,0 +1,200 @@
+"""The registered feature blocks: per-coin price and volume, market-wide sentiment and on-chain, cross-coin."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.features import indicators as ind
+from services.features.registry import feature_block
+from shared.settings import FeatureSet, FeatureSettings
+
+# ---- per coin (1-D arrays of one contiguous history) ------------------------------------------------
+
+
+@feature_block("returns", kind="coin", layer="price", inputs=("close",),
+               lookback=lambda fs, fst: max(fs.return_lookbacks),
+               outputs=lambda fs, fst: [f"ret_{k}" for k in fs.return_lookbacks])
+def returns(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    return {f"ret_{k}": ind.log_return(seg["close"], k) for k in fs.return_lookbacks}
+
+
+@feature_block("volatility", kind="coin", layer="price", inputs=("high", "low", "close"),
+               lookback=lambda fs, fst: max(max(fs.vol_windows) + 1, fst.atr_period + 1, fst.parkinson_window),
+               outputs=lambda fs, fst: [f"rvol_{w}" for w in fs.vol_windows] + ["atr", "parkinson"])
+def volatility(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    r1 = ind.log_return(seg["close"], 1)
+    out = {f"rvol_{w}": ind.rolling_std(r1, w) for w in fs.vol_windows}
+    out["atr"] = ind.atr_ratio(seg["high"], seg["low"], seg["close"], fst.atr_period)
+    out["parkinson"] = ind.parkinson(seg["high"], seg["low"], fst.parkinson_window)
+    return out
+
+
+@feature_block("oscillators", kind="coin", layer="price", inputs=("high", "low", "close"),
+               lookback=lambda fs, fst: max(fst.macd[1] + fst.macd[2], fst.rsi_period + 1, sum(fst.stoch), fst.bollinger[0]),
+               outputs=lambda fs, fst: ["rsi", "macd", "macd_signal", "macd_hist", "stoch_k", "stoch_d", "bb_pctb", "bb_width"])
+def oscillators(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    h, l, c = seg["high"], seg["low"], seg["close"]
+    line, sig, hist = ind.macd(c, *fst.macd)
+    k, d = ind.stochastic(h, l, c, *fst.stoch)
+    pctb, width = ind.bollinger(c, *fst.bollinger)
+    return {"rsi": ind.rsi(c, fst.rsi_period), "macd": line, "macd_signal": sig, "macd_hist": hist,
+            "stoch_k": k, "stoch_d": d, "bb_pctb": pctb, "bb_width": width}
+
+
+@feature_block("volume", kind="coin", layer="volume", inputs=("close", "volume"),
+               lookback=lambda fs, fst: fs.zscore_window + 1,
+               outputs=lambda fs, fst: ["volume_z", "volume_rel", "obv_flow"])
+def volume(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    v = seg["volume"]
+    with np.errstate(divide="ignore"):
+        lv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)  # zero volume has no log: the row drops
+    w = fs.zscore_window
+    return {
+        "volume_z": ind.rolling_zscore(lv, w),
+        # Today's volume against the trailing mean, in logs: scale-free, so units (base or quote) do not matter.
+        "volume_rel": lv - ind.rolling_mean(lv, w),
+        "obv_flow": ind.obv_flow(seg["close"], v, w),
+    }
+
+
+# ---- market-wide (computed on the layer's own daily grid, then joined as-of) ------------------------
+
+
+@feature_block("fear_greed", kind="market", layer="sentiment", inputs=("sentiment/1d/market",),
+               lookback=lambda fs, fst: fs.zscore_window,
+               outputs=lambda fs, fst: ["fg_level", "fg_chg_1", "fg_chg_7", "fg_extreme", "fg_z"])
+def fear_greed(daily: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    v = daily["sentiment/1d/market"]
+    lo, hi = fst.fear_greed_extremes
+    extreme = np.where(v <= lo, -1.0, np.where(v >= hi, 1.0, 0.0))
+    return {
+        "fg_level": v / 100.0,
+        "fg_chg_1": np.concatenate([[np.nan], np.diff(v)]) / 100.0,
+        "fg_chg_7": np.concatenate([np.full(7, np.nan), v[7:] - v[:-7]])[: v.size] / 100.0,
+        "fg_extreme": np.where(np.isfinite(v), extreme, np.nan),
+        "fg_z": ind.rolling_zscore(v, fs.zscore_window),
+    }
+
+
+def _onchain_keys(fst: FeatureSettings) -> list[str]:
+    return [f"onchain/1d/{name}" for name in fst.onchain_series]
+
+
+def _onchain_name(key: str) -> str:
+    return "oc_" + key.split("/")[-1].lower().replace(".", "_").replace("-", "_")
+
+
+@feature_block("onchain", kind="market", layer="onchain", inputs=("onchain/1d/*",),
+               lookback=lambda fs, fst: 30 + fs.zscore_window,
+               outputs=lambda fs, fst: [f"{_onchain_name(k)}_{s}" for k in _onchain_keys(fst) for s in ("g7", "g30", "z")])
+def onchain(daily: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key in _onchain_keys(fst):
+        v = daily.get(key)
+        name = _onchain_name(key)
+        if v is None:
+            continue  # absent layer: the frame marks these features missing, the rows drop with the reason
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)
+        out[f"{name}_g7"] = ind.log_return(np.exp(lv), 7)
+        out[f"{name}_g30"] = ind.log_return(np.exp(lv), 30)
+        out[f"{name}_z"] = ind.rolling_zscore(lv, fs.zscore_window)
+    return out
+
+
+# ---- cross-coin (T x N panel) ----------------------------------------------------------------------
+
+
+def _market_columns(coins: list[str], fst: FeatureSettings) -> np.ndarray:
+    return np.asarray([c not in fst.stablecoins for c in coins])
+
+
+def _enough(valid: np.ndarray, fst: FeatureSettings) -> np.ndarray:
+    return valid.sum(axis=1) >= fst.min_coins_for_market
+
+
+def market_return(r1: np.ndarray, coins: list[str], fst: FeatureSettings) -> np.ndarray:
+    """Equal-weight mean 1-bar log return of the non-stable coins present (NaN with too few coins)."""
+    m = r1[:, _market_columns(coins, fst)]
+    valid = np.isfinite(m)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(valid, m, 0.0).sum(axis=1) / valid.sum(axis=1)
+    return np.where(_enough(valid, fst), mean, np.nan)
+
+
+@feature_block("market", kind="cross", layer="cross", inputs=("ret_1",),
+               lookback=lambda fs, fst: 1,
+               outputs=lambda fs, fst: ["mkt_ret", "breadth", "dispersion"])
+def market(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    r1 = panel["ret_1"]
+    m = r1[:, _market_columns(coins, fst)]
+    valid = np.isfinite(m)
+    n = valid.sum(axis=1)
+    enough = _enough(valid, fst)
+    mean = market_return(r1, coins, fst)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        breadth = (np.where(valid, m, 0.0) > 0).sum(axis=1) / n
+        dev = np.where(valid, m - mean[:, None], 0.0)
+        dispersion = np.sqrt((dev * dev).sum(axis=1) / n)
+    shape = r1.shape
+    return {name: np.broadcast_to(np.where(enough, col, np.nan)[:, None], shape)
+            for name, col in (("mkt_ret", mean), ("breadth", breadth), ("dispersion", dispersion))}
+
+
+@feature_block("beta", kind="cross", layer="cross", inputs=("ret_1",),
+               lookback=lambda fs, fst: fs.beta_window + 1,
+               outputs=lambda fs, fst: ["beta_btc", "corr_btc", "beta_mkt", "corr_mkt"])
+def beta(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    r1 = panel["ret_1"]
+    lead = fst.reference_coins[0]
+    ref = r1[:, coins.index(lead)] if lead in coins else np.full(r1.shape[0], np.nan)
+    b_btc, c_btc = ind.rolling_beta_corr(r1, ref, fs.beta_window)
+    b_mkt, c_mkt = ind.rolling_beta_corr(r1, market_return(r1, coins, fst), fs.beta_window)
+    return {"beta_btc": b_btc, "corr_btc": c_btc, "beta_mkt": b_mkt, "corr_mkt": c_mkt}
+
+
+def cross_rank_z(x: np.ndarray, min_coins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: percentile rank in [0, 1] and z-score among the coins with a value (NaN with too few)."""
+    valid = np.isfinite(x)
+    n = valid.sum(axis=1, keepdims=True)
+    order = np.argsort(np.where(valid, x, np.inf), axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(x.shape[1]), x.shape), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct = ranks / (n - 1)
+        mean = np.where(valid, x, 0.0).sum(axis=1, keepdims=True) / n
+        dev = np.where(valid, x - mean, 0.0)
+        sd = np.sqrt((dev * dev).sum(axis=1, keepdims=True) / (n - 1))
+        z = (x - mean) / sd
+    ok = valid & (n >= min_coins) & (sd > 0)
+    return np.where(ok, pct, np.nan), np.where(ok, z, np.nan)
+
+
+@feature_block("cross_section", kind="cross", layer="cross", inputs=("ret_*", "rvol_*", "volume_rel"),
+               lookback=lambda fs, fst: max(max(fs.return_lookbacks), max(fs.vol_windows) + 1),
+               outputs=lambda fs, fst: ["mom_rank", "mom_z", "vol_rank", "vol_z"]
+               + (["volume_rank", "volume_xz"] if "volume" in fs.layers else []))
+def cross_section(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    sources = {"mom": f"ret_{max(fs.return_lookbacks)}", "vol": f"rvol_{max(fs.vol_windows)}"}
+    if "volume" in fs.layers:
+        sources["volume"] = "volume_rel"
+    for name, col in sources.items():
+        rank, z = cross_rank_z(panel[col], fst.min_coins_for_market)
+        out[f"{name}_rank"] = rank
+        out[f"{name}_z" if name != "volume" else "volume_xz"] = z
+    return out
+
+
+@feature_block("lead_lag", kind="cross", layer="cross", inputs=("ret_1",),
+               lookback=lambda fs, fst: 2,
+               outputs=lambda fs, fst: [f"{c.lower()}_ret_1{s}" for c in fst.reference_coins for s in ("", "_lag1")])
+def lead_lag(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    r1 = panel["ret_1"]
+    out = {}
+    for c in fst.reference_coins:
+        ref = r1[:, coins.index(c)] if c in coins else np.full(r1.shape[0], np.nan)
+        lag = np.concatenate([[np.nan], ref[:-1]])
+        out[f"{c.lower()}_ret_1"] = np.broadcast_to(ref[:, None], r1.shape)
+        out[f"{c.lower()}_ret_1_lag1"] = np.broadcast_to(lag[:, None], r1.shape)
+    return out

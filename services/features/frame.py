@@ -1,0 +1,252 @@
+"""Point-in-time fusion: every layer per coin per timestep plus cross-coin features, as one FeatureFrame.
+
+A row's `ts` is its decision time: the close of its latest candle. Everything in the row was
+published at or before that time. A row that lacks any declared feature (warm-up, a window touching
+a gap, a missing market layer) is not emitted; it is counted under its reason instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.features.indicators import segments
+from services.features.quality.gate import publication_lag_ms
+from services.features.registry import FeatureBlock, blocks_for
+from shared.contracts import Series
+from shared.settings import FeatureSet, Settings, timeframe_ms
+
+PRICE = ("open", "high", "low", "close")
+
+
+@dataclass
+class FeatureFrame:
+    timeframe: str
+    ts: np.ndarray  # int64 ms UTC decision times
+    coin: np.ndarray  # object array of coin symbols
+    X: np.ndarray  # float32, rows x features
+    names: list[str]
+    declared: dict[str, object] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    rows_per_coin: dict[str, int] = field(default_factory=dict)
+    # Extra per-row values some consumers need but the model must not see (e.g. the close at ts).
+    close: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+
+@dataclass
+class Panel:
+    """All coins of one timeframe on a common grid of candle open times (NaN where a coin has no candle)."""
+
+    timeframe: str
+    open_ts: np.ndarray
+    coins: list[str]
+    fields: dict[str, np.ndarray]
+    unavailable: dict[str, set[str]]
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def coin_of(symbol: str) -> tuple[str, str]:
+    base, _, quote = symbol.partition("-")
+    return base, quote
+
+
+def build_panel(clean: dict[str, Series], unavailable: dict[str, list[str]], timeframe: str,
+                settings: Settings) -> Panel:
+    """One price series per coin (by quote preference), aligned on the timeframe grid; nothing is filled."""
+    pref = settings.features.quote_preference
+    chosen: dict[str, Series] = {}
+    notes: dict[str, str] = {}
+    for key, s in sorted(clean.items()):
+        if s.layer != "ohlcv" or s.timeframe != timeframe or len(s) == 0:
+            continue
+        base, quote = coin_of(s.symbol)
+        rank = pref.index(quote) if quote in pref else len(pref)
+        if base in chosen:
+            other = chosen[base]
+            other_rank = pref.index(coin_of(other.symbol)[1]) if coin_of(other.symbol)[1] in pref else len(pref)
+            if other_rank <= rank:
+                notes[s.key] = f"not used: {other.key} is preferred for {base}"
+                continue
+            notes[other.key] = f"not used: {s.key} is preferred for {base}"
+        chosen[base] = s
+    step = timeframe_ms(timeframe)
+    coins = sorted(chosen)
+    if not coins:
+        return Panel(timeframe, np.zeros(0, dtype=np.int64), [], {f: np.zeros((0, 0)) for f in (*PRICE, "volume")}, {}, notes)
+    lo = min(int(chosen[c].ts[0]) for c in coins)
+    hi = max(int(chosen[c].ts[-1]) for c in coins)
+    lo -= lo % step  # grid aligned to the timeframe
+    grid = np.arange(lo, hi + step, step, dtype=np.int64)
+    fields = {f: np.full((grid.size, len(coins)), np.nan) for f in (*PRICE, "volume")}
+    unavail: dict[str, set[str]] = {}
+    for j, c in enumerate(coins):
+        s = chosen[c]
+        on_grid = (s.ts - lo) % step == 0
+        idx = ((s.ts[on_grid] - lo) // step).astype(np.int64)
+        for f in (*PRICE, "volume"):
+            if f in s.fields:
+                fields[f][idx, j] = s.fields[f][on_grid]
+        unavail[c] = set(unavailable.get(s.key, []))
+        if not on_grid.all():
+            notes[s.key] = f"{int((~on_grid).sum())} candles off the {timeframe} grid not used"
+    return Panel(timeframe, grid, coins, fields, unavail, notes)
+
+
+def _daily_grid(series: Series) -> tuple[np.ndarray, np.ndarray]:
+    """A daily series on its own day grid, NaN on missing days (so a missing day stays missing)."""
+    day = 86_400_000
+    lo = int(series.ts[0]) - int(series.ts[0]) % day
+    grid = np.arange(lo, int(series.ts[-1]) + day, day, dtype=np.int64)
+    v = np.full(grid.size, np.nan)
+    idx = (series.ts - lo) // day
+    keep = (series.ts - lo) % day == 0
+    v[idx[keep]] = series.fields["value"][keep]
+    return grid, v
+
+
+def join_as_of(pub_ts: np.ndarray, values: np.ndarray, at: np.ndarray, max_age_ms: int) -> np.ndarray:
+    """Value published last at or before each `at`, if published within max_age; otherwise NaN."""
+    i = np.searchsorted(pub_ts, at, side="right") - 1
+    ok = i >= 0
+    ic = np.clip(i, 0, None)
+    fresh = ok & (at - pub_ts[ic] <= max_age_ms)
+    return np.where(fresh, values[ic], np.nan)
+
+
+def _market_features(block: FeatureBlock, clean: dict[str, Series], decision_ts: np.ndarray, fs: FeatureSet,
+                     settings: Settings) -> dict[str, np.ndarray]:
+    """Run a market block on each layer series' own day grid, then join as-of at each decision time."""
+    quality = settings.quality
+    wanted = [k for k in clean if k.split("/")[0] == block.layer]
+    daily: dict[str, np.ndarray] = {}
+    grids: dict[str, np.ndarray] = {}
+    for key in wanted:
+        s = clean[key]
+        if len(s) == 0 or "value" not in s.fields:
+            continue
+        g, v = _daily_grid(s)
+        grids[key], daily[key] = g, v
+    names = block.outputs(fs, settings.features)
+    out = {n: np.full(decision_ts.size, np.nan) for n in names}
+    if not daily:
+        return out
+    # Blocks may combine series only on a shared grid: align all inputs of this block on one union grid.
+    lo = min(g[0] for g in grids.values())
+    hi = max(g[-1] for g in grids.values())
+    grid = np.arange(lo, hi + 86_400_000, 86_400_000, dtype=np.int64)
+    aligned = {}
+    for key, v in daily.items():
+        a = np.full(grid.size, np.nan)
+        a[((grids[key] - lo) // 86_400_000).astype(np.int64)] = v
+        aligned[key] = a
+    values = block.fn(aligned, fs, settings.features)
+    lag = publication_lag_ms(block.layer, "1d", quality)
+    max_age = timeframe_ms(fs.market_max_age)
+    for name, v in values.items():
+        out[name] = join_as_of(grid + lag, v, decision_ts, max_age)
+    return out
+
+
+def build_frame(clean: dict[str, Series], unavailable: dict[str, list[str]], timeframe: str,
+                settings: Settings) -> FeatureFrame:
+    fst = settings.features
+    if timeframe not in fst.sets:
+        raise ValueError(f"no feature set declared for timeframe {timeframe!r}; declared: {sorted(fst.sets)}")
+    fs = fst.sets[timeframe]
+    blocks = blocks_for(fs)
+    panel = build_panel(clean, unavailable, timeframe, settings)
+    T, N = panel.fields["close"].shape
+    step = timeframe_ms(timeframe)
+    decision = panel.open_ts + step
+    feats: dict[str, np.ndarray] = {}
+    layer_of: dict[str, str] = {}
+    for b in blocks:
+        for n in b.outputs(fs, fst):
+            layer_of[n] = b.layer
+            if b.kind != "cross":
+                feats[n] = np.full((T, N), np.nan)
+
+    has_price = np.isfinite(np.column_stack([panel.fields[f] for f in PRICE]).reshape(T, len(PRICE), N)).all(axis=1) if N else np.zeros((T, 0), bool)
+    coin_blocks = [b for b in blocks if b.kind == "coin"]
+    for j, coin in enumerate(panel.coins):
+        for b in coin_blocks:
+            if any(f in panel.unavailable.get(coin, set()) for f in b.inputs):
+                continue  # e.g. volume the source does not publish: these rows drop as volume_unavailable
+            valid = has_price[:, j].copy()
+            for f in b.inputs:
+                valid &= np.isfinite(panel.fields[f][:, j])
+            for a, z in segments(valid):
+                seg = {f: panel.fields[f][a:z, j] for f in b.inputs}
+                for n, v in b.fn(seg, fs, fst).items():
+                    feats[n][a:z, j] = v
+
+    for b in blocks:
+        if b.kind == "market":
+            for n, v in _market_features(b, clean, decision, fs, settings).items():
+                feats[n] = np.broadcast_to(v[:, None], (T, N))
+    for b in blocks:
+        if b.kind == "cross":
+            feats.update(b.fn(feats, panel.coins, fs, fst))
+
+    names = [n for b in blocks for n in b.outputs(fs, fst)]
+    return _stack(panel, feats, names, layer_of, has_price, decision, fs, settings)
+
+
+def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_of: dict[str, str],
+           has_price: np.ndarray, decision: np.ndarray, fs: FeatureSet, settings: Settings) -> FeatureFrame:
+    T, N = has_price.shape
+    complete = has_price.copy()
+    reasons = np.zeros((T, N), dtype=np.int8)  # 0: kept or no candle; k: index into reason_names
+    reason_names = ["", "warmup", "gap_window"]
+    layer_ok: dict[str, np.ndarray] = {}
+    for n in names:
+        ok = np.isfinite(feats[n])
+        layer_ok[layer_of[n]] = layer_ok.get(layer_of[n], np.ones((T, N), bool)) & ok
+    # Price-window failures split into the start of a coin's history and windows touching a gap.
+    first = np.argmax(has_price, axis=0) if T else np.zeros(N, dtype=np.int64)
+    lookback = max(b.lookback(fs, settings.features) for b in blocks_for(fs) if b.layer == "price")
+    in_warmup = np.arange(T)[:, None] < (first[None, :] + lookback)
+    for layer in fs.layers:
+        bad = complete & ~layer_ok.get(layer, np.ones((T, N), bool))
+        if layer == "price":
+            reasons[bad & in_warmup] = 1
+            reasons[bad & ~in_warmup] = 2
+        else:
+            code = f"{layer}_unavailable" if layer == "volume" else f"{layer}_missing"
+            if layer == "volume":
+                # Volume the source does not publish vs. a volume window touching a gap or a zero.
+                unpub = np.asarray([("volume" in panel.unavailable.get(c, set())) for c in panel.coins], bool)
+                for code_i, mask in (("volume_unavailable", unpub[None, :] & bad), ("volume_window", ~unpub[None, :] & bad)):
+                    if code_i not in reason_names:
+                        reason_names.append(code_i)
+                    reasons[mask & (reasons == 0)] = reason_names.index(code_i)
+            else:
+                if code not in reason_names:
+                    reason_names.append(code)
+                reasons[bad & (reasons == 0)] = reason_names.index(code)
+        complete &= ~bad
+    rows, cols = np.nonzero(complete)  # row-major: ordered by time, then coin
+    X = np.empty((rows.size, len(names)), dtype=np.float32)
+    for k, n in enumerate(names):
+        X[:, k] = feats[n][rows, cols]
+    counts = np.bincount(reasons[has_price].ravel(), minlength=len(reason_names))
+    excluded = {reason_names[i]: int(c) for i, c in enumerate(counts) if i > 0 and c > 0}
+    coins = np.asarray(panel.coins, dtype=object)
+    per_coin = np.bincount(cols, minlength=N)
+    declared = {"layers": list(fs.layers), "excluded_layers": dict(fs.excluded_layers), "series_notes": dict(panel.notes)}
+    return FeatureFrame(
+        timeframe=panel.timeframe,
+        ts=decision[rows],
+        coin=coins[cols] if N else np.zeros(0, dtype=object),
+        X=X,
+        names=names,
+        declared=declared,
+        excluded=excluded,
+        rows_per_coin={c: int(per_coin[j]) for j, c in enumerate(panel.coins)},
+        close=panel.fields["close"][rows, cols],
+    )

@@ -1,0 +1,148 @@
+"""Indicator math on arrays: TA-Lib for the classic indicators, numpy for rolling statistics; NaN never filled.
+
+Every function is causal: its value at index i uses inputs at indices <= i only. Rolling statistics
+return NaN unless their whole window is finite, so a window that touches a gap yields no value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import talib
+
+
+def _window_sums(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums over trailing windows along axis 0 and the count of finite values in each window."""
+    valid = np.isfinite(x)
+    # Zeros stand in for invalid rows only inside the running sum; callers discard every window whose
+    # count is short, so no invalid row ever contributes to a returned value.
+    c = np.cumsum(np.where(valid, x, 0.0), axis=0)
+    n = np.cumsum(valid, axis=0, dtype=np.int64)
+    zero = np.zeros((1, *x.shape[1:]))
+    c = np.concatenate([zero, c])
+    n = np.concatenate([zero.astype(np.int64), n])
+    sums = np.full(x.shape, np.nan)
+    counts = np.zeros(x.shape, dtype=np.int64)
+    if x.shape[0] >= window:
+        sums[window - 1 :] = c[window:] - c[:-window]
+        counts[window - 1 :] = n[window:] - n[:-window]
+    return sums, counts
+
+
+def _first_finite(x: np.ndarray) -> np.ndarray:
+    """Each column's first finite value (0 where none): a causal centre that truncation never changes."""
+    valid = np.isfinite(x)
+    idx = np.argmax(valid, axis=0)
+    first = np.take_along_axis(x, np.expand_dims(idx, 0), axis=0)[0]
+    return np.where(valid.any(axis=0), first, 0.0)
+
+
+def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean along axis 0; NaN unless all `window` values are finite."""
+    s, n = _window_sums(x, window)
+    return np.where(n == window, s / window, np.nan)
+
+
+def rolling_std(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing sample standard deviation (ddof=1) along axis 0; NaN unless the window is complete."""
+    # Centre on the column mean first: the cumulative sums then stay small and the
+    # sum-of-squares formula keeps its precision.
+    d = x - _first_finite(x)
+    s, n = _window_sums(d, window)
+    q, _ = _window_sums(d * d, window)
+    var = (q - s * s / window) / (window - 1)
+    return np.where(n == window, np.sqrt(np.maximum(var, 0.0)), np.nan)
+
+
+def rolling_zscore(x: np.ndarray, window: int) -> np.ndarray:
+    sd = rolling_std(x, window)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (x - rolling_mean(x, window)) / sd
+    return np.where(np.isfinite(z), z, np.nan)
+
+
+def rolling_beta_corr(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing beta of x on y and their correlation along axis 0 (x: T x N, y: T or T x N)."""
+    y = np.broadcast_to(y.reshape(-1, 1) if y.ndim == 1 else y, x.shape)
+    both = np.isfinite(x) & np.isfinite(y)
+    xm = np.where(both, x, np.nan)
+    ym = np.where(both, y, np.nan)
+    sx, n = _window_sums(xm, window)
+    sy, _ = _window_sums(ym, window)
+    sxy, _ = _window_sums(xm * ym, window)
+    sxx, _ = _window_sums(xm * xm, window)
+    syy, _ = _window_sums(ym * ym, window)
+    cov = sxy - sx * sy / window
+    vx = sxx - sx * sx / window
+    vy = syy - sy * sy / window
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = cov / vy
+        corr = cov / np.sqrt(vx * vy)
+    ok = (n == window) & (vy > 0) & (vx > 0)
+    return np.where(ok, beta, np.nan), np.where(ok, np.clip(corr, -1.0, 1.0), np.nan)
+
+
+def log_return(close: np.ndarray, k: int) -> np.ndarray:
+    out = np.full(close.shape, np.nan)
+    if close.shape[0] > k:
+        out[k:] = np.log(close[k:] / close[:-k])
+    return out
+
+
+def segments(valid: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of consecutive True: contiguous history between gaps."""
+    v = np.concatenate([[False], valid, [False]])
+    edges = np.flatnonzero(v[1:] != v[:-1])
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+# ---- per-segment price indicators (1-D, contiguous, finite inputs) --------------------------------
+
+def rsi(close: np.ndarray, period: int) -> np.ndarray:
+    return talib.RSI(close, timeperiod=period) / 100.0
+
+
+def atr_ratio(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int) -> np.ndarray:
+    return talib.ATR(high, low, close, timeperiod=period) / close
+
+
+def parkinson(high: np.ndarray, low: np.ndarray, window: int) -> np.ndarray:
+    """Parkinson (1980) range volatility: sqrt(mean(ln(H/L)^2) / (4 ln 2)) over the window."""
+    hl2 = np.log(high / low) ** 2
+    return np.sqrt(talib.SMA(hl2, timeperiod=window) / (4.0 * np.log(2.0)))
+
+
+def macd(close: np.ndarray, fast: int, slow: int, signal: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    line, sig, hist = talib.MACD(close, fastperiod=fast, slowperiod=slow, signalperiod=signal)
+    return line / close, sig / close, hist / close
+
+
+def stochastic(high, low, close, k: int, slow_k: int, slow_d: int) -> tuple[np.ndarray, np.ndarray]:
+    sk, sd = talib.STOCH(high, low, close, fastk_period=k, slowk_period=slow_k, slowk_matype=0,
+                         slowd_period=slow_d, slowd_matype=0)
+    return sk / 100.0, sd / 100.0
+
+
+def bollinger(close: np.ndarray, window: int, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """%b (where close sits in the band) and band width relative to the middle; NaN for a flat band."""
+    upper, mid, lower = talib.BBANDS(close, timeperiod=window, nbdevup=width, nbdevdn=width, matype=0)
+    span = upper - lower
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pctb = np.where(span > 0, (close - lower) / span, np.nan)
+        bw = np.where(mid > 0, span / mid, np.nan)
+    return pctb, bw
+
+
+def obv_flow(close: np.ndarray, volume: np.ndarray, window: int) -> np.ndarray:
+    """Net on-balance volume over the window relative to total volume: in [-1, 1]."""
+    obv = talib.OBV(close, volume)
+    out = np.full(close.shape, np.nan)
+    if close.shape[0] > window:
+        total = rolling_sum_complete(volume, window)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[window:] = (obv[window:] - obv[:-window]) / total[window:]
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def rolling_sum_complete(x: np.ndarray, window: int) -> np.ndarray:
+    s, n = _window_sums(x, window)
+    return np.where(n == window, s, np.nan)
