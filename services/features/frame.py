@@ -82,7 +82,8 @@ def build_panel(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
     hi = max(int(chosen[c].ts[-1]) for c in coins)
     lo -= lo % step  # grid aligned to the timeframe
     grid = np.arange(lo, hi + step, step, dtype=np.int64)
-    fields = {f: np.full((grid.size, len(coins)), np.nan) for f in (*PRICE, "volume")}
+    # Column-major: per-coin work reads and writes contiguous columns.
+    fields = {f: np.full((grid.size, len(coins)), np.nan, order="F") for f in (*PRICE, "volume")}
     unavail: dict[str, set[str]] = {}
     for j, c in enumerate(coins):
         s = chosen[c]
@@ -168,10 +169,13 @@ def build_frame(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
     for b in blocks:
         for n in b.outputs(fs, fst):
             layer_of[n] = b.layer
-            if b.kind != "cross":
-                feats[n] = np.full((T, N), np.nan)
+            if b.kind == "coin":
+                # float32 like the frame itself; coin blocks compute in float64 and store rounded once.
+                feats[n] = np.full((T, N), np.nan, dtype=np.float32, order="F")
 
-    has_price = np.isfinite(np.column_stack([panel.fields[f] for f in PRICE]).reshape(T, len(PRICE), N)).all(axis=1) if N else np.zeros((T, 0), bool)
+    has_price = np.ones((T, N), dtype=bool, order="F")
+    for f in PRICE:
+        has_price &= np.isfinite(panel.fields[f])
     coin_blocks = [b for b in blocks if b.kind == "coin"]
     for j, coin in enumerate(panel.coins):
         for b in coin_blocks:
@@ -205,8 +209,13 @@ def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_o
     reason_names = ["", "warmup", "gap_window"]
     layer_ok: dict[str, np.ndarray] = {}
     for n in names:
-        ok = np.isfinite(feats[n])
-        layer_ok[layer_of[n]] = layer_ok.get(layer_of[n], np.ones((T, N), bool)) & ok
+        f = feats[n]
+        # Market-wide features are one column broadcast over coins: test the column once.
+        ok = np.broadcast_to(np.isfinite(f[:, :1]), (T, N)) if f.strides[1] == 0 else np.isfinite(f)
+        if layer_of[n] in layer_ok:
+            layer_ok[layer_of[n]] &= ok
+        else:
+            layer_ok[layer_of[n]] = np.array(ok, order="F")
     # Price-window failures split into the start of a coin's history and windows touching a gap.
     first = np.argmax(has_price, axis=0) if T else np.zeros(N, dtype=np.int64)
     lookback = max(b.lookback(fs, settings.features) for b in blocks_for(fs) if b.layer == "price")
@@ -231,9 +240,14 @@ def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_o
                 reasons[bad & (reasons == 0)] = reason_names.index(code)
         complete &= ~bad
     rows, cols = np.nonzero(complete)  # row-major: ordered by time, then coin
-    X = np.empty((rows.size, len(names)), dtype=np.float32)
+    flat = rows * N + cols if N else rows  # positions in a C-order T x N array
+    X = np.empty((rows.size, len(names)), dtype=np.float32, order="F")
     for k, n in enumerate(names):
-        X[:, k] = feats[n][rows, cols]
+        f = feats[n]
+        if f.strides[1] == 0:
+            X[:, k] = f[:, 0][rows]
+        else:
+            X[:, k] = np.ravel(f, order="K")[flat] if f.flags.c_contiguous else f.ravel(order="F")[cols * T + rows]
     counts = np.bincount(reasons[has_price].ravel(), minlength=len(reason_names))
     excluded = {reason_names[i]: int(c) for i, c in enumerate(counts) if i > 0 and c > 0}
     coins = np.asarray(panel.coins, dtype=object)

@@ -10,22 +10,24 @@ import numpy as np
 import talib
 
 
+def _trailing_sums(x0: np.ndarray, window: int) -> np.ndarray:
+    """Sums of `window` consecutive rows ending at each row (NaN before the first full window); x0 finite."""
+    T = x0.shape[0]
+    c = np.empty((T + 1, *x0.shape[1:]), dtype=np.float64)
+    c[0] = 0.0
+    np.cumsum(x0, axis=0, out=c[1:])
+    sums = np.full(x0.shape, np.nan)
+    if T >= window:
+        np.subtract(c[window:], c[:-window], out=sums[window - 1 :])
+    return sums
+
+
 def _window_sums(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sums over trailing windows along axis 0 and the count of finite values in each window."""
+    """Trailing window sums along axis 0 and the count of finite values in each window."""
     valid = np.isfinite(x)
     # Zeros stand in for invalid rows only inside the running sum; callers discard every window whose
     # count is short, so no invalid row ever contributes to a returned value.
-    c = np.cumsum(np.where(valid, x, 0.0), axis=0)
-    n = np.cumsum(valid, axis=0, dtype=np.int64)
-    zero = np.zeros((1, *x.shape[1:]))
-    c = np.concatenate([zero, c])
-    n = np.concatenate([zero.astype(np.int64), n])
-    sums = np.full(x.shape, np.nan)
-    counts = np.zeros(x.shape, dtype=np.int64)
-    if x.shape[0] >= window:
-        sums[window - 1 :] = c[window:] - c[:-window]
-        counts[window - 1 :] = n[window:] - n[:-window]
-    return sums, counts
+    return _trailing_sums(np.where(valid, x, 0.0), window), _trailing_sums(valid.astype(np.float64), window)
 
 
 def _first_finite(x: np.ndarray) -> np.ndarray:
@@ -64,13 +66,14 @@ def rolling_beta_corr(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.nda
     """Trailing beta of x on y and their correlation along axis 0 (x: T x N, y: T or T x N)."""
     y = np.broadcast_to(y.reshape(-1, 1) if y.ndim == 1 else y, x.shape)
     both = np.isfinite(x) & np.isfinite(y)
-    xm = np.where(both, x, np.nan)
-    ym = np.where(both, y, np.nan)
-    sx, n = _window_sums(xm, window)
-    sy, _ = _window_sums(ym, window)
-    sxy, _ = _window_sums(xm * ym, window)
-    sxx, _ = _window_sums(xm * xm, window)
-    syy, _ = _window_sums(ym * ym, window)
+    xm = np.where(both, x, 0.0)
+    ym = np.where(both, y, 0.0)
+    n = _trailing_sums(both.astype(np.float64), window)
+    sx = _trailing_sums(xm, window)
+    sy = _trailing_sums(ym, window)
+    sxy = _trailing_sums(xm * ym, window)
+    sxx = _trailing_sums(xm * xm, window)
+    syy = _trailing_sums(ym * ym, window)
     cov = sxy - sx * sy / window
     vx = sxx - sx * sx / window
     vy = syy - sy * sy / window
