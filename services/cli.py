@@ -22,11 +22,11 @@ from shared.logging import configure_logging, redact
 from shared.settings import Settings, resolve_secrets
 from shared.storage import open_lake
 
-console = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide fixed width instead of 80 columns of wrapped tables.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 # Steps of the main job that later issues build; `cst run` names them instead of pretending.
 NOT_BUILT = [
-    ("features", "point-in-time feature fusion (issue 3)"),
     ("train", "per-horizon ensembles, calibration, ONNX (issue 4)"),
     ("predict", "ONNX prediction, 80% filter, consensus, logging, outcomes, drift (issue 5)"),
     ("risk", "sizing and guards (issue 6)"),
@@ -113,8 +113,39 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def features_table(frames: dict) -> Table:
+    table = Table(title="features")
+    for col in ("timeframe", "rows", "coins", "features", "excluded rows by reason", "layers left out"):
+        table.add_column(col)
+    for tf, frame in frames.items():
+        table.add_row(tf, str(len(frame)), str(len(frame.rows_per_coin)), str(len(frame.names)),
+                      ", ".join(f"{k}={v}" for k, v in sorted(frame.excluded.items())) or "-",
+                      ", ".join(sorted(frame.declared["excluded_layers"])) or "-")
+    return table
+
+
+def build_features(settings: Settings, outcome, lake) -> dict:
+    """Features for every configured timeframe that has a declared feature set; written to the lake."""
+    from services.features.frame import build_frame
+    from services.features.store import write_frame
+
+    frames = {}
+    for tf in settings.timeframes:
+        if tf not in settings.features.sets:
+            console.print(f"[yellow]no feature set declared for {tf}; skipped[/]")
+            continue
+        frame = build_frame(outcome.clean, outcome.unavailable, tf, settings)
+        if lake is not None:
+            write_frame(lake, frame)
+        frames[tf] = frame
+    return frames
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    _ingest(args, settings)
+    report, outcome = _ingest(args, settings)
+    lake = open_lake(args.lake or settings.lake.uri, region=settings.aws_region)
+    frames = build_features(settings, outcome, lake)
+    console.print(features_table(frames))
     console.print("[bold]not built yet[/] (no output is faked for these steps):")
     for step, what in NOT_BUILT:
         console.print(f"  - {step}: {what}")

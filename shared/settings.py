@@ -148,7 +148,9 @@ class FeatureSettings(BaseModel):
             excluded_layers={
                 "onchain": "the recorded on-chain metrics span 2023-04-30..2024-04-27 (BTC only): as a required "
                 "layer they would exclude every other daily row; enable when a longer history is ingested",
-                "liquidity": "order-book and trade snapshots are live-only; no history to train on yet",
+                "liquidity": "order books and trades are fetched live only, as recent snapshots: no history "
+                "to train on; whale trades are bucketed hourly, so the daily set could use them only once "
+                "daily buckets are collected",
             },
             return_lookbacks=[1, 3, 7, 14, 30],
             vol_windows=[7, 30],

@@ -57,6 +57,38 @@ def volume(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> 
     }
 
 
+@feature_block("liquidity", kind="coin_join", layer="liquidity", inputs=("trades/*", "orderbook/snapshot/*"),
+               lookback=lambda fs, fst: 1,
+               outputs=lambda fs, fst: ["whale_share", "whale_buy_share", "spread_bps", "depth_imbalance"])
+def liquidity(layers: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], decision: np.ndarray, step: int,
+              fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    """Whale-trade share of the bar (trades bucketed on the same timeframe) and the latest order book.
+
+    `layers` maps "trades" / "orderbook" to (timestamps, fields) of this coin. A bar without its trade
+    bucket, or without a book snapshot taken within one bar before the decision time, has no value.
+    """
+    from services.features.frame import join_as_of
+
+    out = {n: np.full(decision.size, np.nan) for n in ("whale_share", "whale_buy_share", "spread_bps", "depth_imbalance")}
+    if "trades" in layers:
+        ts, f = layers["trades"]
+        # A trade bucket [open, open + step) is complete at its close: match it to that decision time.
+        idx = np.searchsorted(decision, ts + step)
+        hit = (idx < decision.size) & (decision[np.clip(idx, 0, decision.size - 1)] == ts + step)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(f["notional"] > 0, f["whale_notional"] / f["notional"], np.nan)
+            buy = np.where(f["whale_notional"] > 0, f["whale_buy_notional"] / f["whale_notional"], 0.0)
+        out["whale_share"][idx[hit]] = share[hit]
+        out["whale_buy_share"][idx[hit]] = np.where(np.isfinite(share[hit]), buy[hit], np.nan)
+    if "orderbook" in layers:
+        ts, f = layers["orderbook"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            imbalance = (f["bid_depth_quote"] - f["ask_depth_quote"]) / (f["bid_depth_quote"] + f["ask_depth_quote"])
+        out["spread_bps"] = join_as_of(ts, f["spread_bps"], decision, step)
+        out["depth_imbalance"] = join_as_of(ts, imbalance, decision, step)
+    return out
+
+
 # ---- market-wide (computed on the layer's own daily grid, then joined as-of) ------------------------
 
 

@@ -98,6 +98,15 @@ def build_panel(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
     return Panel(timeframe, grid, coins, fields, unavail, notes)
 
 
+def _coin_layers(clean: dict[str, Series], coin: str) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """This coin's trades and order-book series (any quote), as (timestamps, fields)."""
+    found: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    for s in clean.values():
+        if s.layer in ("trades", "orderbook") and coin_of(s.symbol)[0] == coin and len(s):
+            found[s.layer] = (s.ts, s.fields)
+    return found
+
+
 def _daily_grid(series: Series) -> tuple[np.ndarray, np.ndarray]:
     """A daily series on its own day grid, NaN on missing days (so a missing day stays missing)."""
     day = 86_400_000
@@ -162,6 +171,12 @@ def build_frame(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
     blocks = blocks_for(fs)
     panel = build_panel(clean, unavailable, timeframe, settings)
     T, N = panel.fields["close"].shape
+    names = [n for b in blocks for n in b.outputs(fs, fst)]
+    declared = {"layers": list(fs.layers), "excluded_layers": dict(fs.excluded_layers), "series_notes": dict(panel.notes)}
+    if N == 0:
+        # No usable price series for this timeframe at this as-of (the quality report says why).
+        return FeatureFrame(timeframe, np.zeros(0, np.int64), np.zeros(0, object), np.zeros((0, len(names)), np.float32),
+                            names, declared, {}, {}, np.zeros(0))
     step = timeframe_ms(timeframe)
     decision = panel.open_ts + step
     feats: dict[str, np.ndarray] = {}
@@ -169,7 +184,7 @@ def build_frame(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
     for b in blocks:
         for n in b.outputs(fs, fst):
             layer_of[n] = b.layer
-            if b.kind == "coin":
+            if b.kind in ("coin", "coin_join"):
                 # float32 like the frame itself; coin blocks compute in float64 and store rounded once.
                 feats[n] = np.full((T, N), np.nan, dtype=np.float32, order="F")
 
@@ -189,6 +204,13 @@ def build_frame(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
                 for n, v in b.fn(seg, fs, fst).items():
                     feats[n][a:z, j] = v
 
+    join_blocks = [b for b in blocks if b.kind == "coin_join"]
+    if join_blocks:
+        for j, coin in enumerate(panel.coins):
+            layers = _coin_layers(clean, coin)
+            for b in join_blocks:
+                for n, v in b.fn(layers, decision, step, fs, fst).items():
+                    feats[n][:, j] = v
     for b in blocks:
         if b.kind == "market":
             for n, v in _market_features(b, clean, decision, fs, settings).items():
@@ -197,12 +219,12 @@ def build_frame(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
         if b.kind == "cross":
             feats.update(b.fn(feats, panel.coins, fs, fst))
 
-    names = [n for b in blocks for n in b.outputs(fs, fst)]
-    return _stack(panel, feats, names, layer_of, has_price, decision, fs, settings)
+    return _stack(panel, feats, names, layer_of, has_price, decision, fs, settings, declared)
 
 
 def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_of: dict[str, str],
-           has_price: np.ndarray, decision: np.ndarray, fs: FeatureSet, settings: Settings) -> FeatureFrame:
+           has_price: np.ndarray, decision: np.ndarray, fs: FeatureSet, settings: Settings,
+           declared: dict) -> FeatureFrame:
     T, N = has_price.shape
     complete = has_price.copy()
     reasons = np.zeros((T, N), dtype=np.int8)  # 0: kept or no candle; k: index into reason_names
@@ -252,7 +274,6 @@ def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_o
     excluded = {reason_names[i]: int(c) for i, c in enumerate(counts) if i > 0 and c > 0}
     coins = np.asarray(panel.coins, dtype=object)
     per_coin = np.bincount(cols, minlength=N)
-    declared = {"layers": list(fs.layers), "excluded_layers": dict(fs.excluded_layers), "series_notes": dict(panel.notes)}
     return FeatureFrame(
         timeframe=panel.timeframe,
         ts=decision[rows],

@@ -1,7 +1,8 @@
 """The one feature registry (name, layer, inputs, lookback, function), shared by training and serving.
 
-Three kinds of block: `coin` blocks run on one coin's contiguous history (1-D arrays), `market` blocks
-on a market-wide series joined as-of onto the time grid, `cross` blocks on the T x N panel of all coins.
+Four kinds of block: `coin` blocks run on one coin's contiguous history (1-D arrays), `coin_join`
+blocks join a coin's other layers (trades, order books) as-of onto its grid, `market` blocks a
+market-wide series joined as-of, and `cross` blocks run on the T x N panel of all coins.
 Adding a feature is one function here-in-spirit: one decorated function in blocks.py.
 """
 
@@ -13,7 +14,7 @@ from typing import Literal
 
 from shared.settings import FeatureSet, FeatureSettings
 
-Kind = Literal["coin", "market", "cross"]
+Kind = Literal["coin", "market", "cross", "coin_join"]
 
 
 @dataclass(frozen=True)

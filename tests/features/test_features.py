@@ -172,3 +172,42 @@ def test_parquet_roundtrip_partitions_by_timeframe_and_date(full, tmp_path):
     # Re-writing the same frame rewrites the same keys: no duplicate rows.
     assert write_frame(lake, full["1h"]) == keys
     assert len(read_frame(lake, "1h")) == len(full["1h"])
+
+
+def test_liquidity_joins_whale_buckets_and_fresh_books(fetched, cfg):
+    """Hand-made trade buckets and book snapshots for BTC on the real hourly candles.
+
+    Buckets 20:00 and 21:00 on 2025-01-10 (decision times 21:00 and 22:00):
+      20:00: notional 1000, whale 200 (buy 150) -> whale_share 0.2, whale_buy_share 0.75
+      21:00: notional 500, whale 0             -> whale_share 0.0, whale_buy_share 0.0
+    Books: 20:45 spread 5 bps, bid depth 300 / ask 100 -> imbalance (300-100)/400 = 0.5
+           21:50 spread 8 bps, bid 100 / ask 100       -> imbalance 0
+    The 21:00 row takes the 20:45 book (15 min old); the 22:00 row the 21:50 one (10 min old).
+    """
+    from shared.contracts import Series
+
+    gated = logic.gate(fetched, cfg, iso_to_ms(HOURLY_END))
+    b0 = iso_to_ms("2025-01-10T20:00:00Z")
+    trades = Series("trades", "1h", "BTC-USD", "test", np.array([b0, b0 + HOUR]),
+                    {"trades": np.array([10.0, 4.0]), "notional": np.array([1000.0, 500.0]),
+                     "whale_trades": np.array([1.0, 0.0]), "whale_notional": np.array([200.0, 0.0]),
+                     "whale_buy_notional": np.array([150.0, 0.0])}, [])
+    book = Series("orderbook", "snapshot", "BTC-USD", "test",
+                  np.array([b0 + 45 * 60_000, b0 + 110 * 60_000]),
+                  {"spread_bps": np.array([5.0, 8.0]), "bid_depth_quote": np.array([300.0, 100.0]),
+                   "ask_depth_quote": np.array([100.0, 100.0])}, [])
+    clean = dict(gated.clean, **{"trades/1h/BTC-USD": trades, "orderbook/snapshot/BTC-USD": book})
+    with_liq = cfg.model_copy(deep=True)
+    fs = with_liq.features.sets["1h"]
+    fs.layers = [*fs.layers, "liquidity"]
+    fs.excluded_layers.pop("liquidity")
+    frame = build_frame(clean, gated.unavailable, "1h", with_liq)
+    assert list(frame.coin) == ["BTC", "BTC"]
+    assert list(frame.ts) == [b0 + HOUR, b0 + 2 * HOUR]
+    col = {n: frame.X[:, i] for i, n in enumerate(frame.names)}
+    np.testing.assert_allclose(col["whale_share"], [0.2, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(col["whale_buy_share"], [0.75, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(col["spread_bps"], [5.0, 8.0], rtol=1e-6)
+    np.testing.assert_allclose(col["depth_imbalance"], [0.5, 0.0], atol=1e-7)
+    # Every other row lacks the layer and is counted, not filled.
+    assert frame.excluded["liquidity_missing"] > 10_000
