@@ -31,6 +31,11 @@ class Fetched:
     failures: list[FetchFailure] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # asyncio.run() formats its finished main task, result included, when it restores the SIGINT handler
+        # (signal.getsignal -> enum ValueError message): a full repr would format every array and body fetched.
+        return f"Fetched(results={len(self.results)}, failures={len(self.failures)}, unreachable={sorted(self.unreachable)})"
+
 
 def run_id_for(source: str, as_of_ms: int) -> str:
     """Deterministic per (source, as-of): re-running the same cycle writes the same keys."""

@@ -97,10 +97,14 @@ def aggregate_whales(
     return {"ts": starts, **out}
 
 
+def _levels(rows: list) -> np.ndarray:
+    """[price, amount, ...] rows -> (n, 2) floats; ccxt appends a timestamp or order count for some exchanges."""
+    return np.asarray([row[:2] for row in rows], dtype=float).reshape(-1, 2)
+
+
 def book_summary(bids: list, asks: list) -> dict[str, float]:
     """Top-of-book and depth (quote currency) over the levels fetched."""
-    b = np.asarray(bids, dtype=float).reshape(-1, 2)[:, :2] if bids else np.zeros((0, 2))
-    a = np.asarray(asks, dtype=float).reshape(-1, 2)[:, :2] if asks else np.zeros((0, 2))
+    b, a = _levels(bids), _levels(asks)
     if not len(b) or not len(a):
         raise CstError("empty_book", "order book has no bids or no asks")
     best_bid, best_ask = b[0, 0], a[0, 0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -103,6 +103,16 @@ class BlockchainSource(Source):
         return run
 
 
+def _without_api_key(body: dict) -> dict:
+    """Coin Metrics repeats the whole query in next_page_url, api_key included: the copy that lands drops it."""
+    url = body.get("next_page_url")
+    if not isinstance(url, str):
+        return body
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "api_key"]
+    return {**body, "next_page_url": urlunsplit(parts._replace(query=urlencode(query)))}
+
+
 class CoinMetricsSource(Source):
     """Coin Metrics community API v4 /timeseries/asset-metrics, following next_page_url; one series per metric."""
 
@@ -144,7 +154,7 @@ class CoinMetricsSource(Source):
                 if not isinstance(body, dict) or not isinstance(body.get("data"), list):
                     raise CstError("malformed_response", f"coinmetrics {asset}: no data list")
                 records.append(_record("coinmetrics", {"url": url.split("?")[0], "params": request_params, "page": len(records)},
-                                       "onchain", asset.upper(), body))
+                                       "onchain", asset.upper(), _without_api_key(body)))
                 rows.extend(body["data"])
                 url = body.get("next_page_url")
                 query = None  # next_page_url carries the query (and the key, if any) itself

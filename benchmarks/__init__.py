@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each bench_*.py exposes main() -> dict of figures; `make bench` runs them all."""
