@@ -52,13 +52,25 @@ def set_secrets(secrets: Iterable[str]) -> None:
             logging.setLogRecordFactory(_redacting_factory)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (test capture, a redirected CLI), not the one at set-up."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     """Console logging to stderr for the CLI; redaction is installed before any handler can format."""
     set_secrets(secrets)
     root = logging.getLogger()
     root.setLevel(level.upper())
     if not any(getattr(h, "_cst", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._cst = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -61,11 +60,36 @@ FEAR_GREED = CsvFormat("alternative.me", "timestamp", {"value": "value"})
 BLOCKCHAIN = CsvFormat("blockchain.com", "x", {"value": "y"})
 
 
+# Physical line breaks as a text-mode read sees them; str.splitlines would also break at form feeds and
+# Unicode separators inside a line, pairing rows with the wrong source text.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _lines(text: str) -> list[str]:
+    lines = _LINE_BREAK.split(text.removeprefix("\ufeff"))  # a UTF-8 BOM is encoding, not part of the header
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _cells(line: str) -> list[str]:
+    # One physical line is one record in every supported format, so an unbalanced quote
+    # spoils its own line only instead of swallowing the lines after it.
+    if _UNDECODABLE.search(line):
+        raise ValueError("bytes that are not UTF-8")
+    return next(csv.reader([line]), [])
+
+
 def parse_csv(text: str, fmt: CsvFormat, *, layer: str, timeframe: str, symbol: str, source: str) -> Series:
     """Parse every line; a line that cannot be parsed becomes a parse_error row, never a guessed value."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    lines = text.splitlines()
+    lines = _lines(text)
+    try:
+        header = _cells(lines[0]) if lines else None
+    except csv.Error:
+        header = []
     errors: list[RejectedRow] = []
     ts: list[int] = []
     values: dict[str, list[float]] = {f: [] for f in fmt.fields}
@@ -79,18 +103,20 @@ def parse_csv(text: str, fmt: CsvFormat, *, layer: str, timeframe: str, symbol: 
             errors.append(RejectedRow("parse_error", lines[0] if lines else "", None, detail))
     else:
         idx = {c: header.index(c) for c in wanted}
-        for n, row in enumerate(reader, start=1):
-            line = lines[n] if n < len(lines) else ",".join(row)
-            if not row or not any(cell.strip() for cell in row):
-                continue
+        for n, line in enumerate(lines[1:], start=1):
             try:
+                if not line.strip():
+                    continue  # a blank line carries no record
+                row = _cells(line)
+                if not any(cell.strip() for cell in row):
+                    raise ValueError("a record with every cell empty")
                 if len(row) != len(header):
                     raise ValueError(f"{len(row)} cells, header has {len(header)}")
                 t = parse_time(row[idx[fmt.time_column]])
                 parsed = {f: float(row[idx[col]]) for f, col in fmt.fields.items()}
                 if any(not np.isfinite(v) for v in parsed.values()):
                     raise ValueError("non-finite number")
-            except (ValueError, IndexError, OverflowError) as exc:
+            except (ValueError, IndexError, OverflowError, csv.Error) as exc:
                 errors.append(RejectedRow("parse_error", line, None, f"line {n + 1}: {exc}"))
                 continue
             ts.append(t)
@@ -172,8 +198,9 @@ class FileSource(Source):
     def _reader(self, spec: FileSpec):
         async def run(_: Fetcher) -> FetchResult:
             try:
-                text = spec.path.read_text(encoding="utf-8", errors="strict")
-            except (OSError, UnicodeDecodeError) as exc:
+                # Bytes that are not UTF-8 spoil their own line (a parse_error), not the whole file.
+                text = spec.path.read_bytes().decode("utf-8", errors="surrogateescape")
+            except OSError as exc:
                 raise CstError("source_unreadable", f"cannot read {spec.path}: {exc}") from None
             record = RawRecord(
                 provenance=Provenance(
