@@ -15,11 +15,11 @@ $(BIN)/python:
 
 # Stamps re-install only when pyproject.toml changes.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e ".[training]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[training,dev]"
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run

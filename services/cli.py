@@ -27,7 +27,6 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 # Steps of the main job that later issues build; `cst run` names them instead of pretending.
 NOT_BUILT = [
-    ("train", "per-horizon ensembles, calibration, ONNX (issue 4)"),
     ("predict", "ONNX prediction, 80% filter, consensus, logging, outcomes, drift (issue 5)"),
     ("risk", "sizing and guards (issue 6)"),
 ]
@@ -152,6 +151,37 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from services.training.train import train
+
+    lake = open_lake(args.lake or settings.lake.uri, region=settings.aws_region)
+    horizons = [h for h in args.horizons.split(",") if h] if args.horizons else None
+    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("training", total=None)
+        results = train(settings, args.source, lake, until=args.until, horizons=horizons, budget=args.budget,
+                        tick=lambda msg: bar.update(task, description=msg))
+    console.print(training_table(results))
+    return 0
+
+
+def training_table(results: dict) -> Table:
+    table = Table(title="training (held-out: later half of out-of-fold stacked predictions)")
+    for col in ("horizon", "version", "rows", "CV Brier", "Brier skill", "ECE", "calibrator", "conf>=thr n / hit",
+                "CURRENT", "wall s"):
+        table.add_column(col)
+    for h, m in results.items():
+        if "error" in m:
+            table.add_row(h, f"[red]not trained[/]: [{m['error']}] {m['message']}", *[""] * 8)
+            continue
+        mt, conf = m["metrics"], m["metrics"]["confident"]
+        hit = "-" if conf["hit_rate"] is None else f"{conf['hit_rate']:.3f}"
+        table.add_row(h, m["version"], str(m["training_window"]["rows"]), f"{mt['cv_brier']:.4f}",
+                      f"{mt['brier_skill']:+.4f}", f"{mt['ece']:.4f}", m["calibration"]["method"],
+                      f"{conf['n']} / {hit}", "moved" if m["gate"]["promote"] else f"kept ({m['gate']['reason']})",
+                      str(m.get("wall_seconds", "")))
+    return table
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cst", description="CryptoSmartTrader: multi-horizon crypto forecasts from real data")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--as-of", help="judge as if now were this UTC time; later rows are not read")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("train", help="train per-horizon models from a directory of files into the lake's registry")
+    p.add_argument("--source", required=True, help="directory laid out like ../shared/data")
+    p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
+    p.add_argument("--until", help="train on data published strictly before this UTC date/time")
+    p.add_argument("--horizons", help="comma-separated, default all: 1h,24h,7d,30d")
+    p.add_argument("--budget", default="quick", help="tuning/training budget profile: quick or full")
+    p.set_defaults(func=cmd_train)
 
     for name, func, text in (("ingest", cmd_ingest, "land raw data and the quality report in the lake"),
                              ("run", cmd_run, "the main job (the steps built so far)")):

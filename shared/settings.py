@@ -175,6 +175,49 @@ class FeatureSettings(BaseModel):
     }
 
 
+class HorizonSpec(BaseModel):
+    timeframe: str
+    bars: int
+    # The sequence network sees this many consecutive feature rows.
+    sequence_length: int
+
+
+class Budget(BaseModel):
+    """How much search and training one retrain may spend (per horizon)."""
+
+    folds: int
+    trials: dict[str, int]
+    timeout_s: float
+    epochs: int
+    gbt_max_estimators: int
+
+
+class TrainingSettings(BaseModel):
+    horizons: dict[str, HorizonSpec] = {
+        "1h": HorizonSpec(timeframe="1h", bars=1, sequence_length=24),
+        "24h": HorizonSpec(timeframe="1d", bars=1, sequence_length=16),
+        "7d": HorizonSpec(timeframe="1d", bars=7, sequence_length=16),
+        "30d": HorizonSpec(timeframe="1d", bars=30, sequence_length=16),
+    }
+    # |forward log return| at or below this is a move too small to trade after costs: such rows
+    # do not teach direction (they are left out of training labels, never relabelled).
+    dead_zone: float = 0.0025
+    quantiles: tuple[float, float, float] = (0.1, 0.5, 0.9)
+    budgets: dict[str, Budget] = {
+        "quick": Budget(folds=3, trials={"lr": 4, "gbt": 3, "gru": 1}, timeout_s=90, epochs=6, gbt_max_estimators=150),
+        "full": Budget(folds=5, trials={"lr": 12, "gbt": 16, "gru": 4}, timeout_s=240, epochs=20, gbt_max_estimators=400),
+    }
+    # Venn-Abers and the other calibrators are tabulated on this many score points for export.
+    calibration_grid: int = 512
+    # A new model replaces CURRENT only if its CV Brier is not worse than the current one's by more than this.
+    gate_brier_tolerance: float = 0.002
+    shap_top_k: int = 5
+    shap_background: int = 16
+    shap_permutations: int = 4
+    seed: int = 7
+    torch_threads: int = 2
+
+
 class Settings(BaseSettings):
     """Every knob of cst. Environment: CST_<FIELD>, nested with '__' (CST_EXCHANGE__ID=binance)."""
 
@@ -188,6 +231,7 @@ class Settings(BaseSettings):
     sources: SourceSettings = SourceSettings()
     quality: QualitySettings = QualitySettings()
     features: FeatureSettings = FeatureSettings()
+    training: TrainingSettings = TrainingSettings()
     universe: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
     timeframes: list[str] = ["1h", "1d"]
     horizons: list[str] = ["1h", "24h", "7d", "30d"]

@@ -1,0 +1,129 @@
+"""Serving a horizon's model: ONNX members -> meta-learner -> calibrator, with SHAP; numpy + onnxruntime only."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from shared.errors import CstError, LakeKeyNotFound
+from shared.storage import Lake
+
+MEMBER_FILES = {"lr": "lr.onnx", "gbt": "gbt.onnx", "gru": "gru.onnx"}
+OTHER_FILES = {"meta": "meta.onnx", "calibrator": "calibrator.onnx", "q10": "q10.onnx", "q50": "q50.onnx",
+               "q90": "q90.onnx", "background": "background.npz"}
+ALL_FILES = {**MEMBER_FILES, **OTHER_FILES}
+
+
+def model_prefix(horizon: str, version: str) -> str:
+    return f"models/horizon={horizon}/version={version}/"
+
+
+def current_version(lake: Lake, horizon: str) -> str | None:
+    try:
+        return lake.get(f"models/horizon={horizon}/CURRENT").decode().strip()
+    except LakeKeyNotFound:
+        return None
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def _session(blob: bytes) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.log_severity_level = 3
+    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class Predictions:
+    p_up: np.ndarray
+    low: np.ndarray  # lower end of the interval for P(up)
+    high: np.ndarray
+    direction: np.ndarray  # +1 up, -1 down
+    confidence: np.ndarray  # the interval's lower bound for the predicted direction
+    quantiles: np.ndarray  # (n, 3) forward log-return quantiles
+    meta_logit: np.ndarray
+
+
+class HorizonModel:
+    """One horizon's stacked ensemble as exported by training; every artifact is required."""
+
+    def __init__(self, horizon: str, version: str, blobs: dict[str, bytes], metadata: dict):
+        missing = [name for name, f in ALL_FILES.items() if f not in blobs]
+        if missing:
+            raise CstError("model_incomplete",
+                           f"model {horizon}/{version} lacks {', '.join(ALL_FILES[m] for m in missing)}; "
+                           "every member (the sequence network included) is required")
+        self.horizon, self.version, self.metadata = horizon, version, metadata
+        self.names: list[str] = metadata["features"]
+        self.sessions = {name: _session(blobs[f]) for name, f in ALL_FILES.items() if f.endswith(".onnx")}
+        bg = np.load(io.BytesIO(blobs["background.npz"]))
+        self.bg_X, self.bg_S = bg["X"].astype(np.float32), bg["S"].astype(np.float32)
+
+    @classmethod
+    def load(cls, lake: Lake, horizon: str, version: str | None = None) -> HorizonModel:
+        version = version or current_version(lake, horizon)
+        if version is None:
+            raise CstError("no_model", f"no CURRENT model for horizon {horizon} in {lake.uri}; run cst train")
+        prefix = model_prefix(horizon, version)
+        meta = json.loads(lake.get(prefix + "metadata.json"))
+        blobs = {}
+        for f in ALL_FILES.values():
+            try:
+                blobs[f] = lake.get(prefix + f)
+            except LakeKeyNotFound:
+                pass
+        return cls(horizon, version, blobs, meta)
+
+    def _run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
+        s = self.sessions[name]
+        return s.run(None, {s.get_inputs()[0].name: x})
+
+    def member_logits(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        S = np.ascontiguousarray(S, dtype=np.float32)
+        lr = _logit(self._run("lr", X)[1][:, 1])
+        gbt = _logit(self._run("gbt", X)[1][:, 1])
+        gru = self._run("gru", S)[0].astype(np.float64).reshape(-1)
+        return np.column_stack([lr, gbt, gru])
+
+    def meta_logit(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
+        z = self.member_logits(X, S).astype(np.float32)
+        return _logit(self._run("meta", z)[1][:, 1])
+
+    def predict(self, X: np.ndarray, S: np.ndarray) -> Predictions:
+        if X.shape[1] != len(self.names):
+            raise CstError("feature_mismatch", f"model {self.horizon}/{self.version} expects {len(self.names)} "
+                                               f"features, got {X.shape[1]}")
+        score = self.meta_logit(X, S)
+        p, low, high = (a.astype(np.float64) for a in self._run("calibrator", score.astype(np.float32)))
+        up = p >= 0.5
+        direction = np.where(up, 1, -1)
+        confidence = np.where(up, low, 1.0 - high)
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        q = np.column_stack([self._run(k, X32)[0].reshape(-1) for k in ("q10", "q50", "q90")]).astype(np.float64)
+        # Quantile models are fitted separately; their estimates are rearranged into order (never moved).
+        q = np.sort(q, axis=1)
+        return Predictions(p, low, high, direction, confidence, q, score)
+
+    def explain(self, X: np.ndarray, S: np.ndarray, *, permutations: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Permutation SHAP of the meta-learner's logit against the stored background rows.
+
+        Returns (phi (n, F), base (n,)); for every row sum(phi) + base == meta_logit(row) exactly
+        (each permutation's contributions telescope from the background to the row).
+        """
+        from services.predict.explain import permutation_shap
+
+        return permutation_shap(self.meta_logit, X, S, self.bg_X, self.bg_S, permutations=permutations, seed=seed)
+
+
+def top_features(phi: np.ndarray, names: list[str], k: int) -> list[list[dict]]:
+    order = np.argsort(-np.abs(phi), axis=1)[:, :k]
+    return [[{"feature": names[j], "contribution": float(phi[i, j])} for j in row] for i, row in enumerate(order)]

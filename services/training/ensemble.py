@@ -1,0 +1,186 @@
+"""One horizon end to end: labels, purged CV, tuned members, stacking, calibration, quantiles, export."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.features.frame import FeatureFrame, Panel
+from services.features.sequences import sequence_index, sequences
+from services.training.calibration import Calibrator, brier, ece, fit_calibrator
+from services.training.cv import walk_forward
+from services.training.labels import direction_labels, forward_log_returns
+from services.training.members import MEMBERS, OPSET, Dataset, QuantileModels, make_member
+from services.training.tuning import TuneResult, sigmoid, tune_member
+from shared.errors import CstError
+from shared.settings import Budget, HorizonSpec, Settings, timeframe_ms
+from shared.storage import Lake
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    ds: Dataset
+    fwd: np.ndarray  # forward log return of each labeled row
+    excluded: dict[str, int]
+
+
+def prepare(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, dead_zone: float) -> Prepared:
+    """Rows with an observed label outside the dead zone and a complete sequence window."""
+    step = timeframe_ms(spec.timeframe)
+    fwd = forward_log_returns(panel, frame, spec.bars)
+    y = direction_labels(fwd, dead_zone)
+    idx, full = sequence_index(frame.ts, frame.coin, step, spec.sequence_length)
+    observed = np.isfinite(fwd)
+    keep = full & np.isfinite(y)
+    excluded = {
+        "label_not_yet_observed": int((~observed).sum()),
+        "dead_zone": int((observed & ~np.isfinite(y)).sum()),
+        "sequence_window": int((np.isfinite(y) & ~full).sum()),
+    }
+    rows = np.flatnonzero(keep)
+    ds = Dataset(frame.X[rows], sequences(frame.X, idx[rows]), y[rows], frame.ts[rows], frame.coin[rows])
+    return Prepared(ds, fwd[rows], excluded)
+
+
+@dataclass
+class Trained:
+    horizon: str
+    spec: HorizonSpec
+    names: list[str]
+    members: dict
+    meta: object
+    calibrator: Calibrator
+    quantiles: QuantileModels
+    background: dict[str, np.ndarray]
+    metrics: dict
+    params: dict
+    tuning: dict
+    window: dict
+    excluded: dict
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    # The labeled rows and which of them formed the held-out validation half (for the registry gate).
+    ds: Dataset | None = None
+    val_idx: np.ndarray | None = None
+
+
+def _meta_model():
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0, max_iter=1000)
+
+
+def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Settings, budget: Budget,
+                  lake: Lake | None, tick: Callable[[str], None] | None = None) -> Trained:
+    cfg = settings.training
+    spec = cfg.horizons[horizon]
+    seed = cfg.seed
+    tick = tick or (lambda _msg: None)
+    prep = prepare(frame, panel, spec, cfg.dead_zone)
+    ds = prep.ds
+    if len(ds) < 500:
+        raise CstError("too_few_rows", f"{horizon}: {len(ds)} labeled rows with full sequence windows before the "
+                                       f"cut-off (excluded: {prep.excluded}); at least 500 are needed")
+    horizon_ms = spec.bars * timeframe_ms(spec.timeframe)
+    folds = walk_forward(ds.ts, horizon_ms, budget.folds)
+    test_rows = np.concatenate([f.test for f in folds])
+    tuned: dict[str, TuneResult] = {}
+    for m in MEMBERS:
+        tick(f"{horizon}: tuning {m}")
+        tuned[m] = tune_member(m, ds, folds, budget, seed=seed, lake=lake, horizon=horizon,
+                               on_trial=lambda: tick(f"{horizon}: {m} trial"))
+    oof = np.column_stack([tuned[m].oof for m in MEMBERS])
+    y_oof = ds.y[test_rows]
+
+    # Meta-learner out of sample too: fold k's stacked score comes from a meta fitted on folds < k.
+    sizes = np.cumsum([0] + [f.test.size for f in folds])
+    meta_scores, meta_y, meta_ts = [], [], []
+    for k in range(1, len(folds)):
+        fit_part = slice(0, sizes[k])
+        part = slice(sizes[k], sizes[k + 1])
+        meta_k = _meta_model().fit(oof[fit_part], y_oof[fit_part].astype(int))
+        meta_scores.append(meta_k.decision_function(oof[part]))
+        meta_y.append(y_oof[part])
+        meta_ts.append(ds.ts[test_rows[part]])
+    s_meta = np.concatenate(meta_scores)
+    y_meta = np.concatenate(meta_y)
+    tick(f"{horizon}: calibrating")
+    cal = fit_calibrator(s_meta, y_meta, cfg.calibration_grid)
+
+    # Held-out figures: the calibrator chosen and fitted on the earlier half, scored on the later half.
+    half = s_meta.size // 2
+    probe = fit_calibrator(s_meta[:half], y_meta[:half], min(cfg.calibration_grid, 128))
+    p_val, lo_val, hi_val = probe.transform(s_meta[half:])
+    y_val = y_meta[half:]
+    val_start = int(np.concatenate(meta_ts)[half])
+    base_rate = float(ds.y[ds.ts + horizon_ms <= val_start].mean())
+    ref = brier(np.full(y_val.size, base_rate), y_val)
+    b = brier(p_val, y_val)
+    conf = np.where(p_val >= 0.5, lo_val, 1 - hi_val)
+    hit = np.where(p_val >= 0.5, y_val == 1, y_val == 0)
+    confident = conf >= settings.confidence_threshold
+    metrics = {
+        "cv_brier": b, "brier_skill": 1 - b / ref if ref > 0 else 0.0, "ece": ece(p_val, y_val),
+        "base_rate_train": base_rate, "validation_rows": int(y_val.size), "validation_start": val_start,
+        "member_cv_brier": {m: tuned[m].best_brier for m in MEMBERS},
+        "confident": {"threshold": settings.confidence_threshold, "n": int(confident.sum()),
+                      "hit_rate": float(hit[confident].mean()) if confident.any() else None},
+        "hit_rate_all": float(hit.mean()),
+    }
+
+    tick(f"{horizon}: final fit")
+    members = {m: make_member(m, tuned[m].params, seed, cfg.torch_threads).fit(ds, epochs=budget.epochs)
+               for m in MEMBERS}
+    meta = _meta_model().fit(oof, y_oof.astype(int))
+    quant = QuantileModels(cfg.quantiles, n_estimators=min(150, budget.gbt_max_estimators), seed=seed).fit(ds.X, prep.fwd)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(ds), size=min(settings.training.shap_background, len(ds)), replace=False))
+    trained = Trained(
+        horizon=horizon, spec=spec, names=list(frame.names), members=members, meta=meta, calibrator=cal,
+        quantiles=quant, background={"X": ds.X[pick], "S": ds.S[pick]}, metrics=metrics,
+        params={m: tuned[m].params for m in MEMBERS},
+        tuning={m: {"trials_this_run": tuned[m].trials_run, "trials_in_study": tuned[m].trials_total} for m in MEMBERS},
+        window={"first": int(ds.ts.min()), "last": int(ds.ts.max()), "rows": len(ds),
+                "coins": sorted(set(ds.coin.tolist())), "folds": len(folds)},
+        excluded=prep.excluded,
+        ds=ds,
+        val_idx=test_rows[sizes[1] + half:],
+    )
+    tick(f"{horizon}: exporting")
+    trained.blobs = export(trained, ds)
+    return trained
+
+
+def export(t: Trained, ds: Dataset) -> dict[str, bytes]:
+    from skl2onnx import to_onnx
+
+    F = len(t.names)
+    blobs = {f"{m}.onnx": t.members[m].to_onnx(F) for m in MEMBERS}
+    blobs["meta.onnx"] = to_onnx(t.meta, np.zeros((1, len(MEMBERS)), np.float32),
+                                 target_opset={"": OPSET, "ai.onnx.ml": 3},
+                                 options={id(t.meta): {"zipmap": False}}).SerializeToString()
+    blobs["calibrator.onnx"] = t.calibrator.to_onnx()
+    for q, blob in zip(("q10", "q50", "q90"), t.quantiles.to_onnx(F)):
+        blobs[f"{q}.onnx"] = blob
+    buf = io.BytesIO()
+    np.savez(buf, X=t.background["X"], S=t.background["S"])
+    blobs["background.npz"] = buf.getvalue()
+    return blobs
+
+
+def native_meta_logit(t: Trained, ds: Dataset) -> np.ndarray:
+    """The same stack evaluated with the native (scikit-learn, LightGBM, torch) models: the parity reference."""
+    z = np.column_stack([t.members[m].logit(ds) for m in MEMBERS])
+    return t.meta.decision_function(z)
+
+
+def native_p_up(t: Trained, ds: Dataset) -> np.ndarray:
+    return t.calibrator.transform(native_meta_logit(t, ds))[0]
+
+
+__all__ = ["prepare", "train_horizon", "export", "native_meta_logit", "native_p_up", "sigmoid"]

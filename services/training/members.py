@@ -1,0 +1,249 @@
+"""Base learners (scikit-learn style): regularized logistic regression, gradient-boosted trees, a GRU.
+
+Each member learns from a Dataset, returns logits (log-odds of up), and exports itself to ONNX.
+Training-only: imports scikit-learn, LightGBM and torch; serving never imports this module.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MEMBERS = ("lr", "gbt", "gru")
+OPSET = 15  # onnxmltools' LightGBM converter supports up to 15; every member uses the same
+
+
+@dataclass
+class Dataset:
+    X: np.ndarray  # (n, F) float32, the row's features
+    S: np.ndarray  # (n, L, F) float32, the last L rows of the same coin (oldest first)
+    y: np.ndarray  # (n,) 0/1 (NaN where unlabeled)
+    ts: np.ndarray
+    coin: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Dataset:
+        return Dataset(self.X[idx], self.S[idx], self.y[idx], self.ts[idx], self.coin[idx])
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+class LogisticMember:
+    name = "lr"
+
+    def __init__(self, C: float = 0.1, seed: int = 0):
+        self.C = C
+        self.seed = seed
+
+    @staticmethod
+    def space(trial: Any) -> dict:
+        return {"C": trial.suggest_float("C", 1e-3, 10.0, log=True)}
+
+    def fit(self, ds: Dataset, epochs: int = 0) -> LogisticMember:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=1000))
+        self.model.fit(ds.X, ds.y.astype(int))
+        return self
+
+    def logit(self, ds: Dataset) -> np.ndarray:
+        return self.model.decision_function(ds.X)
+
+    def to_onnx(self, n_features: int) -> bytes:
+        from skl2onnx import to_onnx
+
+        clf = self.model.steps[-1][1]
+        onx = to_onnx(self.model, np.zeros((1, n_features), np.float32), target_opset={"": OPSET, "ai.onnx.ml": 3},
+                      options={id(clf): {"zipmap": False}})
+        return onx.SerializeToString()
+
+
+class GbtMember:
+    """LightGBM: it converts to ONNX cleanly (scikit-learn's HistGradientBoosting does not with onnx>=1.16)."""
+
+    name = "gbt"
+
+    def __init__(self, n_estimators: int = 150, num_leaves: int = 15, learning_rate: float = 0.05,
+                 min_child_samples: int = 100, colsample_bytree: float = 0.7, reg_lambda: float = 1.0, seed: int = 0):
+        self.params = dict(n_estimators=n_estimators, num_leaves=num_leaves, learning_rate=learning_rate,
+                           min_child_samples=min_child_samples, colsample_bytree=colsample_bytree, reg_lambda=reg_lambda)
+        self.seed = seed
+
+    @staticmethod
+    def space(trial: Any, max_estimators: int = 400) -> dict:
+        return {
+            "n_estimators": trial.suggest_int("n_estimators", 50, max_estimators, step=50),
+            "num_leaves": trial.suggest_int("num_leaves", 4, 31),
+            "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+            "min_child_samples": trial.suggest_int("min_child_samples", 20, 400, log=True),
+            "colsample_bytree": trial.suggest_float("colsample_bytree", 0.3, 1.0),
+            "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
+        }
+
+    def fit(self, ds: Dataset, epochs: int = 0) -> GbtMember:
+        import lightgbm as lgb
+
+        self.model = lgb.LGBMClassifier(**self.params, subsample=0.8, subsample_freq=1, random_state=self.seed,
+                                        n_jobs=2, verbose=-1)
+        self.model.fit(ds.X, ds.y.astype(int))
+        return self
+
+    def logit(self, ds: Dataset) -> np.ndarray:
+        return self.model.predict(ds.X, raw_score=True)
+
+    def to_onnx(self, n_features: int) -> bytes:
+        from onnxmltools import convert_lightgbm
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        onx = convert_lightgbm(self.model, initial_types=[("x", FloatTensorType([None, n_features]))],
+                               zipmap=False, target_opset=OPSET)
+        return onx.SerializeToString()
+
+
+def _gru_module(n_features: int, hidden: int, dropout: float, mean: np.ndarray, std: np.ndarray):
+    import torch
+    from torch import nn
+
+    class SequenceNet(nn.Module):
+        """Standardize -> GRU over the window -> linear head on the last state -> logit."""
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+            self.gru = nn.GRU(n_features, hidden, batch_first=True)
+            self.drop = nn.Dropout(dropout)
+            self.head = nn.Linear(hidden, 1)
+
+        def forward(self, x):
+            z = (x - self.mean) / self.std
+            out, _ = self.gru(z)
+            return self.head(self.drop(out[:, -1, :])).squeeze(-1)
+
+    return SequenceNet()
+
+
+class SequenceMember:
+    """A GRU over the last L feature rows of the coin, pooled across coins (no coin identity)."""
+
+    name = "gru"
+
+    def __init__(self, hidden: int = 32, dropout: float = 0.1, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 seed: int = 0, threads: int = 2):
+        self.hidden, self.dropout, self.lr, self.weight_decay = hidden, dropout, lr, weight_decay
+        self.seed, self.threads = seed, threads
+
+    @staticmethod
+    def space(trial: Any) -> dict:
+        return {
+            "hidden": trial.suggest_categorical("hidden", [16, 32, 64]),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.4),
+            "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        }
+
+    def fit(self, ds: Dataset, epochs: int = 6) -> SequenceMember:
+        import torch
+
+        torch.manual_seed(self.seed)
+        torch.set_num_threads(self.threads)
+        flat = ds.S.reshape(-1, ds.S.shape[-1])
+        mean = flat.mean(axis=0)
+        std = flat.std(axis=0)
+        std = np.where(std > 0, std, 1.0)  # a constant feature divides by 1: it carries no signal either way
+        self.net = _gru_module(ds.S.shape[-1], self.hidden, self.dropout, mean, std)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        X = torch.as_tensor(ds.S)
+        y = torch.as_tensor(ds.y.astype(np.float32))
+        gen = torch.Generator().manual_seed(self.seed)
+        self.net.train()
+        for _ in range(max(1, epochs)):
+            perm = torch.randperm(len(ds), generator=gen)
+            for i in range(0, len(ds), 256):
+                b = perm[i: i + 256]
+                opt.zero_grad()
+                loss = loss_fn(self.net(X[b]), y[b])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+                opt.step()
+        self.net.eval()
+        return self
+
+    def logit(self, ds: Dataset) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            out = [self.net(torch.as_tensor(ds.S[i: i + 4096])).numpy() for i in range(0, len(ds), 4096)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+    def to_onnx(self, n_features: int) -> bytes:
+        import torch
+
+        L = 2
+        import warnings
+
+        buf = io.BytesIO()
+        example = torch.zeros((2, L, n_features), dtype=torch.float32)
+        with warnings.catch_warnings():
+            # The exporter warns about GRU batch sizes and its own deprecation; batch and length are
+            # dynamic axes here and the parity test runs other batch sizes.
+            warnings.simplefilter("ignore")
+            self._export(buf, example)
+        return buf.getvalue()
+
+    def _export(self, buf, example) -> None:
+        import torch
+
+        torch.onnx.export(self.net, (example,), buf, input_names=["x"], output_names=["logit"],
+                          dynamic_axes={"x": {0: "batch", 1: "steps"}, "logit": {0: "batch"}},
+                          opset_version=max(OPSET, 14), dynamo=False)
+
+
+def make_member(name: str, params: dict, seed: int, threads: int = 2):
+    if name == "lr":
+        return LogisticMember(seed=seed, **params)
+    if name == "gbt":
+        return GbtMember(seed=seed, **params)
+    if name == "gru":
+        return SequenceMember(seed=seed, threads=threads, **params)
+    raise ValueError(f"unknown member {name!r}; members: {MEMBERS}")
+
+
+class QuantileModels:
+    """Forward log-return quantiles (10/50/90%) by LightGBM quantile regression, for sizing."""
+
+    def __init__(self, quantiles: tuple[float, ...], n_estimators: int = 150, seed: int = 0):
+        self.quantiles = quantiles
+        self.n_estimators = n_estimators
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, r: np.ndarray) -> QuantileModels:
+        import lightgbm as lgb
+
+        self.models = [
+            lgb.LGBMRegressor(objective="quantile", alpha=q, n_estimators=self.n_estimators, num_leaves=15,
+                              learning_rate=0.05, min_child_samples=100, random_state=self.seed, n_jobs=2, verbose=-1).fit(X, r)
+            for q in self.quantiles
+        ]
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.sort(np.column_stack([m.predict(X) for m in self.models]), axis=1)
+
+    def to_onnx(self, n_features: int) -> list[bytes]:
+        from onnxmltools import convert_lightgbm
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        return [convert_lightgbm(m, initial_types=[("x", FloatTensorType([None, n_features]))],
+                                 target_opset=OPSET).SerializeToString() for m in self.models]

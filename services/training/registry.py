@@ -1,0 +1,169 @@
+"""Model registry in the lake: versioned ONNX + metadata + model card; CURRENT moves only through the gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version as pkg_version
+from pathlib import Path
+
+import numpy as np
+
+from services.predict.model import HorizonModel, current_version, model_prefix
+from services.training.calibration import brier
+from services.training.ensemble import Trained
+from services.training.members import Dataset
+from shared.contracts import ms_to_iso
+from shared.storage import Lake
+
+log = logging.getLogger(__name__)
+
+LIBS = ("numpy", "scikit-learn", "lightgbm", "torch", "onnx", "onnxruntime", "skl2onnx", "onnxmltools", "optuna", "ta-lib")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBS:
+        try:
+            out[lib] = pkg_version(lib)
+        except PackageNotFoundError:
+            out[lib] = "absent"
+    return out
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def fingerprint(ds: Dataset) -> str:
+    h = hashlib.sha256()
+    for a in (ds.X, ds.y, ds.ts):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update("|".join(ds.coin.tolist()).encode())
+    return h.hexdigest()[:16]
+
+
+def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict) -> dict:
+    return {
+        "horizon": t.horizon,
+        "version": version,
+        "timeframe": t.spec.timeframe,
+        "bars": t.spec.bars,
+        "sequence_length": t.spec.sequence_length,
+        "features": t.names,
+        "feature_hash": hashlib.sha256("|".join(t.names).encode()).hexdigest()[:16],
+        "declared_layers": declared.get("layers", []),
+        "excluded_layers": declared.get("excluded_layers", {}),
+        "training_window": {"first": ms_to_iso(t.window["first"]), "last": ms_to_iso(t.window["last"]),
+                            "rows": t.window["rows"], "coins": t.window["coins"], "folds": t.window["folds"]},
+        "rows_excluded": t.excluded,
+        "data_fingerprint": fingerprint(ds),
+        "metrics": t.metrics,
+        "calibration": {"method": t.calibrator.method, **t.calibrator.selection, "interval": "venn_abers"},
+        "members": {m: t.params[m] for m in t.params},
+        "tuning": t.tuning,
+        "libraries": _versions(),
+        "git_sha": _git_sha(),
+        "gate": gate,
+        "created": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def model_card(meta: dict) -> str:
+    m = meta["metrics"]
+    cal = meta["calibration"]
+    conf = m["confident"]
+    lines = [
+        f"# Model card: horizon {meta['horizon']}, version {meta['version']}",
+        "",
+        f"Predicts P(forward log return over {meta['bars']} x {meta['timeframe']} > 0) per coin, with an interval "
+        "and forward-return quantiles (10/50/90%).",
+        "",
+        "## Data",
+        f"- Training window (decision times): {meta['training_window']['first']} .. {meta['training_window']['last']}, "
+        f"{meta['training_window']['rows']} rows, coins: {', '.join(meta['training_window']['coins'])}",
+        f"- Rows left out: {json.dumps(meta['rows_excluded'])}",
+        f"- Features: {len(meta['features'])} (hash {meta['feature_hash']}); layers {', '.join(meta['declared_layers'])}",
+        *[f"- Layer left out, {k}: {v}" for k, v in meta["excluded_layers"].items()],
+        f"- Data fingerprint {meta['data_fingerprint']}; git {meta['git_sha']}",
+        "",
+        "## Model",
+        "- Members (all required at serving): regularized logistic regression, LightGBM trees, a GRU over the last "
+        f"{meta['sequence_length']} rows; stacked by a logistic meta-learner trained on out-of-fold member logits "
+        f"from purged walk-forward CV ({meta['training_window']['folds']} folds, embargo = horizon).",
+        *[f"- {k}: {json.dumps(v)}" for k, v in meta["members"].items()],
+        f"- Optuna trials (this run / whole study): {json.dumps(meta['tuning'])}",
+        "",
+        "## Calibration and uncertainty",
+        f"- Point calibrator: **{cal['method']}**, chosen on validation Brier {json.dumps(cal.get('validation_brier'))}.",
+        "- Interval: inductive Venn-Abers [p0, p1]. Its bounds are valid under exchangeability for any "
+        "underlying model, per prediction; an ensemble spread measures model disagreement, not calibration, and a "
+        "conformal set on labels gives no probability interval. The confidence filter uses the lower bound of the "
+        "predicted direction.",
+        "",
+        "## Held-out figures (later half of out-of-fold stacked predictions)",
+        f"- Brier {m['cv_brier']:.4f}, Brier skill {m['brier_skill']:+.4f} vs training base rate {m['base_rate_train']:.3f}, "
+        f"ECE {m['ece']:.4f}, n = {m['validation_rows']}",
+        f"- Member CV Brier: {json.dumps({k: round(v, 4) for k, v in m['member_cv_brier'].items()})}",
+        f"- Confidence >= {conf['threshold']}: n = {conf['n']}, hit rate = {conf['hit_rate']}",
+        "",
+        "## Gate",
+        f"- {json.dumps(meta['gate'])}",
+        "",
+        f"Libraries: {json.dumps(meta['libraries'])}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: float) -> dict:
+    """Compare with the CURRENT model on validation rows it never trained on; fall back to CV figures."""
+    prev = current_version(lake, t.horizon)
+    new_b = t.metrics["cv_brier"]
+    if prev is None:
+        return {"promote": True, "reason": "no previous model"}
+    try:
+        old = HorizonModel.load(lake, t.horizon, prev)
+    except Exception as exc:  # noqa: BLE001 - an unreadable previous model cannot block a readable new one
+        return {"promote": True, "reason": f"previous model {prev} unreadable: {exc}", "previous": prev}
+    horizon_ms = int(old.metadata["bars"]) * (86_400_000 if old.metadata["timeframe"] == "1d" else 3_600_000)
+    from shared.contracts import iso_to_ms
+
+    unseen = val_idx[ds.ts[val_idx] > iso_to_ms(old.metadata["training_window"]["last"]) + horizon_ms]
+    if old.names == t.names and unseen.size >= 100:
+        from services.training.ensemble import native_p_up
+
+        sub = ds.take(unseen)
+        old_b = brier(old.predict(sub.X, sub.S).p_up, sub.y)
+        this_b = brier(native_p_up(t, sub), sub.y)
+        ok = this_b <= old_b + tolerance
+        return {"promote": ok, "previous": prev, "rows": int(unseen.size), "brier_new": this_b, "brier_previous": old_b,
+                "reason": "same unseen validation rows" + ("" if ok else ": new model is worse")}
+    old_b = float(old.metadata["metrics"]["cv_brier"])
+    ok = new_b <= old_b + tolerance
+    return {"promote": ok, "previous": prev, "brier_new": new_b, "brier_previous": old_b,
+            "reason": "CV figures (feature sets differ or too few unseen rows)" + ("" if ok else ": new model is worse")}
+
+
+def publish(t: Trained, ds: Dataset, val_idx: np.ndarray, declared: dict, lake: Lake, tolerance: float) -> dict:
+    version = "v" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    decision = gate(t, ds, val_idx, lake, tolerance)
+    meta = metadata(t, version, ds, declared, decision)
+    prefix = model_prefix(t.horizon, version)
+    for name, blob in t.blobs.items():
+        lake.put(prefix + name, blob)
+    lake.put_json(prefix + "metadata.json", meta)
+    lake.put(prefix + "MODEL_CARD.md", model_card(meta).encode())
+    if decision["promote"]:
+        # The version's files are all in place before the pointer moves (one atomic put).
+        lake.put(f"models/horizon={t.horizon}/CURRENT", version.encode())
+    else:
+        log.warning("horizon %s: version %s kept out of CURRENT (%s); %s stays", t.horizon, version,
+                    decision["reason"], decision.get("previous"))
+    return meta

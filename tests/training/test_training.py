@@ -1,0 +1,264 @@
+"""Training on the real files (a small budget): registry, required sequence member, ONNX parity, SHAP, SageMaker."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.predict.model import HorizonModel, current_version, model_prefix
+from services.training.ensemble import native_meta_logit, native_p_up
+from services.training.members import MEMBERS
+from shared.errors import CstError
+from shared.settings import Budget, Settings
+from shared.storage import LocalLake
+
+pytest.importorskip("torch")
+pytest.importorskip("lightgbm")
+
+UNTIL = "2024-07-01"
+COINS = ("BTC", "ETH", "XRP", "LTC", "ADA")
+
+
+def tiny_settings() -> Settings:
+    cfg = Settings(_env_file=None)
+    # One trial per member, two folds, one epoch: exercises every stage in seconds; says nothing of skill.
+    cfg.training.budgets["tiny"] = Budget(folds=2, trials={"lr": 1, "gbt": 1, "gru": 1}, timeout_s=120,
+                                          epochs=1, gbt_max_estimators=50)
+    cfg.training.calibration_grid = 64
+    return cfg
+
+
+def small_source(shared_data: Path, dest: Path) -> Path:
+    (dest / "ohlcv" / "1d").mkdir(parents=True)
+    for coin in COINS:
+        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", dest / "ohlcv" / "1d")
+    shutil.copytree(shared_data / "sentiment", dest / "sentiment")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+    from services.training.train import train
+
+    root = tmp_path_factory.mktemp("train")
+    src = small_source(shared_data, root / "data")
+    lake = LocalLake(root / "lake")
+    cfg = tiny_settings()
+    kept = {}
+
+    # Keep the in-memory Trained object too, for native-vs-ONNX parity.
+    import services.training.train as train_mod
+
+    original = train_mod.train_horizon
+
+    def spy(*args, **kwargs):
+        t = original(*args, **kwargs)
+        kept[t.horizon] = t
+        return t
+
+    train_mod.train_horizon = spy
+    try:
+        results = train(cfg, src, lake, until=UNTIL, horizons=["24h"], budget="tiny")
+    finally:
+        train_mod.train_horizon = original
+    return {"lake": lake, "results": results, "t": kept["24h"], "src": src, "cfg": cfg}
+
+
+def test_registry_layout_metadata_and_card(trained):
+    lake, meta = trained["lake"], trained["results"]["24h"]
+    version = current_version(lake, "24h")
+    assert version == meta["version"]
+    prefix = model_prefix("24h", version)
+    keys = set(lake.list(prefix))
+    for f in ("lr.onnx", "gbt.onnx", "gru.onnx", "meta.onnx", "calibrator.onnx", "q10.onnx", "q50.onnx", "q90.onnx",
+              "background.npz", "metadata.json", "MODEL_CARD.md"):
+        assert prefix + f in keys, f
+    stored = lake.get_json(prefix + "metadata.json")
+    for field in ("features", "feature_hash", "declared_layers", "excluded_layers", "training_window",
+                  "data_fingerprint", "metrics", "libraries", "git_sha", "calibration"):
+        assert stored[field], field
+    # Nothing at or after the cut-off was used: the last decision time's label ends before it.
+    assert stored["training_window"]["last"] < "2024-06-30"
+    assert set(stored["training_window"]["coins"]) == set(COINS)
+    m = stored["metrics"]
+    assert 0.0 < m["cv_brier"] < 0.5 and 0.0 <= m["ece"] <= 1.0
+    card = lake.get(prefix + "MODEL_CARD.md").decode()
+    assert "Venn-Abers" in card and "Brier" in card and stored["calibration"]["method"] in card
+
+
+def test_sequence_member_is_required(trained, tmp_path):
+    lake = trained["lake"]
+    version = current_version(lake, "24h")
+    assert HorizonModel.load(lake, "24h").version == version
+    copy = LocalLake(tmp_path / "lake")
+    for key in lake.list("models/"):
+        copy.put(key, lake.get(key))
+    (copy.root / model_prefix("24h", version) / "gru.onnx").unlink()
+    with pytest.raises(CstError) as info:
+        HorizonModel.load(copy, "24h")
+    assert info.value.code == "model_incomplete" and "gru.onnx" in info.value.message
+
+
+def test_onnx_matches_native_models_on_real_rows(trained):
+    """Tolerance: members run in float32 under ONNX and float64 natively; on logits of order 1 that is
+    ~1e-6 apart. The calibrator is a step lookup, so p_up may differ only where the two scores straddle
+    a grid step; everywhere else it is identical."""
+    t = trained["t"]
+    ds = t.ds.take(np.arange(0, len(t.ds), 7))
+    model = HorizonModel.load(trained["lake"], "24h")
+    onnx_members = model.member_logits(ds.X, ds.S)
+    native_members = np.column_stack([t.members[m].logit(ds) for m in MEMBERS])
+    np.testing.assert_allclose(onnx_members, native_members, atol=2e-4, rtol=1e-4)
+    onnx_meta = model.meta_logit(ds.X, ds.S)
+    native_meta = native_meta_logit(t, ds)
+    np.testing.assert_allclose(onnx_meta, native_meta, atol=2e-4)
+    p_onnx = model.predict(ds.X, ds.S).p_up
+    p_native = native_p_up(t, ds)
+    differ = p_onnx != pytest.approx(p_native, abs=1e-6) if False else np.abs(p_onnx - p_native) > 1e-6
+    grid = t.calibrator.grid
+    near_step = np.min(np.abs(native_meta[:, None] - grid[None, :]), axis=1) < 1e-3
+    assert not (differ & ~near_step).any()
+    assert differ.mean() < 0.01
+
+
+def test_predictions_are_well_formed(trained):
+    t = trained["t"]
+    pred = HorizonModel.load(trained["lake"], "24h").predict(t.ds.X[:200], t.ds.S[:200])
+    assert ((pred.low <= pred.p_up + 1e-7) & (pred.p_up <= pred.high + 1e-7)).all()
+    assert ((pred.confidence >= 0) & (pred.confidence <= 1)).all()
+    assert (np.diff(pred.quantiles, axis=1) >= 0).all()
+    up = pred.direction == 1
+    np.testing.assert_allclose(pred.confidence[up], pred.low[up])
+    np.testing.assert_allclose(pred.confidence[~up], 1 - pred.high[~up])
+
+
+def test_shap_contributions_add_up_to_the_model_output(trained):
+    t = trained["t"]
+    model = HorizonModel.load(trained["lake"], "24h")
+    X, S = t.ds.X[-3:], t.ds.S[-3:]
+    phi, base = model.explain(X, S, permutations=2)
+    out = model.meta_logit(X, S)
+    np.testing.assert_allclose(phi.sum(axis=1) + base, out, atol=1e-4)
+    assert (np.abs(phi).sum(axis=1) > 0).all()
+
+
+def test_permutation_shap_is_exact_for_a_linear_model():
+    from services.predict.explain import permutation_shap
+
+    rng = np.random.default_rng(3)
+    w = np.array([0.5, -2.0, 0.0, 1.5])
+    v = np.array([1.0, 0.0, -1.0, 0.5])  # weights on the window mean of each feature
+
+    def f(X, S):
+        return X @ w + S.mean(axis=1) @ v
+
+    X, S = rng.normal(size=(2, 4)), rng.normal(size=(2, 3, 4))
+    bgX, bgS = rng.normal(size=(5, 4)), rng.normal(size=(5, 3, 4))
+    phi, base = permutation_shap(f, X, S, bgX, bgS, permutations=2)
+    expect = w * (X - bgX.mean(0)) + v * (S.mean(axis=1) - bgS.mean(axis=(0, 1)))
+    np.testing.assert_allclose(phi, expect, atol=1e-12)
+    np.testing.assert_allclose(phi.sum(1) + base, f(X, S), atol=1e-12)
+
+
+def test_serving_imports_no_training_library():
+    code = ("import sys, services.predict.model, services.predict.explain, services.features.frame; "
+            "bad = [m for m in ('sklearn', 'torch', 'shap', 'lightgbm', 'optuna', 'skl2onnx') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_retrain_warm_starts_and_gates(trained):
+    """A second retrain reopens the studies (more trials in them, the previous best re-run first) and
+    goes through the gate against CURRENT."""
+    from services.training.train import train
+
+    lake, cfg = trained["lake"], trained["cfg"]
+    before = trained["results"]["24h"]
+    again = train(cfg, trained["src"], lake, until=UNTIL, horizons=["24h"], budget="tiny")["24h"]
+    for m in MEMBERS:
+        assert again["tuning"][m]["trials_in_study"] > before["tuning"][m]["trials_in_study"]
+    assert again["gate"]["previous"] == before["version"]
+    assert "brier_previous" in again["gate"]
+    current = current_version(lake, "24h")
+    assert current == (again["version"] if again["gate"]["promote"] else before["version"])
+
+
+def test_gate_refuses_a_worse_model(trained, monkeypatch):
+    from services.training import registry
+
+    t = trained["t"]
+    lake = trained["lake"]
+    prev = current_version(lake, "24h")
+    # A model claiming a far worse Brier on CV figures (feature names differ, so only CV figures compare).
+    monkeypatch.setattr(t, "names", [*t.names[:-1], "renamed"])
+    monkeypatch.setitem(t.metrics, "cv_brier", 0.40)
+    meta = registry.publish(t, t.ds, t.val_idx, {}, lake, 0.002)
+    assert meta["gate"]["promote"] is False and "worse" in meta["gate"]["reason"]
+    assert current_version(lake, "24h") == prev
+    assert lake.exists(model_prefix("24h", meta["version"]) + "MODEL_CARD.md")
+
+
+def test_sagemaker_entrypoint_with_recreated_folders(shared_data, tmp_path, monkeypatch):
+    from services.training import train as train_mod
+
+    ml = tmp_path / "opt" / "ml"
+    small_source(shared_data, ml / "input" / "data" / "training")
+    (ml / "input" / "config").mkdir(parents=True)
+    (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"budget": "tiny", "horizons": "24h",
+                                                                             "until": UNTIL}))
+    monkeypatch.setenv("SM_CHANNEL_TRAINING", str(ml / "input" / "data" / "training"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(ml / "model"))
+    monkeypatch.setenv("SM_OUTPUT_DATA_DIR", str(ml / "output" / "data"))
+    monkeypatch.setenv("SM_INPUT_CONFIG_DIR", str(ml / "input" / "config"))
+    monkeypatch.setattr(train_mod, "Settings", tiny_settings)
+    assert train_mod.sagemaker_main() == 0
+    model_lake = LocalLake(ml / "model")
+    assert current_version(model_lake, "24h") is not None
+    metrics = json.loads((ml / "output" / "data" / "metrics.json").read_text())
+    assert set(metrics) == {"24h"} and metrics["24h"]["cv_brier"] > 0
+
+
+def test_purged_folds_never_overlap_labels():
+    from hypothesis import given, settings as hs, strategies as st
+
+    from services.training.cv import walk_forward
+
+    @hs(max_examples=40, deadline=None)
+    @given(st.integers(1, 40), st.integers(2, 5), st.integers(60, 400))
+    def check(h_bars, folds, n_times):
+        step = 86_400_000
+        ts = np.repeat(np.arange(n_times, dtype=np.int64) * step, 3)
+        horizon = h_bars * step
+        for fold in walk_forward(ts, horizon, folds):
+            train_end = ts[fold.train] + horizon  # label windows [t, t + h]
+            # Every training label is realised, plus an embargo of one horizon, before the fold starts.
+            assert (train_end + horizon <= fold.test_start).all()
+            assert not np.intersect1d(fold.train, fold.test).size
+
+    check()
+
+
+def test_permutation_shap_agrees_with_shap_exact_on_a_nonlinear_model():
+    """Cross-check against the shap library's exact interventional Shapley values (4 features)."""
+    shap = pytest.importorskip("shap")
+    from services.predict.explain import permutation_shap
+
+    rng = np.random.default_rng(11)
+
+    def f_tab(X):
+        return np.tanh(X[:, 0] * X[:, 1]) + X[:, 2] ** 2 - 0.5 * X[:, 3]
+
+    bg = rng.normal(size=(8, 4))
+    x = rng.normal(size=(1, 4))
+    exact = shap.explainers.Exact(f_tab, shap.maskers.Independent(bg, max_samples=8))(x).values[0]
+    S, bgS = np.zeros((1, 1, 4)), np.zeros((8, 1, 4))  # no sequence input in this model
+    ours, base = permutation_shap(lambda X, _S: f_tab(X), x, S, bg, bgS, permutations=400, seed=1)
+    np.testing.assert_allclose(ours[0], exact, atol=0.05)
+    np.testing.assert_allclose(ours[0].sum() + base[0], f_tab(x)[0], atol=1e-12)
