@@ -218,6 +218,28 @@ class TrainingSettings(BaseModel):
     torch_threads: int = 2
 
 
+class RunSettings(BaseModel):
+    """The main job: drift thresholds, outcome tracking, the process pool."""
+
+    # Population stability index above this on a feature counts as feature drift.
+    psi_threshold: float = 0.25
+    # Share of features drifting that triggers a retrain of the horizon.
+    psi_feature_share: float = 0.3
+    # ECE on the most recent outcomes above this counts as calibration drift.
+    ece_threshold: float = 0.10
+    # Recent Brier worse than the model's CV Brier by more than this counts as performance decay.
+    brier_decay: float = 0.02
+    # Outcomes needed (per horizon) before calibration drift or decay is judged at all.
+    min_outcomes: int = 100
+    recent_outcomes: int = 300
+    # Rows per coin (decision times) compared with the training distribution for PSI.
+    drift_window: dict[str, int] = {"1h": 168, "1d": 60}
+    # Rolling window of outcomes for the per coin / horizon performance figures.
+    performance_window: int = 50
+    retrain_budget: str = "quick"
+    process_workers: int = 2
+
+
 class Settings(BaseSettings):
     """Every knob of cst. Environment: CST_<FIELD>, nested with '__' (CST_EXCHANGE__ID=binance)."""
 
@@ -232,6 +254,7 @@ class Settings(BaseSettings):
     quality: QualitySettings = QualitySettings()
     features: FeatureSettings = FeatureSettings()
     training: TrainingSettings = TrainingSettings()
+    run: RunSettings = RunSettings()
     universe: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
     timeframes: list[str] = ["1h", "1d"]
     horizons: list[str] = ["1h", "24h", "7d", "30d"]

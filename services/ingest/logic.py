@@ -115,9 +115,10 @@ def land(lake: Lake, fetched: Fetched) -> tuple[int, int]:
     return landed, present
 
 
-def gate(fetched: Fetched, settings: Settings, as_of_ms: int, ignored: dict[str, str] | None = None) -> GateOutcome:
+def gate(fetched: Fetched, settings: Settings, as_of_ms: int, ignored: dict[str, str] | None = None,
+         skip: frozenset[str] = frozenset()) -> GateOutcome:
     series = [s for _, r in fetched.results for s in r.series]
-    outcome = run_gate(series, as_of_ms, settings.quality)
+    outcome = run_gate(series, as_of_ms, settings.quality, skip)
     outcome.report.files_ignored = dict(ignored or {})
     return outcome
 

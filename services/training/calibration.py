@@ -10,23 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.metrics import brier, ece  # noqa: F401 - re-exported for training code
+
 METHODS = ("venn_abers", "isotonic", "platt")
-
-
-def brier(p: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean((p - y) ** 2))
-
-
-def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width bins of predicted probability."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            total += m.mean() * abs(p[m].mean() - y[m].mean())
-    return float(total)
 
 
 def _isotonic(s: np.ndarray, y: np.ndarray):

@@ -50,6 +50,17 @@ def fingerprint(ds: Dataset) -> str:
     return h.hexdigest()[:16]
 
 
+def drift_reference(X: np.ndarray, bins: int = 10) -> dict:
+    """Per feature: inner decile edges of the training rows and the share of rows in each bin (for PSI)."""
+    qs = np.linspace(0, 1, bins + 1)[1:-1]
+    edges = np.quantile(X, qs, axis=0).T  # (F, bins - 1)
+    props = []
+    for j in range(X.shape[1]):
+        counts = np.bincount(np.searchsorted(edges[j], X[:, j], side="right"), minlength=bins)
+        props.append((counts / counts.sum()).tolist())
+    return {"edges": edges.tolist(), "proportions": props, "rows": int(X.shape[0])}
+
+
 def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict) -> dict:
     return {
         "horizon": t.horizon,
@@ -72,6 +83,7 @@ def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict) 
         "libraries": _versions(),
         "git_sha": _git_sha(),
         "gate": gate,
+        "drift_reference": drift_reference(ds.X),
         "created": datetime.now(timezone.utc).isoformat(),
     }
 

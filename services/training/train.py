@@ -35,9 +35,10 @@ def train(settings: Settings, source: str | Path, lake: Lake, *, until: str | No
     if budget not in cfg.budgets:
         raise CstError("unknown_budget", f"budget {budget!r}; known: {list(cfg.budgets)}")
     # Nothing at or after `until` is visible: candles, sentiment and labels alike (labels come from candles).
+    # History is judged without the staleness rule: a series that ended is still a valid past.
     as_of = iso_to_ms(until) - 1 if until else int(utcnow().timestamp() * 1000)
     fetched = asyncio.run(logic.fetch_sources([FileSource(source)], settings))
-    gated = logic.gate(fetched, settings, as_of)
+    gated = logic.gate(fetched, settings, as_of, skip=frozenset({"stale"}))
     frames, panels, results = {}, {}, {}
     for h in horizons:
         tf = cfg.horizons[h].timeframe

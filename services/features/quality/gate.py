@@ -42,7 +42,8 @@ def publication_lag_ms(layer: str, timeframe: str, settings: QualitySettings) ->
     return timeframe_ms(lag)
 
 
-def judge(series: Series, as_of_ms: int, settings: QualitySettings) -> tuple[SeriesReport, GateState, int]:
+def judge(series: Series, as_of_ms: int, settings: QualitySettings,
+          skip: frozenset[str] = frozenset()) -> tuple[SeriesReport, GateState, int]:
     """Run the configured rules on one series as it was visible at as_of."""
     state = GateState(series=series, settings=settings, as_of_ms=as_of_ms, tf_ms=_period_ms(series.timeframe))
     for row in series.parse_errors:
@@ -54,7 +55,7 @@ def judge(series: Series, as_of_ms: int, settings: QualitySettings) -> tuple[Ser
     after = int((~visible).sum())
     if after:
         state.series = series.take(np.flatnonzero(visible))
-    for name in settings.rules:
+    for name in (r for r in settings.rules if r not in skip):
         try:
             rule = RULES[name]()
         except KeyError:
@@ -86,13 +87,16 @@ def judge(series: Series, as_of_ms: int, settings: QualitySettings) -> tuple[Ser
     return report, state, after
 
 
-def run_gate(series: list[Series], as_of_ms: int, settings: QualitySettings) -> GateOutcome:
+def run_gate(series: list[Series], as_of_ms: int, settings: QualitySettings,
+             skip: frozenset[str] = frozenset()) -> GateOutcome:
+    """Judge every series at as_of. `skip` names rules not to run: training on history skips `stale`,
+    which guards live serving (a feed that stopped), not the use of a finished past."""
     if len({s.key for s in series}) != len(series):
         dupes = sorted({s.key for s in series if sum(t.key == s.key for t in series) > 1})
         raise CstError("series_key_clash", f"two inputs map to the same series: {dupes}")
     outcome = GateOutcome(report=QualityReport(as_of=ms_to_iso(as_of_ms), series={}))
     for s in sorted(series, key=lambda x: x.key):
-        report, state, _ = judge(s, as_of_ms, settings)
+        report, state, _ = judge(s, as_of_ms, settings, skip)
         outcome.report.series[s.key] = report
         if report.status != "excluded":
             outcome.clean[s.key] = state.series

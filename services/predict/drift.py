@@ -1,0 +1,47 @@
+"""Drift: feature PSI against the training distribution, calibration (ECE) and decay on recent outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shared.metrics import ece
+
+
+def psi(reference: dict, X: np.ndarray, floor: float = 1e-4) -> np.ndarray:
+    """Population stability index per feature: sum (cur - ref) * ln(cur / ref) over the training deciles."""
+    edges = reference["edges"]
+    ref = np.asarray(reference["proportions"])
+    out = np.zeros(len(edges))
+    for j, e in enumerate(edges):
+        counts = np.bincount(np.searchsorted(np.asarray(e), X[:, j], side="right"), minlength=ref.shape[1])
+        cur = np.maximum(counts / max(1, counts.sum()), floor)
+        r = np.maximum(ref[j], floor)
+        out[j] = float(np.sum((cur - r) * np.log(cur / r)))
+    return out
+
+
+def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: list[dict], cv_brier: float,
+          cfg) -> dict:
+    """The drift report of one horizon; `retrain` says whether any drift crossed its threshold."""
+    report: dict = {"rows_compared": int(X_recent.shape[0]), "outcomes": len(outcomes)}
+    reasons = []
+    if X_recent.shape[0] >= 30:
+        values = psi(reference, X_recent)
+        drifting = [n for n, v in zip(names, values) if v > cfg.psi_threshold]
+        report["psi_max"] = float(values.max())
+        report["psi_drifting"] = drifting
+        if len(drifting) > cfg.psi_feature_share * len(names):
+            reasons.append(f"feature drift: {len(drifting)}/{len(names)} features PSI > {cfg.psi_threshold}")
+    recent = outcomes[-cfg.recent_outcomes:]
+    if len(recent) >= cfg.min_outcomes:
+        p = np.array([o["p_up"] for o in recent])
+        y = np.array([1.0 if o["realized_return"] > 0 else 0.0 for o in recent])
+        report["ece_recent"] = ece(p, y)
+        report["brier_recent"] = float(np.mean((p - y) ** 2))
+        if report["ece_recent"] > cfg.ece_threshold:
+            reasons.append(f"calibration drift: ECE {report['ece_recent']:.3f} > {cfg.ece_threshold}")
+        if report["brier_recent"] > cv_brier + cfg.brier_decay:
+            reasons.append(f"performance decay: Brier {report['brier_recent']:.3f} > CV {cv_brier:.3f} + {cfg.brier_decay}")
+    report["retrain"] = bool(reasons)
+    report["reasons"] = reasons
+    return report

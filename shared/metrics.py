@@ -1,0 +1,34 @@
+"""Probability scores used by training, the main job and evaluation alike."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def brier(p: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean((np.asarray(p) - np.asarray(y)) ** 2))
+
+
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width bins of predicted probability."""
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.mean() * abs(p[m].mean() - y[m].mean())
+    return float(total)
+
+
+def wilson_low(hits: int, n: int, z: float = 1.959964) -> float | None:
+    """Lower end of the Wilson score interval for a hit rate (95% by default); None when n is 0."""
+    if n == 0:
+        return None
+    phat = hits / n
+    centre = phat + z * z / (2 * n)
+    margin = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
+    return (centre - margin) / (1 + z * z / n)
