@@ -27,7 +27,6 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 # Steps of the main job that later issues build; `cst run` names them instead of pretending.
 NOT_BUILT = [
-    ("predict", "ONNX prediction, 80% filter, consensus, logging, outcomes, drift (issue 5)"),
     ("risk", "sizing and guards (issue 6)"),
 ]
 
@@ -140,11 +139,95 @@ def build_features(settings: Settings, outcome, lake) -> dict:
     return frames
 
 
+def signals_table(res) -> Table:
+    table = Table(title="actionable predictions (confidence >= threshold) and consensus signals")
+    for col in ("coin", "horizon", "direction", "p_up", "interval", "confidence", "q10 / q50 / q90", "top features", "signal"):
+        table.add_column(col)
+    signalled = {s["coin"]: s for s in res.signals}
+    for p in sorted((p for p in res.predictions if p["actionable"]), key=lambda p: (p["coin"], p["horizon"])):
+        tops = ", ".join(f"{t['feature']} {t['contribution']:+.2f}" for t in json.loads(p["top_features"])[:3])
+        sig = signalled.get(p["coin"])
+        table.add_row(p["coin"], p["horizon"], "up" if p["direction"] == 1 else "down", f"{p['p_up']:.3f}",
+                      f"[{p['p_low']:.3f}, {p['p_high']:.3f}]", f"{p['confidence']:.3f}",
+                      f"{p['q10']:+.3f} / {p['q50']:+.3f} / {p['q90']:+.3f}", tops,
+                      f"[bold]{sig['direction']} ({', '.join(sig['horizons'])})[/]" if sig else "")
+    return table
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    report, outcome = _ingest(args, settings)
+    from services.features.frame import build_panel, coin_of
+    from services.predict import cycle
+    from services.predict.model import current_version
+    from shared.contracts import ms_to_iso
+
+    as_of = _as_of(args.as_of)
     lake = open_lake(args.lake or settings.lake.uri, region=settings.aws_region)
-    frames = build_features(settings, outcome, lake)
-    console.print(features_table(frames))
+    run_id = logic.run_id_for(logic.source_id(args.source), as_of)
+    done = cycle.existing_summary(lake, run_id)
+    if done is not None:
+        console.print(f"run {run_id} (as-of {done['as_of']}) is already complete; nothing changed. "
+                      f"{done['predictions']} predictions, {done['actionable']} actionable, {len(done['signals'])} signals.")
+        return 0
+    timings: dict[str, float] = {}
+    with cycle.Timer(timings, "ingest_and_quality"):
+        report, outcome = _ingest(args, settings)
+    with cycle.Timer(timings, "features"):
+        frames = build_features(settings, outcome, lake)
+        panels = {tf: build_panel(outcome.clean, outcome.unavailable, tf, settings) for tf in frames}
+    horizons = [h for h in settings.horizons if h in settings.training.horizons]
+    missing = [h for h in horizons if current_version(lake, h) is None]
+    trained: dict = {}
+    if missing:
+        if args.source == "live":
+            raise CstError("no_model", f"no CURRENT model for {missing}; train from recorded files first: "
+                                       "cst train --source DIR --lake ...")
+        from services.training.train import train
+
+        console.print(f"no CURRENT model for {', '.join(missing)}: training them first with the quick budget "
+                      f"(data before {ms_to_iso(as_of)})")
+        with cycle.Timer(timings, "train"), Progress(TextColumn("{task.description}"), TimeElapsedColumn(),
+                                                     console=console, transient=True) as bar:
+            task = bar.add_task("training", total=None)
+            results = train(settings, args.source, lake, until=ms_to_iso(as_of), horizons=missing, budget="quick",
+                            tick=lambda msg: bar.update(task, description=msg))
+        trained = {h: m.get("version") or f"not trained: {m.get('message')}" for h, m in results.items()}
+    models = cycle.load_models(lake, horizons)
+    coins = sorted({coin_of(k.split("/")[2])[0] for k in outcome.report.series if k.startswith("ohlcv/")})
+    inp = cycle.CycleInput(run_id, as_of, frames, panels,
+                           {k: v.model_dump() for k, v in outcome.report.series.items()}, coins)
+    with cycle.Timer(timings, "predict"), Progress(TextColumn("{task.description}"), console=console,
+                                                   transient=True) as bar:
+        task = bar.add_task("predicting", total=None)
+        res = cycle.predict_all(settings, lake, inp, models, lambda msg: bar.update(task, description=msg))
+    with cycle.Timer(timings, "log"):
+        cycle.write_predictions(lake, run_id, res.predictions)
+    with cycle.Timer(timings, "outcomes_and_performance"):
+        touched = cycle.record_outcomes(settings, lake, inp)
+        res.outcomes_recorded = len(touched)
+        cycle.update_performance(settings, lake, run_id, touched)
+    with cycle.Timer(timings, "drift"):
+        res.drift = cycle.check_drift(settings, lake, inp, models)
+    retrain = [h for h, d in res.drift.items() if d.get("retrain")]
+    retrained: dict = {}
+    if retrain and args.source != "live":
+        from services.training.train import train
+
+        console.print(f"drift in {', '.join(retrain)}: retraining ({settings.run.retrain_budget} budget)")
+        with cycle.Timer(timings, "retrain"):
+            results = train(settings, args.source, lake, until=ms_to_iso(as_of), horizons=retrain,
+                            budget=settings.run.retrain_budget)
+        retrained = {h: {"version": m.get("version"), "promoted": m.get("gate", {}).get("promote"),
+                         "error": m.get("message")} for h, m in results.items()}
+    res.timings = timings
+    doc = cycle.summary(inp, res, trained, {"retrained": retrained, "quality_key": report.quality_key,
+                                            "fetch_failures": len(report.failures),
+                                            "not_built": [s for s, _ in NOT_BUILT]})
+    lake.put_json(f"runs/run_id={run_id}/summary.json", doc, if_absent=True)
+    console.print(signals_table(res))
+    console.print(f"run {run_id}: as-of {doc['as_of']}, {doc['coins_predicted']}/{doc['coins_total']} coins predicted, "
+                  f"{doc['predictions']} predictions, {doc['actionable']} actionable, {len(doc['signals'])} signals, "
+                  f"{doc['outcomes_recorded']} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
+                  f"summary runs/run_id={run_id}/summary.json")
     console.print("[bold]not built yet[/] (no output is faked for these steps):")
     for step, what in NOT_BUILT:
         console.print(f"  - {step}: {what}")

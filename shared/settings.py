@@ -213,7 +213,7 @@ class TrainingSettings(BaseModel):
     gate_brier_tolerance: float = 0.002
     shap_top_k: int = 5
     shap_background: int = 16
-    shap_permutations: int = 4
+    shap_permutations: int = 2
     seed: int = 7
     torch_threads: int = 2
 

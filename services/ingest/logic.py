@@ -43,6 +43,10 @@ def run_id_for(source: str, as_of_ms: int) -> str:
     return f"{stamp}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
 
 
+def source_id(source: str) -> str:
+    return source if source == "live" else str(Path(source).resolve())
+
+
 def build_sources(source: str, settings: Settings, now_ms: int) -> list[Source]:
     """'live' -> exchange + sentiment + on-chain adapters; a directory -> file import."""
     if source != "live":
@@ -135,7 +139,7 @@ def ingest(settings: Settings, source: str, lake: Lake, as_of_ms: int, *, progre
     fetched = asyncio.run(fetch_sources(sources, settings, *(progress or (None, None))))
     if not fetched.results and fetched.unreachable:
         raise unreachable_error(fetched)
-    run_id = run_id_for(source if source == "live" else str(Path(source).resolve()), as_of_ms)
+    run_id = run_id_for(source_id(source), as_of_ms)
     landed, present = land(lake, fetched)
     outcome = gate(fetched, settings, as_of_ms, ignored)
     quality_key = f"quality/run_id={run_id}/report.json"

@@ -25,7 +25,9 @@ def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: lis
     """The drift report of one horizon; `retrain` says whether any drift crossed its threshold."""
     report: dict = {"rows_compared": int(X_recent.shape[0]), "outcomes": len(outcomes)}
     reasons = []
-    if X_recent.shape[0] >= 30:
+    if X_recent.shape[0] < 30:
+        report["psi_note"] = "fewer than 30 rows after the training window: feature drift not judged"
+    else:
         values = psi(reference, X_recent)
         drifting = [n for n, v in zip(names, values) if v > cfg.psi_threshold]
         report["psi_max"] = float(values.max())

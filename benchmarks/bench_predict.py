@@ -1,0 +1,109 @@
+"""Serving speed: 1,000 coins x 4 horizons in one batch, ONNX vs the native models; predict cold import.
+
+Models are trained here with a one-trial budget on the real daily files (their skill is irrelevant to
+speed); the 1,000 rows are real feature rows and windows tiled (a SPEED TEST ONLY).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _best(fn, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def cold_import_seconds(module: str, repeats: int = 5) -> float:
+    def once(code: str) -> float:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+        return time.perf_counter() - t
+
+    bare = min(once("pass") for _ in range(repeats))
+    full = min(once(f"import {module}") for _ in range(repeats))
+    return full - bare
+
+
+def inference(n_coins: int = 1000) -> dict:
+    import services.training.train as train_mod
+    from services.predict.model import HorizonModel
+    from services.training.ensemble import native_p_up
+    from shared.settings import Budget, Settings
+    from shared.storage import LocalLake
+
+    cfg = Settings(_env_file=None)
+    cfg.training.budgets["bench"] = Budget(folds=2, trials={"lr": 1, "gbt": 1, "gru": 1}, timeout_s=120, epochs=1,
+                                           gbt_max_estimators=150)
+    cfg.training.calibration_grid = 128
+    kept = {}
+    original = train_mod.train_horizon
+
+    def spy(*a, **k):
+        t = original(*a, **k)
+        kept[t.horizon] = t
+        return t
+
+    train_mod.train_horizon = spy
+    horizons = ["24h", "7d", "30d", "1h"]
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = LocalLake(tmp)
+        try:
+            train_mod.train(cfg, DATA, lake, horizons=horizons, budget="bench")
+        finally:
+            train_mod.train_horizon = original
+        models = {h: HorizonModel.load(lake, h) for h in horizons}
+        batches = {}
+        for h, t in kept.items():
+            reps = -(-n_coins // len(t.ds))
+            idx = np.tile(np.arange(len(t.ds)), reps)[:n_coins]
+            batches[h] = t.ds.take(idx)
+
+        def onnx_all():
+            for h in horizons:
+                models[h].predict(batches[h].X, batches[h].S)
+
+        def native_all():
+            for h in horizons:
+                native_p_up(kept[h], batches[h])
+                kept[h].quantiles.predict(batches[h].X)
+
+        onnx_all()
+        native_all()  # warm both paths once
+        t_onnx, t_native = _best(onnx_all), _best(native_all)
+        one = batches["24h"].take(np.arange(1))
+        t_onnx_1 = _best(lambda: models["24h"].predict(one.X, one.S), 20)
+        t_native_1 = _best(lambda: (native_p_up(kept["24h"], one), kept["24h"].quantiles.predict(one.X)), 20)
+    return {"batch_rows_per_horizon": n_coins, "horizons": len(horizons),
+            "onnx_seconds": round(t_onnx, 4), "native_seconds": round(t_native, 4),
+            "speedup_batch": round(t_native / t_onnx, 2),
+            "onnx_batch1_ms": round(t_onnx_1 * 1e3, 2), "native_batch1_ms": round(t_native_1 * 1e3, 2),
+            "goal_speedup": 5}
+
+
+def main() -> dict:
+    if not DATA.is_dir():
+        return {"skipped": f"{DATA} absent"}
+    figures = inference()
+    figures["cold_import_predict_model_s"] = round(cold_import_seconds("services.predict.model"), 3)
+    figures["cold_import_goal_s"] = 0.8
+    return figures
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(main(), indent=2))
