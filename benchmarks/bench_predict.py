@@ -86,12 +86,20 @@ def inference(n_coins: int = 1000) -> dict:
         t_onnx, t_native = _best(onnx_all), _best(native_all)
         one = batches["24h"].take(np.arange(1))
         t_onnx_1 = _best(lambda: models["24h"].predict(one.X, one.S), 20)
+        # SHAP for 128 rows of one horizon: in process vs the 2-worker process pool (start-up included).
+        from services.predict.pool import explain_rows
+
+        b = batches["24h"].take(np.arange(128))
+        t_shap_serial = _best(lambda: models["24h"].explain(b.X, b.S, permutations=2), 1)
+        t_shap_pool = _best(lambda: explain_rows(models["24h"], lake.uri, b.X, b.S, permutations=2, seed=0,
+                                                 workers=2, min_rows=1), 1)
         t_native_1 = _best(lambda: (native_p_up(kept["24h"], one), kept["24h"].quantiles.predict(one.X)), 20)
     return {"batch_rows_per_horizon": n_coins, "horizons": len(horizons),
             "onnx_seconds": round(t_onnx, 4), "native_seconds": round(t_native, 4),
             "speedup_batch": round(t_native / t_onnx, 2),
             "onnx_batch1_ms": round(t_onnx_1 * 1e3, 2), "native_batch1_ms": round(t_native_1 * 1e3, 2),
-            "goal_speedup": 5}
+            "goal_speedup": 5, "shap_128_rows_in_process_s": round(t_shap_serial, 2),
+            "shap_128_rows_pool2_s": round(t_shap_pool, 2)}
 
 
 def main() -> dict:

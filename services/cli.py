@@ -192,6 +192,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                             tick=lambda msg: bar.update(task, description=msg))
         trained = {h: m.get("version") or f"not trained: {m.get('message')}" for h, m in results.items()}
     models = cycle.load_models(lake, horizons)
+    # A horizon without a model is named in the summary with why, never dropped silently.
+    no_model = {h: trained.get(h, "no CURRENT model") for h in horizons if h not in models}
     coins = sorted({coin_of(k.split("/")[2])[0] for k in outcome.report.series if k.startswith("ohlcv/")})
     inp = cycle.CycleInput(run_id, as_of, frames, panels,
                            {k: v.model_dump() for k, v in outcome.report.series.items()}, coins)
@@ -221,6 +223,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     res.timings = timings
     doc = cycle.summary(inp, res, trained, {"retrained": retrained, "quality_key": report.quality_key,
                                             "fetch_failures": len(report.failures),
+                                            "horizons_without_model": no_model,
                                             "not_built": [s for s, _ in NOT_BUILT]})
     lake.put_json(f"runs/run_id={run_id}/summary.json", doc, if_absent=True)
     console.print(signals_table(res))

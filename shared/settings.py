@@ -166,10 +166,12 @@ class FeatureSettings(BaseModel):
                 "onchain": "no on-chain history overlaps the hourly span",
                 "liquidity": "order-book and trade snapshots are live-only; no history to train on yet",
             },
-            return_lookbacks=[1, 4, 24, 72, 168],
-            vol_windows=[24, 168],
-            zscore_window=168,
-            beta_window=168,
+            # Windows of at most a day (MACD's 35 bars is the longest): one missing candle then costs ~1.5
+            # days of rows, not a week; the recorded hourly files have one gap (2025-01-02 14:00).
+            return_lookbacks=[1, 4, 12, 24],
+            vol_windows=[12, 24],
+            zscore_window=24,
+            beta_window=24,
             market_max_age="1d",
         ),
     }
@@ -194,7 +196,7 @@ class Budget(BaseModel):
 
 class TrainingSettings(BaseModel):
     horizons: dict[str, HorizonSpec] = {
-        "1h": HorizonSpec(timeframe="1h", bars=1, sequence_length=24),
+        "1h": HorizonSpec(timeframe="1h", bars=1, sequence_length=16),
         "24h": HorizonSpec(timeframe="1d", bars=1, sequence_length=16),
         "7d": HorizonSpec(timeframe="1d", bars=7, sequence_length=16),
         "30d": HorizonSpec(timeframe="1d", bars=30, sequence_length=16),
@@ -233,11 +235,14 @@ class RunSettings(BaseModel):
     min_outcomes: int = 100
     recent_outcomes: int = 300
     # Rows per coin (decision times) compared with the training distribution for PSI.
-    drift_window: dict[str, int] = {"1h": 168, "1d": 60}
+    drift_window: dict[str, int] = {"1h": 72, "1d": 60}
     # Rolling window of outcomes for the per coin / horizon performance figures.
     performance_window: int = 50
     retrain_budget: str = "quick"
     process_workers: int = 2
+    # Rows (coins x one horizon) from which SHAP runs in the process pool; fewer stay in process
+    # because starting the workers costs more than they save (see BENCHMARKS.md, bench_predict).
+    pool_min_rows: int = 64
 
 
 class Settings(BaseSettings):

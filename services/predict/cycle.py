@@ -18,6 +18,7 @@ from services.features.frame import FeatureFrame, Panel
 from services.features.sequences import sequence_index, sequences
 from services.predict import drift as drift_mod
 from services.predict.model import HorizonModel, current_version, top_features
+from services.predict.pool import explain_rows
 from services.predict.signals import actionable, consensus
 from shared.contracts import ms_to_iso
 from shared.errors import CstError, LakeKeyNotFound
@@ -102,7 +103,9 @@ def predict_all(settings: Settings, lake: Lake, inp: CycleInput, models: dict[st
         rows = np.asarray(rows)
         X, S = frame.X[rows], sequences(frame.X, idx[rows])
         pred = model.predict(X, S)
-        phi, base = model.explain(X, S, permutations=settings.training.shap_permutations, seed=settings.training.seed)
+        phi, base = explain_rows(model, lake.uri, X, S, permutations=settings.training.shap_permutations,
+                                 seed=settings.training.seed, workers=settings.run.process_workers,
+                                 min_rows=settings.run.pool_min_rows)
         tops = top_features(phi, model.names, settings.training.shap_top_k)
         for k, i in enumerate(rows):
             res.predictions.append({

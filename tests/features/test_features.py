@@ -139,9 +139,12 @@ def test_a_new_listing_gets_the_same_features(shared_data, tmp_path, cfg):
     body = [ln for ln in lines[1:] if ln >= "2024-12-10"]
     (src / "ohlcv/1h/NEWC-USD.csv").write_text(lines[0] + "".join(body))
     frame = _frame_from(src, cfg, HOURLY_END, "1h")
-    # 744 hourly candles; the first 169 are warm-up (ret_168) and one gap costs another window.
-    assert 744 - 2 * 169 < frame.rows_per_coin["NEWC"] < 744 - 169
-    assert frame.ts[frame.coin == "NEWC"].min() > iso_to_ms("2024-12-10T00:00:00Z") + 168 * HOUR
+    # 744 hourly candles: the first `lookback` are warm-up, and the one gap costs another window.
+    fs = cfg.features.sets["1h"]
+    lookback = max(b.lookback(fs, cfg.features) for b in blocks_for(fs))
+    assert 744 - 2 * lookback - 2 <= frame.rows_per_coin["NEWC"] <= 744 - lookback
+    # Its first row comes after its own warm-up: the longest return window needs that many candles.
+    assert frame.ts[frame.coin == "NEWC"].min() > iso_to_ms("2024-12-10T00:00:00Z") + max(fs.return_lookbacks) * HOUR
     assert np.isfinite(frame.X[frame.coin == "NEWC"]).all()
 
 

@@ -262,3 +262,15 @@ def test_permutation_shap_agrees_with_shap_exact_on_a_nonlinear_model():
     ours, base = permutation_shap(lambda X, _S: f_tab(X), x, S, bg, bgS, permutations=400, seed=1)
     np.testing.assert_allclose(ours[0], exact, atol=0.05)
     np.testing.assert_allclose(ours[0].sum() + base[0], f_tab(x)[0], atol=1e-12)
+
+
+def test_process_pool_explanations_equal_in_process_ones(trained):
+    from services.predict.pool import explain_rows
+
+    t = trained["t"]
+    model = HorizonModel.load(trained["lake"], "24h")
+    X, S = t.ds.X[:6], t.ds.S[:6]
+    serial = model.explain(X, S, permutations=2, seed=3)
+    pooled = explain_rows(model, trained["lake"].uri, X, S, permutations=2, seed=3, workers=2, min_rows=1)
+    np.testing.assert_array_equal(pooled[0], serial[0])
+    np.testing.assert_array_equal(pooled[1], serial[1])
