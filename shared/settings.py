@@ -242,7 +242,7 @@ class RunSettings(BaseModel):
     process_workers: int = 2
     # Rows (coins x one horizon) from which SHAP runs in the process pool; fewer stay in process
     # because starting the workers costs more than they save (see BENCHMARKS.md, bench_predict).
-    pool_min_rows: int = 64
+    pool_min_rows: int = 512
 
 
 class Settings(BaseSettings):

@@ -202,8 +202,11 @@ def check_drift(settings: Settings, lake: Lake, inp: CycleInput, models: dict[st
 
         seen = iso_to_ms(model.metadata["training_window"]["last"]) + horizon_ms(settings, h)
         unseen = frame.ts[(frame.ts > seen) & (frame.ts <= inp.as_of_ms)]
-        times = np.unique(unseen)[-settings.run.drift_window.get(tf, 60):]
-        recent = frame.X[np.isin(frame.ts, times)]
+        window = settings.run.drift_window.get(tf, 60)
+        times = np.unique(unseen)[-window:]
+        # Slow features (30-day volatility, sentiment level) barely move within a few weeks: a window
+        # shorter than the configured one would compare one regime snapshot with a year and always "drift".
+        recent = frame.X[np.isin(frame.ts, times)] if times.size >= window else frame.X[:0]
         report[h] = drift_mod.judge(model.names, model.metadata["drift_reference"], recent, outcomes_of(lake, h),
                                     float(model.metadata["metrics"]["cv_brier"]), settings.run)
     return report

@@ -26,7 +26,7 @@ def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: lis
     report: dict = {"rows_compared": int(X_recent.shape[0]), "outcomes": len(outcomes)}
     reasons = []
     if X_recent.shape[0] < 30:
-        report["psi_note"] = "fewer than 30 rows after the training window: feature drift not judged"
+        report["psi_note"] = "too few decision times after the training window: feature drift not judged yet"
     else:
         values = psi(reference, X_recent)
         drifting = [n for n, v in zip(names, values) if v > cfg.psi_threshold]
