@@ -7,6 +7,12 @@ import math
 import numpy as np
 
 
+def logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds, with p clipped to float32's usable range (ONNX members return float32 probabilities)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
 def brier(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((np.asarray(p) - np.asarray(y)) ** 2))
 

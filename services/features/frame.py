@@ -7,7 +7,6 @@ a gap, a missing market layer) is not emitted; it is counted under its reason in
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,7 +60,7 @@ def build_panel(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
     pref = settings.features.quote_preference
     chosen: dict[str, Series] = {}
     notes: dict[str, str] = {}
-    for key, s in sorted(clean.items()):
+    for _key, s in sorted(clean.items()):
         if s.layer != "ohlcv" or s.timeframe != timeframe or len(s) == 0:
             continue
         base, quote = coin_of(s.symbol)

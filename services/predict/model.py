@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shared.errors import CstError, LakeKeyNotFound
+from shared.metrics import logit
 from shared.storage import Lake
 
 MEMBER_FILES = {"lr": "lr.onnx", "gbt": "gbt.onnx", "gru": "gru.onnx"}
@@ -27,11 +28,6 @@ def current_version(lake: Lake, horizon: str) -> str | None:
         return lake.get(f"models/horizon={horizon}/CURRENT").decode().strip()
     except LakeKeyNotFound:
         return None
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
 
 
 def _session(blob: bytes) -> ort.InferenceSession:
@@ -89,14 +85,14 @@ class HorizonModel:
     def member_logits(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
         X = np.ascontiguousarray(X, dtype=np.float32)
         S = np.ascontiguousarray(S, dtype=np.float32)
-        lr = _logit(self._run("lr", X)[1][:, 1])
-        gbt = _logit(self._run("gbt", X)[1][:, 1])
+        lr = logit(self._run("lr", X)[1][:, 1])
+        gbt = logit(self._run("gbt", X)[1][:, 1])
         gru = self._run("gru", S)[0].astype(np.float64).reshape(-1)
         return np.column_stack([lr, gbt, gru])
 
     def meta_logit(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
         z = self.member_logits(X, S).astype(np.float32)
-        return _logit(self._run("meta", z)[1][:, 1])
+        return logit(self._run("meta", z)[1][:, 1])
 
     def predict(self, X: np.ndarray, S: np.ndarray) -> Predictions:
         if X.shape[1] != len(self.names):

@@ -93,7 +93,7 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     for m in MEMBERS:
         tick(f"{horizon}: tuning {m}")
         tuned[m] = tune_member(m, ds, folds, budget, seed=seed, lake=lake, horizon=horizon,
-                               on_trial=lambda: tick(f"{horizon}: {m} trial"))
+                               on_trial=lambda m=m: tick(f"{horizon}: {m} trial"))
     oof = np.column_stack([tuned[m].oof for m in MEMBERS])
     y_oof = ds.y[test_rows]
 

@@ -31,11 +31,6 @@ class Dataset:
         return int(self.X.shape[0])
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
 class LogisticMember:
     name = "lr"
 
