@@ -231,6 +231,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                   f"{doc['predictions']} predictions, {doc['actionable']} actionable, {len(doc['signals'])} signals, "
                   f"{doc['outcomes_recorded']} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
                   f"summary runs/run_id={run_id}/summary.json")
+    for h, why in res.uncertified.items():
+        console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {why}")
     console.print("[bold]not built yet[/] (no output is faked for these steps):")
     for step, what in NOT_BUILT:
         console.print(f"  - {step}: {what}")

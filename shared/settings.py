@@ -240,6 +240,9 @@ class RunSettings(BaseModel):
     performance_window: int = 50
     retrain_budget: str = "quick"
     process_workers: int = 2
+    # A horizon's predictions may be actionable only if its held-out confident bucket (confidence >=
+    # the threshold) held at least this many rows and hit at least the threshold: 80% must mean 80%.
+    certify_min_n: int = 30
     # Rows (coins x one horizon) from which SHAP runs in the process pool; fewer stay in process
     # because starting the workers costs more than they save (see BENCHMARKS.md, bench_predict).
     pool_min_rows: int = 512

@@ -49,6 +49,8 @@ class CycleResult:
     outcomes_recorded: int = 0
     drift: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # Horizons whose confidences are not backed by held-out data: logged, never actionable.
+    uncertified: dict[str, str] = field(default_factory=dict)
 
 
 def horizon_ms(settings: Settings, h: str) -> int:
@@ -75,11 +77,25 @@ def _why_missing(coin: str, tf: str, inp: CycleInput, t_now: int, row_exists: bo
     return "sequence window incomplete (a missing row among the last L)"
 
 
+def certification(model: HorizonModel, threshold: float, min_n: int) -> str | None:
+    """None when the model's held-out confident bucket backs its confidences; otherwise why not."""
+    conf = model.metadata.get("metrics", {}).get("confident", {})
+    n, hit = int(conf.get("n") or 0), conf.get("hit_rate")
+    if n < min_n:
+        return f"held-out evidence at confidence >= {threshold}: {n} rows (< {min_n})"
+    if hit is None or hit < threshold:
+        return f"held-out hit rate at confidence >= {threshold} is {hit:.3f} over {n} rows"
+    return None
+
+
 def predict_all(settings: Settings, lake: Lake, inp: CycleInput, models: dict[str, HorizonModel],
                 tick: Callable[[str], None]) -> CycleResult:
     res = CycleResult()
     thr = settings.confidence_threshold
     for h, model in models.items():
+        uncertified = certification(model, thr, settings.run.certify_min_n)
+        if uncertified:
+            res.uncertified[h] = uncertified
         spec = settings.training.horizons[h]
         tf, step = spec.timeframe, timeframe_ms(spec.timeframe)
         frame = inp.frames.get(tf)
@@ -114,7 +130,8 @@ def predict_all(settings: Settings, lake: Lake, inp: CycleInput, models: dict[st
                 "p_high": float(pred.high[k]), "direction": int(pred.direction[k]),
                 "confidence": float(pred.confidence[k]), "q10": float(pred.quantiles[k, 0]),
                 "q50": float(pred.quantiles[k, 1]), "q90": float(pred.quantiles[k, 2]),
-                "model_version": model.version, "actionable": actionable(float(pred.confidence[k]), thr),
+                "model_version": model.version,
+                "actionable": uncertified is None and actionable(float(pred.confidence[k]), thr),
                 "shap_base": float(base[k]), "top_features": json.dumps(tops[k]),
             })
     res.signals = consensus(res.predictions, settings.consensus_min_horizons)
@@ -225,6 +242,7 @@ def summary(inp: CycleInput, res: CycleResult, trained: dict, extra: dict) -> di
         "coins_predicted": len(predicted), "excluded": excluded,
         "partially_excluded": {c: hs for c, hs in sorted(res.excluded.items()) if c in predicted},
         "predictions": len(res.predictions), "actionable": sum(p["actionable"] for p in res.predictions),
+        "uncertified_horizons": res.uncertified,
         "signals": res.signals, "outcomes_recorded": res.outcomes_recorded, "drift": res.drift,
         "trained": trained, "timings": {k: round(v, 3) for k, v in res.timings.items()}, **extra,
     }

@@ -135,3 +135,24 @@ def test_psi_is_zero_on_the_training_distribution_and_large_on_a_shift():
     moved = psi(ref, rng.normal(loc=[0.0, 1.0, 0.0], size=(2000, 3)))
     assert (same < 0.02).all()
     assert moved[1] > 0.25 and moved[0] < 0.05
+
+
+def test_only_horizons_with_held_out_evidence_may_be_actionable():
+    from types import SimpleNamespace
+
+    from services.predict.cycle import certification
+
+    def model(n, hit):
+        return SimpleNamespace(metadata={"metrics": {"confident": {"threshold": 0.8, "n": n, "hit_rate": hit}}})
+
+    assert certification(model(100, 0.85), 0.8, 30) is None
+    # The recorded 30d quick model: 487 held-out rows at >= 0.8 confidence hit 63.4%.
+    assert "0.634 over 487 rows" in certification(model(487, 0.634), 0.8, 30)
+    assert "5 rows" in certification(model(5, 1.0), 0.8, 30)
+    assert "0 rows" in certification(model(0, None), 0.8, 30)
+
+
+def test_uncertified_horizons_are_named_in_the_summary(lake_dir):
+    summaries = [json.loads(p.read_text()) for p in lake_dir.glob("runs/*/summary.json")]
+    assert summaries and all(set(s["uncertified_horizons"]) == {"24h", "7d"} for s in summaries)
+    assert all(s["actionable"] == 0 for s in summaries)
