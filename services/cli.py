@@ -27,7 +27,7 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 # Steps of the main job that later issues build; `cst run` names them instead of pretending.
 NOT_BUILT = [
-    ("risk", "sizing and guards (issue 6)"),
+    ("risk", "the risk gate in this run and the walk-forward backtest (issue 6; guard and sizing units exist)"),
 ]
 
 

@@ -1,0 +1,218 @@
+"""Risk: execution cost from an order book (or a labelled impact model), sizing, and registered guards.
+
+Each guard is one small class with a name, its parameters and one check (freqtrade-protection style);
+a decision carries the guard's reason, so every rejection or scale-down can be logged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass
+class Fill:
+    """Walking the book for a market order of `notional` (quote currency)."""
+
+    vwap: float
+    filled_notional: float
+    slippage_bps: float  # vs the touch (best ask for a buy, best bid for a sell)
+    complete: bool
+    model: str = "order_book"
+
+
+def walk_book(levels: list[list[float]], notional: float, side: str) -> Fill:
+    """VWAP of consuming `levels` ([price, amount] best first: asks for a buy, bids for a sell) for `notional`."""
+    if not levels:
+        raise ValueError("empty book side")
+    touch = float(levels[0][0])
+    left, cost, qty = notional, 0.0, 0.0
+    for price, amount in levels:
+        take = min(left, price * amount)
+        cost += take
+        qty += take / price
+        left -= take
+        if left <= 1e-12:
+            break
+    vwap = cost / qty
+    sign = 1.0 if side == "buy" else -1.0
+    return Fill(vwap, cost, sign * (vwap - touch) / touch * 1e4, left <= 1e-12 * max(1.0, notional))
+
+
+def impact_model(notional: float, adv_quote: float, daily_vol: float, half_spread_bps: float = 5.0,
+                 k: float = 1.0) -> Fill:
+    """Square-root impact where no book exists (history): cost = half spread + k * vol * sqrt(participation).
+
+    A MODEL, labelled as such in every Fill it returns; it is never presented as an observed fill.
+    """
+    participation = notional / adv_quote
+    bps = half_spread_bps + k * daily_vol * math.sqrt(participation) * 1e4
+    return Fill(float("nan"), notional, bps, True, model="sqrt_impact")
+
+
+def kelly_fraction(p_up: float, q10: float, q50: float, q90: float, direction: int, fraction: float = 0.25,
+                   cap: float = 0.1) -> float:
+    """Fractional Kelly for a binary-ish bet: win size from the favourable quantile, loss from the other.
+
+    f* = p/a - (1-p)/b with b the typical gain and a the typical loss (both > 0); scaled by `fraction`,
+    capped, and 0 when the edge is not positive.
+    """
+    p = p_up if direction == 1 else 1.0 - p_up
+    gain = (q90 if direction == 1 else -q10)
+    loss = (-q10 if direction == 1 else q90)
+    if gain <= 0 or loss <= 0:
+        return 0.0
+    f = p / loss - (1 - p) / gain
+    return float(min(cap, max(0.0, fraction * f)))
+
+
+def vol_target_scale(daily_vol: float, target_daily_vol: float = 0.02) -> float:
+    return float(min(1.0, target_daily_vol / daily_vol)) if daily_vol > 0 else 0.0
+
+
+@dataclass
+class Order:
+    coin: str
+    direction: int
+    notional: float
+    expected_edge_bps: float
+    returns: np.ndarray | None = None  # recent daily log returns, for correlation
+    adv_quote: float | None = None  # average daily quote volume; None = unknown
+    daily_vol: float | None = None
+    book_side: list[list[float]] | None = None  # levels the order would consume
+
+
+@dataclass
+class Book:
+    """The portfolio the guards judge against."""
+
+    equity: float
+    peak_equity: float
+    positions: dict[str, Order] = field(default_factory=dict)
+    halted: bool = False
+
+
+@dataclass
+class Decision:
+    guard: str
+    allow: bool
+    scale: float = 1.0
+    reason: str = ""
+
+
+class Guard:
+    name: ClassVar[str]
+
+    def check(self, order: Order, book: Book) -> Decision:
+        raise NotImplementedError
+
+
+GUARDS: dict[str, type[Guard]] = {}
+
+
+def register(cls: type[Guard]) -> type[Guard]:
+    GUARDS[cls.name] = cls
+    return cls
+
+
+@register
+class LiquidityGuard(Guard):
+    """Minimum 24h quote volume and maximum participation; unknown volume is not tradable."""
+
+    name = "liquidity"
+
+    def __init__(self, min_adv_quote: float = 1e6, max_participation: float = 0.01):
+        self.min_adv_quote, self.max_participation = min_adv_quote, max_participation
+
+    def check(self, order: Order, book: Book) -> Decision:
+        if order.adv_quote is None or not np.isfinite(order.adv_quote):
+            return Decision(self.name, False, 0.0, "volume unavailable: not tradable")
+        if order.adv_quote < self.min_adv_quote:
+            return Decision(self.name, False, 0.0, f"24h volume {order.adv_quote:,.0f} < {self.min_adv_quote:,.0f}")
+        limit = self.max_participation * order.adv_quote
+        if order.notional > limit:
+            return Decision(self.name, True, limit / order.notional,
+                            f"scaled to {self.max_participation:.1%} of average daily volume")
+        return Decision(self.name, True)
+
+
+@register
+class CorrelationGuard(Guard):
+    """A new position too correlated with the book is scaled down; beyond the cluster cap it is rejected."""
+
+    name = "correlation"
+
+    def __init__(self, threshold: float = 0.8, cluster_cap: int = 2):
+        self.threshold, self.cluster_cap = threshold, cluster_cap
+
+    def check(self, order: Order, book: Book) -> Decision:
+        if order.returns is None or not book.positions:
+            return Decision(self.name, True)
+        close = []
+        for coin, pos in book.positions.items():
+            if pos.returns is None:
+                continue
+            n = min(len(pos.returns), len(order.returns))
+            c = float(np.corrcoef(order.returns[-n:], pos.returns[-n:])[0, 1])
+            if c * order.direction * pos.direction > self.threshold:
+                close.append((coin, c))
+        if not close:
+            return Decision(self.name, True)
+        if len(close) >= self.cluster_cap:
+            return Decision(self.name, False, 0.0, f"cluster of {len(close)} positions with correlation > {self.threshold}")
+        worst = max(c for _, c in close)
+        return Decision(self.name, True, (1 - worst) / (1 - self.threshold) if worst < 1 else 0.0,
+                        f"correlation {worst:.2f} with {close[0][0]}: scaled down")
+
+
+@register
+class DrawdownGuard(Guard):
+    """Portfolio drawdown beyond `max_drawdown` halts new entries until equity recovers to `resume_at` of the peak."""
+
+    name = "drawdown"
+
+    def __init__(self, max_drawdown: float = 0.2, resume_at: float = 0.9):
+        self.max_drawdown, self.resume_at = max_drawdown, resume_at
+
+    def check(self, order: Order, book: Book) -> Decision:
+        dd = 1 - book.equity / book.peak_equity
+        if book.halted and book.equity >= self.resume_at * book.peak_equity:
+            book.halted = False
+        if dd >= self.max_drawdown:
+            book.halted = True
+        if book.halted:
+            return Decision(self.name, False, 0.0, f"drawdown {dd:.1%}: entries halted until equity is back to "
+                                                    f"{self.resume_at:.0%} of its peak")
+        return Decision(self.name, True)
+
+
+@register
+class CostGuard(Guard):
+    """Expected execution cost (book walk, or the labelled impact model) must stay below the expected edge."""
+
+    name = "cost"
+
+    def check(self, order: Order, book: Book) -> Decision:
+        if order.book_side:
+            fill = walk_book(order.book_side, order.notional, "buy" if order.direction == 1 else "sell")
+            if not fill.complete:
+                return Decision(self.name, False, 0.0, "order larger than the visible book")
+        elif order.adv_quote and order.daily_vol:
+            fill = impact_model(order.notional, order.adv_quote, order.daily_vol)
+        else:
+            return Decision(self.name, False, 0.0, "no book and no volume: cost unknown")
+        if fill.slippage_bps >= order.expected_edge_bps:
+            return Decision(self.name, False, 0.0, f"expected cost {fill.slippage_bps:.1f} bps ({fill.model}) >= "
+                                                    f"edge {order.expected_edge_bps:.1f} bps")
+        return Decision(self.name, True, 1.0, f"cost {fill.slippage_bps:.1f} bps ({fill.model})")
+
+
+def apply_guards(order: Order, book: Book, guards: list[Guard]) -> tuple[float, list[Decision]]:
+    """Every guard's decision, in order; the final scale (0 when any guard rejects)."""
+    decisions = [g.check(order, book) for g in guards]
+    if not all(d.allow for d in decisions):
+        return 0.0, decisions
+    return float(np.prod([d.scale for d in decisions])), decisions
