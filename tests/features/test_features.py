@@ -58,7 +58,7 @@ def test_declared_sets_match_the_registry(cfg):
 
 
 def test_real_frames_have_rows_and_no_missing_values(full):
-    for tf, frame in full.items():
+    for frame in full.values():
         assert len(frame) > 10_000
         assert np.isfinite(frame.X).all()
         assert set(frame.rows_per_coin) >= {"BTC", "ETH", "SOL", "USDT"}
