@@ -50,21 +50,11 @@ def inference(n_coins: int = 1000) -> dict:
                                            gbt_max_estimators=150)
     cfg.training.calibration_grid = 128
     kept = {}
-    original = train_mod.train_horizon
-
-    def spy(*a, **k):
-        t = original(*a, **k)
-        kept[t.horizon] = t
-        return t
-
-    train_mod.train_horizon = spy
     horizons = ["24h", "7d", "30d", "1h"]
     with tempfile.TemporaryDirectory() as tmp:
         lake = LocalLake(tmp)
-        try:
-            train_mod.train(cfg, DATA, lake, horizons=horizons, budget="bench")
-        finally:
-            train_mod.train_horizon = original
+        train_mod.train(cfg, DATA, lake, horizons=horizons, budget="bench",
+                        on_trained=lambda t: kept.__setitem__(t.horizon, t))
         models = {h: HorizonModel.load(lake, h) for h in horizons}
         batches = {}
         for h, t in kept.items():

@@ -118,7 +118,7 @@ class Fetcher:
         return self._limiters[source]
 
     def backoff(self, attempt: int) -> float:
-        # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
+        # Retry timing only, never data. Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
         return random.uniform(0, min(self.http.backoff_max_s, self.http.backoff_base_s * 2**attempt))
 
     async def call(self, source: str, what: str, op: Callable[[], Awaitable[T]]) -> T:

@@ -18,7 +18,7 @@ def permutation_shap(f: Callable[[np.ndarray, np.ndarray], np.ndarray], X: np.nd
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     n, F = X.shape
     B = bg_X.shape[0]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # only the order features are switched in; seeded, so reproducible
     pairs = max(1, permutations // 2)
     perms = []
     for _ in range(pairs):

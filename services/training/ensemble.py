@@ -138,6 +138,7 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
                for m in MEMBERS}
     meta = _meta_model().fit(oof, y_oof.astype(int))
     quant = QuantileModels(cfg.quantiles, n_estimators=min(150, budget.gbt_max_estimators), seed=seed).fit(ds.X, prep.fwd)
+    # Which training rows serve as the SHAP background: a seeded sample of real rows, no values made up.
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(ds), size=min(settings.training.shap_background, len(ds)), replace=False))
     trained = Trained(

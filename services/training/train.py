@@ -13,7 +13,7 @@ from pathlib import Path
 from services.features.frame import build_frame, build_panel
 from services.ingest import logic
 from services.ingest.sources.files import FileSource
-from services.training.ensemble import train_horizon
+from services.training.ensemble import Trained, train_horizon
 from services.training.registry import publish
 from shared.contracts import iso_to_ms, utcnow
 from shared.errors import CstError
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def train(settings: Settings, source: str | Path, lake: Lake, *, until: str | None = None,
           horizons: list[str] | None = None, budget: str = "quick",
-          tick: Callable[[str], None] | None = None) -> dict[str, dict]:
+          tick: Callable[[str], None] | None = None,
+          on_trained: Callable[[Trained], None] | None = None) -> dict[str, dict]:
     """Train every requested horizon on data published strictly before `until`; returns each version's metadata."""
     cfg = settings.training
     horizons = horizons or list(cfg.horizons)
@@ -53,6 +54,8 @@ def train(settings: Settings, source: str | Path, lake: Lake, *, until: str | No
             log.error("horizon %s not trained: %s", h, exc)
             results[h] = {"error": exc.code, "message": exc.message}
             continue
+        if on_trained is not None:
+            on_trained(t)  # the in-memory models, e.g. for native-vs-ONNX comparisons
         meta = publish(t, t.ds, t.val_idx, frames[tf].declared, lake, cfg.gate_brier_tolerance)
         meta["wall_seconds"] = round(time.perf_counter() - started, 1)
         results[h] = meta
