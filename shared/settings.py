@@ -240,11 +240,15 @@ class RunSettings(BaseModel):
     performance_window: int = 50
     retrain_budget: str = "quick"
     process_workers: int = 2
+    # Horizons predicted side by side (threads; onnxruntime releases the GIL), one ONNX thread each.
+    horizon_workers: int = 2
     # A horizon's predictions may be actionable only if its held-out confident bucket (confidence >=
     # the threshold) held at least this many rows and hit at least the threshold: 80% must mean 80%.
     certify_min_n: int = 30
-    # Rows (coins x one horizon) from which SHAP runs in the process pool; fewer stay in process
-    # because starting the workers costs more than they save (see BENCHMARKS.md, bench_predict).
+    # Rows (coins x one horizon) from which SHAP runs in the process pool. Below it SHAP stays in the
+    # horizon's thread: horizons already run side by side on the cores, and spawning workers that load
+    # every model costs about a second (see BENCHMARKS.md, bench_predict: 128 rows of ONE horizon take
+    # 2.5 s in process and 1.5 s in a 2-worker pool, start-up included).
     pool_min_rows: int = 512
 
 

@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,52 +89,69 @@ def certification(model: HorizonModel, threshold: float, min_n: int) -> str | No
     return None
 
 
+@dataclass
+class _HorizonOut:
+    records: list[dict] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)  # coin -> reason
+    uncertified: str | None = None
+
+
+def _predict_horizon(settings: Settings, lake: Lake, inp: CycleInput, h: str, model: HorizonModel) -> _HorizonOut:
+    out = _HorizonOut()
+    thr = settings.confidence_threshold
+    out.uncertified = certification(model, thr, settings.run.certify_min_n)
+    spec = settings.training.horizons[h]
+    tf, step = spec.timeframe, timeframe_ms(spec.timeframe)
+    frame = inp.frames.get(tf)
+    t_now = (inp.as_of_ms // step) * step  # the latest candle close at or before as-of
+    if frame is None or len(frame) == 0:
+        out.excluded = {c: _why_missing(c, tf, inp, t_now, False) for c in inp.coins}
+        return out
+    if frame.names != model.names:
+        raise CstError("feature_mismatch", f"model {h}/{model.version} was trained on other features; retrain")
+    idx, full = sequence_index(frame.ts, frame.coin, step, spec.sequence_length)
+    now_rows = np.flatnonzero(frame.ts == t_now)
+    have = {frame.coin[i]: i for i in now_rows}
+    rows = [i for i in now_rows if full[i]]
+    for c in inp.coins:
+        if c not in have or not full[have[c]]:
+            out.excluded[c] = _why_missing(c, tf, inp, t_now, c in have)
+    if not rows:
+        return out
+    rows = np.asarray(rows)
+    X, S = frame.X[rows], sequences(frame.X, idx[rows])
+    pred = model.predict(X, S)
+    phi, base = explain_rows(model, lake.uri, X, S, permutations=settings.training.shap_permutations,
+                             seed=settings.training.seed, workers=settings.run.process_workers,
+                             min_rows=settings.run.pool_min_rows)
+    tops = top_features(phi, model.names, settings.training.shap_top_k)
+    for k, i in enumerate(rows):
+        out.records.append({
+            "run_id": inp.run_id, "coin": str(frame.coin[i]), "horizon": h, "as_of": ms_to_iso(inp.as_of_ms),
+            "decision_ts": int(frame.ts[i]), "p_up": float(pred.p_up[k]), "p_low": float(pred.low[k]),
+            "p_high": float(pred.high[k]), "direction": int(pred.direction[k]),
+            "confidence": float(pred.confidence[k]), "q10": float(pred.quantiles[k, 0]),
+            "q50": float(pred.quantiles[k, 1]), "q90": float(pred.quantiles[k, 2]),
+            "model_version": model.version,
+            "actionable": out.uncertified is None and actionable(float(pred.confidence[k]), thr),
+            "shap_base": float(base[k]), "top_features": json.dumps(tops[k]),
+        })
+    return out
+
+
 def predict_all(settings: Settings, lake: Lake, inp: CycleInput, models: dict[str, HorizonModel],
                 tick: Callable[[str], None]) -> CycleResult:
+    """Every horizon side by side (ONNX and SHAP release the GIL); results merged in horizon order."""
     res = CycleResult()
-    thr = settings.confidence_threshold
-    for h, model in models.items():
-        uncertified = certification(model, thr, settings.run.certify_min_n)
-        if uncertified:
-            res.uncertified[h] = uncertified
-        spec = settings.training.horizons[h]
-        tf, step = spec.timeframe, timeframe_ms(spec.timeframe)
-        frame = inp.frames.get(tf)
-        t_now = (inp.as_of_ms // step) * step  # the latest candle close at or before as-of
-        if frame is None or len(frame) == 0:
-            for c in inp.coins:
-                res.excluded.setdefault(c, {})[h] = _why_missing(c, tf, inp, t_now, False)
-            continue
-        if frame.names != model.names:
-            raise CstError("feature_mismatch", f"model {h}/{model.version} was trained on other features; retrain")
-        idx, full = sequence_index(frame.ts, frame.coin, step, spec.sequence_length)
-        now_rows = np.flatnonzero(frame.ts == t_now)
-        have = {frame.coin[i]: i for i in now_rows}
-        rows = [i for i in now_rows if full[i]]
-        for c in inp.coins:
-            if c not in have or not full[have[c]]:
-                res.excluded.setdefault(c, {})[h] = _why_missing(c, tf, inp, t_now, c in have)
-        if not rows:
-            continue
-        tick(f"predicting {h} for {len(rows)} coins")
-        rows = np.asarray(rows)
-        X, S = frame.X[rows], sequences(frame.X, idx[rows])
-        pred = model.predict(X, S)
-        phi, base = explain_rows(model, lake.uri, X, S, permutations=settings.training.shap_permutations,
-                                 seed=settings.training.seed, workers=settings.run.process_workers,
-                                 min_rows=settings.run.pool_min_rows)
-        tops = top_features(phi, model.names, settings.training.shap_top_k)
-        for k, i in enumerate(rows):
-            res.predictions.append({
-                "run_id": inp.run_id, "coin": str(frame.coin[i]), "horizon": h, "as_of": ms_to_iso(inp.as_of_ms),
-                "decision_ts": int(frame.ts[i]), "p_up": float(pred.p_up[k]), "p_low": float(pred.low[k]),
-                "p_high": float(pred.high[k]), "direction": int(pred.direction[k]),
-                "confidence": float(pred.confidence[k]), "q10": float(pred.quantiles[k, 0]),
-                "q50": float(pred.quantiles[k, 1]), "q90": float(pred.quantiles[k, 2]),
-                "model_version": model.version,
-                "actionable": uncertified is None and actionable(float(pred.confidence[k]), thr),
-                "shap_base": float(base[k]), "top_features": json.dumps(tops[k]),
-            })
+    tick(f"predicting {', '.join(models)}")
+    with ThreadPoolExecutor(max(1, settings.run.horizon_workers)) as pool:
+        outs = list(pool.map(lambda hm: _predict_horizon(settings, lake, inp, *hm), models.items()))
+    for h, out in zip(models, outs, strict=True):
+        if out.uncertified:
+            res.uncertified[h] = out.uncertified
+        for c, why in out.excluded.items():
+            res.excluded.setdefault(c, {})[h] = why
+        res.predictions.extend(out.records)
     res.signals = consensus(res.predictions, settings.consensus_min_horizons)
     return res
 

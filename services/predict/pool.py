@@ -2,8 +2,9 @@
 
 Workers are spawned (no forked ONNX thread pools) and each loads the model once from the lake. The
 permutations are drawn from the seed before any row is touched, so a chunked result is identical to
-the in-process one; below `pool_min_rows` the pool's start-up costs more than it saves (measured in
-benchmarks/bench_predict.py) and the work stays in process.
+the in-process one. Below `pool_min_rows` the work stays in the horizon's thread (horizons already run
+side by side, see `cycle.predict_all`), since spawning workers that load the model costs about a second
+(measured in benchmarks/bench_predict.py).
 """
 
 from __future__ import annotations
