@@ -17,6 +17,12 @@ def brier(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((np.asarray(p) - np.asarray(y)) ** 2))
 
 
+def log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    y = np.asarray(y, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
 def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error over equal-width bins of predicted probability."""
     p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)

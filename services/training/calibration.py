@@ -10,30 +10,50 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.metrics import brier, ece  # noqa: F401 - re-exported for training code
+from shared.metrics import brier, ece, logit  # noqa: F401 - brier, ece re-exported for training code
 
 METHODS = ("venn_abers", "isotonic", "platt")
 
 
-def _isotonic(s: np.ndarray, y: np.ndarray):
+def _isotonic(s: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
     from sklearn.isotonic import IsotonicRegression
 
-    return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(s, y)
+    return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(s, y, sample_weight=w)
 
 
-def venn_abers_bounds(s_cal: np.ndarray, y_cal: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def effective_weight(ts: np.ndarray | None, horizon_ms: int | None) -> float:
+    """Weight of one calibration row as a share of an independent outcome.
+
+    Labels of consecutive decision times overlap (a 30-day label moves one day per row), and coins at the
+    same time share the market's move. The independent outcomes in a set are taken as the non-overlapping
+    horizon windows its decision times span (one per window, across all coins); each row weighs
+    n_eff / n. Without timestamps every row counts as one outcome.
+    """
+    if ts is None or horizon_ms is None or ts.size == 0:
+        return 1.0
+    n_eff = (float(ts.max() - ts.min()) + horizon_ms) / horizon_ms
+    return float(min(1.0, n_eff / ts.size))
+
+
+def venn_abers_bounds(s_cal: np.ndarray, y_cal: np.ndarray, grid: np.ndarray,
+                      weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Inductive Venn-Abers (Vovk & Petej 2014): for a test score g, p0 / p1 are the isotonic fits
-    on the calibration set plus (g, 0) / plus (g, 1), evaluated at g."""
+    on the calibration set plus (g, 0) / plus (g, 1), evaluated at g.
+
+    Calibration rows weigh `weight` each and the test point one whole outcome, so overlapping labels
+    do not pose as independent evidence: the interval is as wide as the independent outcomes allow.
+    """
     p0 = np.empty(grid.size)
     p1 = np.empty(grid.size)
     s_ext = np.concatenate([s_cal, [0.0]])
     y_ext = np.concatenate([y_cal, [0.0]])
+    w_ext = np.concatenate([np.full(s_cal.size, weight), [1.0]])
     for i, g in enumerate(grid):
         s_ext[-1] = g
         y_ext[-1] = 0.0
-        p0[i] = _isotonic(s_ext, y_ext).predict([g])[0]
+        p0[i] = _isotonic(s_ext, y_ext, w_ext).predict([g])[0]
         y_ext[-1] = 1.0
-        p1[i] = _isotonic(s_ext, y_ext).predict([g])[0]
+        p1[i] = _isotonic(s_ext, y_ext, w_ext).predict([g])[0]
     return p0, p1
 
 
@@ -107,12 +127,28 @@ class Calibrator:
         return model.SerializeToString()
 
 
-def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512) -> Calibrator:
+def recentre(table: np.ndarray, at: np.ndarray, rate: float) -> float:
+    """The logit shift that makes the table's mean over the calibration scores `at` equal `rate`."""
+    from scipy.optimize import brentq
+
+    z = logit(table[at])
+    return float(brentq(lambda d: float(np.mean(1 / (1 + np.exp(-(z + d))))) - rate, -20, 20))
+
+
+def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512, *, ts: np.ndarray | None = None,
+                   horizon_ms: int | None = None, base_rate: float | None = None) -> Calibrator:
     """Choose the point method on the later half (fit on the earlier), then refit it on all of s.
 
     The interval is always the Venn-Abers pair [p0, p1] (widened to contain the point): its bounds
     are valid under exchangeability whatever the underlying model, which a spread of ensemble
-    members or a conformal interval on a probability would not give per prediction.
+    members or a conformal interval on a probability would not give per prediction. Rows are weighted
+    by `effective_weight(ts, horizon_ms)`.
+
+    With `base_rate` (the up-rate over ALL training labels) the table's level is moved, in logit space,
+    to that rate: the calibration rows span a few years at most, one or two market regimes, and their
+    up-rate is a handful of independent outcomes (about 24 for 30-day labels over two years). The
+    calibration set decides the shape (how the probability rises with the score), the whole history
+    the level. Measured by `cst evaluate` (see the model card).
     """
     order = np.arange(s.size)  # s arrives in time order
     half = s.size // 2
@@ -126,7 +162,17 @@ def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512) -> Calibr
     best = min(scores, key=scores.get)
     grid = _grid(s, grid_size)
     point = _point_table(best, s, y, grid)
-    p0, p1 = venn_abers_bounds(s, y, grid)
+    w = effective_weight(ts, horizon_ms)
+    p0, p1 = venn_abers_bounds(s, y, grid, w)
     low, high = np.minimum(p0, point), np.maximum(p1, point)
-    return Calibrator(best, grid, point, low, high, {"validation_brier": scores, "chosen": best,
-                                                      "fit_rows": int(half), "validation_rows": int(s.size - half)})
+    selection = {"validation_brier": scores, "chosen": best, "fit_rows": int(half),
+                 "validation_rows": int(s.size - half), "row_weight": w,
+                 "effective_outcomes": round(w * s.size, 1)}
+    if base_rate is not None:
+        probe = Calibrator(best, grid, point, low, high, {})
+        at = np.maximum(np.sum(s[:, None] >= grid[None, :], axis=1) - 1, 0)
+        shift = recentre(point, at, base_rate)
+        point, low, high = (1 / (1 + np.exp(-(logit(t) + shift))) for t in (point, low, high))
+        selection.update(level={"calibration_rows_rate": float(np.mean(probe.transform(s)[0])),
+                                "training_base_rate": base_rate, "logit_shift": shift})
+    return Calibrator(best, grid, point, low, high, selection)

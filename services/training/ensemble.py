@@ -30,22 +30,38 @@ class Prepared:
     excluded: dict[str, int]
 
 
+@dataclass
+class Rows:
+    """Every frame row's forward return, label and sequence window (training and evaluation share it)."""
+
+    fwd: np.ndarray  # forward log return; NaN where not yet observed
+    y: np.ndarray  # 1 up / 0 down; NaN unobserved or in the dead zone
+    idx: np.ndarray  # sequence window positions
+    full: np.ndarray  # complete window
+
+    def excluded(self, among: np.ndarray) -> dict[str, int]:
+        observed = np.isfinite(self.fwd)
+        labeled = np.isfinite(self.y)
+        return {
+            "label_not_yet_observed": int((among & ~observed).sum()),
+            "dead_zone": int((among & observed & ~labeled).sum()),
+            "sequence_window": int((among & labeled & ~self.full).sum()),
+        }
+
+
+def label_rows(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, dead_zone: float) -> Rows:
+    fwd = forward_log_returns(panel, frame, spec.bars)
+    idx, full = sequence_index(frame.ts, frame.coin, timeframe_ms(spec.timeframe), spec.sequence_length)
+    return Rows(fwd, direction_labels(fwd, dead_zone), idx, full)
+
+
 def prepare(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, dead_zone: float) -> Prepared:
     """Rows with an observed label outside the dead zone and a complete sequence window."""
-    step = timeframe_ms(spec.timeframe)
-    fwd = forward_log_returns(panel, frame, spec.bars)
-    y = direction_labels(fwd, dead_zone)
-    idx, full = sequence_index(frame.ts, frame.coin, step, spec.sequence_length)
-    observed = np.isfinite(fwd)
-    keep = full & np.isfinite(y)
-    excluded = {
-        "label_not_yet_observed": int((~observed).sum()),
-        "dead_zone": int((observed & ~np.isfinite(y)).sum()),
-        "sequence_window": int((np.isfinite(y) & ~full).sum()),
-    }
+    r = label_rows(frame, panel, spec, dead_zone)
+    keep = r.full & np.isfinite(r.y)
     rows = np.flatnonzero(keep)
-    ds = Dataset(frame.X[rows], sequences(frame.X, idx[rows]), y[rows], frame.ts[rows], frame.coin[rows])
-    return Prepared(ds, fwd[rows], excluded)
+    ds = Dataset(frame.X[rows], sequences(frame.X, r.idx[rows]), r.y[rows], frame.ts[rows], frame.coin[rows])
+    return Prepared(ds, r.fwd[rows], r.excluded(np.ones(len(frame), dtype=bool)))
 
 
 @dataclass
@@ -110,15 +126,19 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     s_meta = np.concatenate(meta_scores)
     y_meta = np.concatenate(meta_y)
     tick(f"{horizon}: calibrating")
-    cal = fit_calibrator(s_meta, y_meta, cfg.calibration_grid)
+    ts_meta = np.concatenate(meta_ts)
+    cal = fit_calibrator(s_meta, y_meta, cfg.calibration_grid, ts=ts_meta, horizon_ms=horizon_ms,
+                         base_rate=float(ds.y.mean()))
 
-    # Held-out figures: the calibrator chosen and fitted on the earlier half, scored on the later half.
+    # Held-out figures: the calibrator chosen and fitted on the earlier half (its level from the labels
+    # known by then), scored on the later half.
     half = s_meta.size // 2
-    probe = fit_calibrator(s_meta[:half], y_meta[:half], min(cfg.calibration_grid, 128))
+    val_start = int(ts_meta[half])
+    base_rate = float(ds.y[ds.ts + horizon_ms <= val_start].mean())
+    probe = fit_calibrator(s_meta[:half], y_meta[:half], min(cfg.calibration_grid, 128), ts=ts_meta[:half],
+                           horizon_ms=horizon_ms, base_rate=base_rate)
     p_val, lo_val, hi_val = probe.transform(s_meta[half:])
     y_val = y_meta[half:]
-    val_start = int(np.concatenate(meta_ts)[half])
-    base_rate = float(ds.y[ds.ts + horizon_ms <= val_start].mean())
     ref = brier(np.full(y_val.size, base_rate), y_val)
     b = brier(p_val, y_val)
     conf = np.where(p_val >= 0.5, lo_val, 1 - hi_val)

@@ -1,0 +1,219 @@
+"""`cst evaluate`: train before a split, predict every later timestep with the served (ONNX) models, score.
+
+No label window of a training row crosses the split (training sees only data published before it), and
+the test rows are the decision times at or after the split whose forward return is observed in the
+source. Models are not retrained during the test period; the report says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.features.frame import FeatureFrame, Panel, build_frame, build_panel
+from services.features.sequences import sequences
+from services.ingest import logic
+from services.ingest.sources.files import FileSource
+from services.predict.model import HorizonModel
+from services.predict.signals import consensus
+from services.training.ensemble import Trained, label_rows
+from services.training.train import train
+from shared.contracts import iso_to_ms, ms_to_iso, utcnow
+from shared.errors import CstError
+from shared.metrics import brier, ece, log_loss, wilson_low
+from shared.settings import Settings, timeframe_ms
+from shared.storage import LocalLake
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HorizonTest:
+    """One horizon's out-of-sample predictions, from the served models, with what actually happened."""
+
+    horizon: str
+    split_ms: int
+    version: str
+    base_rate_train: float
+    ts: np.ndarray  # decision times (candle close)
+    coin: np.ndarray
+    p_up: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    confidence: np.ndarray
+    direction: np.ndarray
+    quantiles: np.ndarray  # (n, 3) forward log-return q10, q50, q90
+    fwd: np.ndarray  # realized forward log return
+    y: np.ndarray  # label (NaN in the dead zone)
+    excluded: dict[str, int]
+
+    def labeled(self) -> np.ndarray:
+        return np.isfinite(self.y)
+
+
+@dataclass
+class Market:
+    """What evaluation and the backtest need of the source: frames and panels over all of it."""
+
+    frames: dict[str, FeatureFrame]
+    panels: dict[str, Panel]
+
+
+def load_market(settings: Settings, source: str | Path, timeframes: set[str]) -> Market:
+    # The whole recording, judged as history (a series that ended is a valid past, not stale).
+    fetched = asyncio.run(logic.fetch_sources([FileSource(source)], settings))
+    gated = logic.gate(fetched, settings, int(utcnow().timestamp() * 1000), skip=frozenset({"stale"}))
+    frames = {tf: build_frame(gated.clean, gated.unavailable, tf, settings) for tf in timeframes}
+    panels = {tf: build_panel(gated.clean, gated.unavailable, tf, settings) for tf in timeframes}
+    return Market(frames, panels)
+
+
+def train_before(settings: Settings, source: str | Path, lake: LocalLake, splits: dict[str, str], budget: str,
+                 tick: Callable[[str], None]) -> dict[str, tuple[str, float]]:
+    """Train each horizon on data before its split; returns {horizon: (version, training base rate)}."""
+    by_split: dict[str, list[str]] = defaultdict(list)
+    for h, until in splits.items():
+        by_split[until].append(h)
+    base: dict[str, float] = {}
+
+    def keep(t: Trained) -> None:
+        base[t.horizon] = float(np.mean(t.ds.y))
+
+    out = {}
+    for until, hs in by_split.items():
+        results = train(settings, source, lake, until=until, horizons=hs, budget=budget, tick=tick, on_trained=keep)
+        for h, meta in results.items():
+            if "error" in meta:
+                log.error("%s not evaluated: %s", h, meta["message"])
+                continue
+            out[h] = (meta["version"], base[h])
+    return out
+
+
+def predict_test(settings: Settings, market: Market, lake: LocalLake, horizon: str, version: str, split_ms: int,
+                 base_rate: float) -> HorizonTest:
+    spec = settings.training.horizons[horizon]
+    frame, panel = market.frames[spec.timeframe], market.panels[spec.timeframe]
+    r = label_rows(frame, panel, spec, settings.training.dead_zone)
+    after = frame.ts >= split_ms
+    rows = np.flatnonzero(after & r.full & np.isfinite(r.fwd))
+    excluded = r.excluded(after)
+    excluded["sequence_window"] = int((after & np.isfinite(r.fwd) & ~r.full).sum())
+    model = HorizonModel.load(lake, horizon, version)
+    if frame.names != model.names:
+        raise CstError("feature_mismatch", f"{horizon}: the model's features differ from the source's")
+    pred = model.predict(frame.X[rows], sequences(frame.X, r.idx[rows]))
+    return HorizonTest(horizon, split_ms, version, base_rate, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low,
+                       pred.high, pred.confidence, pred.direction, pred.quantiles, r.fwd[rows], r.y[rows], excluded)
+
+
+def _rate(hits: np.ndarray) -> dict:
+    n = int(hits.size)
+    k = int(hits.sum())
+    return {"n": n, "hit_rate": k / n if n else None, "wilson_low": wilson_low(k, n)}
+
+
+def horizon_metrics(t: HorizonTest, threshold: float) -> dict:
+    m = t.labeled()
+    p, y = t.p_up[m], t.y[m]
+    n = int(m.sum())
+    ref = brier(np.full(n, t.base_rate_train), y) if n else None
+    b = brier(p, y) if n else None
+    hit = np.where(t.direction[m] == 1, y == 1, y == 0)
+    conf = t.confidence[m] >= threshold
+    return {
+        "n": n, "coins": len(set(t.coin[m].tolist())),
+        "first": ms_to_iso(int(t.ts[m].min())) if n else None, "last": ms_to_iso(int(t.ts[m].max())) if n else None,
+        "base_rate": float(y.mean()) if n else None, "base_rate_train": t.base_rate_train,
+        "brier": b, "brier_reference": ref, "brier_skill": 1 - b / ref if n and ref > 0 else None,
+        "log_loss": log_loss(p, y) if n else None, "ece": ece(p, y, 10) if n else None,
+        "hit_rate_all": float(hit.mean()) if n else None,
+        "excluded": int(sum(t.excluded.values())), "excluded_by_reason": t.excluded,
+        "confident": {"threshold": threshold, **_rate(hit[conf])},
+        "model_version": t.version,
+    }
+
+
+def consensus_signals(tests: dict[str, HorizonTest], threshold: float, min_horizons: int) -> list[dict]:
+    """The main job's consensus rule replayed at every test decision time; each signal carries the realized
+    forward return of every agreeing horizon."""
+    by_ts: dict[int, list[dict]] = defaultdict(list)
+    for h, t in tests.items():
+        for i in range(t.ts.size):
+            by_ts[int(t.ts[i])].append({
+                "coin": str(t.coin[i]), "horizon": h, "direction": int(t.direction[i]),
+                "confidence": float(t.confidence[i]), "p_up": float(t.p_up[i]),
+                "actionable": bool(t.confidence[i] >= threshold), "fwd": float(t.fwd[i]),
+                "q": t.quantiles[i].tolist(),
+            })
+    signals = []
+    for ts in sorted(by_ts):
+        preds = by_ts[ts]
+        for s in consensus(preds, min_horizons):
+            agreeing = [p for p in preds if p["coin"] == s["coin"] and p["horizon"] in s["horizons"]]
+            s.update(ts=ts, fwd={p["horizon"]: p["fwd"] for p in agreeing}, q={p["horizon"]: p["q"] for p in agreeing})
+            signals.append(s)
+    return signals
+
+
+def horizon_hours(settings: Settings, h: str) -> float:
+    spec = settings.training.horizons[h]
+    return spec.bars * timeframe_ms(spec.timeframe) / 3_600_000
+
+
+def consensus_metrics(settings: Settings, signals: list[dict]) -> dict:
+    """A signal is a hit when its direction came true over the shortest agreeing horizon (its first exit)."""
+    hits = []
+    for s in signals:
+        shortest = min(s["horizons"], key=lambda h: horizon_hours(settings, h))
+        sign = 1 if s["direction"] == "up" else -1
+        hits.append(sign * s["fwd"][shortest] > 0)
+    return {"min_horizons": settings.consensus_min_horizons, "threshold": settings.confidence_threshold,
+            "rule": "hit = direction came true over the shortest agreeing horizon", **_rate(np.asarray(hits, bool))}
+
+
+def splits_for(settings: Settings, horizons: list[str], train_until: str, train_until_1h: str | None) -> dict[str, str]:
+    return {h: (train_until_1h or train_until) if settings.training.horizons[h].timeframe == "1h" else train_until
+            for h in horizons}
+
+
+def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: str,
+             train_until_1h: str | None = None, horizons: list[str] | None = None, budget: str = "quick",
+             tick: Callable[[str], None] | None = None) -> dict:
+    tick = tick or (lambda _m: None)
+    horizons = horizons or list(settings.horizons)
+    unknown = [h for h in horizons if h not in settings.training.horizons]
+    if unknown:
+        raise CstError("unknown_horizon", f"unknown horizons {unknown}; known: {list(settings.training.horizons)}")
+    splits = splits_for(settings, horizons, train_until, train_until_1h)
+    out.mkdir(parents=True, exist_ok=True)
+    lake = LocalLake(out / "lake")
+    trained = train_before(settings, source, lake, splits, budget, tick)
+    tick("predicting the test period")
+    market = load_market(settings, source, {settings.training.horizons[h].timeframe for h in trained})
+    tests = {h: predict_test(settings, market, lake, h, v, iso_to_ms(splits[h]), base)
+             for h, (v, base) in trained.items()}
+    thr = settings.confidence_threshold
+    signals = consensus_signals(tests, thr, settings.consensus_min_horizons)
+    metrics = {
+        "train_until": train_until, "train_until_1h": splits.get("1h"), "budget": budget,
+        "retraining": "none: each horizon's model is trained once before its split and used for the whole test",
+        "horizons": {h: horizon_metrics(t, thr) for h, t in tests.items()},
+        "not_evaluated": sorted(set(horizons) - set(tests)),
+        "consensus": consensus_metrics(settings, signals),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    return {"metrics": metrics, "tests": tests, "signals": signals, "market": market}
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o))
