@@ -48,6 +48,8 @@ def impact_model(notional: float, adv_quote: float, daily_vol: float, half_sprea
 
     A MODEL, labelled as such in every Fill it returns; it is never presented as an observed fill.
     """
+    if not adv_quote > 0:
+        raise ValueError(f"impact model needs a positive average daily volume, got {adv_quote}")
     participation = notional / adv_quote
     bps = half_spread_bps + k * daily_vol * math.sqrt(participation) * 1e4
     return Fill(float("nan"), notional, bps, True, model="sqrt_impact")
@@ -149,6 +151,7 @@ class CorrelationGuard(Guard):
         self.threshold, self.cluster_cap = threshold, cluster_cap
 
     def check(self, order: Order, book: Book) -> Decision:
+        """`order.returns` and every position's returns must end on the same day (the caller aligns them)."""
         if order.returns is None or not book.positions:
             return Decision(self.name, True)
         close = []
@@ -156,16 +159,23 @@ class CorrelationGuard(Guard):
             if pos.returns is None:
                 continue
             n = min(len(pos.returns), len(order.returns))
-            c = float(np.corrcoef(order.returns[-n:], pos.returns[-n:])[0, 1])
-            if c * order.direction * pos.direction > self.threshold:
-                close.append((coin, c))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                c = float(np.corrcoef(order.returns[-n:], pos.returns[-n:])[0, 1]) if n >= 2 else float("nan")
+            if not np.isfinite(c):
+                return Decision(self.name, False, 0.0, f"correlation with {coin} unknown (too short or constant series)")
+            same_way = c * order.direction * pos.direction  # a long and a short on correlated coins hedge
+            if same_way > self.threshold:
+                close.append((coin, same_way))
         if not close:
             return Decision(self.name, True)
         if len(close) >= self.cluster_cap:
             return Decision(self.name, False, 0.0, f"cluster of {len(close)} positions with correlation > {self.threshold}")
-        worst = max(c for _, c in close)
-        return Decision(self.name, True, (1 - worst) / (1 - self.threshold) if worst < 1 else 0.0,
-                        f"correlation {worst:.2f} with {close[0][0]}: scaled down")
+        coin, worst = max(close, key=lambda kv: kv[1])
+        if worst >= 1.0:
+            return Decision(self.name, False, 0.0, f"correlation {worst:.2f} with {coin}: the same bet twice")
+        # Linear from full size at the threshold down to zero at correlation 1; never above 1.
+        return Decision(self.name, True, min(1.0, (1 - worst) / (1 - self.threshold)),
+                        f"correlation {worst:.2f} with {coin}: scaled down")
 
 
 @register
@@ -177,21 +187,33 @@ class DrawdownGuard(Guard):
     def __init__(self, max_drawdown: float = 0.2, resume_at: float = 0.9):
         self.max_drawdown, self.resume_at = max_drawdown, resume_at
 
-    def check(self, order: Order, book: Book) -> Decision:
-        dd = 1 - book.equity / book.peak_equity
+    def update(self, book: Book) -> None:
+        """Called whenever equity is marked (not only when an order arrives)."""
         if book.halted and book.equity >= self.resume_at * book.peak_equity:
             book.halted = False
-        if dd >= self.max_drawdown:
+        if 1 - book.equity / book.peak_equity >= self.max_drawdown:
             book.halted = True
+
+    def check(self, order: Order, book: Book) -> Decision:
+        self.update(book)
         if book.halted:
+            dd = 1 - book.equity / book.peak_equity
             return Decision(self.name, False, 0.0, f"drawdown {dd:.1%}: entries halted until equity is back to "
                                                     f"{self.resume_at:.0%} of its peak")
         return Decision(self.name, True)
 
 
+def _positive(x: float | None) -> bool:
+    return x is not None and bool(np.isfinite(x)) and x > 0
+
+
 @register
 class CostGuard(Guard):
-    """Expected execution cost (book walk, or the labelled impact model) must stay below the expected edge."""
+    """Expected execution cost (book walk, or the labelled impact model) must stay below the expected edge.
+
+    It prices one side; `expected_edge_bps` must therefore be the edge net of fees and the exit's cost
+    (the backtest and `cst run` pass gross edge - 2 * fee - exit impact).
+    """
 
     name = "cost"
 
@@ -200,10 +222,10 @@ class CostGuard(Guard):
             fill = walk_book(order.book_side, order.notional, "buy" if order.direction == 1 else "sell")
             if not fill.complete:
                 return Decision(self.name, False, 0.0, "order larger than the visible book")
-        elif order.adv_quote and order.daily_vol:
+        elif _positive(order.adv_quote) and _positive(order.daily_vol):
             fill = impact_model(order.notional, order.adv_quote, order.daily_vol)
         else:
-            return Decision(self.name, False, 0.0, "no book and no volume: cost unknown")
+            return Decision(self.name, False, 0.0, "no book and no known volume or volatility: cost unknown")
         if fill.slippage_bps >= order.expected_edge_bps:
             return Decision(self.name, False, 0.0, f"expected cost {fill.slippage_bps:.1f} bps ({fill.model}) >= "
                                                     f"edge {order.expected_edge_bps:.1f} bps")

@@ -87,3 +87,27 @@ def test_cost_guard_and_the_chain():
     assert scale == 1.0 and [d.guard for d in decisions] == ["liquidity", "correlation", "drawdown", "cost"]
     scale, decisions = apply_guards(dear, book, [LiquidityGuard(), CostGuard()])
     assert scale == 0.0 and not decisions[-1].allow
+
+
+def test_correlation_guard_adjusts_for_direction_and_refuses_the_unknown():
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 0.01, 60)
+    book = Book(1e5, 1e5, {"A": Order("A", 1, 1e4, 50, returns=a)})
+    g = CorrelationGuard(threshold=0.8, cluster_cap=2)
+    # Short a coin that moves exactly against A while long A: direction-adjusted correlation +1, the same bet.
+    same = g.check(Order("B", -1, 1e4, 50, returns=-a), book)
+    assert not same.allow and "same bet" in same.reason
+    # Long that anti-correlated coin instead: a hedge, allowed at full size (the scale never exceeds 1).
+    hedge = g.check(Order("B", 1, 1e4, 50, returns=-a), book)
+    assert hedge.allow and hedge.scale == 1.0
+    # A constant series (a stablecoin) has no defined correlation: refused, not waved through.
+    flat = g.check(Order("C", 1, 1e4, 50, returns=np.zeros(60)), book)
+    assert not flat.allow and "unknown" in flat.reason
+
+
+def test_cost_guard_refuses_unknown_volume():
+    # NaN volume used to read as truthy and yield "cost nan bps", which passed every comparison.
+    d = CostGuard().check(Order("A", 1, 1e4, 500, adv_quote=float("nan"), daily_vol=0.03), Book(1e5, 1e5))
+    assert not d.allow and "unknown" in d.reason
+    with pytest.raises(ValueError):
+        impact_model(1e4, 0.0, 0.03)

@@ -1,0 +1,311 @@
+"""The walk-forward backtest on tiny hand-made markets whose numbers are worked out in comments, plus real closes."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.predict.backtest import (
+    DAY_MS,
+    BacktestConfig,
+    Market,
+    Signal,
+    buy_and_hold,
+    drawdown,
+    equal_weight,
+    expected_edge_bps,
+    performance,
+    run_backtest,
+)
+from shared.errors import CstError
+
+T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC: the first candle's open
+ADV = 1e9  # quote volume per day: deep enough that every order passes the 1% participation cap
+# Log returns +1%, -1%, +1%, -1%: sample std = 0.01 * sqrt(4/3) = 0.011547 < the 2% target, so the vol scale is 1.
+CALM = [100.0, 100 * math.e ** 0.01, 100.0, 100 * math.e ** 0.01, 100.0]
+CFG = {"vol_window": 4, "adv_window": 4}
+CALM_VOL = 0.01 * math.sqrt(4 / 3)
+
+
+def market(closes: dict[str, list[float]], qv: float | dict[str, list[float]] = ADV) -> Market:
+    coins = list(closes)
+    close = np.array([closes[c] for c in coins], dtype=float).T
+    vol = np.full(close.shape, qv) if not isinstance(qv, dict) else np.array([qv[c] for c in coins], dtype=float).T
+    return Market(T0 + DAY_MS * np.arange(len(close)), coins, close, vol)
+
+
+def prices(log_returns: np.ndarray) -> list[float]:
+    """Closes starting at 100 that move by the given daily log returns."""
+    return list(100 * np.exp(np.concatenate([[0.0], np.cumsum(log_returns)])))
+
+
+def signal(m: Market, day: int, coin: str, direction: int = 1, horizon: int = 2, p: float = 0.6,
+           q: float = 0.05) -> Signal:
+    # p = 0.6 of the signal's direction with symmetric quantiles +-5%: f* = 0.6/0.05 - 0.4/0.05 = 4, a quarter
+    # of it is 1.0, so the 10% max_position binds; gross edge = 1e4 * (0.6*0.05 - 0.4*0.05) = 100 bps.
+    p_up = p if direction == 1 else 1 - p
+    return Signal(int(m.close_ts[day]), coin, direction, p_up, -q, 0.0, q, horizon)
+
+
+def impact_bps(notional: float, adv: float, daily_vol: float) -> float:
+    """risk.impact_model written out: 5 bps half spread + vol * sqrt(participation), in bps."""
+    return 5.0 + daily_vol * math.sqrt(notional / adv) * 1e4
+
+
+def test_one_long_held_two_days_matches_a_hand_computed_equity_curve():
+    # Day 4 closes at 100 (decision); then +1%/day: 101 at day 5, 102.01 at day 6 (the exit, 2 days later).
+    m = market({"A": CALM + [101.0, 102.01]})
+    res = run_backtest(m, [signal(m, 4, "A")], BacktestConfig(**CFG))
+    # Size: 100,000 * min(10%, Kelly 1.0) * vol scale 1 = 10,000 -> 100 coins at 100.
+    # Entry cost: 10 bps fee + (5 + 0.011547 * sqrt(1e4 / 1e9) * 1e4 = 5.3651 bps impact) on 10,000.
+    c_in = 10_000 * (10 + impact_bps(10_000, ADV, CALM_VOL)) / 1e4
+    assert c_in == pytest.approx(15.3651, abs=1e-4)
+    # Exit: 100 coins * 102.01 = 10,201, priced with the vol of the 4 returns known at day 6.
+    exit_vol = float(np.std([0.01, -0.01, math.log(1.01), math.log(1.01)], ddof=1))
+    c_out = 10_201 * (10 + impact_bps(10_201, ADV, exit_vol)) / 1e4
+    expected = [100_000] * 4 + [100_000 - c_in, 100_100 - c_in, 100_201 - c_in - c_out]
+    np.testing.assert_allclose(res.equity, expected, rtol=0, atol=1e-7)
+    (t,) = res.trades
+    assert t["entry_ts"] == m.close_ts[4] and t["exit_ts"] == m.close_ts[6] and t["exit_reason"] == "horizon"
+    assert t["entry_notional"] == pytest.approx(10_000) and t["qty"] == pytest.approx(100)
+    assert t["cost_model"] == "sqrt_impact" and t["pnl"] == pytest.approx(201 - c_in - c_out)
+    assert res.metrics["costs_paid"] == pytest.approx(c_in + c_out) and res.metrics["hit_rate"] == 1.0
+    # Turnover: (10,000 + 10,201) traded / mean equity, over 6 days = 6/365 of a year.
+    assert res.metrics["turnover"] == pytest.approx(20_201 / np.mean(expected) / (6 / 365))
+    # The cost guard saw the edge net of the rest of the round trip: 100 - 2*10 - exit impact at 10,000.
+    cost = next(d for d in res.decisions if d["guard"] == "cost")
+    assert cost["allow"] and "sqrt_impact" in cost["reason"]
+    assert res.ts[0] == T0 + DAY_MS  # marks are stamped at the close times
+
+
+def test_volatility_targets_and_kelly_below_the_cap_size_the_order():
+    # Returns +-3%: sample std = 0.03 * sqrt(4/3) = 0.034641, scale = 0.02 / 0.034641 = sqrt(3)/3 = 0.57735.
+    # p = 0.52 with +-20% quantiles: f* = 0.52/0.2 - 0.48/0.2 = 0.2, a quarter is 0.05 (below the 10% cap).
+    zig = [100.0, 100 * math.e ** 0.03, 100.0, 100 * math.e ** 0.03, 100.0, 100.0, 100.0]
+    m = market({"A": zig})
+    res = run_backtest(m, [signal(m, 4, "A", p=0.52, q=0.2)], BacktestConfig(**CFG))
+    assert res.trades[0]["entry_notional"] == pytest.approx(100_000 * 0.05 * math.sqrt(3) / 3)
+
+
+def test_a_short_is_skipped_on_spot_and_profits_from_a_fall_when_allowed():
+    m = market({"A": CALM + [99.0, 98.01]})
+    spot = run_backtest(m, [signal(m, 4, "A", direction=-1)], BacktestConfig(**CFG))
+    assert spot.skipped == {"short_not_allowed": 1} and not spot.trades
+    assert np.all(spot.equity == 100_000) and spot.decisions[0]["reason"].startswith("short_not_allowed")
+    res = run_backtest(m, [signal(m, 4, "A", direction=-1)], BacktestConfig(allow_short=True, **CFG))
+    # Short 100 coins at 100, bought back at 98.01: +199 before costs.
+    c_in = 10_000 * (10 + impact_bps(10_000, ADV, CALM_VOL)) / 1e4
+    exit_vol = float(np.std([0.01, -0.01, math.log(0.99), math.log(0.99)], ddof=1))
+    c_out = 9_801 * (10 + impact_bps(9_801, ADV, exit_vol)) / 1e4
+    assert res.equity[5] == pytest.approx(100_100 - c_in, abs=1e-7)  # marked: short 100 coins, 100 -> 99
+    assert res.equity[-1] == pytest.approx(100_199 - c_in - c_out, abs=1e-7)
+
+
+def test_unknown_volume_is_never_liquid():
+    m = market({"A": CALM + [101.0, 102.01]}, qv={"A": [np.nan] * 7})
+    res = run_backtest(m, [signal(m, 4, "A")], BacktestConfig(**CFG))
+    assert res.skipped == {"guard_rejected": 1} and not res.trades
+    liq = next(d for d in res.decisions if d["guard"] == "liquidity")
+    assert not liq["allow"] and "volume unavailable" in liq["reason"]
+    # Without guards the entry cost cannot be priced either: skipped, never assumed cheap.
+    res = run_backtest(m, [signal(m, 4, "A")], BacktestConfig(guards=False, **CFG))
+    assert res.skipped == {"cost_unknown": 1} and np.all(res.equity == 100_000)
+    # One missing day inside the 4-day volume window is enough: the average is unknown.
+    m = market({"A": CALM + [101.0, 102.01]}, qv={"A": [ADV, ADV, np.nan, ADV, ADV, ADV, ADV]})
+    assert run_backtest(m, [signal(m, 4, "A")], BacktestConfig(**CFG)).skipped == {"guard_rejected": 1}
+
+
+def test_guards_off_charges_the_same_costs():
+    m = market({"A": CALM + [101.0, 102.01]})
+    on = run_backtest(m, [signal(m, 4, "A")], BacktestConfig(**CFG))
+    off = run_backtest(m, [signal(m, 4, "A")], BacktestConfig(guards=False, **CFG))
+    np.testing.assert_array_equal(on.equity, off.equity)
+    assert [d["reason"] for d in off.decisions] == ["guards disabled"]
+
+
+def test_drawdown_guard_halts_entries_after_a_crash():
+    # A: long 10,000 at 100, crashes to 40 and is sold there on day 6: -6,000 - costs, about 6% of equity.
+    m = market({"A": CALM + [40.0] * 5, "B": CALM + CALM})
+    cfg = BacktestConfig(guard_params={"drawdown": {"max_drawdown": 0.05}}, **CFG)
+    res = run_backtest(m, [signal(m, 4, "A"), signal(m, 7, "B")], cfg)
+    assert [t["coin"] for t in res.trades] == ["A"] and res.trades[0]["pnl"] < -6_000
+    assert res.skipped == {"guard_rejected": 1}
+    dd = next(d for d in res.decisions if d["guard"] == "drawdown" and d["coin"] == "B")
+    assert not dd["allow"] and "halted" in dd["reason"]
+    # The same B signal is taken when the limit is the default 20%.
+    assert [t["coin"] for t in run_backtest(m, [signal(m, 4, "A"), signal(m, 7, "B")],
+                                            BacktestConfig(**CFG)).trades] == ["A", "B"]
+
+
+def test_stop_loss_exits_at_the_first_close_beyond_it():
+    m = market({"A": CALM + [90.0, 70.0, 72.0, 75.0]})
+    res = run_backtest(m, [signal(m, 4, "A", horizon=4)], BacktestConfig(stop_loss=0.2, **CFG))
+    (t,) = res.trades  # -10% at day 5 is inside the stop; -30% at day 6 is beyond it
+    assert t["exit_reason"] == "stop_loss" and t["exit_price"] == 70.0 and t["exit_ts"] == m.close_ts[6]
+
+
+def test_a_missing_exit_close_delays_the_exit_and_the_data_end_closes_at_the_last_close():
+    nan = float("nan")
+    m = market({"A": CALM + [101.0, nan, 103.0, 104.0]})  # no candle on the exit day (6)
+    (t,) = run_backtest(m, [signal(m, 4, "A")], BacktestConfig(**CFG)).trades
+    assert t["exit_reason"] == "delayed_exit" and t["exit_price"] == 103.0 and t["exit_ts"] == m.close_ts[7]
+    m = market({"A": CALM + [101.0, nan, nan]})  # the coin stops trading: sold at its last close, 101
+    res = run_backtest(m, [signal(m, 4, "A")], BacktestConfig(**CFG))
+    (t,) = res.trades
+    assert t["exit_reason"] == "end_of_data" and t["exit_price"] == 101.0
+    assert res.equity[-1] == pytest.approx(100_000 + t["pnl"])  # everything is back in cash
+
+
+def test_an_open_coin_is_not_doubled_and_late_or_misstamped_signals_are_counted():
+    m = market({"A": CALM + [101.0, 102.01, 103.0]})
+    hourly = Signal(int(m.close_ts[4]) + 3_600_000, "A", 1, 0.6, -0.05, 0.0, 0.05, 2)  # not a daily close
+    # Day 4's OPEN time is day 3's close: a signal stamped so is decided a day earlier, where the 4-return
+    # volatility window is not full yet (3 returns), so it cannot be sized.
+    day3 = Signal(int(m.ts[4]), "A", 1, 0.6, -0.05, 0.0, 0.05, 2)
+    res = run_backtest(m, [signal(m, 4, "A"), signal(m, 5, "A"), signal(m, 7, "A"), hourly, day3,
+                           signal(m, 4, "ZZZ")], BacktestConfig(**CFG))
+    assert res.skipped == {"already_open": 1, "beyond_data": 1, "off_grid": 1, "unknown_coin": 1, "no_history": 1}
+    assert len(res.trades) == 1 and res.metrics["signals"] == 6
+
+
+def test_correlation_guard_compares_returns_over_the_same_days():
+    # B's returns are A's plus noise (correlation ~0.9). A is open when B's signal comes one day later; the guard
+    # must see A's returns up to B's decision day too, else it compares returns of different days.
+    rng = np.random.default_rng(7)
+    ra = rng.normal(0, 0.006, 40)
+    rb = ra + rng.normal(0, 0.003, 40)
+    m = market({"A": prices(ra), "B": prices(rb)})
+    cfg = BacktestConfig(vol_window=4, adv_window=4, corr_window=20)
+    res = run_backtest(m, [signal(m, 38, "A"), signal(m, 39, "B", horizon=1)], cfg)
+    # Day 39's window holds the log returns of days 20..39, i.e. r[19:39].
+    c = np.corrcoef(ra[19:39], rb[19:39])[0, 1]
+    assert 0.8 < c < 1
+    corr = next(d for d in res.decisions if d["guard"] == "correlation" and d["coin"] == "B")
+    assert corr["scale"] == pytest.approx((1 - c) / 0.2)
+    b = next(t for t in res.trades if t["coin"] == "B")
+    assert b["entry_notional"] == pytest.approx(corr["notional"] * (1 - c) / 0.2)
+
+
+def test_opposite_bet_on_an_anti_correlated_coin_is_the_same_bet():
+    # B moves almost exactly against A (correlation near -1). Short B while long A is the same bet twice: the
+    # direction-adjusted correlation is near +1, so the guard cuts the order to (1 - c') / 0.2 of its size or
+    # rejects it; it never enlarges it (the scale of an unadjusted correlation would have been ~10).
+    ra = np.tile([0.01, -0.01], 20)
+    m = market({"A": prices(ra), "B": prices(-ra + np.tile([0.0, 0.0, 0.001, 0.0], 10))})
+    res = run_backtest(m, [signal(m, 36, "A"), signal(m, 37, "B", direction=-1)],
+                       BacktestConfig(allow_short=True, **CFG))
+    corr = next(d for d in res.decisions if d["guard"] == "correlation" and d["coin"] == "B")
+    assert (not corr["allow"]) or corr["scale"] < 0.1
+    b = [t for t in res.trades if t["coin"] == "B"]
+    assert not b or b[0]["entry_notional"] < 0.1 * corr["notional"]
+
+
+def test_zero_signals_leave_a_flat_curve():
+    m = market({"A": CALM + [101.0, 102.01]})
+    res = run_backtest(m, [], BacktestConfig(**CFG))
+    assert np.all(res.equity == 100_000) and res.trades == [] and res.skipped == {}
+    assert res.metrics["trades"] == 0 and res.metrics["hit_rate"] is None and res.metrics["sharpe"] is None
+    assert res.metrics["total_return"] == 0 and res.metrics["max_drawdown"] == 0 and res.metrics["costs_paid"] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), t=st.integers(8, 13), shock=st.floats(0.3, 3.0))
+def test_prices_after_the_decision_do_not_change_the_entry(seed, t, shock):
+    rng = np.random.default_rng(seed)
+    n = 18
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.03, (n, 2)), axis=0))
+    qv = rng.uniform(2e8, 2e9, (n, 2))
+    coins = ["A", "B"]
+    m = Market(T0 + DAY_MS * np.arange(n), coins, close, qv)
+    # Everything after day t changes: prices jump by `shock` and wander, volumes are redrawn.
+    later_close, later_qv = close.copy(), qv.copy()
+    later_close[t + 1:] *= shock * np.exp(rng.normal(0, 0.2, (n - t - 1, 2)))
+    later_qv[t + 1:] = rng.uniform(1e6, 1e10, (n - t - 1, 2))
+    later = Market(m.ts, coins, later_close, later_qv)
+    sigs = [signal(m, t - 2, "B", horizon=4), signal(m, t, "A"), signal(m, t, "B")]
+    cfg = BacktestConfig(vol_window=4, adv_window=4, corr_window=8)
+    a, b = run_backtest(m, sigs, cfg), run_backtest(later, sigs, cfg)
+    np.testing.assert_array_equal(a.equity[:t + 1], b.equity[:t + 1])
+    until_t = int(m.close_ts[t])
+    assert [d for d in a.decisions if d["ts"] <= until_t] == [d for d in b.decisions if d["ts"] <= until_t]
+
+    def entered(r):
+        return sorted((x["coin"], x["entry_ts"], x["entry_notional"], x["entry_cost_bps"])
+                      for x in r.trades if x["entry_ts"] <= until_t)
+
+    assert entered(a) == entered(b) and entered(a)  # B's signal at t finds B already open (entered at t - 2)
+
+
+def test_performance_by_hand():
+    # 100 -> 110 -> 99 -> 121 on consecutive days: returns +10%, -10%, +22.22%.
+    ts = T0 + DAY_MS * np.arange(4)
+    p = performance(np.array([100.0, 110.0, 99.0, 121.0]), ts)
+    r = np.array([0.1, -0.1, 121 / 99 - 1])
+    assert p["total_return"] == pytest.approx(0.21)
+    assert p["max_drawdown"] == pytest.approx(0.1)  # 110 -> 99
+    assert p["cagr"] == pytest.approx(1.21 ** (365 / 3) - 1)  # 3 days = 3/365 of a year
+    # Mean 0.074074; sample std 0.162668 (squared deviations 0.000672 + 0.030302 + 0.021948, over 2);
+    # downside deviation sqrt(0.1^2 / 3) = 0.057735.
+    assert p["sharpe"] == pytest.approx(0.0740741 / 0.1626681 * math.sqrt(365), rel=1e-5)
+    assert p["sortino"] == pytest.approx(r.mean() / math.sqrt(0.01 / 3) * math.sqrt(365))
+    assert p["ann_vol"] == pytest.approx(0.1626681 * math.sqrt(365), rel=1e-5)
+    assert p["calmar"] == pytest.approx(p["cagr"] / 0.1)
+    np.testing.assert_allclose(drawdown([100, 110, 99, 121]), [0, 0, 0.1, 0])
+    flat = performance(np.full(5, 7.0), T0 + DAY_MS * np.arange(5))
+    assert flat["sharpe"] is None and flat["sortino"] is None and flat["calmar"] is None and flat["cagr"] == 0
+
+
+def test_buy_and_hold_and_equal_weight_by_hand():
+    m = market({"A": [10.0, 11.0, 12.1, 11.0], "B": [20.0, 20.0, 10.0, 20.0]})
+    start, end = int(m.close_ts[0]), int(m.close_ts[-1])
+    np.testing.assert_allclose(buy_and_hold(m, "A", start, end), [1, 1.1, 1.21, 1.1])
+    np.testing.assert_allclose(buy_and_hold(m, "B", int(m.close_ts[1]), end), [1, 0.5, 1])
+    np.testing.assert_allclose(buy_and_hold(m, "A", start, end, fee_bps=10), np.array([1, 1.1, 1.21, 1.1]) * 0.999)
+    # Daily rebalance: each day earns the mean of the two returns.
+    # (+10%, 0) -> 1.05; (+10%, -50%) -> 1.05 * 0.8 = 0.84; (-9.09%, +100%) -> 0.84 * 1.454545 = 1.221818.
+    np.testing.assert_allclose(equal_weight(m, start, end), [1, 1.05, 0.84, 0.84 * (1 + (11 / 12.1 - 1 + 1) / 2)])
+    # Never rebalanced within the window: half in each from day 0. Day 2: 0.5*1.21 + 0.5*0.5 = 0.855.
+    np.testing.assert_allclose(equal_weight(m, start, end, rebalance_days=10), [1, 1.05, 0.855, 1.05])
+    # A coin listed later joins at the next rebalance; before that the other coin holds everything.
+    late = market({"A": [10.0, 11.0, 12.1, 11.0], "B": [np.nan, np.nan, 10.0, 20.0]})
+    np.testing.assert_allclose(equal_weight(late, start, end), [1, 1.1, 1.21, 1.21 * (1 + (11 / 12.1 - 1 + 1) / 2)])
+    with pytest.raises(CstError, match="no_price"):
+        buy_and_hold(late, "B", start, end)
+
+
+def test_expected_edge_is_symmetric_in_direction():
+    # Long: 0.6 * 0.05 - 0.4 * 0.03 = 0.018 -> 180 bps; the mirrored short is the same bet.
+    assert expected_edge_bps(Signal(0, "A", 1, 0.6, -0.03, 0.0, 0.05, 1)) == pytest.approx(180)
+    assert expected_edge_bps(Signal(0, "A", -1, 0.4, -0.05, 0.0, 0.03, 1)) == pytest.approx(180)
+
+
+def _yahoo(path: Path, since: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with path.open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["Date"] >= since]
+    return [r["Date"] for r in rows], np.array([float(r["Close"]) for r in rows]), np.array(
+        [float(r["Volume"]) for r in rows])
+
+
+@pytest.mark.realdata
+def test_mechanics_on_real_closes(shared_data):
+    dates, btc, btc_v = _yahoo(shared_data / "ohlcv/1d/BTC-USD.csv", "2023-07-01")
+    dates_e, eth, eth_v = _yahoo(shared_data / "ohlcv/1d/ETH-USD.csv", "2023-07-01")
+    assert dates == dates_e
+    ts = np.array([np.datetime64(d, "ms").astype(np.int64) for d in dates])
+    # Yahoo publishes crypto volume already in USD, i.e. in quote currency.
+    m = Market(ts, ["BTC", "ETH"], np.column_stack([btc, eth]), np.column_stack([btc_v, eth_v]))
+    hold = buy_and_hold(m, "BTC", int(m.close_ts[0]), int(m.close_ts[-1]))
+    assert hold[-1] == pytest.approx(btc[-1] / btc[0])
+    # Mechanics only (no claim about forecast quality): a long every 10 days, alternating coins.
+    sigs = [signal(m, i, ("BTC", "ETH")[(i // 10) % 2], horizon=5) for i in range(40, len(ts) - 6, 10)]
+    res = run_backtest(m, sigs, BacktestConfig())
+    assert res.metrics["trades"] == len(sigs) and np.all(np.isfinite(res.equity))
+    # Billions of daily volume: a 10,000 order's impact is the 5 bps half spread plus a hair.
+    assert all(5 < t["entry_cost_bps"] < 5.5 and t["cost_model"] == "sqrt_impact" for t in res.trades)
+    assert 0 < res.metrics["exposure"] <= 0.1
