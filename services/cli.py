@@ -252,6 +252,57 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from services.training.evaluate import evaluate
+
+    horizons = [h for h in args.horizons.split(",") if h] if getattr(args, "horizons", None) else None
+    if args.command == "backtest":
+        horizons = [h for h in settings.horizons if settings.training.horizons[h].timeframe == "1d"]
+    out = Path(args.out)
+    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("evaluating", total=None)
+        res = evaluate(settings, args.source, out, train_until=args.train_until,
+                       train_until_1h=getattr(args, "train_until_1h", None), horizons=horizons,
+                       budget=args.budget, tick=lambda msg: bar.update(task, description=msg),
+                       backtest_threshold=args.threshold)
+    console.print(evaluation_table(res["metrics"]))
+    bt = res["backtest"]
+    if "table" in bt:
+        console.print(backtest_table(bt))
+    console.print(f"wrote {out / 'metrics.json'}, {out / 'backtest.json'}, {out / 'report.html'} and its PNGs")
+    return 0
+
+
+def evaluation_table(metrics: dict) -> Table:
+    table = Table(title=f"out of sample after {metrics['train_until']} (1h after {metrics['train_until_1h']})")
+    for col in ("horizon", "n", "base rate", "Brier", "skill", "log loss", "ECE", "hit", "conf n / hit / wilson"):
+        table.add_column(col)
+
+    def f(v, spec=".4f"):
+        return "-" if v is None else format(v, spec)
+
+    for h, m in metrics["horizons"].items():
+        c = m["confident"]
+        table.add_row(h, str(m["n"]), f(m["base_rate"], ".3f"), f(m["brier"]), f(m["brier_skill"], "+.4f"),
+                      f(m["log_loss"]), f(m["ece"]), f(m["hit_rate_all"], ".3f"),
+                      f"{c['n']} / {f(c['hit_rate'], '.3f')} / {f(c['wilson_low'], '.3f')}")
+    return table
+
+
+def backtest_table(bt: dict) -> Table:
+    table = Table(title=f"backtest {bt['from'][:10]} to {bt['to'][:10]}, threshold {bt['threshold']}, "
+                        f"{bt['signals']} consensus signals")
+    cols = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "trades", "hit_rate", "turnover",
+            "exposure")
+    table.add_column("curve")
+    for c in cols:
+        table.add_column(c)
+    for name, m in bt["table"].items():
+        table.add_row(name, *["-" if m.get(c) is None else (f"{m[c]:.3f}" if isinstance(m[c], float) else str(m[c]))
+                              for c in cols])
+    return table
+
+
 def training_table(results: dict) -> Table:
     table = Table(title="training (held-out: later half of out-of-fold stacked predictions)")
     for col in ("horizon", "version", "rows", "CV Brier", "Brier skill", "ECE", "calibrator", "conf>=thr n / hit",
@@ -287,6 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizons", help="comma-separated, default all: 1h,24h,7d,30d")
     p.add_argument("--budget", default="quick", help="tuning/training budget profile: quick or full")
     p.set_defaults(func=cmd_train)
+
+    for name, text in (("evaluate", "train before a split, predict the rest out of sample, write metrics, report, backtest"),
+                       ("backtest", "walk-forward backtest of consensus signals (daily horizons) with and without guards")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--source", required=True, help="directory laid out like ../shared/data")
+        p.add_argument("--train-until", required=True, help="train on data before this UTC date; test after it")
+        if name == "evaluate":
+            p.add_argument("--train-until-1h", help="the split for the 1h horizon (default: --train-until)")
+            p.add_argument("--horizons", help="comma-separated, default all: 1h,24h,7d,30d")
+        p.add_argument("--budget", default="quick", help="tuning/training budget profile: quick or full")
+        p.add_argument("--threshold", type=float,
+                       help="confidence threshold of the backtest's signals (default: the production threshold)")
+        p.add_argument("--out", required=True, help="output directory")
+        p.set_defaults(func=cmd_evaluate)
 
     for name, func, text in (("ingest", cmd_ingest, "land raw data and the quality report in the lake"),
                              ("run", cmd_run, "the main job (the steps built so far)")):

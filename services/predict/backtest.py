@@ -156,7 +156,7 @@ def trailing(x: np.ndarray, window: int, stat: str) -> np.ndarray:
     return out
 
 
-def ffill(x: np.ndarray) -> np.ndarray:
+def mark_at_last_close(x: np.ndarray) -> np.ndarray:
     """Last known value down each column (marks through a missing candle); NaN before the first one."""
     idx = np.where(np.isfinite(x), np.arange(len(x))[:, None], 0)
     np.maximum.accumulate(idx, axis=0, out=idx)
@@ -227,7 +227,7 @@ def buy_and_hold(market: Market, coin: str, start_ms: int, end_ms: int, fee_bps:
     first = market.close[_start_row(market, sl), j]
     if not np.isfinite(first):
         raise CstError("no_price", f"{coin} has no close at the start of the window")
-    return ffill(market.close[:, [j]])[sl, 0] / first * (1.0 - fee_bps / 1e4)
+    return mark_at_last_close(market.close[:, [j]])[sl, 0] / first * (1.0 - fee_bps / 1e4)
 
 
 def equal_weight(market: Market, start_ms: int, end_ms: int, rebalance_days: int = 1,
@@ -242,7 +242,7 @@ def equal_weight(market: Market, start_ms: int, end_ms: int, rebalance_days: int
         raise CstError("bad_rebalance", "rebalance_days must be at least 1")
     sl = market.window(start_ms, end_ms)
     _start_row(market, sl)
-    raw, px = market.close[sl], ffill(market.close)[sl]
+    raw, px = market.close[sl], mark_at_last_close(market.close)[sl]
     if not np.isfinite(raw[0]).any():
         raise CstError("no_price", "no coin has a close at the start of the window")
     units = np.zeros(raw.shape[1])
@@ -275,7 +275,7 @@ class _Run:
         self.lr = log_returns(close)
         self.vol = trailing(self.lr, cfg.vol_window, "std")
         self.adv = trailing(market.quote_volume, cfg.adv_window, "mean")
-        self.mark = ffill(close)
+        self.mark = mark_at_last_close(close)
         self.guards = [GUARDS[n](**cfg.guard_params.get(n, {})) for n in cfg.guard_names] if cfg.guards else []
         self.cash = cfg.initial_equity
         self.book = Book(cfg.initial_equity, cfg.initial_equity)
@@ -421,8 +421,14 @@ class _Run:
         return equity - fee - slip, gross + notional
 
 
-def run_backtest(market: Market, signals: list[Signal], cfg: BacktestConfig) -> BacktestResult:
-    """Simulate `signals` on `market` close by close: exits, marks, then that close's entries."""
+def run_backtest(market: Market, signals: list[Signal], cfg: BacktestConfig, start_ms: int | None = None,
+                 end_ms: int | None = None) -> BacktestResult:
+    """Simulate `signals` on `market` close by close: exits, marks, then that close's entries.
+
+    The whole market is simulated (sizing and guards read the history before a signal), but the curve and the
+    metrics cover only the closes in [start_ms, end_ms] when given: exposure and turnover are per period traded,
+    not diluted by years before the first signal.
+    """
     if len(market.ts) == 0:
         raise CstError("market_empty", "the market has no rows to simulate on")
     run = _Run(market, cfg)
@@ -447,8 +453,13 @@ def run_backtest(market: Market, signals: list[Signal], cfg: BacktestConfig) -> 
             eq, gx = run.entry(i, s, eq, gx)
         equity[i], gross[i] = run.value(i)
     run.trades.sort(key=lambda t: (t["entry_ts"], t["coin"]))  # appended as they closed; read in entry order
-    return BacktestResult(market.close_ts, equity, run.trades, run.decisions,
-                          _metrics(run, equity, gross, market.close_ts, len(signals)), dict(run.skipped), gross)
+    sl = market.window(market.close_ts[0] if start_ms is None else start_ms,
+                       market.close_ts[-1] if end_ms is None else end_ms)
+    ts, equity, gross = market.close_ts[sl], equity[sl], gross[sl]
+    if ts.size == 0:
+        raise CstError("window_empty", "no close lies in the requested backtest window")
+    return BacktestResult(ts, equity, run.trades, run.decisions, _metrics(run, equity, gross, ts, len(signals)),
+                          dict(run.skipped), gross)
 
 
 def _metrics(run: _Run, equity: np.ndarray, gross: np.ndarray, ts: np.ndarray, n_signals: int) -> dict:

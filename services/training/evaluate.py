@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from services.features.frame import FeatureFrame, Panel, build_frame, build_pane
 from services.features.sequences import sequences
 from services.ingest import logic
 from services.ingest.sources.files import FileSource
+from services.predict.backtest import BacktestConfig, Signal, buy_and_hold, equal_weight, performance, run_backtest
+from services.predict.backtest import Market as BtMarket
 from services.predict.model import HorizonModel
 from services.predict.signals import consensus
 from services.training.ensemble import Trained, label_rows
@@ -186,7 +189,8 @@ def splits_for(settings: Settings, horizons: list[str], train_until: str, train_
 
 def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: str,
              train_until_1h: str | None = None, horizons: list[str] | None = None, budget: str = "quick",
-             tick: Callable[[str], None] | None = None) -> dict:
+             tick: Callable[[str], None] | None = None, backtest_threshold: float | None = None) -> dict:
+    """Writes OUT/metrics.json, OUT/backtest.json, OUT/report.html and its PNGs; the models stay in OUT/lake."""
     tick = tick or (lambda _m: None)
     horizons = horizons or list(settings.horizons)
     unknown = [h for h in horizons if h not in settings.training.horizons]
@@ -209,11 +213,128 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
         "not_evaluated": sorted(set(horizons) - set(tests)),
         "consensus": consensus_metrics(settings, signals),
     }
+    tick("backtest")
+    bt = run_backtests(settings, tests, market, backtest_threshold or thr, out)
+    strat = bt.get("table", {}).get("strategy (guards)", {})
+    metrics["backtest"] = {
+        "threshold": bt.get("threshold"), "trades": strat.get("trades"),
+        "total_return": strat.get("total_return"), "sharpe": strat.get("sharpe"),
+        "max_drawdown": strat.get("max_drawdown"),
+        "benchmark_total_return": bt.get("table", {}).get("buy and hold BTC", {}).get("total_return"),
+        "equal_weight_total_return": bt.get("table", {}).get("equal weight", {}).get("total_return"),
+        "details": "backtest.json", **({"skipped": bt["skipped"]} if "skipped" in bt else {}),
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-    return {"metrics": metrics, "tests": tests, "signals": signals, "market": market}
+    write_report(out, metrics, tests, bt, thr)
+    return {"metrics": metrics, "tests": tests, "signals": signals, "market": market, "backtest": bt}
+
+
+def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: dict, threshold: float) -> Path:
+    from services.predict import report
+
+    lab = {h: t.labeled() for h, t in tests.items()}
+    images = [report.reliability_png(out / "reliability.png", {h: (t.p_up[lab[h]], t.y[lab[h]]) for h, t in tests.items()}),
+              report.confidence_hist_png(out / "confidence.png", {h: t.confidence for h, t in tests.items()}, threshold)]
+    images += [out / name for name in bt.get("images", [])]
+    per_h = [{"horizon": h, **{k: m[k] for k in ("n", "coins", "first", "last", "base_rate", "base_rate_train", "brier",
+                                                 "brier_skill", "log_loss", "ece", "hit_rate_all")},
+              "confident n": m["confident"]["n"], "confident hit": m["confident"]["hit_rate"],
+              "wilson low": m["confident"]["wilson_low"]} for h, m in metrics["horizons"].items()]
+    sections = [
+        ("Setup", {"train until": metrics["train_until"], "train until (1h)": metrics["train_until_1h"],
+                   "budget": metrics["budget"], "retraining": metrics["retraining"],
+                   "confidence threshold": threshold}),
+        ("Per horizon (test period, served ONNX models)", per_h),
+        ("Consensus", metrics["consensus"]),
+    ]
+    if "table" in bt:
+        sections.append((f"Backtest {bt['from']} to {bt['to']}: {bt['policy']}; threshold {bt['threshold']}, "
+                         f"{bt['signals']} signals", [{"curve": k, **v} for k, v in bt["table"].items()]))
+        sections.append(("Guard decisions (rejections and scale-downs)", bt["decisions_with_guards"] or "none"))
+    return report.html_report(out / "report.html", f"cst evaluation, trained until {metrics['train_until']}",
+                              sections, images)
 
 
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(type(o))
+
+
+def backtest_market(panel: Panel) -> BtMarket:
+    """The daily panel as the backtest reads it. Yahoo's crypto `Volume` is already in USD (BTC about 1.7e10 a
+    day; in coins it would exceed the supply), so it is the quote volume as it stands. A coin whose volume the
+    quality gate declared unavailable gets NaN: never tradable, never assumed liquid."""
+    vol = panel.fields["volume"].copy()
+    for j, c in enumerate(panel.coins):
+        if "volume" in panel.unavailable.get(c, set()):
+            vol[:, j] = np.nan
+    return BtMarket(panel.open_ts, list(panel.coins), panel.fields["close"], vol)
+
+
+def trade_signals(settings: Settings, signals: list[dict]) -> list[Signal]:
+    """Consensus signals as orders: sized and held by the shortest agreeing horizon (daily horizons only)."""
+    out = []
+    for s in signals:
+        daily = [h for h in s["horizons"] if settings.training.horizons[h].timeframe == "1d"]
+        if not daily:
+            continue
+        h = min(daily, key=lambda k: settings.training.horizons[k].bars)
+        q10, q50, q90 = s["q"][h]
+        out.append(Signal(int(s["ts"]), s["coin"], 1 if s["direction"] == "up" else -1, float(s["p_up"][h]),
+                          q10, q50, q90, settings.training.horizons[h].bars))
+    return out
+
+
+def run_backtests(settings: Settings, tests: dict[str, HorizonTest], market: Market, threshold: float,
+                  out: Path) -> dict:
+    """Consensus signals at `threshold`, traded with and without the guards; BTC and an equal-weight universe as
+    benchmarks; equity and drawdown PNGs."""
+    from services.predict import report
+
+    daily = {h: t for h, t in tests.items() if settings.training.horizons[h].timeframe == "1d"}
+    if not daily or "1d" not in market.panels:
+        return {"skipped": "no daily horizon evaluated"}
+    bt_market = backtest_market(market.panels["1d"])
+    signals = consensus_signals(daily, threshold, settings.consensus_min_horizons)
+    orders = trade_signals(settings, signals)
+    start = min(int(t.ts.min()) for t in daily.values() if t.ts.size)
+    end = int(bt_market.close_ts[-1])
+    cfg = BacktestConfig()
+    runs = {}
+    for name, guards in (("with_guards", True), ("without_guards", False)):
+        res = run_backtest(bt_market, orders, replace(cfg, guards=guards), start, end)
+        runs[name] = {"result": res, "equity": res.equity / cfg.initial_equity}
+    ts = bt_market.close_ts[bt_market.window(start, end)]
+    curves = {"strategy (guards)": runs["with_guards"]["equity"], "strategy (no guards)": runs["without_guards"]["equity"],
+              "buy and hold BTC": buy_and_hold(bt_market, "BTC", start, end, cfg.fee_bps),
+              "equal weight": equal_weight(bt_market, start, end, 1, cfg.fee_bps)}
+    table = {name: performance(c, ts) for name, c in curves.items()}
+    for name in ("with_guards", "without_guards"):
+        res = runs[name]["result"]
+        label = "strategy (guards)" if name == "with_guards" else "strategy (no guards)"
+        table[label] = {**res.metrics, "skipped": res.skipped}
+    images = [report.equity_png(out / "equity.png", ts, curves),
+              report.drawdown_png(out / "drawdown.png", ts, curves)]
+    guarded = runs["with_guards"]["result"]
+    doc = {
+        "threshold": threshold, "min_horizons": settings.consensus_min_horizons, "signals": len(signals),
+        "orders": len(orders), "from": ms_to_iso(start), "to": ms_to_iso(end),
+        "policy": f"consensus signals, long only (spot), sized by fractional Kelly and vol targeting, held for the "
+                  f"shortest agreeing horizon; fees {cfg.fee_bps:g} bps per side plus the labelled sqrt-impact model per side",
+        "table": table,
+        "decisions_with_guards": _count_reasons(guarded.decisions),
+        "images": [p.name for p in images],
+    }
+    (out / "backtest.json").write_text(json.dumps(doc, indent=2, default=_json_default))
+    return doc
+
+
+def _count_reasons(decisions: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for d in decisions:
+        if not d["allow"] or d.get("scale", 1.0) < 1.0:
+            # Grouped by the reason's wording: figures and coins vary per decision.
+            reason = re.sub(r"-?[0-9][0-9.,%]*", "#", d["reason"].split(":")[0])
+            counts[f"{d['guard']}: {re.sub(r' with [A-Z]+$', '', reason)}"] += 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

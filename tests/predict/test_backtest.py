@@ -309,3 +309,18 @@ def test_mechanics_on_real_closes(shared_data):
     # Billions of daily volume: a 10,000 order's impact is the 5 bps half spread plus a hair.
     assert all(5 < t["entry_cost_bps"] < 5.5 and t["cost_model"] == "sqrt_impact" for t in res.trades)
     assert 0 < res.metrics["exposure"] <= 0.1
+
+
+def test_window_limits_curve_and_metrics_but_not_the_history_read():
+    # 20 calm days, then one 2-day trade at day 10. Reporting only days 10..19 keeps the same trade (its sizing
+    # read days 6..10) while exposure is averaged over 10 closes, not 20: exactly twice the unwindowed figure.
+    closes = (CALM * 4)[:20]
+    m = market({"A": closes})
+    sig = [signal(m, 10, "A")]
+    full = run_backtest(m, sig, BacktestConfig(**CFG))
+    part = run_backtest(m, sig, BacktestConfig(**CFG), int(m.close_ts[10]), int(m.close_ts[19]))
+    assert part.ts.size == 10 and part.ts[0] == m.close_ts[10]
+    assert part.trades == full.trades
+    assert part.metrics["exposure"] == pytest.approx(2 * full.metrics["exposure"])
+    with pytest.raises(CstError):
+        run_backtest(m, sig, BacktestConfig(**CFG), int(m.close_ts[-1]) + DAY_MS, None)
