@@ -1,4 +1,4 @@
-"""The `cst` command: validate, ingest, run (the steps built so far, and which are not built yet)."""
+"""The `cst` command: validate, ingest, train, run (the main job), evaluate and backtest."""
 
 from __future__ import annotations
 
@@ -25,10 +25,6 @@ from shared.storage import open_lake
 # Piped output (CI logs, files) gets a wide fixed width instead of 80 columns of wrapped tables.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-# Steps of the main job that later issues build; `cst run` names them instead of pretending.
-NOT_BUILT = [
-    ("risk", "the risk gate in this run and the walk-forward backtest (issue 6; guard and sizing units exist)"),
-]
 
 
 def _as_of(text: str | None) -> int:
@@ -150,8 +146,21 @@ def signals_table(res) -> Table:
         table.add_row(p["coin"], p["horizon"], "up" if p["direction"] == 1 else "down", f"{p['p_up']:.3f}",
                       f"[{p['p_low']:.3f}, {p['p_high']:.3f}]", f"{p['confidence']:.3f}",
                       f"{p['q10']:+.3f} / {p['q50']:+.3f} / {p['q90']:+.3f}", tops,
-                      f"[bold]{sig['direction']} ({', '.join(sig['horizons'])})[/]" if sig else "")
+                      _signal_cell(sig))
     return table
+
+
+def _signal_cell(sig: dict | None) -> str:
+    if not sig:
+        return ""
+    head = f"[bold]{sig['direction']} ({', '.join(sig['horizons'])})[/]"
+    risk = sig.get("risk")
+    if risk is None:
+        return head
+    if risk["allow"]:
+        return f"{head} size {risk['size_fraction']:.1%} of equity, cost {risk['cost_bps']:.1f} bps"
+    why = next((d["reason"] for d in risk["decisions"] if not d["allow"]), "refused")
+    return f"{head} [red]not traded[/]: {why}"
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -201,6 +210,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                                                    transient=True) as bar:
         task = bar.add_task("predicting", total=None)
         res = cycle.predict_all(settings, lake, inp, models, lambda msg: bar.update(task, description=msg))
+    with cycle.Timer(timings, "risk"):
+        cycle.risk_gate(settings, inp, res)
     with cycle.Timer(timings, "log"):
         cycle.write_predictions(lake, run_id, res.predictions)
     with cycle.Timer(timings, "outcomes_and_performance"):
@@ -223,19 +234,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     res.timings = timings
     doc = cycle.summary(inp, res, trained, {"retrained": retrained, "quality_key": report.quality_key,
                                             "fetch_failures": len(report.failures),
-                                            "horizons_without_model": no_model,
-                                            "not_built": [s for s, _ in NOT_BUILT]})
+                                            "horizons_without_model": no_model})
     lake.put_json(f"runs/run_id={run_id}/summary.json", doc, if_absent=True)
     console.print(signals_table(res))
     console.print(f"run {run_id}: as-of {doc['as_of']}, {doc['coins_predicted']}/{doc['coins_total']} coins predicted, "
-                  f"{doc['predictions']} predictions, {doc['actionable']} actionable, {len(doc['signals'])} signals, "
+                  f"{doc['predictions']} predictions, {doc['actionable']} actionable, {len(doc['signals'])} signals "
+                  f"({doc['tradable_signals']} past the risk gate), "
                   f"{doc['outcomes_recorded']} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
                   f"summary runs/run_id={run_id}/summary.json")
     for h, why in res.uncertified.items():
         console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {why}")
-    console.print("[bold]not built yet[/] (no output is faked for these steps):")
-    for step, what in NOT_BUILT:
-        console.print(f"  - {step}: {what}")
     return 0
 
 
@@ -354,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_evaluate)
 
     for name, func, text in (("ingest", cmd_ingest, "land raw data and the quality report in the lake"),
-                             ("run", cmd_run, "the main job (the steps built so far)")):
+                             ("run", cmd_run, "the main job: ingest, quality, features, predict, filter, consensus, risk, log, outcomes, drift")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--source", default="live", help="'live' (exchange + public APIs) or a directory of files")
         p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")

@@ -252,6 +252,26 @@ class RunSettings(BaseModel):
     pool_min_rows: int = 512
 
 
+class RiskSettings(BaseModel):
+    """Sizing, costs and guards: the main job's risk gate and the backtest read the same values."""
+
+    initial_equity: float = 100_000.0
+    fee_bps: float = 10.0  # per side, on traded notional
+    allow_short: bool = False  # spot
+    kelly_fraction: float = 0.25
+    max_position: float = 0.10  # share of equity
+    target_daily_vol: float = 0.02
+    vol_window: int = 30
+    corr_window: int = 60
+    adv_window: int = 30
+    guards: bool = True
+    guard_names: tuple[str, ...] = ("liquidity", "correlation", "drawdown", "cost")
+    # Per-guard parameters, e.g. {"drawdown": {"max_drawdown": 0.15}, "liquidity": {"min_adv_quote": 5e6}}.
+    guard_params: dict[str, dict] = {}
+    max_gross_exposure: float = 1.0
+    stop_loss: float | None = None
+
+
 class Settings(BaseSettings):
     """Every knob of cst. Environment: CST_<FIELD>, nested with '__' (CST_EXCHANGE__ID=binance)."""
 
@@ -267,6 +287,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     training: TrainingSettings = TrainingSettings()
     run: RunSettings = RunSettings()
+    risk: RiskSettings = RiskSettings()
     universe: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
     timeframes: list[str] = ["1h", "1d"]
     horizons: list[str] = ["1h", "24h", "7d", "30d"]

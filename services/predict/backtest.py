@@ -355,8 +355,12 @@ class _Run:
             })
             del self.open[coin]
 
-    def entry(self, i: int, s: Signal, equity: float, gross: float) -> tuple[float, float]:
-        """Size, guard and enter one signal at close i; returns the updated (equity, gross exposure)."""
+    def entry(self, i: int, s: Signal, equity: float, gross: float, require_exit: bool = True) -> tuple[float, float]:
+        """Size, guard and enter one signal at close i; returns the updated (equity, gross exposure).
+
+        `require_exit=False` is the live gate: today's signal has no exit close yet, and that is not a reason
+        to refuse it.
+        """
         cfg, j = self.cfg, self.m.coins.index(s.coin)
         px = self.m.close[i, j]
         if s.direction == -1 and not cfg.allow_short:
@@ -368,7 +372,7 @@ class _Run:
         if s.coin in self.open:
             self.turn_away(s, "already_open", f"a position in {s.coin} is already open: not added to or extended")
             return equity, gross
-        if i + s.horizon_days >= len(self.m.ts):
+        if require_exit and i + s.horizon_days >= len(self.m.ts):
             self.turn_away(s, "beyond_data", "the exit close lies beyond the data: outcome unknown")
             return equity, gross
         dv = float(self.vol[i, j])
@@ -479,4 +483,43 @@ def _metrics(run: _Run, equity: np.ndarray, gross: np.ndarray, ts: np.ndarray, n
         "impact_paid": float(run.impact),
         "final_equity": float(equity[-1]),
     })
+    return out
+
+
+def market_from_panel(panel) -> Market:
+    """A daily features Panel as the backtest reads it. Yahoo's crypto `Volume` is already in USD (BTC about
+    1.7e10 a day; in coins it would exceed the supply), so it is the quote volume as it stands. A coin whose
+    volume the quality gate declared unavailable gets NaN: never tradable, never assumed liquid."""
+    vol = panel.fields["volume"].copy()
+    for j, c in enumerate(panel.coins):
+        if "volume" in panel.unavailable.get(c, set()):
+            vol[:, j] = np.nan
+    return Market(panel.open_ts, list(panel.coins), panel.fields["close"], vol)
+
+
+def live_gate(market: Market, signals: list[Signal], cfg: BacktestConfig) -> list[dict]:
+    """The main job's risk gate: today's signals sized and guarded exactly as the backtest enters them.
+
+    cst holds no executed positions, so the book starts empty at `cfg.initial_equity`; signals of the same run
+    are entered in turn, which is what the correlation guard and the exposure cap judge the next one against.
+    Returns, per signal in the order given: allow, size as a share of equity, notional, and every decision.
+    """
+    run = _Run(market, cfg)
+    row = {int(t): i for i, t in enumerate(market.close_ts)}
+    equity, gross = cfg.initial_equity, 0.0
+    out = []
+    for s in signals:
+        before = len(run.decisions)
+        if int(s.ts_ms) not in row or s.coin not in market.coins:
+            run.turn_away(s, "no_market_row", "no daily close for this coin at the decision time")
+        else:
+            equity, gross = run.entry(row[int(s.ts_ms)], s, equity, gross, require_exit=False)
+        pos = run.open.get(s.coin)
+        taken = pos is not None and pos.signal is s
+        out.append({"coin": s.coin, "allow": taken,
+                    "size_fraction": float(pos.entry_notional / cfg.initial_equity) if taken else 0.0,
+                    "notional": float(pos.entry_notional) if taken else 0.0,
+                    "cost_bps": float(pos.entry_impact_bps + cfg.fee_bps) if taken else None,
+                    "decisions": [{k: d[k] for k in ("guard", "allow", "scale", "reason")}
+                                  for d in run.decisions[before:]]})
     return out

@@ -20,7 +20,8 @@ from services.features.sequences import sequence_index, sequences
 from services.predict import drift as drift_mod
 from services.predict.model import HorizonModel, current_version, top_features
 from services.predict.pool import explain_rows
-from services.predict.signals import actionable, consensus
+from services.predict.backtest import BacktestConfig, live_gate, market_from_panel
+from services.predict.signals import actionable, consensus, orders_from_signals
 from shared.contracts import ms_to_iso
 from shared.errors import CstError, LakeKeyNotFound
 from shared.metrics import brier, ece
@@ -251,6 +252,28 @@ def load_models(lake: Lake, horizons: list[str]) -> dict[str, HorizonModel]:
     return {h: HorizonModel.load(lake, h) for h in horizons if current_version(lake, h) is not None}
 
 
+def risk_gate(settings: Settings, inp: CycleInput, res: CycleResult) -> None:
+    """Size and guard each consensus signal as the backtest enters it; the outcome rides on the signal.
+
+    A signal is tradable only when its risk entry allows it; every guard decision is kept with its reason.
+    """
+    if not res.signals:
+        return
+    panel = inp.panels.get("1d")
+    orders = orders_from_signals(res.signals, settings.training.horizons)
+    gated = {}
+    if panel is not None and panel.open_ts.size and orders:
+        for o, g in zip(orders, live_gate(market_from_panel(panel), orders, BacktestConfig(**settings.risk.model_dump())),
+                        strict=True):
+            gated[o.coin] = g
+    for sig in res.signals:
+        sig["risk"] = gated.get(sig["coin"]) or {
+            "coin": sig["coin"], "allow": False, "size_fraction": 0.0, "notional": 0.0, "cost_bps": None,
+            "decisions": [{"guard": "risk", "allow": False, "scale": 0.0,
+                           "reason": "no daily horizon or no daily prices: the order cannot be sized"}]}
+        sig["tradable"] = bool(sig["risk"]["allow"])
+
+
 def summary(inp: CycleInput, res: CycleResult, trained: dict, extra: dict) -> dict:
     predicted = sorted({p["coin"] for p in res.predictions})
     excluded = {c: "; ".join(f"{h}: {why}" for h, why in sorted(hs.items()))
@@ -261,7 +284,8 @@ def summary(inp: CycleInput, res: CycleResult, trained: dict, extra: dict) -> di
         "partially_excluded": {c: hs for c, hs in sorted(res.excluded.items()) if c in predicted},
         "predictions": len(res.predictions), "actionable": sum(p["actionable"] for p in res.predictions),
         "uncertified_horizons": res.uncertified,
-        "signals": res.signals, "outcomes_recorded": res.outcomes_recorded, "drift": res.drift,
+        "signals": res.signals, "tradable_signals": sum(bool(s.get("tradable")) for s in res.signals),
+        "outcomes_recorded": res.outcomes_recorded, "drift": res.drift,
         "trained": trained, "timings": {k: round(v, 3) for k, v in res.timings.items()}, **extra,
     }
 

@@ -22,10 +22,10 @@ from services.features.frame import FeatureFrame, Panel, build_frame, build_pane
 from services.features.sequences import sequences
 from services.ingest import logic
 from services.ingest.sources.files import FileSource
-from services.predict.backtest import BacktestConfig, Signal, buy_and_hold, equal_weight, performance, run_backtest
-from services.predict.backtest import Market as BtMarket
+from services.predict.backtest import (BacktestConfig, Signal, buy_and_hold, equal_weight, market_from_panel,
+                                      performance, run_backtest)
 from services.predict.model import HorizonModel
-from services.predict.signals import consensus
+from services.predict.signals import consensus, orders_from_signals
 from services.training.ensemble import Trained, label_rows
 from services.training.train import train
 from shared.contracts import iso_to_ms, ms_to_iso, utcnow
@@ -150,18 +150,19 @@ def consensus_signals(tests: dict[str, HorizonTest], threshold: float, min_horiz
     by_ts: dict[int, list[dict]] = defaultdict(list)
     for h, t in tests.items():
         for i in range(t.ts.size):
+            q10, q50, q90 = t.quantiles[i].tolist()
             by_ts[int(t.ts[i])].append({
                 "coin": str(t.coin[i]), "horizon": h, "direction": int(t.direction[i]),
                 "confidence": float(t.confidence[i]), "p_up": float(t.p_up[i]),
                 "actionable": bool(t.confidence[i] >= threshold), "fwd": float(t.fwd[i]),
-                "q": t.quantiles[i].tolist(),
+                "q10": q10, "q50": q50, "q90": q90, "decision_ts": int(t.ts[i]),
             })
     signals = []
     for ts in sorted(by_ts):
         preds = by_ts[ts]
         for s in consensus(preds, min_horizons):
             agreeing = [p for p in preds if p["coin"] == s["coin"] and p["horizon"] in s["horizons"]]
-            s.update(ts=ts, fwd={p["horizon"]: p["fwd"] for p in agreeing}, q={p["horizon"]: p["q"] for p in agreeing})
+            s.update(ts=ts, fwd={p["horizon"]: p["fwd"] for p in agreeing})
             signals.append(s)
     return signals
 
@@ -261,31 +262,6 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def backtest_market(panel: Panel) -> BtMarket:
-    """The daily panel as the backtest reads it. Yahoo's crypto `Volume` is already in USD (BTC about 1.7e10 a
-    day; in coins it would exceed the supply), so it is the quote volume as it stands. A coin whose volume the
-    quality gate declared unavailable gets NaN: never tradable, never assumed liquid."""
-    vol = panel.fields["volume"].copy()
-    for j, c in enumerate(panel.coins):
-        if "volume" in panel.unavailable.get(c, set()):
-            vol[:, j] = np.nan
-    return BtMarket(panel.open_ts, list(panel.coins), panel.fields["close"], vol)
-
-
-def trade_signals(settings: Settings, signals: list[dict]) -> list[Signal]:
-    """Consensus signals as orders: sized and held by the shortest agreeing horizon (daily horizons only)."""
-    out = []
-    for s in signals:
-        daily = [h for h in s["horizons"] if settings.training.horizons[h].timeframe == "1d"]
-        if not daily:
-            continue
-        h = min(daily, key=lambda k: settings.training.horizons[k].bars)
-        q10, q50, q90 = s["q"][h]
-        out.append(Signal(int(s["ts"]), s["coin"], 1 if s["direction"] == "up" else -1, float(s["p_up"][h]),
-                          q10, q50, q90, settings.training.horizons[h].bars))
-    return out
-
-
 def run_backtests(settings: Settings, tests: dict[str, HorizonTest], market: Market, threshold: float,
                   out: Path) -> dict:
     """Consensus signals at `threshold`, traded with and without the guards; BTC and an equal-weight universe as
@@ -295,12 +271,12 @@ def run_backtests(settings: Settings, tests: dict[str, HorizonTest], market: Mar
     daily = {h: t for h, t in tests.items() if settings.training.horizons[h].timeframe == "1d"}
     if not daily or "1d" not in market.panels:
         return {"skipped": "no daily horizon evaluated"}
-    bt_market = backtest_market(market.panels["1d"])
+    bt_market = market_from_panel(market.panels["1d"])
     signals = consensus_signals(daily, threshold, settings.consensus_min_horizons)
-    orders = trade_signals(settings, signals)
+    orders = orders_from_signals(signals, settings.training.horizons)
     start = min(int(t.ts.min()) for t in daily.values() if t.ts.size)
     end = int(bt_market.close_ts[-1])
-    cfg = BacktestConfig()
+    cfg = BacktestConfig(**settings.risk.model_dump())
     runs = {}
     for name, guards in (("with_guards", True), ("without_guards", False)):
         res = run_backtest(bt_market, orders, replace(cfg, guards=guards), start, end)

@@ -20,6 +20,7 @@ from services.predict.backtest import (
     drawdown,
     equal_weight,
     expected_edge_bps,
+    live_gate,
     performance,
     run_backtest,
 )
@@ -324,3 +325,52 @@ def test_window_limits_curve_and_metrics_but_not_the_history_read():
     assert part.metrics["exposure"] == pytest.approx(2 * full.metrics["exposure"])
     with pytest.raises(CstError):
         run_backtest(m, sig, BacktestConfig(**CFG), int(m.close_ts[-1]) + DAY_MS, None)
+
+
+def test_live_gate_sizes_today_and_judges_later_signals_against_earlier_ones():
+    # Today is the last close: a backtest would refuse (no exit close), the live gate must not.
+    rng = np.random.default_rng(11)
+    ra = rng.normal(0, 0.006, 40)
+    rb = ra + rng.normal(0, 0.003, 40)  # B tracks A (correlation ~0.9)
+    rc = rng.normal(0, 0.006, 40)  # C is independent of both
+    m = market({"A": prices(ra), "B": prices(rb), "C": prices(rc)},
+               {"A": [ADV] * 41, "B": [ADV] * 41, "C": [float("nan")] * 41})
+    today = len(m.ts) - 1
+    sigs = [signal(m, today, "A"), signal(m, today, "B"), signal(m, today, "C")]
+    assert run_backtest(m, sigs, BacktestConfig(vol_window=4, adv_window=4, corr_window=20)).skipped["beyond_data"] == 3
+    a, b, c = live_gate(m, sigs, BacktestConfig(vol_window=4, adv_window=4, corr_window=20))
+    # A: Kelly caps at 10% of equity; the vol scale is 1 (daily vol < 2%).
+    assert a["allow"] and a["size_fraction"] == pytest.approx(0.10)
+    # B is judged against A, entered just before it: scaled down by the correlation guard, and sized on the
+    # equity left after A's entry fee and impact.
+    corr = next(d for d in b["decisions"] if d["guard"] == "correlation")
+    equity_after_a = 1e5 - a["notional"] * a["cost_bps"] / 1e4
+    assert b["allow"] and corr["scale"] < 1
+    assert b["notional"] == pytest.approx(equity_after_a * 0.10 * corr["scale"], rel=1e-9)
+    # C has no volume: the liquidity guard refuses it, with its reason.
+    assert not c["allow"] and c["size_fraction"] == 0.0
+    assert any(d["guard"] == "liquidity" and "volume unavailable" in d["reason"] for d in c["decisions"])
+
+
+def test_cycle_risk_gate_attaches_the_decision_to_each_signal():
+    from services.features.frame import Panel
+    from services.predict.cycle import CycleInput, CycleResult, risk_gate
+    from shared.settings import Settings
+
+    closes = (CALM * 8)[:40]
+    panel = Panel("1d", T0 + DAY_MS * np.arange(40), ["A", "B"],
+                  {"close": np.array([closes, closes]).T, "volume": np.full((40, 2), ADV)}, {"B": {"volume"}})
+    now = int(T0 + DAY_MS * 40)  # the last candle's close
+    pred = {"direction": 1, "confidence": 0.9, "actionable": True, "p_up": 0.6, "q10": -0.05, "q50": 0.0,
+            "q90": 0.05, "decision_ts": now}
+    preds = [{**pred, "coin": c, "horizon": h} for c in ("A", "B") for h in ("24h", "7d")]
+    from services.predict.signals import consensus
+
+    res = CycleResult(predictions=preds, signals=consensus(preds, 2))
+    cfg = Settings(_env_file=None)
+    cfg.risk.vol_window, cfg.risk.adv_window = 4, 4
+    risk_gate(cfg, CycleInput("r", now, {}, {"1d": panel}, {}, ["A", "B"]), res)
+    by = {s["coin"]: s for s in res.signals}
+    assert by["A"]["tradable"] and by["A"]["risk"]["size_fraction"] == pytest.approx(0.10)
+    # B's volume was declared unavailable by the quality gate: not tradable, never assumed liquid.
+    assert not by["B"]["tradable"]

@@ -1,0 +1,106 @@
+"""`cst evaluate` / `cst backtest` end to end on a small copy of the real files, and the scoring by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.cli import main
+from services.training.evaluate import HorizonTest, consensus_metrics, horizon_metrics
+from shared.contracts import iso_to_ms
+from shared.settings import Settings
+
+SPLIT = "2023-07-01"
+DAY = 86_400_000
+
+
+def small_source(shared_data: Path, dest: Path) -> Path:
+    (dest / "ohlcv" / "1d").mkdir(parents=True)
+    for coin in ("BTC", "ETH", "XRP", "LTC", "ADA"):
+        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", dest / "ohlcv" / "1d")
+    shutil.copytree(shared_data / "sentiment", dest / "sentiment")
+    return dest
+
+
+def tiny(monkeypatch) -> None:
+    # One trial per member, two folds, one epoch: exercises every stage; says nothing of skill.
+    monkeypatch.setenv("CST_TRAINING__BUDGETS", json.dumps({"quick": {
+        "folds": 2, "trials": {"lr": 1, "gbt": 1, "gru": 1}, "timeout_s": 120, "epochs": 1, "gbt_max_estimators": 50}}))
+    monkeypatch.setenv("CST_TRAINING__CALIBRATION_GRID", "64")
+
+
+def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monkeypatch, capsys):
+    src = small_source(shared_data, tmp_path / "data")
+    out = tmp_path / "eval"
+    tiny(monkeypatch)
+    # A low threshold and one horizon make signals exist, so the backtest trades (a diagnostic, not the policy).
+    monkeypatch.setenv("CST_CONSENSUS_MIN_HORIZONS", "1")
+    assert main(["evaluate", "--source", str(src), "--train-until", SPLIT, "--horizons", "24h,7d",
+                 "--threshold", "0.5", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_until"] == SPLIT
+    split = iso_to_ms(SPLIT)
+    for h, bars in (("24h", 1), ("7d", 7)):
+        m = metrics["horizons"][h]
+        assert {"n", "coins", "base_rate", "brier", "brier_skill", "log_loss", "ece", "excluded", "confident"} <= set(m)
+        assert m["n"] > 300 and m["coins"] == 5
+        # Decision times from the split on; the last one whose label the files hold (the last close is 2024-07-01).
+        assert m["first"] == "2023-07-01T00:00:00Z" and m["last"] <= "2024-06-30T00:00:00Z"
+        assert set(m["confident"]) >= {"threshold", "n", "hit_rate", "wilson_low"}
+        assert (m["confident"]["hit_rate"] is None) == (m["confident"]["n"] == 0)
+        assert m["excluded"] == sum(m["excluded_by_reason"].values())
+        # No training label window crosses the split: the last training row's label ends before it.
+        meta = json.loads(next((out / "lake" / "models" / f"horizon={h}").glob("version=*/metadata.json")).read_text())
+        assert iso_to_ms(meta["training_window"]["last"]) + bars * DAY < split
+    assert {"n", "hit_rate", "wilson_low"} <= set(metrics["consensus"])
+    bt = metrics["backtest"]
+    assert {"total_return", "sharpe", "max_drawdown", "benchmark_total_return"} <= set(bt)
+    detail = json.loads((out / "backtest.json").read_text())
+    assert detail["threshold"] == 0.5 and detail["orders"] > 0
+    assert set(detail["table"]) == {"strategy (guards)", "strategy (no guards)", "buy and hold BTC", "equal weight"}
+    html = (out / "report.html").read_text()
+    for png in ("reliability.png", "confidence.png", "equity.png", "drawdown.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'src="{png}"' in html
+    assert "wrote" in capsys.readouterr().err
+
+
+def _test(p, y, direction, confidence, base_rate=0.5) -> HorizonTest:
+    n = len(p)
+    return HorizonTest("24h", 0, "v", base_rate, np.arange(n) * DAY, np.array(["A"] * n), np.asarray(p, float),
+                       np.asarray(p, float), np.asarray(p, float), np.asarray(confidence, float), np.asarray(direction),
+                       np.zeros((n, 3)), np.where(np.asarray(y) == 1, 0.01, -0.01), np.asarray(y, float), {"dead_zone": 2})
+
+
+def test_horizon_metrics_by_hand():
+    # Four rows: p = 0.9, 0.8, 0.3, 0.6; outcomes 1, 0, 0, 1.
+    # Brier = (0.01 + 0.64 + 0.09 + 0.16) / 4 = 0.225. Against the training base rate 0.5: reference 0.25,
+    # skill = 1 - 0.225/0.25 = 0.1. Directions up, up, down, up -> hits 1, 0, 1, 1.
+    # Confident (>= 0.8): rows 0 and 1 -> n 2, hit rate 0.5.
+    t = _test([0.9, 0.8, 0.3, 0.6], [1, 0, 0, 1], [1, 1, -1, 1], [0.85, 0.8, 0.6, 0.55])
+    m = horizon_metrics(t, 0.8)
+    assert m["brier"] == pytest.approx(0.225) and m["brier_reference"] == pytest.approx(0.25)
+    assert m["brier_skill"] == pytest.approx(0.1)
+    assert m["hit_rate_all"] == pytest.approx(0.75)
+    assert m["confident"]["n"] == 2 and m["confident"]["hit_rate"] == pytest.approx(0.5)
+    assert 0 < m["confident"]["wilson_low"] < 0.5
+    assert m["excluded"] == 2
+    # With a training base rate of 0.75 the reference is worse (0.3125 vs 0.25), so the skill is higher.
+    assert horizon_metrics(_test([0.9, 0.8, 0.3, 0.6], [1, 0, 0, 1], [1, 1, -1, 1], [0.85, 0.8, 0.6, 0.55], 0.75),
+                           0.8)["brier_skill"] == pytest.approx(1 - 0.225 / 0.3125)
+
+
+def test_consensus_hit_is_judged_over_the_shortest_agreeing_horizon():
+    cfg = Settings(_env_file=None)
+    signals = [
+        {"direction": "up", "horizons": ["24h", "7d"], "fwd": {"24h": 0.02, "7d": -0.05}},  # hit on 24h
+        {"direction": "down", "horizons": ["7d", "30d"], "fwd": {"7d": 0.01, "30d": -0.2}},  # miss on 7d
+        {"direction": "down", "horizons": ["24h", "30d"], "fwd": {"24h": -0.01, "30d": 0.3}},  # hit on 24h
+    ]
+    m = consensus_metrics(cfg, signals)
+    assert m["n"] == 3 and m["hit_rate"] == pytest.approx(2 / 3)
+    assert consensus_metrics(cfg, [])["hit_rate"] is None
