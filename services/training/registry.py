@@ -121,6 +121,12 @@ def model_card(meta: dict) -> str:
         "underlying model, per prediction; an ensemble spread measures model disagreement, not calibration, and a "
         "conformal set on labels gives no probability interval. The confidence filter uses the lower bound of the "
         "predicted direction.",
+        f"- Evidence: {cal.get('validation_rows', 0) + cal.get('fit_rows', 0)} calibration rows count as "
+        f"{cal.get('effective_outcomes')} independent outcomes (non-overlapping horizon windows); each row weighs "
+        f"{cal.get('row_weight', 1.0):.4f} in Venn-Abers, so the interval is as wide as that evidence allows.",
+        *([f"- Level: calibration rows averaged {cal['level']['calibration_rows_rate']:.3f}; moved to the training "
+           f"history's up-rate {cal['level']['training_base_rate']:.3f} (logit shift {cal['level']['logit_shift']:+.3f}), "
+           "since the calibration rows span one or two market regimes."] if "level" in cal else []),
         "",
         "## Held-out figures (later half of out-of-fold stacked predictions)",
         f"- Brier {m['cv_brier']:.4f}, Brier skill {m['brier_skill']:+.4f} vs training base rate {m['base_rate_train']:.3f}, "
