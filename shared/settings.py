@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -270,6 +270,8 @@ class RiskSettings(BaseModel):
     guard_params: dict[str, dict] = {}
     max_gross_exposure: float = 1.0
     stop_loss: float | None = None
+    # "kelly" (per signal) or "mean_variance" (the day's signals together, Ledoit-Wolf covariance).
+    allocation: Literal["kelly", "mean_variance"] = "kelly"
 
 
 class Settings(BaseSettings):

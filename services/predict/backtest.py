@@ -34,6 +34,7 @@ from services.predict.risk import (
     apply_guards,
     impact_model,
     kelly_fraction,
+    mean_variance_fractions,
     vol_target_scale,
 )
 from shared.errors import CstError
@@ -106,6 +107,9 @@ class BacktestConfig:
     # Exit when a position has lost this fraction since entry, judged at closes only (no intraday data); None = off.
     stop_loss: float | None = None
     periods_per_year: float = 365.0  # crypto trades every day
+    # "kelly": fractional Kelly x volatility targeting per signal; "mean_variance": the day's long signals
+    # together, inv(Sigma) mu with a Ledoit-Wolf covariance, scaled to target_daily_vol, capped per position.
+    allocation: str = "kelly"
 
 
 @dataclass
@@ -270,6 +274,8 @@ class _Run:
     """One backtest's state, advanced close by close by run_backtest (a portfolio is path-dependent)."""
 
     def __init__(self, market: Market, cfg: BacktestConfig):
+        if cfg.allocation not in ("kelly", "mean_variance"):
+            raise CstError("bad_allocation", f"allocation {cfg.allocation!r}: use 'kelly' or 'mean_variance'")
         self.m, self.cfg = market, cfg
         close = market.close
         self.lr = log_returns(close)
@@ -355,7 +361,23 @@ class _Run:
             })
             del self.open[coin]
 
-    def entry(self, i: int, s: Signal, equity: float, gross: float, require_exit: bool = True) -> tuple[float, float]:
+    def allocate(self, i: int, signals: list[Signal]) -> dict[int, float]:
+        """Mean-variance shares of equity for the day's long signals (Ledoit-Wolf covariance over the last
+        `corr_window` days where every one of their coins has a return); {id(signal): fraction}."""
+        longs = [s for s in signals if s.direction == 1 and s.coin not in self.open]
+        if not longs:
+            return {}
+        cols = [self.m.coins.index(s.coin) for s in longs]
+        R = self.lr[max(0, i - self.cfg.corr_window + 1):i + 1][:, cols]
+        R = R[np.isfinite(R).all(axis=1)]
+        if len(R) < max(3, len(cols) + 1):
+            return {id(s): 0.0 for s in longs}  # too little joint history to estimate a covariance
+        mu = np.array([expected_edge_bps(s) / 1e4 / s.horizon_days for s in longs])
+        w = mean_variance_fractions(mu, R, self.cfg.target_daily_vol, self.cfg.max_position)
+        return {id(s): float(f) for s, f in zip(longs, w, strict=True)}
+
+    def entry(self, i: int, s: Signal, equity: float, gross: float, require_exit: bool = True,
+              fraction: float | None = None) -> tuple[float, float]:
         """Size, guard and enter one signal at close i; returns the updated (equity, gross exposure).
 
         `require_exit=False` is the live gate: today's signal has no exit close yet, and that is not a reason
@@ -379,10 +401,13 @@ class _Run:
         if not np.isfinite(dv):
             self.turn_away(s, "no_history", f"volatility needs {cfg.vol_window} gap-free daily returns")
             return equity, gross
-        f = kelly_fraction(s.p_up, s.q10, s.q50, s.q90, s.direction, cfg.kelly_fraction, cap=cfg.max_position)
-        notional = equity * f * vol_target_scale(dv, cfg.target_daily_vol)
+        if fraction is None:
+            f = kelly_fraction(s.p_up, s.q10, s.q50, s.q90, s.direction, cfg.kelly_fraction, cap=cfg.max_position)
+            notional = equity * f * vol_target_scale(dv, cfg.target_daily_vol)
+        else:
+            notional = equity * fraction
         if not notional > 0:
-            self.turn_away(s, "no_edge", "fractional Kelly is 0: no positive edge from the quantiles")
+            self.turn_away(s, "no_edge", "no positive edge from the probability and quantiles: size 0")
             return equity, gross
         adv = float(self.adv[i, j])
         known = bool(np.isfinite(adv) and adv > 0)
@@ -453,8 +478,9 @@ def run_backtest(market: Market, signals: list[Signal], cfg: BacktestConfig, sta
         run.exits(i)
         eq, gx = run.value(i)
         run.book.equity, run.book.peak_equity = eq, max(run.book.peak_equity, eq)
+        alloc = run.allocate(i, today.get(i, [])) if cfg.allocation == "mean_variance" else {}
         for s in today.get(i, []):
-            eq, gx = run.entry(i, s, eq, gx)
+            eq, gx = run.entry(i, s, eq, gx, fraction=alloc.get(id(s)))
         equity[i], gross[i] = run.value(i)
     run.trades.sort(key=lambda t: (t["entry_ts"], t["coin"]))  # appended as they closed; read in entry order
     sl = market.window(market.close_ts[0] if start_ms is None else start_ms,
@@ -507,13 +533,22 @@ def live_gate(market: Market, signals: list[Signal], cfg: BacktestConfig) -> lis
     run = _Run(market, cfg)
     row = {int(t): i for i, t in enumerate(market.close_ts)}
     equity, gross = cfg.initial_equity, 0.0
+    alloc: dict[int, float] = {}
+    if cfg.allocation == "mean_variance":
+        by_row: dict[int, list[Signal]] = defaultdict(list)
+        for s in signals:
+            if int(s.ts_ms) in row and s.coin in market.coins:
+                by_row[row[int(s.ts_ms)]].append(s)
+        for i, sigs in by_row.items():
+            alloc.update(run.allocate(i, sigs))
     out = []
     for s in signals:
         before = len(run.decisions)
         if int(s.ts_ms) not in row or s.coin not in market.coins:
             run.turn_away(s, "no_market_row", "no daily close for this coin at the decision time")
         else:
-            equity, gross = run.entry(row[int(s.ts_ms)], s, equity, gross, require_exit=False)
+            equity, gross = run.entry(row[int(s.ts_ms)], s, equity, gross, require_exit=False,
+                                      fraction=alloc.get(id(s)))
         pos = run.open.get(s.coin)
         taken = pos is not None and pos.signal is s
         out.append({"coin": s.coin, "allow": taken,

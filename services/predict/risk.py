@@ -71,6 +71,42 @@ def kelly_fraction(p_up: float, q10: float, q50: float, q90: float, direction: i
     return float(min(cap, max(0.0, fraction * f)))
 
 
+def ledoit_wolf(returns: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ledoit & Wolf (2004) shrinkage of the sample covariance of `returns` (n days x p assets) towards
+    m * I, m the mean variance. Returns (covariance, shrinkage in [0, 1]). Same estimator as
+    sklearn.covariance.LedoitWolf (tested against it), in numpy so serving needs nothing else."""
+    X = np.asarray(returns, dtype=np.float64)
+    n, p = X.shape
+    X = X - X.mean(axis=0)
+    S = X.T @ X / n
+    m = np.trace(S) / p
+    d2 = float(np.sum((S - m * np.eye(p)) ** 2))
+    if d2 == 0.0:
+        return S, 0.0
+    X2 = X ** 2
+    b2_bar = float(np.sum(X2.T @ X2) / n - np.sum(S ** 2)) / n
+    shrink = min(b2_bar, d2) / d2
+    return shrink * m * np.eye(p) + (1 - shrink) * S, float(shrink)
+
+
+def mean_variance_fractions(expected: np.ndarray, returns: np.ndarray, target_daily_vol: float,
+                            cap: float, long_only: bool = True) -> np.ndarray:
+    """Shares of equity per asset: w ~ inv(Sigma) mu with Sigma the Ledoit-Wolf covariance of daily returns,
+    scaled so the book's daily volatility is `target_daily_vol`, then (long only) negatives dropped and each
+    weight capped at `cap`. `expected` are expected daily returns; zero or negative edge gets nothing."""
+    mu = np.asarray(expected, dtype=np.float64)
+    if mu.size == 0 or not np.any(mu > 0):
+        return np.zeros(mu.size)
+    cov, _ = ledoit_wolf(returns)
+    w = np.linalg.solve(cov, mu)
+    if long_only:
+        w = np.maximum(w, 0.0)
+    vol = float(np.sqrt(w @ cov @ w))
+    if vol <= 0:
+        return np.zeros(mu.size)
+    return np.minimum(w * (target_daily_vol / vol), cap)
+
+
 def vol_target_scale(daily_vol: float, target_daily_vol: float = 0.02) -> float:
     return float(min(1.0, target_daily_vol / daily_vol)) if daily_vol > 0 else 0.0
 

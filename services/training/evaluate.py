@@ -56,6 +56,7 @@ class HorizonTest:
     fwd: np.ndarray  # realized forward log return
     y: np.ndarray  # label (NaN in the dead zone)
     excluded: dict[str, int]
+    horizon_ms: int = 0
 
     def labeled(self) -> np.ndarray:
         return np.isfinite(self.y)
@@ -114,7 +115,8 @@ def predict_test(settings: Settings, market: Market, lake: LocalLake, horizon: s
         raise CstError("feature_mismatch", f"{horizon}: the model's features differ from the source's")
     pred = model.predict(frame.X[rows], sequences(frame.X, r.idx[rows]))
     return HorizonTest(horizon, split_ms, version, base_rate, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low,
-                       pred.high, pred.confidence, pred.direction, pred.quantiles, r.fwd[rows], r.y[rows], excluded)
+                       pred.high, pred.confidence, pred.direction, pred.quantiles, r.fwd[rows], r.y[rows], excluded,
+                       spec.bars * timeframe_ms(spec.timeframe))
 
 
 def _rate(hits: np.ndarray) -> dict:
@@ -137,6 +139,11 @@ def horizon_metrics(t: HorizonTest, threshold: float) -> dict:
         "base_rate": float(y.mean()) if n else None, "base_rate_train": t.base_rate_train,
         "brier": b, "brier_reference": ref, "brier_skill": 1 - b / ref if n and ref > 0 else None,
         "log_loss": log_loss(p, y) if n else None, "ece": ece(p, y, 10) if n else None,
+        # References for reading the ECE: what predicting the training base rate everywhere scores, and how
+        # many independent outcomes (non-overlapping horizon windows, coins moving together) the test holds.
+        "ece_constant_base_rate": ece(np.full(n, t.base_rate_train), y, 10) if n else None,
+        "independent_outcomes": round((float(t.ts[m].max() - t.ts[m].min()) + t.horizon_ms) / t.horizon_ms, 1)
+        if n and t.horizon_ms else None,
         "hit_rate_all": float(hit.mean()) if n else None,
         "excluded": int(sum(t.excluded.values())), "excluded_by_reason": t.excluded,
         "confident": {"threshold": threshold, **_rate(hit[conf])},
@@ -238,7 +245,8 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
               report.confidence_hist_png(out / "confidence.png", {h: t.confidence for h, t in tests.items()}, threshold)]
     images += [out / name for name in bt.get("images", [])]
     per_h = [{"horizon": h, **{k: m[k] for k in ("n", "coins", "first", "last", "base_rate", "base_rate_train", "brier",
-                                                 "brier_skill", "log_loss", "ece", "hit_rate_all")},
+                                                 "brier_skill", "log_loss", "ece", "ece_constant_base_rate",
+                                                 "independent_outcomes", "hit_rate_all")},
               "confident n": m["confident"]["n"], "confident hit": m["confident"]["hit_rate"],
               "wilson low": m["confident"]["wilson_low"]} for h, m in metrics["horizons"].items()]
     sections = [

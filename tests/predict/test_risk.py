@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from services.predict.risk import (GUARDS, Book, CorrelationGuard, CostGuard, DrawdownGuard, LiquidityGuard, Order,
-                                   apply_guards, impact_model, kelly_fraction, vol_target_scale, walk_book)
+                                   apply_guards, impact_model, kelly_fraction, ledoit_wolf, mean_variance_fractions,
+                                   vol_target_scale, walk_book)
 
 ASKS = [[100.0, 1.0], [101.0, 2.0], [103.0, 5.0]]
 
@@ -111,3 +112,30 @@ def test_cost_guard_refuses_unknown_volume():
     assert not d.allow and "unknown" in d.reason
     with pytest.raises(ValueError):
         impact_model(1e4, 0.0, 0.03)
+
+
+def test_ledoit_wolf_matches_sklearn():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(0, 0.02, (60, 5)) + rng.normal(0, 0.02, (60, 1))  # five coins sharing a market factor
+    cov, shrink = ledoit_wolf(X)
+    ref = LedoitWolf().fit(X)
+    assert np.allclose(cov, ref.covariance_, rtol=1e-10, atol=1e-14)
+    assert shrink == pytest.approx(ref.shrinkage_, rel=1e-10)
+
+
+def test_mean_variance_fractions_by_hand():
+    # Two uncorrelated assets with equal variance: inv(Sigma) mu is proportional to mu. With mu = (2, 1) bps a
+    # day the weights are 2:1; scaled to a 2% daily book volatility: 0.02 * |w| = 0.02, so w = (2, 1) / sqrt(5)
+    # = (0.894, 0.447); a 50% cap then binds on the first only.
+    rng = np.random.default_rng(9)
+    z = rng.normal(0, 1, (400, 2))
+    X = (z - z.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(z.T, bias=True))).T * 0.02  # exact cov 4e-4 I
+    w = mean_variance_fractions(np.array([2e-4, 1e-4]), X, 0.02, cap=1.0)
+    assert w == pytest.approx(np.array([2, 1]) / np.sqrt(5), rel=1e-6)
+    assert np.sqrt(w @ (4e-4 * np.eye(2)) @ w) == pytest.approx(0.02, rel=1e-6)
+    assert mean_variance_fractions(np.array([2e-4, 1e-4]), X, 0.02, cap=0.5) == pytest.approx([0.5, 1 / np.sqrt(5)])
+    # No positive edge: nothing to allocate; a negative edge is dropped in a long-only book.
+    assert not mean_variance_fractions(np.array([-1e-4, 0.0]), X, 0.02, cap=0.5).any()
+    assert mean_variance_fractions(np.array([2e-4, -1e-4]), X, 0.02, cap=0.5)[1] == 0.0

@@ -73,7 +73,7 @@ def _test(p, y, direction, confidence, base_rate=0.5) -> HorizonTest:
     n = len(p)
     return HorizonTest("24h", 0, "v", base_rate, np.arange(n) * DAY, np.array(["A"] * n), np.asarray(p, float),
                        np.asarray(p, float), np.asarray(p, float), np.asarray(confidence, float), np.asarray(direction),
-                       np.zeros((n, 3)), np.where(np.asarray(y) == 1, 0.01, -0.01), np.asarray(y, float), {"dead_zone": 2})
+                       np.zeros((n, 3)), np.where(np.asarray(y) == 1, 0.01, -0.01), np.asarray(y, float), {"dead_zone": 2}, 2 * DAY)
 
 
 def test_horizon_metrics_by_hand():
@@ -89,6 +89,9 @@ def test_horizon_metrics_by_hand():
     assert m["confident"]["n"] == 2 and m["confident"]["hit_rate"] == pytest.approx(0.5)
     assert 0 < m["confident"]["wilson_low"] < 0.5
     assert m["excluded"] == 2
+    # Predicting the base rate 0.5 everywhere against an observed 0.5: ECE 0. Four daily rows of a 2-day
+    # horizon span 3 days + 2 = 5 days: 2.5 non-overlapping windows.
+    assert m["ece_constant_base_rate"] == pytest.approx(0.0) and m["independent_outcomes"] == pytest.approx(2.5)
     # With a training base rate of 0.75 the reference is worse (0.3125 vs 0.25), so the skill is higher.
     assert horizon_metrics(_test([0.9, 0.8, 0.3, 0.6], [1, 0, 0, 1], [1, 1, -1, 1], [0.85, 0.8, 0.6, 0.55], 0.75),
                            0.8)["brier_skill"] == pytest.approx(1 - 0.225 / 0.3125)
