@@ -156,12 +156,14 @@ def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512, *, ts: np
     grid_fit = _grid(s[fit_i], min(grid_size, 128))
     scores = {}
     for method in METHODS:
-        table = _point_table(method, s[fit_i], y[fit_i], grid_fit)
+        table = _point_table(method, s[fit_i], y[fit_i], np.clip(grid_fit, s[fit_i].min(), s[fit_i].max()))
         probe = Calibrator(method, grid_fit, table, table, table, {})
         scores[method] = brier(probe.transform(s[val_i])[0], y[val_i])
     best = min(scores, key=scores.get)
     grid = _grid(s, grid_size)
-    point = _point_table(best, s, y, grid)
+    # A calibrator knows nothing of scores it never saw: outside the calibration scores the table holds its
+    # edge values (Platt would extrapolate its slope; serving scores do leave that range, measured on 1h).
+    point = _point_table(best, s, y, np.clip(grid, s.min(), s.max()))
     w = effective_weight(ts, horizon_ms)
     p0, p1 = venn_abers_bounds(s, y, grid, w)
     low, high = np.minimum(p0, point), np.maximum(p1, point)
