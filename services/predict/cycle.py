@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 from services.features.frame import FeatureFrame, Panel
 from services.features.sequences import sequence_index, sequences
 from services.predict import drift as drift_mod
+from services.predict.backtest import BacktestConfig, live_gate, market_from_panel
 from services.predict.model import HorizonModel, current_version, top_features
 from services.predict.pool import explain_rows
-from services.predict.backtest import BacktestConfig, live_gate, market_from_panel
 from services.predict.signals import actionable, consensus, orders_from_signals
 from shared.contracts import ms_to_iso
 from shared.errors import CstError, LakeKeyNotFound

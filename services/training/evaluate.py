@@ -22,8 +22,14 @@ from services.features.frame import FeatureFrame, Panel, build_frame, build_pane
 from services.features.sequences import sequences
 from services.ingest import logic
 from services.ingest.sources.files import FileSource
-from services.predict.backtest import (BacktestConfig, Signal, buy_and_hold, equal_weight, market_from_panel,
-                                      performance, run_backtest)
+from services.predict.backtest import (
+    BacktestConfig,
+    buy_and_hold,
+    equal_weight,
+    market_from_panel,
+    performance,
+    run_backtest,
+)
 from services.predict.model import HorizonModel
 from services.predict.signals import consensus, orders_from_signals
 from services.training.ensemble import Trained, label_rows
@@ -257,8 +263,9 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
         ("Consensus", metrics["consensus"]),
     ]
     if "table" in bt:
-        sections.append((f"Backtest {bt['from']} to {bt['to']}: {bt['policy']}; threshold {bt['threshold']}, "
-                         f"{bt['signals']} signals", [{"curve": k, **v} for k, v in bt["table"].items()]))
+        heading = (f"Backtest {bt['from']} to {bt['to']}: {bt['policy']}; threshold {bt['threshold']}, "
+                   f"{bt['signals']} signals")
+        sections.append((heading, [{"curve": k, **v} for k, v in bt["table"].items()]))
         sections.append(("Guard decisions (rejections and scale-downs)", bt["decisions_with_guards"] or "none"))
     return report.html_report(out / "report.html", f"cst evaluation, trained until {metrics['train_until']}",
                               sections, images)

@@ -5,9 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.predict.risk import (GUARDS, Book, CorrelationGuard, CostGuard, DrawdownGuard, LiquidityGuard, Order,
-                                   apply_guards, impact_model, kelly_fraction, ledoit_wolf, mean_variance_fractions,
-                                   vol_target_scale, walk_book)
+from services.predict.risk import (
+    GUARDS,
+    Book,
+    CorrelationGuard,
+    CostGuard,
+    DrawdownGuard,
+    LiquidityGuard,
+    Order,
+    apply_guards,
+    impact_model,
+    kelly_fraction,
+    ledoit_wolf,
+    mean_variance_fractions,
+    vol_target_scale,
+    walk_book,
+)
 
 ASKS = [[100.0, 1.0], [101.0, 2.0], [103.0, 5.0]]
 

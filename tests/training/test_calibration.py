@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.training.calibration import effective_weight, fit_calibrator, venn_abers_bounds
+from services.training.calibration import (
+    effective_weight,
+    fit_calibrator,
+    venn_abers_bounds,
+)
 
 DAY = 86_400_000
 
