@@ -107,3 +107,31 @@ def test_consensus_hit_is_judged_over_the_shortest_agreeing_horizon():
     m = consensus_metrics(cfg, signals)
     assert m["n"] == 3 and m["hit_rate"] == pytest.approx(2 / 3)
     assert consensus_metrics(cfg, [])["hit_rate"] is None
+
+
+def test_backtest_command_trades_the_daily_horizons_only(shared_data, tmp_path, monkeypatch, capsys):
+    src = small_source(shared_data, tmp_path / "data")
+    shutil.copytree(shared_data / "ohlcv" / "1h", src / "ohlcv" / "1h")  # hourly files present, 1h not evaluated
+    tiny(monkeypatch)
+    monkeypatch.setenv("CST_HORIZONS", '["1h", "24h", "7d"]')
+    out = tmp_path / "bt"
+    assert main(["backtest", "--source", str(src), "--train-until", SPLIT, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["horizons"]) == {"24h", "7d"}
+    detail = json.loads((out / "backtest.json").read_text())
+    assert detail["threshold"] == 0.8 and detail["from"] == "2023-07-01T00:00:00Z"
+    err = capsys.readouterr().err
+    assert "buy and hold BTC" in err and "equal weight" in err
+
+
+def test_signal_cell_says_size_or_why_not():
+    from services.cli import _signal_cell
+
+    base = {"direction": "up", "horizons": ["24h", "7d"]}
+    assert _signal_cell(None) == ""
+    ok = _signal_cell({**base, "risk": {"allow": True, "size_fraction": 0.042, "cost_bps": 15.2, "decisions": []}})
+    assert "size 4.2% of equity, cost 15.2 bps" in ok
+    no = _signal_cell({**base, "risk": {"allow": False, "size_fraction": 0.0, "cost_bps": None, "decisions": [
+        {"guard": "drawdown", "allow": True, "scale": 1.0, "reason": ""},
+        {"guard": "liquidity", "allow": False, "scale": 0.0, "reason": "volume unavailable: not tradable"}]}})
+    assert "not traded" in no and "volume unavailable" in no
