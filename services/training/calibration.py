@@ -169,7 +169,10 @@ def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512, *, ts: np
     low, high = np.minimum(p0, point), np.maximum(p1, point)
     selection = {"validation_brier": scores, "chosen": best, "fit_rows": int(half),
                  "validation_rows": int(s.size - half), "row_weight": w,
-                 "effective_outcomes": round(w * s.size, 1)}
+                 "effective_outcomes": round(w * s.size, 1),
+                 # Where the calibration scores lie: evaluation compares the served scores with these.
+                 "score_range": [float(s.min()), float(s.max())],
+                 "score_quantiles": [float(v) for v in np.quantile(s, [0.05, 0.5, 0.95])]}
     if base_rate is not None:
         probe = Calibrator(best, grid, point, low, high, {})
         at = np.maximum(np.sum(s[:, None] >= grid[None, :], axis=1) - 1, 0)

@@ -13,7 +13,7 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +59,12 @@ class HorizonTest:
     confidence: np.ndarray
     direction: np.ndarray
     quantiles: np.ndarray  # (n, 3) forward log-return q10, q50, q90
+    score: np.ndarray  # the meta-learner's logit that the calibrator reads
     fwd: np.ndarray  # realized forward log return
     y: np.ndarray  # label (NaN in the dead zone)
     excluded: dict[str, int]
     horizon_ms: int = 0
+    calibration: dict = field(default_factory=dict)  # the model's calibration metadata
 
     def labeled(self) -> np.ndarray:
         return np.isfinite(self.y)
@@ -120,9 +122,11 @@ def predict_test(settings: Settings, market: Market, lake: LocalLake, horizon: s
     if frame.names != model.names:
         raise CstError("feature_mismatch", f"{horizon}: the model's features differ from the source's")
     pred = model.predict(frame.X[rows], sequences(frame.X, r.idx[rows]))
-    return HorizonTest(horizon, split_ms, version, base_rate, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low,
-                       pred.high, pred.confidence, pred.direction, pred.quantiles, r.fwd[rows], r.y[rows], excluded,
-                       spec.bars * timeframe_ms(spec.timeframe))
+    t = HorizonTest(horizon, split_ms, version, base_rate, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low,
+                    pred.high, pred.confidence, pred.direction, pred.quantiles, pred.meta_logit, r.fwd[rows], r.y[rows],
+                    excluded, spec.bars * timeframe_ms(spec.timeframe))
+    t.calibration = model.metadata.get("calibration", {})
+    return t
 
 
 def _rate(hits: np.ndarray) -> dict:
@@ -151,10 +155,26 @@ def horizon_metrics(t: HorizonTest, threshold: float) -> dict:
         "independent_outcomes": round((float(t.ts[m].max() - t.ts[m].min()) + t.horizon_ms) / t.horizon_ms, 1)
         if n and t.horizon_ms else None,
         "hit_rate_all": float(hit.mean()) if n else None,
+        "scores": score_shift(t),
         "excluded": int(sum(t.excluded.values())), "excluded_by_reason": t.excluded,
         "confident": {"threshold": threshold, **_rate(hit[conf])},
         "model_version": t.version,
     }
+
+
+def score_shift(t: HorizonTest) -> dict | None:
+    """The served meta scores against the out-of-fold scores the calibrator was fitted on.
+
+    The served stack uses members refitted on all the training data, the calibrator saw fold models' scores: a
+    shift between the two is a train/serve skew that calibration cannot see from inside training.
+    """
+    cal = t.calibration
+    if "score_quantiles" not in cal or not t.score.size:
+        return None
+    lo, hi = cal["score_range"]
+    return {"calibration_q05_q50_q95": [round(v, 4) for v in cal["score_quantiles"]],
+            "served_q05_q50_q95": [round(float(v), 4) for v in np.quantile(t.score, [0.05, 0.5, 0.95])],
+            "served_outside_calibration_range": float(np.mean((t.score < lo) | (t.score > hi)))}
 
 
 def consensus_signals(tests: dict[str, HorizonTest], threshold: float, min_horizons: int) -> list[dict]:
@@ -254,7 +274,12 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
                                                  "brier_skill", "log_loss", "ece", "ece_constant_base_rate",
                                                  "independent_outcomes", "hit_rate_all")},
               "confident n": m["confident"]["n"], "confident hit": m["confident"]["hit_rate"],
-              "wilson low": m["confident"]["wilson_low"]} for h, m in metrics["horizons"].items()]
+              "wilson low": m["confident"]["wilson_low"],
+              "served scores outside calibration": (m["scores"] or {}).get("served_outside_calibration_range"),
+              "score median served / calibration": (f"{m['scores']['served_q05_q50_q95'][1]:+.3f} / "
+                                                    f"{m['scores']['calibration_q05_q50_q95'][1]:+.3f}"
+                                                    if m["scores"] else None)}
+             for h, m in metrics["horizons"].items()]
     sections = [
         ("Setup", {"train until": metrics["train_until"], "train until (1h)": metrics["train_until_1h"],
                    "budget": metrics["budget"], "retraining": metrics["retraining"],

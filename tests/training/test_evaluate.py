@@ -53,6 +53,7 @@ def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monk
         assert set(m["confident"]) >= {"threshold", "n", "hit_rate", "wilson_low"}
         assert (m["confident"]["hit_rate"] is None) == (m["confident"]["n"] == 0)
         assert m["excluded"] == sum(m["excluded_by_reason"].values())
+        assert 0 <= m["scores"]["served_outside_calibration_range"] <= 1
         # No training label window crosses the split: the last training row's label ends before it.
         meta = json.loads(next((out / "lake" / "models" / f"horizon={h}").glob("version=*/metadata.json")).read_text())
         assert iso_to_ms(meta["training_window"]["last"]) + bars * DAY < split
@@ -73,7 +74,7 @@ def _test(p, y, direction, confidence, base_rate=0.5) -> HorizonTest:
     n = len(p)
     return HorizonTest("24h", 0, "v", base_rate, np.arange(n) * DAY, np.array(["A"] * n), np.asarray(p, float),
                        np.asarray(p, float), np.asarray(p, float), np.asarray(confidence, float), np.asarray(direction),
-                       np.zeros((n, 3)), np.where(np.asarray(y) == 1, 0.01, -0.01), np.asarray(y, float), {"dead_zone": 2}, 2 * DAY)
+                       np.zeros((n, 3)), np.log(np.asarray(p, float) / (1 - np.asarray(p, float))), np.where(np.asarray(y) == 1, 0.01, -0.01), np.asarray(y, float), {"dead_zone": 2}, 2 * DAY)
 
 
 def test_horizon_metrics_by_hand():
@@ -92,6 +93,10 @@ def test_horizon_metrics_by_hand():
     # Predicting the base rate 0.5 everywhere against an observed 0.5: ECE 0. Four daily rows of a 2-day
     # horizon span 3 days + 2 = 5 days: 2.5 non-overlapping windows.
     assert m["ece_constant_base_rate"] == pytest.approx(0.0) and m["independent_outcomes"] == pytest.approx(2.5)
+    # Scores are logit(p): 2.197, 1.386, -0.847, 0.405. Calibrated on [-1, 1]: two of four lie outside.
+    assert m["scores"] is None  # no calibration metadata, no comparison
+    t.calibration = {"score_range": [-1.0, 1.0], "score_quantiles": [-0.5, 0.0, 0.5]}
+    assert horizon_metrics(t, 0.8)["scores"]["served_outside_calibration_range"] == pytest.approx(0.5)
     # With a training base rate of 0.75 the reference is worse (0.3125 vs 0.25), so the skill is higher.
     assert horizon_metrics(_test([0.9, 0.8, 0.3, 0.6], [1, 0, 0, 1], [1, 1, -1, 1], [0.85, 0.8, 0.6, 0.55], 0.75),
                            0.8)["brier_skill"] == pytest.approx(1 - 0.225 / 0.3125)
