@@ -25,8 +25,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from services.features.indicators import log_return, rolling_mean, rolling_std
 from services.predict.risk import (
     GUARDS,
     Book,
@@ -137,27 +137,6 @@ class _Position:
     adv: float  # inputs of the entry's cost, reused at an exit whose own are unknown
     daily_vol: float
     order: Order
-
-
-def log_returns(close: np.ndarray) -> np.ndarray:
-    """Row i holds log(close[i] / close[i-1]); row 0 and any pair touching a missing close are NaN."""
-    out = np.full(close.shape, np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[1:] = np.log(close[1:] / close[:-1])
-    return out
-
-
-def trailing(x: np.ndarray, window: int, stat: str) -> np.ndarray:
-    """`stat` ("mean" or "std", sample) over the `window` rows ending at each row, that row included.
-
-    NaN until the window is full and wherever it holds a NaN: a statistic over missing data is unknown, not
-    computed from what happens to be there.
-    """
-    out = np.full(x.shape, np.nan)
-    if 0 < window <= len(x):
-        w = sliding_window_view(x, window, axis=0)
-        out[window - 1:] = w.mean(axis=-1) if stat == "mean" else w.std(axis=-1, ddof=1 if window > 1 else 0)
-    return out
 
 
 def mark_at_last_close(x: np.ndarray) -> np.ndarray:
@@ -278,9 +257,11 @@ class _Run:
             raise CstError("bad_allocation", f"allocation {cfg.allocation!r}: use 'kelly' or 'mean_variance'")
         self.m, self.cfg = market, cfg
         close = market.close
-        self.lr = log_returns(close)
-        self.vol = trailing(self.lr, cfg.vol_window, "std")
-        self.adv = trailing(market.quote_volume, cfg.adv_window, "mean")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.lr = log_return(close, 1)  # NaN wherever a close is missing
+        # The features' causal rolling statistics: NaN unless the whole window is known.
+        self.vol = rolling_std(self.lr, cfg.vol_window)
+        self.adv = rolling_mean(market.quote_volume, cfg.adv_window)
         self.mark = mark_at_last_close(close)
         self.guards = [GUARDS[n](**cfg.guard_params.get(n, {})) for n in cfg.guard_names] if cfg.guards else []
         self.cash = cfg.initial_equity
