@@ -7,7 +7,6 @@ source. Models are not retrained during the test period; the report says so.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -18,10 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.features.frame import FeatureFrame, Panel, build_frame, build_panel
 from services.features.sequences import sequences
-from services.ingest import logic
-from services.ingest.sources.files import FileSource
 from services.predict.backtest import (
     BacktestConfig,
     buy_and_hold,
@@ -33,7 +29,7 @@ from services.predict.backtest import (
 from services.predict.model import HorizonModel
 from services.predict.signals import consensus, orders_from_signals
 from services.training.ensemble import Trained, label_rows
-from services.training.train import train
+from services.training.train import Market, load_market, train
 from shared.contracts import iso_to_ms, ms_to_iso, utcnow
 from shared.errors import CstError
 from shared.metrics import brier, ece, log_loss, wilson_low
@@ -68,23 +64,6 @@ class HorizonTest:
 
     def labeled(self) -> np.ndarray:
         return np.isfinite(self.y)
-
-
-@dataclass
-class Market:
-    """What evaluation and the backtest need of the source: frames and panels over all of it."""
-
-    frames: dict[str, FeatureFrame]
-    panels: dict[str, Panel]
-
-
-def load_market(settings: Settings, source: str | Path, timeframes: set[str]) -> Market:
-    # The whole recording, judged as history (a series that ended is a valid past, not stale).
-    fetched = asyncio.run(logic.fetch_sources([FileSource(source)], settings))
-    gated = logic.gate(fetched, settings, int(utcnow().timestamp() * 1000), skip=frozenset({"stale"}))
-    frames = {tf: build_frame(gated.clean, gated.unavailable, tf, settings) for tf in timeframes}
-    panels = {tf: build_panel(gated.clean, gated.unavailable, tf, settings) for tf in timeframes}
-    return Market(frames, panels)
 
 
 def train_before(settings: Settings, source: str | Path, lake: LocalLake, splits: dict[str, str], budget: str,
@@ -235,7 +214,9 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     lake = LocalLake(out / "lake")
     trained = train_before(settings, source, lake, splits, budget, tick)
     tick("predicting the test period")
-    market = load_market(settings, source, {settings.training.horizons[h].timeframe for h in trained})
+    # The whole recording: test rows need the candles after the split.
+    market = load_market(settings, source, {settings.training.horizons[h].timeframe for h in trained},
+                         int(utcnow().timestamp() * 1000))
     tests = {h: predict_test(settings, market, lake, h, v, iso_to_ms(splits[h]), base)
              for h, (v, base) in trained.items()}
     thr = settings.confidence_threshold

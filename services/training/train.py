@@ -8,9 +8,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.features.frame import build_frame, build_panel
+from services.features.frame import FeatureFrame, Panel, build_frame, build_panel
 from services.ingest import logic
 from services.ingest.sources.files import FileSource
 from services.training.ensemble import Trained, train_horizon
@@ -21,6 +22,23 @@ from shared.settings import Settings
 from shared.storage import Lake, LocalLake
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Market:
+    """A source's feature frames and price panels per timeframe, as of one time."""
+
+    frames: dict[str, FeatureFrame]
+    panels: dict[str, Panel]
+
+
+def load_market(settings: Settings, source: str | Path, timeframes: set[str], as_of_ms: int) -> Market:
+    """Files judged as history at `as_of_ms`: nothing later is read, and a series that ended is a valid past
+    (the staleness rule is skipped)."""
+    fetched = asyncio.run(logic.fetch_sources([FileSource(source)], settings))
+    gated = logic.gate(fetched, settings, as_of_ms, skip=frozenset({"stale"}))
+    return Market({tf: build_frame(gated.clean, gated.unavailable, tf, settings) for tf in timeframes},
+                  {tf: build_panel(gated.clean, gated.unavailable, tf, settings) for tf in timeframes})
 
 
 def train(settings: Settings, source: str | Path, lake: Lake, *, until: str | None = None,
@@ -38,14 +56,10 @@ def train(settings: Settings, source: str | Path, lake: Lake, *, until: str | No
     # Nothing at or after `until` is visible: candles, sentiment and labels alike (labels come from candles).
     # History is judged without the staleness rule: a series that ended is still a valid past.
     as_of = iso_to_ms(until) - 1 if until else int(utcnow().timestamp() * 1000)
-    fetched = asyncio.run(logic.fetch_sources([FileSource(source)], settings))
-    gated = logic.gate(fetched, settings, as_of, skip=frozenset({"stale"}))
-    frames, panels, results = {}, {}, {}
+    market = load_market(settings, source, {cfg.horizons[h].timeframe for h in horizons}, as_of)
+    frames, panels, results = market.frames, market.panels, {}
     for h in horizons:
         tf = cfg.horizons[h].timeframe
-        if tf not in frames:
-            frames[tf] = build_frame(gated.clean, gated.unavailable, tf, settings)
-            panels[tf] = build_panel(gated.clean, gated.unavailable, tf, settings)
         started = time.perf_counter()
         try:
             t = train_horizon(h, frames[tf], panels[tf], settings, cfg.budgets[budget], lake, tick)
