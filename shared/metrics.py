@@ -13,6 +13,10 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
 def brier(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((np.asarray(p) - np.asarray(y)) ** 2))
 
@@ -23,17 +27,23 @@ def log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
+def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of predicted probability: mean prediction, observed frequency and row count (NaN where
+    a bin is empty)."""
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    which = np.clip(np.digitize(p, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(which, weights=p, minlength=bins) / counts
+        freq = np.bincount(which, weights=y, minlength=bins) / counts
+    return mean_p, freq, counts.astype(int)
+
+
 def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error over equal-width bins of predicted probability."""
-    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            total += m.mean() * abs(p[m].mean() - y[m].mean())
-    return float(total)
+    mean_p, freq, counts = reliability(p, y, bins)
+    full = counts > 0
+    return float(np.sum(counts[full] / counts.sum() * np.abs(mean_p[full] - freq[full]))) if full.any() else 0.0
 
 
 def wilson_low(hits: int, n: int, z: float = 1.959964) -> float | None:

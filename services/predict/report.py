@@ -11,25 +11,13 @@ import numpy as np
 
 from services.predict.backtest import drawdown
 from shared.errors import CstError
-from shared.metrics import brier, ece
+from shared.metrics import brier, ece, reliability
 
 DPI = 110
 PANEL_W, PANEL_H = 3.6, 4.0  # inches per small-multiple panel
 WIDE = (10.0, 4.0)  # time-series plots
 MAX_COLS = 4
 MISSING = "–"  # how None is shown in tables
-
-
-def reliability_table(p: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width bin of predicted probability (the bins of shared.metrics.ece): mean prediction, observed
-    frequency and row count; NaN where a bin is empty."""
-    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
-    which = np.clip(np.digitize(p, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
-    counts = np.bincount(which, minlength=bins).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_p = np.bincount(which, weights=p, minlength=bins) / counts
-        freq = np.bincount(which, weights=y, minlength=bins) / counts
-    return mean_p, freq, counts.astype(int)
 
 
 def _panels(n: int):
@@ -77,7 +65,7 @@ def reliability_png(path, per_horizon: dict[str, tuple[np.ndarray, np.ndarray]],
         if len(p) == 0:
             _no_data(ax, name)
             continue
-        mean_p, freq, counts = reliability_table(p, y, bins)
+        mean_p, freq, counts = reliability(p, y, bins)
         width = 1.0 / bins
         centres = (np.arange(bins) + 0.5) * width
         bars = ax.twinx()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.metrics import brier, ece, logit  # noqa: F401 - brier, ece re-exported for training code
+from shared.metrics import brier, ece, logit, sigmoid  # noqa: F401 - brier, ece re-exported for training code
 
 METHODS = ("venn_abers", "isotonic", "platt")
 
@@ -87,9 +87,12 @@ class Calibrator:
     high: np.ndarray
     selection: dict
 
-    def transform(self, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def index(self, score: np.ndarray) -> np.ndarray:
         """Step lookup: the table entry of the largest grid score <= score (the first entry below the grid)."""
-        idx = np.maximum(np.sum(np.asarray(score, dtype=np.float64)[:, None] >= self.grid[None, :], axis=1) - 1, 0)
+        return np.maximum(np.sum(np.asarray(score, dtype=np.float64)[:, None] >= self.grid[None, :], axis=1) - 1, 0)
+
+    def transform(self, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = self.index(score)
         return self.point[idx], self.low[idx], self.high[idx]
 
     def to_onnx(self) -> bytes:
@@ -132,7 +135,7 @@ def recentre(table: np.ndarray, at: np.ndarray, rate: float) -> float:
     from scipy.optimize import brentq
 
     z = logit(table[at])
-    return float(brentq(lambda d: float(np.mean(1 / (1 + np.exp(-(z + d))))) - rate, -20, 20))
+    return float(brentq(lambda d: float(np.mean(sigmoid(z + d))) - rate, -20, 20))
 
 
 def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512, *, ts: np.ndarray | None = None,
@@ -173,11 +176,11 @@ def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512, *, ts: np
                  # Where the calibration scores lie: evaluation compares the served scores with these.
                  "score_range": [float(s.min()), float(s.max())],
                  "score_quantiles": [float(v) for v in np.quantile(s, [0.05, 0.5, 0.95])]}
+    cal = Calibrator(best, grid, point, low, high, selection)
     if base_rate is not None:
-        probe = Calibrator(best, grid, point, low, high, {})
-        at = np.maximum(np.sum(s[:, None] >= grid[None, :], axis=1) - 1, 0)
+        at = cal.index(s)
         shift = recentre(point, at, base_rate)
-        point, low, high = (1 / (1 + np.exp(-(logit(t) + shift))) for t in (point, low, high))
-        selection.update(level={"calibration_rows_rate": float(np.mean(probe.transform(s)[0])),
-                                "training_base_rate": base_rate, "logit_shift": shift})
-    return Calibrator(best, grid, point, low, high, selection)
+        selection["level"] = {"calibration_rows_rate": float(np.mean(point[at])), "training_base_rate": base_rate,
+                              "logit_shift": shift}
+        cal.point, cal.low, cal.high = (sigmoid(logit(t) + shift) for t in (point, low, high))
+    return cal

@@ -15,7 +15,7 @@ from services.training.calibration import Calibrator, brier, ece, fit_calibrator
 from services.training.cv import walk_forward
 from services.training.labels import direction_labels, forward_log_returns
 from services.training.members import MEMBERS, OPSET, Dataset, QuantileModels, make_member
-from services.training.tuning import TuneResult, sigmoid, tune_member
+from services.training.tuning import TuneResult, tune_member
 from shared.errors import CstError
 from shared.settings import Budget, HorizonSpec, Settings, timeframe_ms
 from shared.storage import Lake
@@ -204,4 +204,4 @@ def native_p_up(t: Trained, ds: Dataset) -> np.ndarray:
     return t.calibrator.transform(native_meta_logit(t, ds))[0]
 
 
-__all__ = ["prepare", "train_horizon", "export", "native_meta_logit", "native_p_up", "sigmoid"]
+__all__ = ["export", "label_rows", "native_meta_logit", "native_p_up", "prepare", "train_horizon"]

@@ -26,6 +26,7 @@ from services.predict.backtest import (
     performance,
     run_backtest,
 )
+from services.predict.cycle import horizon_ms
 from services.predict.model import HorizonModel
 from services.predict.signals import consensus, orders_from_signals
 from services.training.ensemble import Trained, label_rows
@@ -33,7 +34,7 @@ from services.training.train import Market, load_market, train
 from shared.contracts import iso_to_ms, ms_to_iso, utcnow
 from shared.errors import CstError
 from shared.metrics import brier, ece, log_loss, wilson_low
-from shared.settings import Settings, timeframe_ms
+from shared.settings import Settings
 from shared.storage import LocalLake
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def predict_test(settings: Settings, market: Market, lake: LocalLake, horizon: s
     pred = model.predict(frame.X[rows], sequences(frame.X, r.idx[rows]))
     t = HorizonTest(horizon, split_ms, version, base_rate, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low,
                     pred.high, pred.confidence, pred.direction, pred.quantiles, pred.meta_logit, r.fwd[rows], r.y[rows],
-                    excluded, spec.bars * timeframe_ms(spec.timeframe))
+                    excluded, horizon_ms(settings, horizon))
     t.calibration = model.metadata.get("calibration", {})
     return t
 
@@ -179,16 +180,11 @@ def consensus_signals(tests: dict[str, HorizonTest], threshold: float, min_horiz
     return signals
 
 
-def horizon_hours(settings: Settings, h: str) -> float:
-    spec = settings.training.horizons[h]
-    return spec.bars * timeframe_ms(spec.timeframe) / 3_600_000
-
-
 def consensus_metrics(settings: Settings, signals: list[dict]) -> dict:
     """A signal is a hit when its direction came true over the shortest agreeing horizon (its first exit)."""
     hits = []
     for s in signals:
-        shortest = min(s["horizons"], key=lambda h: horizon_hours(settings, h))
+        shortest = min(s["horizons"], key=lambda h: horizon_ms(settings, h))
         sign = 1 if s["direction"] == "up" else -1
         hits.append(sign * s["fwd"][shortest] > 0)
     return {"min_horizons": settings.consensus_min_horizons, "threshold": settings.confidence_threshold,

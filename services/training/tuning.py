@@ -18,6 +18,7 @@ import numpy as np
 from services.training.calibration import brier
 from services.training.cv import Fold
 from services.training.members import Dataset, GbtMember, LogisticMember, SequenceMember, make_member
+from shared.metrics import sigmoid
 from shared.errors import LakeKeyNotFound
 from shared.settings import Budget
 from shared.storage import Lake
@@ -39,10 +40,6 @@ class TuneResult:
     trials_run: int
     trials_total: int
     best_brier: float
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 def oof_logits(member_name: str, params: dict, ds: Dataset, folds: list[Fold], epochs: int, seed: int,

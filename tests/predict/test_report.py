@@ -11,9 +11,9 @@ from services.predict.report import (
     equity_png,
     html_report,
     reliability_png,
-    reliability_table,
 )
 from shared.errors import CstError
+from shared.metrics import reliability
 
 pytest.importorskip("matplotlib")
 
@@ -29,7 +29,7 @@ def is_png(path) -> bool:
 def test_reliability_bins_by_hand():
     # 4 bins of width 0.25. 0.1 and 0.2 fall in bin 0 (mean 0.15, one up of two); 0.6 in bin 2; 0.9 and 1.0 in
     # bin 3 (1.0 is clipped into the last bin, as in shared.metrics.ece); bin 1 is empty.
-    mean_p, freq, counts = reliability_table(np.array([0.1, 0.2, 0.6, 0.9, 1.0]), np.array([0, 1, 1, 1, 1]), bins=4)
+    mean_p, freq, counts = reliability(np.array([0.1, 0.2, 0.6, 0.9, 1.0]), np.array([0, 1, 1, 1, 1]), bins=4)
     np.testing.assert_array_equal(counts, [2, 0, 1, 2])
     np.testing.assert_allclose(mean_p, [0.15, np.nan, 0.6, 0.95])
     np.testing.assert_allclose(freq, [0.5, np.nan, 1.0, 1.0])
