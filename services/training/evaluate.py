@@ -97,7 +97,6 @@ def predict_test(settings: Settings, market: Market, lake: LocalLake, horizon: s
     after = frame.ts >= split_ms
     rows = np.flatnonzero(after & r.full & np.isfinite(r.fwd))
     excluded = r.excluded(after)
-    excluded["sequence_window"] = int((after & np.isfinite(r.fwd) & ~r.full).sum())
     model = HorizonModel.load(lake, horizon, version)
     if frame.names != model.names:
         raise CstError("feature_mismatch", f"{horizon}: the model's features differ from the source's")
