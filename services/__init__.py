@@ -1,1 +1,1 @@
-"""cst services: ingest, features (quality gate), predict, training."""
+"""cst's services, one folder per concern: ingest, features, training, predict, risk, evaluation (and the `cst` CLI)."""

@@ -20,11 +20,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from services import runner
 from services.features.quality.gate import quarantine_documents
 from services.ingest import logic
 from shared.contracts import QualityReport, iso_to_ms, utcnow
 from shared.errors import CstError
 from shared.logging import configure_logging, redact
+from shared.pipeline import STEPS, RunRef, StepContext
 from shared.settings import Settings, resolve_secrets
 from shared.storage import open_lake
 
@@ -95,58 +97,68 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _ingest(args: argparse.Namespace, settings: Settings):
-    lake = open_lake(args.lake or settings.lake.uri, region=settings.aws_region)
-    as_of = _as_of(args.as_of)
-    with _progress(f"ingesting from {args.source}") as cb:
-        report, outcome = logic.ingest(settings, args.source, lake, as_of, progress=cb)
-    console.print(quality_table(outcome.report))
-    console.print(f"run {report.run_id}: landed {report.landed} raw records ({report.already_present} already present), "
-                  f"{len(report.failures)} fetch failures; {_summary_line(outcome.report)}; lake {lake.uri}")
-    for f in report.failures:
-        console.print(f"[red]failed[/] {f.source} {f.task}: [{f.code}] {f.message}")
-    return report, outcome
+def _lake(args: argparse.Namespace, settings: Settings):
+    return open_lake(args.lake or settings.lake.uri, region=settings.aws_region)
+
+
+@contextmanager
+def _step_progress(settings: Settings, lake, label: str):
+    """A step context whose fetch progress and step names are drawn as rich progress bars."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        steps = bar.add_task(label, total=None)
+        fetch = bar.add_task("fetching", total=None, visible=False)
+        ctx = StepContext(settings, lake, tick=lambda msg: bar.update(steps, description=msg),
+                          fetch_progress=(lambda n: bar.update(fetch, total=n, visible=True),
+                                          lambda _t: bar.advance(fetch)))
+        yield ctx, (lambda name: bar.update(steps, description=f"step {name}"))
+
+
+def _print_ingest(ctx: StepContext, ref: RunRef) -> None:
+    from services.features.steps import quality_report
+
+    ingested = ctx.output(ref.run_id, "ingest")
+    report = quality_report(ctx, ref.run_id)
+    console.print(quality_table(report))
+    if ingested is not None:
+        console.print(f"run {ref.run_id}: landed {ingested.landed} raw records ({ingested.already_present} already "
+                      f"present), {len(ingested.failures)} fetch failures; {_summary_line(report)}; lake {ctx.lake.uri}")
+        for f in ingested.failures:
+            console.print(f"[red]failed[/] {f.source} {f.task}: [{f.code}] {f.message}")
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    _ingest(args, settings)
+    lake = _lake(args, settings)
+    ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
+    runner.save_ref(lake, ref)
+    with _step_progress(settings, lake, f"ingesting from {args.source}") as (ctx, _):
+        runner.run_step(ctx, "ingest", ref)
+        runner.run_step(ctx, "validate", ref)
+    _print_ingest(ctx, ref)
     return 0
 
 
-def features_table(frames: dict) -> Table:
-    table = Table(title="features")
-    for col in ("timeframe", "rows", "coins", "features", "excluded rows by reason", "layers left out"):
-        table.add_column(col)
-    for tf, frame in frames.items():
-        table.add_row(tf, str(len(frame)), str(len(frame.rows_per_coin)), str(len(frame.names)),
-                      ", ".join(f"{k}={v}" for k, v in sorted(frame.excluded.items())) or "-",
-                      ", ".join(sorted(frame.declared["excluded_layers"])) or "-")
-    return table
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    """Recorded files into the lake as a run's staged series, the history training reads."""
+    lake = _lake(args, settings)
+    ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
+    runner.save_ref(lake, ref)
+    with _step_progress(settings, lake, f"importing {args.source}") as (ctx, _):
+        out = runner.run_step(ctx, "ingest", ref)
+    console.print(f"imported {args.source} as run {ref.run_id}: {out.landed} raw records landed "
+                  f"({out.already_present} already present), {len(out.staged)} staged parts, "
+                  f"{len(out.failures)} read failures; train with: cst train --run-id {ref.run_id} --lake {lake.uri}")
+    for f in out.failures:
+        console.print(f"[red]could not read[/] {f.task}: [{f.code}] {f.message}")
+    return 0
 
 
-def build_features(settings: Settings, outcome, lake) -> dict:
-    """Features for every configured timeframe that has a declared feature set; written to the lake."""
-    from services.features.frame import build_frame
-    from services.features.store import write_frame
-
-    frames = {}
-    for tf in settings.timeframes:
-        if tf not in settings.features.sets:
-            console.print(f"[yellow]no feature set declared for {tf}; skipped[/]")
-            continue
-        frame = build_frame(outcome.clean, outcome.unavailable, tf, settings)
-        if lake is not None:
-            write_frame(lake, frame)
-        frames[tf] = frame
-    return frames
-
-
-def signals_table(res) -> Table:
+def signals_table(predictions: list[dict], signals: list[dict]) -> Table:
     table = Table(title="actionable predictions (confidence >= threshold) and consensus signals")
     for col in ("coin", "horizon", "direction", "p_up", "interval", "confidence", "q10 / q50 / q90", "top features", "signal"):
         table.add_column(col)
-    signalled = {s["coin"]: s for s in res.signals}
-    for p in sorted((p for p in res.predictions if p["actionable"]), key=lambda p: (p["coin"], p["horizon"])):
+    signalled = {s["coin"]: s for s in signals}
+    for p in sorted((p for p in predictions if p["actionable"]), key=lambda p: (p["coin"], p["horizon"])):
         tops = ", ".join(f"{t['feature']} {t['contribution']:+.2f}" for t in json.loads(p["top_features"])[:3])
         sig = signalled.get(p["coin"])
         table.add_row(p["coin"], p["horizon"], "up" if p["direction"] == 1 else "down", f"{p['p_up']:.3f}",
@@ -170,104 +182,84 @@ def _signal_cell(sig: dict | None) -> str:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from services.features.frame import build_panel, coin_of
-    from services.predict import cycle
-    from services.predict.model import current_version
-    from shared.contracts import ms_to_iso
+    from services.predict.steps import served_predictions
+    from shared.pipeline import summary_key
 
-    as_of = _as_of(args.as_of)
-    lake = open_lake(args.lake or settings.lake.uri, region=settings.aws_region)
-    run_id = logic.run_id_for(logic.source_id(args.source), as_of)
-    done = cycle.existing_summary(lake, run_id)
+    lake = _lake(args, settings)
+    ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
+    done = runner.complete_summary(lake, ref.run_id)
     if done is not None:
-        console.print(f"run {run_id} (as-of {done['as_of']}) is already complete; nothing changed. "
+        console.print(f"run {ref.run_id} (as-of {done['as_of']}) is already complete; nothing changed. "
                       f"{done['predictions']} predictions, {done['actionable']} actionable, {len(done['signals'])} signals.")
         return 0
-    timings: dict[str, float] = {}
-    with cycle.Timer(timings, "ingest_and_quality"):
-        report, outcome = _ingest(args, settings)
-    with cycle.Timer(timings, "features"):
-        frames = build_features(settings, outcome, lake)
-        panels = {tf: build_panel(outcome.clean, outcome.unavailable, tf, settings) for tf in frames}
-    horizons = [h for h in settings.horizons if h in settings.training.horizons]
-    missing = [h for h in horizons if current_version(lake, h) is None]
-    trained: dict = {}
-    if missing:
-        if args.source == "live":
-            raise CstError("no_model", f"no CURRENT model for {missing}; train from recorded files first: "
-                                       "cst train --source DIR --lake ...")
-        from services.training.train import train
-
-        console.print(f"no CURRENT model for {', '.join(missing)}: training them first with the quick budget "
-                      f"(data before {ms_to_iso(as_of)})")
-        with cycle.Timer(timings, "train"), Progress(TextColumn("{task.description}"), TimeElapsedColumn(),
-                                                     console=console, transient=True) as bar:
-            task = bar.add_task("training", total=None)
-            results = train(settings, args.source, lake, until=ms_to_iso(as_of), horizons=missing, budget="quick",
-                            tick=lambda msg: bar.update(task, description=msg))
-        trained = {h: m.get("version") or f"not trained: {m.get('message')}" for h, m in results.items()}
-    models = cycle.load_models(lake, horizons)
-    # A horizon without a model is named in the summary with why, never dropped silently.
-    no_model = {h: trained.get(h, "no CURRENT model") for h in horizons if h not in models}
-    coins = sorted({coin_of(k.split("/")[2])[0] for k in outcome.report.series if k.startswith("ohlcv/")})
-    inp = cycle.CycleInput(run_id, as_of, frames, panels,
-                           {k: v.model_dump() for k, v in outcome.report.series.items()}, coins)
-    with cycle.Timer(timings, "predict"), Progress(TextColumn("{task.description}"), console=console,
-                                                   transient=True) as bar:
-        task = bar.add_task("predicting", total=None)
-        res = cycle.predict_all(settings, lake, inp, models, lambda msg: bar.update(task, description=msg))
-    with cycle.Timer(timings, "risk"):
-        cycle.risk_gate(settings, inp, res)
-    with cycle.Timer(timings, "log"):
-        cycle.write_predictions(lake, run_id, res.predictions)
-    with cycle.Timer(timings, "outcomes_and_performance"):
-        touched = cycle.record_outcomes(settings, lake, inp)
-        res.outcomes_recorded = len(touched)
-        cycle.update_performance(settings, lake, run_id, touched)
-    with cycle.Timer(timings, "drift"):
-        res.drift = cycle.check_drift(settings, lake, inp, models)
-    retrain = [h for h, d in res.drift.items() if d.get("retrain")]
-    retrained: dict = {}
-    if retrain and args.source != "live":
-        from services.training.train import train
-
-        console.print(f"drift in {', '.join(retrain)}: retraining ({settings.run.retrain_budget} budget)")
-        with cycle.Timer(timings, "retrain"):
-            results = train(settings, args.source, lake, until=ms_to_iso(as_of), horizons=retrain,
-                            budget=settings.run.retrain_budget)
-        retrained = {h: {"version": m.get("version"), "promoted": m.get("gate", {}).get("promote"),
-                         "error": m.get("message")} for h, m in results.items()}
-    res.timings = timings
-    doc = cycle.summary(inp, res, trained, {"retrained": retrained, "quality_key": report.quality_key,
-                                            "fetch_failures": len(report.failures),
-                                            "horizons_without_model": no_model})
-    lake.put_json(f"runs/run_id={run_id}/summary.json", doc, if_absent=True)
-    console.print(signals_table(res))
-    console.print(f"run {run_id}: as-of {doc['as_of']}, {doc['coins_predicted']}/{doc['coins_total']} coins predicted, "
-                  f"{doc['predictions']} predictions, {doc['actionable']} actionable, {len(doc['signals'])} signals "
-                  f"({doc['tradable_signals']} past the risk gate), "
+    runner.save_ref(lake, ref)
+    with _step_progress(settings, lake, "running") as (ctx, on_step):
+        result = runner.run_pipeline(ctx, ref, on_step=on_step)
+    doc = lake.get_json(summary_key(ref.run_id))
+    if ctx.output(ref.run_id, "validate") is not None:
+        _print_ingest(ctx, ref)
+    console.print(signals_table(served_predictions(ctx, ref), doc["signals"]))
+    retrain = (ctx.output(ref.run_id, "drift").retrain if ctx.output(ref.run_id, "drift") else [])
+    console.print(f"run {ref.run_id}: as-of {doc['as_of']}, {doc['coins_predicted']}/{doc['coins_total']} coins predicted, "
+                  f"{doc['predictions']} predictions ({doc['new_predictions']} new), {doc['actionable']} actionable, "
+                  f"{len(doc['signals'])} signals ({doc['tradable_signals']} past the risk gate), "
                   f"{doc['outcomes_recorded']} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
-                  f"summary runs/run_id={run_id}/summary.json")
-    for h, why in res.uncertified.items():
+                  f"summary {summary_key(ref.run_id)}")
+    for h, why in doc["uncertified_horizons"].items():
         console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {why}")
+    for h, why in doc["horizons_without_model"].items():
+        console.print(f"[yellow]{h} has no model[/]: {why}")
+    if result.status != "complete":
+        for f in doc["failures"]:
+            console.print(f"[red]step {f['step']}{'[' + f['item'] + ']' if f.get('item') else ''} failed[/]: "
+                          f"[{f['code']}] {f['message']}")
+        console.print("the run is not complete; running the same command again finishes it (steps that landed are kept)")
+        return 1
+    return 0
+
+
+def cmd_step(args: argparse.Namespace, settings: Settings) -> int:
+    """One pipeline step alone, from what the lake holds: the call a Lambda handler makes."""
+    lake = _lake(args, settings)
+    if args.run_id:
+        ref = runner.load_ref(lake, args.run_id)
+    elif args.source:
+        ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
+        runner.save_ref(lake, ref)
+    else:
+        raise CstError("step_needs_run", "give --run-id of a stored run, or --source (and --as-of) to start one")
+    with _step_progress(settings, lake, f"step {args.name}") as (ctx, _):
+        out = runner.run_step(ctx, args.name, ref, args.item)
+    print(out.model_dump_json(indent=2))
     return 0
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from services.training.train import train
 
-    lake = open_lake(args.lake or settings.lake.uri, region=settings.aws_region)
+    lake = _lake(args, settings)
     horizons = [h for h in args.horizons.split(",") if h] if args.horizons else None
+    if args.run_id:
+        run_id = args.run_id
+    elif args.source:
+        # Files reach training through the lake: imported as a run's staged series, then read from there.
+        ref = runner.make_ref(settings, args.source, iso_to_ms(args.until) if args.until else _as_of(None))
+        runner.save_ref(lake, ref)
+        with _step_progress(settings, lake, f"importing {args.source}") as (ctx, _):
+            runner.run_step(ctx, "ingest", ref)
+        run_id = ref.run_id
+    else:
+        raise CstError("train_needs_data", "give --source DIR (imported into the lake first) or --run-id of a run")
     with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("training", total=None)
-        results = train(settings, args.source, lake, until=args.until, horizons=horizons, budget=args.budget,
+        results = train(settings, lake, run_id, until=args.until, horizons=horizons, budget=args.budget,
                         tick=lambda msg: bar.update(task, description=msg))
     console.print(training_table(results))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from services.training.evaluate import evaluate
+    from services.evaluation.evaluate import evaluate
 
     horizons = [h for h in args.horizons.split(",") if h] if getattr(args, "horizons", None) else None
     if args.command == "backtest":
@@ -345,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", help="judge as if now were this UTC time; later rows are not read")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("train", help="train per-horizon models from a directory of files into the lake's registry")
-    p.add_argument("--source", required=True, help="directory laid out like ../shared/data")
+    p = sub.add_parser("train", help="train per-horizon models on the lake's stored history into its registry")
+    p.add_argument("--source", help="directory laid out like ../shared/data, imported into the lake first")
+    p.add_argument("--run-id", help="train on the series this stored run landed (instead of --source)")
     p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
     p.add_argument("--until", help="train on data published strictly before this UTC date/time")
     p.add_argument("--horizons", help="comma-separated, default all: 1h,24h,7d,30d")
@@ -368,12 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_evaluate)
 
     for name, func, text in (("ingest", cmd_ingest, "land raw data and the quality report in the lake"),
-                             ("run", cmd_run, "the main job: ingest, quality, features, predict, filter, consensus, risk, log, outcomes, drift")):
+                             ("import", cmd_import, "land a directory of recorded files in the lake (the history training reads)"),
+                             ("run", cmd_run, "the main job: every pipeline step, " + " -> ".join(STEPS))):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--source", default="live", help="'live' (exchange + public APIs) or a directory of files")
+        p.add_argument("--source", default="live" if name != "import" else None, required=name == "import",
+                       help="'live' (exchange + public APIs) or a directory of files")
         p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
         p.add_argument("--as-of", help="replay as if now were this UTC time")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("step", help="run one pipeline step alone from what the lake holds (what a Lambda handler does)")
+    p.add_argument("name", choices=list(STEPS), help="the step")
+    p.add_argument("--run-id", help="a run stored in the lake (its source and as-of are read from there)")
+    p.add_argument("--source", help="start a new run from this source ('live' or a directory) instead of --run-id")
+    p.add_argument("--as-of", help="with --source: the run's as-of")
+    p.add_argument("--item", help="the element of a Map step (predict: a horizon, e.g. 24h)")
+    p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
+    p.set_defaults(func=cmd_step)
     return parser
 
 

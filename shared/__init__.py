@@ -1,1 +1,1 @@
-"""cst's common package: settings, secrets, storage, contracts, logging."""
+"""cst's common package, imported by every service and importing none: settings, storage, contracts, logging, math."""

@@ -140,6 +140,10 @@ class FeatureSettings(BaseModel):
     # The price series used per coin: the first quote found in this order.
     quote_preference: list[str] = ["USD", "USDT", "USDC", "EUR"]
     fear_greed_extremes: tuple[float, float] = (25.0, 75.0)
+    # Fear & Greed changes over these many days (features fg_chg_<k>): the day's move and the week's.
+    fear_greed_changes: list[int] = [1, 7]
+    # On-chain log growth over these many days (features oc_<metric>_g<k>): a week and a month of activity.
+    onchain_growth: list[int] = [7, 30]
     # Network metrics used as market-wide features when the onchain layer is declared (series symbols).
     onchain_series: list[str] = ["BTC.hash-rate", "BTC.n-transactions-total", "BTC.transaction-fees", "BTC.output-volume"]
     sets: dict[str, FeatureSet] = {
@@ -183,6 +187,11 @@ class HorizonSpec(BaseModel):
     # The sequence network sees this many consecutive feature rows.
     sequence_length: int
 
+    @property
+    def length_ms(self) -> int:
+        """How long the horizon is: `bars` candles of `timeframe`, in milliseconds."""
+        return self.bars * timeframe_ms(self.timeframe)
+
 
 class Budget(BaseModel):
     """How much search and training one retrain may spend (per horizon)."""
@@ -209,10 +218,33 @@ class TrainingSettings(BaseModel):
         "quick": Budget(folds=3, trials={"lr": 4, "gbt": 3, "gru": 1}, timeout_s=90, epochs=6, gbt_max_estimators=150),
         "full": Budget(folds=5, trials={"lr": 12, "gbt": 16, "gru": 4}, timeout_s=240, epochs=20, gbt_max_estimators=400),
     }
+    # A horizon trains only with at least this many labeled rows with full sequence windows: fewer cannot
+    # fill the walk-forward folds, the out-of-sample meta-learner and the two calibration halves.
+    min_training_rows: int = 500
+    # The first Optuna trial of each member's new study (a stored study starts from its best params instead):
+    # moderate, regularized settings that train within the quick budget on every horizon.
+    first_trial: dict[str, dict[str, int | float]] = {
+        "lr": {"C": 0.1},
+        "gbt": {"n_estimators": 150, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 100,
+                "colsample_bytree": 0.7, "reg_lambda": 1.0},
+        "gru": {"hidden": 32, "dropout": 0.1, "lr": 2e-3, "weight_decay": 1e-4},
+    }
     # Venn-Abers and the other calibrators are tabulated on this many score points for export.
     calibration_grid: int = 512
+    # Tables that are only scored, never exported (choosing the calibration method, the held-out probe), use at
+    # most this many points: enough to rank the methods, at a quarter of the export grid's cost.
+    calibration_probe_grid: int = 128
+    # Return-quantile models (q10/q50/q90 size orders; they are not tuned): LightGBM quantile regression with
+    # the gbt member's starting shape and at most this many trees (the budget's gbt_max_estimators caps it too).
+    quantile_max_estimators: int = 150
+    quantile_num_leaves: int = 15
+    quantile_learning_rate: float = 0.05
+    quantile_min_child_samples: int = 100
     # A new model replaces CURRENT only if its CV Brier is not worse than the current one's by more than this.
     gate_brier_tolerance: float = 0.002
+    # The gate compares both models on validation rows the current one never saw when at least this many exist
+    # (fewer make the Brier difference noise); otherwise it compares their CV figures.
+    gate_min_unseen_rows: int = 100
     shap_top_k: int = 5
     shap_background: int = 16
     shap_permutations: int = 2
@@ -236,6 +268,9 @@ class RunSettings(BaseModel):
     recent_outcomes: int = 300
     # Rows per coin (decision times) compared with the training distribution for PSI.
     drift_window: dict[str, int] = {"1h": 72, "1d": 60}
+    # Feature drift (PSI over deciles) is judged only on at least this many recent rows: fewer leave most
+    # deciles nearly empty and the index noise.
+    psi_min_rows: int = 30
     # Rolling window of outcomes for the per coin / horizon performance figures.
     performance_window: int = 50
     retrain_budget: str = "quick"
@@ -257,21 +292,29 @@ class RiskSettings(BaseModel):
 
     initial_equity: float = 100_000.0
     fee_bps: float = 10.0  # per side, on traded notional
-    allow_short: bool = False  # spot
+    allow_short: bool = False  # spot: shorts are turned away (and counted) unless enabled
     kelly_fraction: float = 0.25
     max_position: float = 0.10  # share of equity
     target_daily_vol: float = 0.02
+    # Daily log returns in the volatility (sample std); all must exist.
     vol_window: int = 30
+    # Daily log returns handed to the correlation guard and the mean-variance covariance.
     corr_window: int = 60
+    # Days of quote volume in the average daily volume; all must exist.
     adv_window: int = 30
-    guards: bool = True
+    guards: bool = True  # apply the guards of services/risk/guards.py
     guard_names: tuple[str, ...] = ("liquidity", "correlation", "drawdown", "cost")
     # Per-guard parameters, e.g. {"drawdown": {"max_drawdown": 0.15}, "liquidity": {"min_adv_quote": 5e6}}.
     guard_params: dict[str, dict] = {}
+    # Gross exposure the book may reach, as a share of equity (1.0 = no leverage): spot cannot spend more than it has.
     max_gross_exposure: float = 1.0
+    # Exit when a position has lost this fraction since entry, judged at closes only (no intraday data); None = off.
     stop_loss: float | None = None
-    # "kelly" (per signal) or "mean_variance" (the day's signals together, Ledoit-Wolf covariance).
+    # "kelly": fractional Kelly x volatility targeting per order; "mean_variance": the day's long orders
+    # together, inv(Sigma) mu with a Ledoit-Wolf covariance, scaled to target_daily_vol, capped per position.
     allocation: Literal["kelly", "mean_variance"] = "kelly"
+    # Annualisation of daily figures (CAGR, Sharpe, turnover): crypto trades every day of the year.
+    periods_per_year: float = 365.0
 
 
 class Settings(BaseSettings):

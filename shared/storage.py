@@ -58,6 +58,8 @@ class LocalLake(Lake):
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         path = self._path(key)
+        if if_absent and path.is_file():
+            return False  # the common case (re-landing what is there) costs one stat, not a written copy
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
         try:
@@ -88,14 +90,20 @@ class LocalLake(Lake):
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
-        if not self.root.exists():
+        # Walk only the folder the prefix names (its last part may be a partial name): the cost follows
+        # what is asked for, not the size of the lake.
+        folder, _, stem = prefix.rpartition("/")
+        base = self.root / folder if folder else self.root
+        if not base.is_dir():
             return []
         keys = []
-        for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
-                key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    keys.append(key)
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            rel = "" if rel == "." else rel + "/"
+            if rel == (folder + "/" if folder else ""):
+                dirnames[:] = [d for d in dirnames if d.startswith(stem)]
+                filenames = [f for f in filenames if f.startswith(stem)]
+            keys.extend(rel + f for f in filenames if not f.startswith(".tmp-"))
         return sorted(keys)
 
 

@@ -1,1 +1,1 @@
-"""Features: the quality gate now; point-in-time feature fusion arrives with its issue."""
+"""Features: the quality gate, point-in-time fusion of every layer, the one feature registry and the Parquet store."""

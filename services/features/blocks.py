@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from services.features import indicators as ind
-from services.features.registry import feature_block
+from services.features.joins import join_as_of
+from services.features.registry import REGISTRY, FeatureBlock, feature_block
+from shared.rolling import (
+    log_return,
+    rolling_beta_corr,
+    rolling_mean,
+    rolling_std,
+    rolling_zscore,
+)
 from shared.settings import FeatureSet, FeatureSettings
 
 # ---- per coin (1-D arrays of one contiguous history) ------------------------------------------------
@@ -15,15 +23,15 @@ from shared.settings import FeatureSet, FeatureSettings
                lookback=lambda fs, fst: max(fs.return_lookbacks),
                outputs=lambda fs, fst: [f"ret_{k}" for k in fs.return_lookbacks])
 def returns(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
-    return {f"ret_{k}": ind.log_return(seg["close"], k) for k in fs.return_lookbacks}
+    return {f"ret_{k}": log_return(seg["close"], k) for k in fs.return_lookbacks}
 
 
 @feature_block("volatility", kind="coin", layer="price", inputs=("high", "low", "close"),
                lookback=lambda fs, fst: max(max(fs.vol_windows) + 1, fst.atr_period + 1, fst.parkinson_window),
                outputs=lambda fs, fst: [f"rvol_{w}" for w in fs.vol_windows] + ["atr", "parkinson"])
 def volatility(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
-    r1 = ind.log_return(seg["close"], 1)
-    out = {f"rvol_{w}": ind.rolling_std(r1, w) for w in fs.vol_windows}
+    r1 = log_return(seg["close"], 1)
+    out = {f"rvol_{w}": rolling_std(r1, w) for w in fs.vol_windows}
     out["atr"] = ind.atr_ratio(seg["high"], seg["low"], seg["close"], fst.atr_period)
     out["parkinson"] = ind.parkinson(seg["high"], seg["low"], fst.parkinson_window)
     return out
@@ -50,9 +58,9 @@ def volume(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> 
         lv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)  # zero volume has no log: the row drops
     w = fs.zscore_window
     return {
-        "volume_z": ind.rolling_zscore(lv, w),
+        "volume_z": rolling_zscore(lv, w),
         # Today's volume against the trailing mean, in logs: scale-free, so units (base or quote) do not matter.
-        "volume_rel": lv - ind.rolling_mean(lv, w),
+        "volume_rel": lv - rolling_mean(lv, w),
         "obv_flow": ind.obv_flow(seg["close"], v, w),
     }
 
@@ -67,8 +75,6 @@ def liquidity(layers: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], decis
     `layers` maps "trades" / "orderbook" to (timestamps, fields) of this coin. A bar without its trade
     bucket, or without a book snapshot taken within one bar before the decision time, has no value.
     """
-    from services.features.frame import join_as_of
-
     out = {n: np.full(decision.size, np.nan) for n in ("whale_share", "whale_buy_share", "spread_bps", "depth_imbalance")}
     if "trades" in layers:
         ts, f = layers["trades"]
@@ -94,17 +100,19 @@ def liquidity(layers: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], decis
 
 @feature_block("fear_greed", kind="market", layer="sentiment", inputs=("sentiment/1d/market",),
                lookback=lambda fs, fst: fs.zscore_window,
-               outputs=lambda fs, fst: ["fg_level", "fg_chg_1", "fg_chg_7", "fg_extreme", "fg_z"])
+               outputs=lambda fs, fst: ["fg_level", *[f"fg_chg_{k}" for k in fst.fear_greed_changes],
+                                        "fg_extreme", "fg_z"])
 def fear_greed(daily: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     v = daily["sentiment/1d/market"]
     lo, hi = fst.fear_greed_extremes
     extreme = np.where(v <= lo, -1.0, np.where(v >= hi, 1.0, 0.0))
+    # The index runs from 0 to 100: level and changes are scaled to [0, 1] and [-1, 1].
     return {
         "fg_level": v / 100.0,
-        "fg_chg_1": np.concatenate([[np.nan], np.diff(v)]) / 100.0,
-        "fg_chg_7": np.concatenate([np.full(7, np.nan), v[7:] - v[:-7]])[: v.size] / 100.0,
+        **{f"fg_chg_{k}": np.concatenate([np.full(k, np.nan), v[k:] - v[:-k]])[: v.size] / 100.0
+           for k in fst.fear_greed_changes},
         "fg_extreme": np.where(np.isfinite(v), extreme, np.nan),
-        "fg_z": ind.rolling_zscore(v, fs.zscore_window),
+        "fg_z": rolling_zscore(v, fs.zscore_window),
     }
 
 
@@ -117,8 +125,9 @@ def _onchain_name(key: str) -> str:
 
 
 @feature_block("onchain", kind="market", layer="onchain", inputs=("onchain/1d/*",),
-               lookback=lambda fs, fst: 30 + fs.zscore_window,
-               outputs=lambda fs, fst: [f"{_onchain_name(k)}_{s}" for k in _onchain_keys(fst) for s in ("g7", "g30", "z")])
+               lookback=lambda fs, fst: max(fst.onchain_growth) + fs.zscore_window,
+               outputs=lambda fs, fst: [f"{_onchain_name(k)}_{s}" for k in _onchain_keys(fst)
+                                        for s in (*[f"g{g}" for g in fst.onchain_growth], "z")])
 def onchain(daily: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key in _onchain_keys(fst):
@@ -128,9 +137,9 @@ def onchain(daily: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) 
             continue  # absent layer: the frame marks these features missing, the rows drop with the reason
         with np.errstate(divide="ignore", invalid="ignore"):
             lv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)
-        out[f"{name}_g7"] = ind.log_return(np.exp(lv), 7)
-        out[f"{name}_g30"] = ind.log_return(np.exp(lv), 30)
-        out[f"{name}_z"] = ind.rolling_zscore(lv, fs.zscore_window)
+        for g in fst.onchain_growth:
+            out[f"{name}_g{g}"] = log_return(np.exp(lv), g)
+        out[f"{name}_z"] = rolling_zscore(lv, fs.zscore_window)
     return out
 
 
@@ -180,8 +189,8 @@ def beta(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: Fe
     r1 = panel["ret_1"]
     lead = fst.reference_coins[0]
     ref = r1[:, coins.index(lead)] if lead in coins else np.full(r1.shape[0], np.nan)
-    b_btc, c_btc = ind.rolling_beta_corr(r1, ref, fs.beta_window)
-    b_mkt, c_mkt = ind.rolling_beta_corr(r1, market_return(r1, coins, fst), fs.beta_window)
+    b_btc, c_btc = rolling_beta_corr(r1, ref, fs.beta_window)
+    b_mkt, c_mkt = rolling_beta_corr(r1, market_return(r1, coins, fst), fs.beta_window)
     return {"beta_btc": b_btc, "corr_btc": c_btc, "beta_mkt": b_mkt, "corr_mkt": c_mkt}
 
 
@@ -230,3 +239,18 @@ def lead_lag(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst
         out[f"{c.lower()}_ret_1"] = np.broadcast_to(ref[:, None], r1.shape)
         out[f"{c.lower()}_ret_1_lag1"] = np.broadcast_to(lag[:, None], r1.shape)
     return out
+
+
+# ---- selection (here, below every registration: asking for blocks means they are registered) --------
+
+
+def blocks_for(fs: FeatureSet) -> list[FeatureBlock]:
+    """The blocks of the declared layers, in registration order (the column order of the frame)."""
+    unknown = set(fs.layers) - {b.layer for b in REGISTRY.values()}
+    if unknown:
+        raise ValueError(f"feature set names layers no block provides: {sorted(unknown)}")
+    return [b for b in REGISTRY.values() if b.layer in fs.layers]
+
+
+def feature_names(fs: FeatureSet, fst: FeatureSettings) -> list[str]:
+    return [n for b in blocks_for(fs) for n in b.outputs(fs, fst)]

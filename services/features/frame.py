@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.features.blocks import blocks_for
 from services.features.indicators import segments
+from services.features.joins import join_as_of
 from services.features.quality.gate import publication_lag_ms
-from services.features.registry import FeatureBlock, blocks_for
+from services.features.registry import FeatureBlock
 from shared.contracts import Series
 from shared.settings import FeatureSet, Settings, timeframe_ms
 
@@ -108,7 +110,7 @@ def _coin_layers(clean: dict[str, Series], coin: str) -> dict[str, tuple[np.ndar
 
 def _daily_grid(series: Series) -> tuple[np.ndarray, np.ndarray]:
     """A daily series on its own day grid, NaN on missing days (so a missing day stays missing)."""
-    day = 86_400_000
+    day = timeframe_ms("1d")
     lo = int(series.ts[0]) - int(series.ts[0]) % day
     grid = np.arange(lo, int(series.ts[-1]) + day, day, dtype=np.int64)
     v = np.full(grid.size, np.nan)
@@ -116,15 +118,6 @@ def _daily_grid(series: Series) -> tuple[np.ndarray, np.ndarray]:
     keep = (series.ts - lo) % day == 0
     v[idx[keep]] = series.fields["value"][keep]
     return grid, v
-
-
-def join_as_of(pub_ts: np.ndarray, values: np.ndarray, at: np.ndarray, max_age_ms: int) -> np.ndarray:
-    """Value published last at or before each `at`, if published within max_age; otherwise NaN."""
-    i = np.searchsorted(pub_ts, at, side="right") - 1
-    ok = i >= 0
-    ic = np.clip(i, 0, None)
-    fresh = ok & (at - pub_ts[ic] <= max_age_ms)
-    return np.where(fresh, values[ic], np.nan)
 
 
 def _market_features(block: FeatureBlock, clean: dict[str, Series], decision_ts: np.ndarray, fs: FeatureSet,
@@ -147,11 +140,12 @@ def _market_features(block: FeatureBlock, clean: dict[str, Series], decision_ts:
     # Blocks may combine series only on a shared grid: align all inputs of this block on one union grid.
     lo = min(g[0] for g in grids.values())
     hi = max(g[-1] for g in grids.values())
-    grid = np.arange(lo, hi + 86_400_000, 86_400_000, dtype=np.int64)
+    day = timeframe_ms("1d")
+    grid = np.arange(lo, hi + day, day, dtype=np.int64)
     aligned = {}
     for key, v in daily.items():
         a = np.full(grid.size, np.nan)
-        a[((grids[key] - lo) // 86_400_000).astype(np.int64)] = v
+        a[((grids[key] - lo) // day).astype(np.int64)] = v
         aligned[key] = a
     values = block.fn(aligned, fs, settings.features)
     lag = publication_lag_ms(block.layer, "1d", quality)

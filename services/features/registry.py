@@ -3,7 +3,8 @@
 Four kinds of block: `coin` blocks run on one coin's contiguous history (1-D arrays), `coin_join`
 blocks join a coin's other layers (trades, order books) as-of onto its grid, `market` blocks a
 market-wide series joined as-of, and `cross` blocks run on the T x N panel of all coins.
-Adding a feature is one function here-in-spirit: one decorated function in blocks.py.
+Adding a feature is one decorated function in blocks.py, which also selects a feature set's blocks
+(`blocks_for`), so whoever asks for blocks has them registered.
 """
 
 from __future__ import annotations
@@ -44,16 +45,3 @@ def feature_block(name: str, *, kind: Kind, layer: str, inputs: tuple[str, ...],
 
     return wrap
 
-
-def blocks_for(fs: FeatureSet) -> list[FeatureBlock]:
-    """The blocks of the declared layers, in registration order (the column order of the frame)."""
-    import services.features.blocks  # noqa: F401 - registers the blocks
-
-    unknown = set(fs.layers) - {b.layer for b in REGISTRY.values()}
-    if unknown:
-        raise ValueError(f"feature set names layers no block provides: {sorted(unknown)}")
-    return [b for b in REGISTRY.values() if b.layer in fs.layers]
-
-
-def feature_names(fs: FeatureSet, fst: FeatureSettings) -> list[str]:
-    return [n for b in blocks_for(fs) for n in b.outputs(fs, fst)]

@@ -1,20 +1,31 @@
-"""Feature frames in the lake as Parquet, partitioned by timeframe and date of the decision time."""
+"""Feature frames and price panels in the lake as Parquet, partitioned by timeframe and date of the decision time.
+
+A partition is rewritten only when its content changed (a manifest keeps each partition's digest), so a run
+writes the few partitions its new rows touch, and readers take only the partitions of the time range they need.
+A row at time t uses only data published by t, so a later run's partition holds the same rows up to t.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.features.frame import FeatureFrame
+from services.features.frame import PRICE, FeatureFrame, Panel
+from shared.datasets import get_table
+from shared.errors import LakeKeyNotFound
+from shared.settings import timeframe_ms
 from shared.storage import Lake
 
 # Partition granularity per timeframe: a daily frame split per day would be thousands of
 # twelve-row files that cost more to list and open than they save; months keep parts ~100s of rows.
 PARTITION = {"1d": "M", "1w": "M"}
+_DATE = re.compile(r"/date=([0-9-]+)/part\.parquet$")
 
 
 def _partition(ts: np.ndarray, timeframe: str) -> np.ndarray:
@@ -46,28 +57,115 @@ def table_to_frame(table: pa.Table) -> FeatureFrame:
     )
 
 
-def write_frame(lake: Lake, frame: FeatureFrame) -> list[str]:
-    """One part per (timeframe, date partition); rewriting a partition replaces it whole (atomic put)."""
-    if len(frame) == 0:
-        return []
-    part = _partition(frame.ts, frame.timeframe)
+def _write_partitions(lake: Lake, dataset: str, timeframe: str, ts: np.ndarray, table: pa.Table) -> int:
+    """Write each date partition of `table` whose bytes differ from the stored one; returns how many were written."""
+    manifest_key = f"{dataset}/timeframe={timeframe}/_manifest.json"
+    try:
+        manifest = lake.get_json(manifest_key)
+    except LakeKeyNotFound:
+        manifest = {}
+    part = _partition(ts, timeframe)
     order = np.argsort(part, kind="stable")
     bounds = np.flatnonzero(np.diff(part[order].astype(np.int64))) + 1
-    table = frame_to_table(frame)
-    keys = []
+    written = 0
     for idx in np.split(order, bounds):
+        if idx.size == 0:
+            continue
         date = str(part[idx[0]])
         buf = io.BytesIO()
         pq.write_table(table.take(pa.array(idx)), buf, compression="zstd")
-        key = f"features/timeframe={frame.timeframe}/date={date}/part.parquet"
-        lake.put(key, buf.getvalue())
-        keys.append(key)
+        blob = buf.getvalue()
+        digest = hashlib.sha256(blob).hexdigest()[:32]
+        if manifest.get(date) == digest:
+            continue
+        lake.put(f"{dataset}/timeframe={timeframe}/date={date}/part.parquet", blob)
+        manifest[date] = digest
+        written += 1
+    if written:
+        lake.put_json(manifest_key, manifest)
+    return written
+
+
+def _partition_keys(lake: Lake, dataset: str, timeframe: str, since_ms: int | None, until_ms: int | None) -> list[str]:
+    lo = None if since_ms is None else str(_partition(np.array([since_ms]), timeframe)[0])
+    hi = None if until_ms is None else str(_partition(np.array([until_ms]), timeframe)[0])
+    keys = []
+    for k in lake.list(f"{dataset}/timeframe={timeframe}/date="):
+        m = _DATE.search(k)
+        if m and (lo is None or m[1] >= lo) and (hi is None or m[1] <= hi):
+            keys.append(k)
     return keys
 
 
-def read_frame(lake: Lake, timeframe: str) -> FeatureFrame:
-    keys = [k for k in lake.list(f"features/timeframe={timeframe}/") if k.endswith(".parquet")]
+def write_frame(lake: Lake, frame: FeatureFrame) -> int:
+    if len(frame) == 0:
+        return 0
+    return _write_partitions(lake, "features", frame.timeframe, frame.ts, frame_to_table(frame))
+
+
+def read_frame(lake: Lake, timeframe: str, since_ms: int | None = None, until_ms: int | None = None) -> FeatureFrame | None:
+    """Rows with since <= ts <= until (either open), in stored order (time, then coin); None when none are stored."""
+    keys = _partition_keys(lake, "features", timeframe, since_ms, until_ms)
     if not keys:
-        raise FileNotFoundError(f"no features for timeframe {timeframe} in {lake.uri}")
-    tables = [pq.read_table(io.BytesIO(lake.get(k))) for k in keys]
-    return table_to_frame(pa.concat_tables(tables))
+        return None
+    frame = table_to_frame(pa.concat_tables([get_table(lake, k) for k in keys]))
+    keep = np.ones(len(frame), bool)
+    if since_ms is not None:
+        keep &= frame.ts >= since_ms
+    if until_ms is not None:
+        keep &= frame.ts <= until_ms
+    if keep.all():
+        return frame
+    frame.ts, frame.coin, frame.X = frame.ts[keep], frame.coin[keep], frame.X[keep]
+    return frame
+
+
+def write_panel(lake: Lake, panel: Panel) -> int:
+    """Cells with any value, long format; the coin list, unusable fields and notes ride in the metadata."""
+    if not panel.open_ts.size or not panel.coins:
+        return 0
+    T, N = panel.fields["close"].shape
+    present = np.zeros((T, N), bool)
+    for f in (*PRICE, "volume"):
+        present |= np.isfinite(panel.fields[f])
+    rows, cols = np.nonzero(present)
+    meta = {"timeframe": panel.timeframe, "coins": panel.coins, "notes": panel.notes,
+            "unavailable": {c: sorted(v) for c, v in panel.unavailable.items()}}
+    table = pa.table({
+        "open_ts": pa.array(panel.open_ts[rows], pa.int64()),
+        "coin": pa.array(np.asarray(panel.coins, dtype=object)[cols].astype(str), pa.string()),
+        **{f: pa.array(panel.fields[f][rows, cols], pa.float64()) for f in (*PRICE, "volume")},
+    }).replace_schema_metadata({"cst": json.dumps(meta)})
+    return _write_partitions(lake, "panels", panel.timeframe, panel.open_ts[rows], table)
+
+
+def read_panel(lake: Lake, timeframe: str, since_ms: int | None = None, until_ms: int | None = None) -> Panel | None:
+    """Candles opened in since..until on a contiguous grid (NaN where a coin has none); None when none are stored."""
+    keys = _partition_keys(lake, "panels", timeframe, since_ms, until_ms)
+    if not keys:
+        return None
+    tables = [get_table(lake, k) for k in keys]
+    meta = json.loads(tables[-1].schema.metadata[b"cst"])
+    t = pa.concat_tables(tables)
+    ts = t.column("open_ts").to_numpy()
+    keep = np.ones(ts.size, bool)
+    if since_ms is not None:
+        keep &= ts >= since_ms
+    if until_ms is not None:
+        keep &= ts <= until_ms
+    coins = meta["coins"]
+    step = timeframe_ms(timeframe)
+    if not keep.any():
+        return Panel(timeframe, np.zeros(0, np.int64), coins, {f: np.zeros((0, len(coins))) for f in (*PRICE, "volume")},
+                     {c: set(v) for c, v in meta["unavailable"].items()}, meta["notes"])
+    ts = ts[keep]
+    grid = np.arange(ts.min(), ts.max() + step, step, dtype=np.int64)
+    col = {c: j for j, c in enumerate(coins)}
+    j = np.asarray([col[c] for c in np.asarray(t.column("coin").to_pylist(), dtype=object)[keep]], dtype=np.int64)
+    i = (ts - grid[0]) // step
+    fields = {}
+    for f in (*PRICE, "volume"):
+        a = np.full((grid.size, len(coins)), np.nan, order="F")
+        a[i, j] = t.column(f).to_numpy()[keep]
+        fields[f] = a
+    return Panel(timeframe, grid, coins, fields, {c: set(v) for c, v in meta["unavailable"].items()}, meta["notes"])

@@ -1,1 +1,1 @@
-"""Prediction (ONNX inference, confidence filter, consensus, logging): built with the main-job issue."""
+"""Prediction: ONNX inference with SHAP, the confidence filter and consensus, logging, outcomes, performance, drift."""

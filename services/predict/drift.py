@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.metrics import ece
+from shared.settings import RunSettings
 
 
 def psi(reference: dict, X: np.ndarray, floor: float = 1e-4) -> np.ndarray:
@@ -21,11 +22,11 @@ def psi(reference: dict, X: np.ndarray, floor: float = 1e-4) -> np.ndarray:
 
 
 def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: list[dict], cv_brier: float,
-          cfg) -> dict:
+          cfg: RunSettings) -> dict:
     """The drift report of one horizon; `retrain` says whether any drift crossed its threshold."""
     report: dict = {"rows_compared": int(X_recent.shape[0]), "outcomes": len(outcomes)}
     reasons = []
-    if X_recent.shape[0] < 30:
+    if X_recent.shape[0] < cfg.psi_min_rows:
         report["psi_note"] = "too few decision times after the training window: feature drift not judged yet"
     else:
         values = psi(reference, X_recent)

@@ -3,7 +3,7 @@
 Workers are spawned (no forked ONNX thread pools) and each loads the model once from the lake. The
 permutations are drawn from the seed before any row is touched, so a chunked result is identical to
 the in-process one. Below `pool_min_rows` the work stays in the horizon's thread (horizons already run
-side by side, see `cycle.predict_all`), since spawning workers that load the model costs about a second
+side by side, see `runner.run_pipeline`), since spawning workers that load the model costs about a second
 (measured in benchmarks/bench_predict.py).
 """
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from services.predict.backtest import Signal
-from shared.settings import HorizonSpec
-
 
 def actionable(confidence: float, threshold: float) -> bool:
     return confidence >= threshold
@@ -36,17 +33,3 @@ def consensus(predictions: list[dict], min_horizons: int) -> list[dict]:
         })
     return signals
 
-
-def orders_from_signals(signals: list[dict], horizons: dict[str, HorizonSpec]) -> list[Signal]:
-    """Consensus signals as orders for the risk gate and the backtest: sized and held by the shortest agreeing
-    daily horizon (its probability, quantiles and decision time); signals without a daily horizon are left out."""
-    out = []
-    for s in signals:
-        daily = [h for h in s["horizons"] if horizons[h].timeframe == "1d" and h in s["q"]]
-        if not daily:
-            continue
-        h = min(daily, key=lambda k: horizons[k].bars)
-        q10, q50, q90 = s["q"][h]
-        out.append(Signal(int(s["decision_ts"][h]), s["coin"], 1 if s["direction"] == "up" else -1,
-                          float(s["p_up"][h]), float(q10), float(q50), float(q90), horizons[h].bars))
-    return out

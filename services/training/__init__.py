@@ -1,1 +1,1 @@
-"""Training (labels, walk-forward CV, ensembles, calibration, ONNX export): built with the training issue."""
+"""Training: labels, purged walk-forward CV, tuned base learners, stacking, calibration, ONNX export, the registry."""

@@ -138,14 +138,14 @@ def recentre(table: np.ndarray, at: np.ndarray, rate: float) -> float:
     return float(brentq(lambda d: float(np.mean(sigmoid(z + d))) - rate, -20, 20))
 
 
-def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512, *, ts: np.ndarray | None = None,
+def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int, *, probe_grid: int, ts: np.ndarray | None = None,
                    horizon_ms: int | None = None, base_rate: float | None = None) -> Calibrator:
     """Choose the point method on the later half (fit on the earlier), then refit it on all of s.
 
     The interval is always the Venn-Abers pair [p0, p1] (widened to contain the point): its bounds
     are valid under exchangeability whatever the underlying model, which a spread of ensemble
     members or a conformal interval on a probability would not give per prediction. Rows are weighted
-    by `effective_weight(ts, horizon_ms)`.
+    by `effective_weight(ts, horizon_ms)`. The tables that only choose the method have at most `probe_grid` points.
 
     With `base_rate` (the up-rate over ALL training labels) the table's level is moved, in logit space,
     to that rate: the calibration rows span a few years at most, one or two market regimes, and their
@@ -156,7 +156,7 @@ def fit_calibrator(s: np.ndarray, y: np.ndarray, grid_size: int = 512, *, ts: np
     order = np.arange(s.size)  # s arrives in time order
     half = s.size // 2
     fit_i, val_i = order[:half], order[half:]
-    grid_fit = _grid(s[fit_i], min(grid_size, 128))
+    grid_fit = _grid(s[fit_i], min(grid_size, probe_grid))
     scores = {}
     for method in METHODS:
         table = _point_table(method, s[fit_i], y[fit_i], np.clip(grid_fit, s[fit_i].min(), s[fit_i].max()))

@@ -99,17 +99,18 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     tick = tick or (lambda _msg: None)
     prep = prepare(frame, panel, spec, cfg.dead_zone)
     ds = prep.ds
-    if len(ds) < 500:
+    if len(ds) < cfg.min_training_rows:
         raise CstError("too_few_rows", f"{horizon}: {len(ds)} labeled rows with full sequence windows before the "
-                                       f"cut-off (excluded: {prep.excluded}); at least 500 are needed")
-    horizon_ms = spec.bars * timeframe_ms(spec.timeframe)
+                                       f"cut-off (excluded: {prep.excluded}); at least {cfg.min_training_rows} "
+                                       "are needed")
+    horizon_ms = spec.length_ms
     folds = walk_forward(ds.ts, horizon_ms, budget.folds)
     test_rows = np.concatenate([f.test for f in folds])
     tuned: dict[str, TuneResult] = {}
     for m in MEMBERS:
         tick(f"{horizon}: tuning {m}")
         tuned[m] = tune_member(m, ds, folds, budget, seed=seed, lake=lake, horizon=horizon,
-                               on_trial=lambda m=m: tick(f"{horizon}: {m} trial"))
+                               first_trial=cfg.first_trial[m], on_trial=lambda m=m: tick(f"{horizon}: {m} trial"))
     oof = np.column_stack([tuned[m].oof for m in MEMBERS])
     y_oof = ds.y[test_rows]
 
@@ -127,16 +128,17 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     y_meta = np.concatenate(meta_y)
     tick(f"{horizon}: calibrating")
     ts_meta = np.concatenate(meta_ts)
-    cal = fit_calibrator(s_meta, y_meta, cfg.calibration_grid, ts=ts_meta, horizon_ms=horizon_ms,
-                         base_rate=float(ds.y.mean()))
+    cal = fit_calibrator(s_meta, y_meta, cfg.calibration_grid, probe_grid=cfg.calibration_probe_grid, ts=ts_meta,
+                         horizon_ms=horizon_ms, base_rate=float(ds.y.mean()))
 
     # Held-out figures: the calibrator chosen and fitted on the earlier half (its level from the labels
     # known by then), scored on the later half.
     half = s_meta.size // 2
     val_start = int(ts_meta[half])
     base_rate = float(ds.y[ds.ts + horizon_ms <= val_start].mean())
-    probe = fit_calibrator(s_meta[:half], y_meta[:half], min(cfg.calibration_grid, 128), ts=ts_meta[:half],
-                           horizon_ms=horizon_ms, base_rate=base_rate)
+    probe = fit_calibrator(s_meta[:half], y_meta[:half], min(cfg.calibration_grid, cfg.calibration_probe_grid),
+                           probe_grid=cfg.calibration_probe_grid, ts=ts_meta[:half], horizon_ms=horizon_ms,
+                           base_rate=base_rate)
     p_val, lo_val, hi_val = probe.transform(s_meta[half:])
     y_val = y_meta[half:]
     ref = brier(np.full(y_val.size, base_rate), y_val)
@@ -157,7 +159,9 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     members = {m: make_member(m, tuned[m].params, seed, cfg.torch_threads).fit(ds, epochs=budget.epochs)
                for m in MEMBERS}
     meta = _meta_model().fit(oof, y_oof.astype(int))
-    quant = QuantileModels(cfg.quantiles, n_estimators=min(150, budget.gbt_max_estimators), seed=seed).fit(ds.X, prep.fwd)
+    quant = QuantileModels(cfg.quantiles, n_estimators=min(cfg.quantile_max_estimators, budget.gbt_max_estimators),
+                           num_leaves=cfg.quantile_num_leaves, learning_rate=cfg.quantile_learning_rate,
+                           min_child_samples=cfg.quantile_min_child_samples, seed=seed).fit(ds.X, prep.fwd)
     # Which training rows serve as the SHAP background: a seeded sample of real rows, no values made up.
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(ds), size=min(settings.training.shap_background, len(ds)), replace=False))

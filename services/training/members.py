@@ -218,17 +218,19 @@ def make_member(name: str, params: dict, seed: int, threads: int = 2):
 class QuantileModels:
     """Forward log-return quantiles (10/50/90%) by LightGBM quantile regression, for sizing."""
 
-    def __init__(self, quantiles: tuple[float, ...], n_estimators: int = 150, seed: int = 0):
+    def __init__(self, quantiles: tuple[float, ...], n_estimators: int, num_leaves: int, learning_rate: float,
+                 min_child_samples: int, seed: int = 0):
         self.quantiles = quantiles
-        self.n_estimators = n_estimators
+        self.params = {"n_estimators": n_estimators, "num_leaves": num_leaves, "learning_rate": learning_rate,
+                       "min_child_samples": min_child_samples}
         self.seed = seed
 
     def fit(self, X: np.ndarray, r: np.ndarray) -> QuantileModels:
         import lightgbm as lgb
 
         self.models = [
-            lgb.LGBMRegressor(objective="quantile", alpha=q, n_estimators=self.n_estimators, num_leaves=15,
-                              learning_rate=0.05, min_child_samples=100, random_state=self.seed, n_jobs=2, verbose=-1).fit(X, r)
+            lgb.LGBMRegressor(objective="quantile", alpha=q, **self.params, random_state=self.seed, n_jobs=2,
+                              verbose=-1).fit(X, r)
             for q in self.quantiles
         ]
         return self

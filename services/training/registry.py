@@ -14,9 +14,10 @@ import numpy as np
 
 from services.predict.model import HorizonModel, current_version, model_prefix
 from services.training.calibration import brier
-from services.training.ensemble import Trained
+from services.training.ensemble import Trained, native_p_up
 from services.training.members import Dataset
-from shared.contracts import ms_to_iso
+from shared.contracts import iso_to_ms, ms_to_iso
+from shared.settings import HorizonSpec
 from shared.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,9 @@ def model_card(meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: float) -> dict:
-    """Compare with the CURRENT model on validation rows it never trained on; fall back to CV figures."""
+def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: float, *, min_unseen_rows: int) -> dict:
+    """Compare with the CURRENT model on at least `min_unseen_rows` validation rows it never trained on
+    (training.gate_min_unseen_rows); with fewer, compare CV figures."""
     prev = current_version(lake, t.horizon)
     new_b = t.metrics["cv_brier"]
     if prev is None:
@@ -152,13 +154,9 @@ def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: fl
         old = HorizonModel.load(lake, t.horizon, prev)
     except Exception as exc:  # noqa: BLE001 - an unreadable previous model cannot block a readable new one
         return {"promote": True, "reason": f"previous model {prev} unreadable: {exc}", "previous": prev}
-    horizon_ms = int(old.metadata["bars"]) * (86_400_000 if old.metadata["timeframe"] == "1d" else 3_600_000)
-    from shared.contracts import iso_to_ms
-
-    unseen = val_idx[ds.ts[val_idx] > iso_to_ms(old.metadata["training_window"]["last"]) + horizon_ms]
-    if old.names == t.names and unseen.size >= 100:
-        from services.training.ensemble import native_p_up
-
+    old_spec = HorizonSpec.model_validate({k: old.metadata[k] for k in ("timeframe", "bars", "sequence_length")})
+    unseen = val_idx[ds.ts[val_idx] > iso_to_ms(old.metadata["training_window"]["last"]) + old_spec.length_ms]
+    if old.names == t.names and unseen.size >= min_unseen_rows:
         sub = ds.take(unseen)
         old_b = brier(old.predict(sub.X, sub.S).p_up, sub.y)
         this_b = brier(native_p_up(t, sub), sub.y)
@@ -171,9 +169,10 @@ def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: fl
             "reason": "CV figures (feature sets differ or too few unseen rows)" + ("" if ok else ": new model is worse")}
 
 
-def publish(t: Trained, ds: Dataset, val_idx: np.ndarray, declared: dict, lake: Lake, tolerance: float) -> dict:
+def publish(t: Trained, ds: Dataset, val_idx: np.ndarray, declared: dict, lake: Lake, tolerance: float, *,
+            min_unseen_rows: int) -> dict:
     version = "v" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    decision = gate(t, ds, val_idx, lake, tolerance)
+    decision = gate(t, ds, val_idx, lake, tolerance, min_unseen_rows=min_unseen_rows)
     meta = metadata(t, version, ds, declared, decision)
     prefix = model_prefix(t.horizon, version)
     for name, blob in t.blobs.items():

@@ -25,14 +25,6 @@ from shared.storage import Lake
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "lr": {"C": 0.1},
-    "gbt": {"n_estimators": 150, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 100,
-            "colsample_bytree": 0.7, "reg_lambda": 1.0},
-    "gru": {"hidden": 32, "dropout": 0.1, "lr": 2e-3, "weight_decay": 1e-4},
-}
-
-
 @dataclass
 class TuneResult:
     params: dict
@@ -65,7 +57,8 @@ def _space(member: str, trial, budget: Budget) -> dict:
 
 
 def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, seed: int, lake: Lake | None,
-                horizon: str, on_trial: Callable[[], None] | None = None) -> TuneResult:
+                horizon: str, first_trial: dict, on_trial: Callable[[], None] | None = None) -> TuneResult:
+    """Optuna on the purged folds; a new study starts from `first_trial`, a stored one from its best params."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -87,8 +80,8 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
         )
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         first_number = len(study.trials)
-        # Warm start: last retrain's best goes first; on the first run, the documented defaults.
-        study.enqueue_trial(study.best_params if done else DEFAULTS[member], skip_if_exists=False)
+        # Warm start: last retrain's best goes first; on the first run, the configured first trial.
+        study.enqueue_trial(study.best_params if done else first_trial, skip_if_exists=False)
         oofs: dict[int, np.ndarray] = {}
 
         def objective(trial) -> float:

@@ -12,6 +12,7 @@ from services.features import indicators as ind
 from services.features.blocks import cross_rank_z
 from services.ingest import logic
 from services.ingest.sources.files import FileSource
+from shared import rolling
 from shared.settings import Settings
 
 RTOL = 1e-9
@@ -33,15 +34,15 @@ def close_enough(ours: np.ndarray, ref: np.ndarray, rtol: float = RTOL, atol: fl
 
 @pytest.mark.parametrize("window", [7, 20, 30])
 def test_rolling_mean_matches_talib_sma(ohlc, window):
-    close_enough(ind.rolling_mean(ohlc["close"], window), talib.SMA(ohlc["close"], window))
+    close_enough(rolling.rolling_mean(ohlc["close"], window), talib.SMA(ohlc["close"], window))
 
 
 @pytest.mark.parametrize("window", [7, 30])
 def test_rolling_std_matches_talib_stddev(ohlc, window):
-    r = ind.log_return(ohlc["close"], 1)[1:]
+    r = rolling.log_return(ohlc["close"], 1)[1:]
     # TA-Lib's STDDEV is the population deviation; ours is the sample one (ddof=1).
     ref = talib.STDDEV(r, window, 1.0) * np.sqrt(window / (window - 1))
-    close_enough(ind.rolling_std(r, window), ref, rtol=1e-7)  # TA-Lib sums in its own order: ~1e-8 apart
+    close_enough(rolling.rolling_std(r, window), ref, rtol=1e-7)  # TA-Lib sums in its own order: ~1e-8 apart
 
 
 def test_rolling_std_against_numpy_exactly_defined(ohlc):
@@ -50,8 +51,8 @@ def test_rolling_std_against_numpy_exactly_defined(ohlc):
     ref = np.full(lv.size, np.nan)
     win = np.lib.stride_tricks.sliding_window_view(lv, w)
     ref[w - 1:] = win.std(axis=1, ddof=1)
-    close_enough(ind.rolling_std(lv, w), ref)
-    z = ind.rolling_zscore(lv, w)
+    close_enough(rolling.rolling_std(lv, w), ref)
+    z = rolling.rolling_zscore(lv, w)
     # z near 0 is a difference of near-equal numbers: relative error is meaningless there, so an
     # absolute floor of 1e-11 on a quantity of order 1 is added.
     close_enough(z, (lv - np.r_[np.full(w - 1, np.nan), win.mean(axis=1)]) / ref, atol=1e-11)
@@ -59,7 +60,7 @@ def test_rolling_std_against_numpy_exactly_defined(ohlc):
 
 def test_log_return_definition(ohlc):
     c = ohlc["close"]
-    got = ind.log_return(c, 7)
+    got = rolling.log_return(c, 7)
     assert np.isnan(got[:7]).all()
     close_enough(got, np.r_[np.full(7, np.nan), np.log(c[7:]) - np.log(c[:-7])], rtol=1e-12, atol=1e-15)
 
@@ -86,11 +87,11 @@ def test_obv_flow_definition(ohlc):
 
 
 def test_beta_and_correlation_against_least_squares(ohlc, shared_data):
-    r = ind.log_return(ohlc["close"], 1)
+    r = rolling.log_return(ohlc["close"], 1)
     rng = np.random.default_rng(7)  # a second series for the mechanics: a noisy multiple of r
     y = 0.5 * r + rng.normal(0, 0.01, r.size)
     w = 30
-    beta, corr = ind.rolling_beta_corr(y.reshape(-1, 1), r, w)
+    beta, corr = rolling.rolling_beta_corr(y.reshape(-1, 1), r, w)
     for t in (w + 5, 400, r.size - 1):
         xs, ys = r[t - w + 1: t + 1], y[t - w + 1: t + 1]
         slope = np.polyfit(xs, ys, 1)[0]
@@ -103,7 +104,7 @@ def test_beta_and_correlation_against_least_squares(ohlc, shared_data):
 def test_windows_touching_a_gap_have_no_value():
     x = np.arange(1.0, 21.0)
     x[9] = np.nan
-    m = ind.rolling_mean(x, 5)
+    m = rolling.rolling_mean(x, 5)
     assert np.isnan(m[9:14]).all() and np.isfinite(m[14]) and np.isfinite(m[8])
     assert ind.segments(np.isfinite(x)) == [(0, 9), (10, 20)]
 

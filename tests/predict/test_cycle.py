@@ -1,4 +1,4 @@
-"""The main job on real files: predictions, exclusions with reasons, outcomes once, idempotent re-runs."""
+"""The main job on real files: predictions, exclusions with reasons, outcomes once, idempotent re-runs, each step alone."""
 
 from __future__ import annotations
 
@@ -70,14 +70,18 @@ def test_first_run_trains_predicts_and_excludes_with_reasons(source, lake_dir, e
     for key in ("run_id", "as_of", "coins_total", "coins_predicted", "excluded", "predictions", "actionable",
                 "signals", "timings"):
         assert key in s
-    assert {"ingest_and_quality", "features", "train", "predict", "log", "outcomes_and_performance", "drift"} <= set(s["timings"])
-    parts = sorted(lake_dir.glob(f"predictions/run_id={s['run_id']}/horizon=*/coin=*/part.parquet"))
-    assert len(parts) == 10
+    assert {"ingest", "validate", "features", "train", "predict", "risk", "outcomes", "performance", "drift"} <= set(s["timings"])
+    assert s["status"] == "complete" and s["failures"] == []
+    # One log file per horizon for the run, partitioned by the decision's date: not one per coin.
+    parts = sorted(lake_dir.glob(f"predictions/horizon=*/date=2024-05-01/run_id={s['run_id']}.parquet"))
+    assert len(parts) == 2
     import pyarrow.parquet as pq
 
-    row = pq.read_table(parts[0]).to_pylist()[0]
+    rows = [r for p in parts for r in pq.read_table(p).to_pylist()]
+    assert len(rows) == 10 and {r["coin"] for r in rows} == set(COINS)
+    row = rows[0]
     assert row["p_low"] <= row["p_up"] <= row["p_high"] and len(json.loads(row["top_features"])) == 5
-    assert row["model_version"].startswith("v")
+    assert row["model_version"].startswith("v") and row["decision_ts"] == 1714521600000
 
 
 def test_rerunning_the_same_as_of_changes_nothing(source, lake_dir, env):
@@ -95,22 +99,30 @@ def test_rerunning_the_same_as_of_changes_nothing(source, lake_dir, env):
     assert {k for k in after if k.startswith("predictions/")} == {k for k in before if k.startswith("predictions/")}
 
 
+def outcome_rows(lake: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return [r for p in sorted(lake.glob("outcomes/horizon=*/date=*/run_id=*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
 def test_later_run_records_matured_outcomes_exactly_once(source, lake_dir, env):
     s = run(source, lake_dir, "2024-05-09T00:00:00Z")
     # 24h and 7d predictions made at 2024-05-01 have matured by 05-09: 5 coins x 2 horizons.
     assert s["outcomes_recorded"] == 10
     assert not s["trained"]
-    outcomes = sorted(lake_dir.glob("outcomes/horizon=*/coin=*/*.json"))
-    assert len(outcomes) == 10
-    doc = json.loads(outcomes[0].read_text())
-    assert doc["matured_ts"] <= 1715212800000 and isinstance(doc["hit"], bool)
+    rows = outcome_rows(lake_dir)
+    assert len(rows) == 10
+    assert all(r["matured_ts"] <= 1715212800000 and isinstance(r["hit"], bool) for r in rows)
     s2 = run(source, lake_dir, "2024-05-10T00:00:00Z")
     # 05-09's 24h predictions matured by 05-10; none of the 05-01 ones is recorded twice.
     assert s2["outcomes_recorded"] == 5
-    keys = [p.relative_to(lake_dir).as_posix() for p in lake_dir.glob("outcomes/**/*.json")]
-    assert len(keys) == len(set(keys)) == 15
-    perf = list(lake_dir.glob("performance/horizon=24h/coin=BTC/*.json"))
-    assert perf and "hit_rate" in json.loads(perf[-1].read_text())
+    rows = outcome_rows(lake_dir)
+    ids = [(r["horizon"], r["coin"], r["decision_ts"]) for r in rows]
+    assert len(ids) == len(set(ids)) == 15
+    import pyarrow.parquet as pq
+
+    perf = [r for p in lake_dir.glob("performance/horizon=24h/date=*/run_id=*.parquet") for r in pq.read_table(p).to_pylist()]
+    assert {r["coin"] for r in perf} == set(COINS) and all("hit_rate" in r for r in perf)
 
 
 def test_consensus_needs_agreeing_actionable_horizons():
@@ -138,12 +150,10 @@ def test_psi_is_zero_on_the_training_distribution_and_large_on_a_shift():
 
 
 def test_only_horizons_with_held_out_evidence_may_be_actionable():
-    from types import SimpleNamespace
-
-    from services.predict.cycle import certification
+    from services.predict.steps import certification
 
     def model(n, hit):
-        return SimpleNamespace(metadata={"metrics": {"confident": {"threshold": 0.8, "n": n, "hit_rate": hit}}})
+        return {"metrics": {"confident": {"threshold": 0.8, "n": n, "hit_rate": hit}}}
 
     assert certification(model(100, 0.85), 0.8, 30) is None
     # The recorded 30d quick model: 487 held-out rows at >= 0.8 confidence hit 63.4%.
@@ -156,3 +166,90 @@ def test_uncertified_horizons_are_named_in_the_summary(lake_dir):
     summaries = [json.loads(p.read_text()) for p in lake_dir.glob("runs/*/summary.json")]
     assert summaries and all(set(s["uncertified_horizons"]) == {"24h", "7d"} for s in summaries)
     assert all(s["actionable"] == 0 for s in summaries)
+
+
+def copy_models(src: Path, dest: Path) -> None:
+    shutil.copytree(src / "models", dest / "models")
+
+
+def predictions_of(lake: Path) -> dict[tuple, dict]:
+    import pyarrow.parquet as pq
+
+    rows = [r for p in lake.glob("predictions/horizon=*/date=*/run_id=*.parquet") for r in pq.read_table(p).to_pylist()]
+    return {(r["horizon"], r["coin"], r["decision_ts"]): r for r in rows}
+
+
+def test_each_step_runs_alone_from_what_the_previous_step_stored(source, lake_dir, env, tmp_path, capsys):
+    from shared.pipeline import PIPELINE
+
+    alone, whole = tmp_path / "alone", tmp_path / "whole"
+    copy_models(lake_dir, alone)
+    copy_models(lake_dir, whole)
+    as_of = "2024-05-03T00:00:00Z"
+    # A step whose input is not stored yet says so with a code, and stores nothing for itself.
+    assert cli.main(["step", "ingest", "--source", str(source), "--as-of", as_of, "--lake", str(alone)]) == 0
+    ingested = json.loads(capsys.readouterr().out)
+    run_id = ingested["run_id"]
+    # The parsed series as fetched, one content-addressed part per layer and timeframe.
+    assert [k.rsplit("/", 1)[0] for k in ingested["staged"]] == ["staging/layer=ohlcv/timeframe=1d",
+                                                                  "staging/layer=sentiment/timeframe=1d"]
+    assert all((alone / k).is_file() for k in ingested["staged"])
+    expected = {
+        "validate": [f"quality/run_id={run_id}/report.json", f"clean/run_id={run_id}/layer=ohlcv/timeframe=1d/part.parquet"],
+        "features": ["features/timeframe=1d/date=2024-05/part.parquet", "panels/timeframe=1d/date=2024-05/part.parquet"],
+        "predict": [f"predictions/horizon=24h/date=2024-05-03/run_id={run_id}.parquet",
+                    f"predictions/horizon=7d/date=2024-05-03/run_id={run_id}.parquet"],
+        "summary": [f"runs/run_id={run_id}/summary.json"],
+    }
+    for step in PIPELINE[1:]:
+        items = ["24h", "7d"] if step.map_over else [None]
+        for item in items:
+            argv = ["step", step.name, "--run-id", run_id, "--lake", str(alone)] + (["--item", item] if item else [])
+            assert cli.main(argv) == 0, step.name
+            out = json.loads(capsys.readouterr().out)
+            assert out["step"] == step.name and out["run_id"] == run_id
+            assert (alone / f"runs/run_id={run_id}/steps/{step.name}{'/' + item if item else ''}.json").is_file()
+        for key in expected.get(step.name, []):
+            assert (alone / key).is_file(), (step.name, key)
+    # Step by step gives what one `cst run` gives.
+    run(source, whole, as_of)
+    assert predictions_of(alone) == predictions_of(whole) and len(predictions_of(alone)) == 10
+    a, w = (json.loads((lk / f"runs/run_id={run_id}/summary.json").read_text()) for lk in (alone, whole))
+    for doc in (a, w):
+        doc.pop("timings")
+    assert a == w
+
+
+def test_a_step_without_its_stored_input_fails_with_a_code(source, tmp_path, env, capsys):
+    assert cli.main(["step", "ingest", "--source", str(source), "--as-of", "2024-05-03T00:00:00Z",
+                     "--lake", str(tmp_path)]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert cli.main(["step", "features", "--run-id", run_id, "--lake", str(tmp_path)]) == 2
+    assert "lake_key_not_found" in capsys.readouterr().err
+    assert not (tmp_path / f"runs/run_id={run_id}/steps/features.json").exists()
+    assert cli.main(["step", "predict", "--run-id", run_id, "--lake", str(tmp_path)]) == 2
+    assert "step_needs_item" in capsys.readouterr().err
+
+
+def test_hourly_runs_predict_each_daily_decision_once_and_count_its_outcome_once(source, lake_dir, env, tmp_path):
+    import pyarrow.parquet as pq
+
+    lake = tmp_path / "lake"
+    copy_models(lake_dir, lake)
+    summaries = [run(source, lake, f"2024-05-11T{hour:02d}:00:00Z") for hour in range(24)]
+    first = summaries[0]
+    assert first["new_predictions"] == 10
+    for s in summaries[1:]:
+        # Every later hour serves the same daily decision (05-11 00:00) from the run that predicted it.
+        assert s["new_predictions"] == 0 and s["predictions"] == 10
+        assert s["served_from_earlier_runs"] == {"24h": first["run_id"], "7d": first["run_id"]}
+    for h in ("24h", "7d"):
+        (part,) = lake.glob(f"predictions/horizon={h}/date=2024-05-11/run_id=*.parquet")
+        rows = pq.read_table(part).to_pylist()
+        assert sorted(r["coin"] for r in rows) == sorted(COINS)
+        assert {r["decision_ts"] for r in rows} == {1715385600000}
+    later = run(source, lake, "2024-05-12T06:00:00Z")
+    # The 24h decision of 05-11 matured at 05-12 00:00: one outcome per coin, not one per hourly run.
+    assert later["outcomes_recorded"] == 5
+    ids = [(r["horizon"], r["coin"], r["decision_ts"]) for r in outcome_rows(lake)]
+    assert len(ids) == len(set(ids)) == 5

@@ -9,7 +9,7 @@ import pytest
 from moto import mock_aws
 
 from shared.errors import CstError
-from shared.settings import Settings, resolve_secrets, timeframe_ms
+from shared.settings import HorizonSpec, Settings, resolve_secrets, timeframe_ms
 
 
 def test_defaults_cover_every_knob_family():
@@ -83,3 +83,11 @@ def test_non_object_secret_is_refused(aws):
     with pytest.raises(CstError) as info:
         resolve_secrets(Settings(_env_file=None, secrets_manager_id="cst/list"), client=aws)
     assert info.value.code == "secret_malformed"
+
+
+def test_a_horizon_is_as_long_as_its_bars_of_its_timeframe():
+    horizons = Settings(_env_file=None).training.horizons
+    assert horizons["1h"].length_ms == 3_600_000
+    assert horizons["7d"].length_ms == 7 * 86_400_000
+    # Any ccxt timeframe, not only 1h and 1d: 6 four-hour bars are a day.
+    assert HorizonSpec(timeframe="4h", bars=6, sequence_length=16).length_ms == 86_400_000

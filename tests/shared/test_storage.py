@@ -6,7 +6,9 @@ import threading
 
 import boto3
 import pytest
-from hypothesis import given, settings as hyp_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from moto import mock_aws
 
 from shared.errors import CstError, LakeKeyNotFound

@@ -46,7 +46,7 @@ def _logistic_set(n: int = 4000, seed: int = 0):
 
 def test_level_is_moved_to_the_training_base_rate():
     s, y = _logistic_set()
-    cal = fit_calibrator(s, y, 128, base_rate=0.4)
+    cal = fit_calibrator(s, y, 128, probe_grid=128, base_rate=0.4)
     assert np.mean(cal.transform(s)[0]) == pytest.approx(0.4, abs=2e-3)  # the step table, not the exact curve
     assert cal.selection["level"]["training_base_rate"] == 0.4
     # Bounds move with the point: the interval still contains it.
@@ -56,7 +56,7 @@ def test_level_is_moved_to_the_training_base_rate():
 
 def test_no_extrapolation_beyond_the_calibration_scores():
     s, y = _logistic_set()
-    cal = fit_calibrator(s, y, 128)
+    cal = fit_calibrator(s, y, 128, probe_grid=128)
     p = cal.transform(np.array([s.min(), s.min() - 3.0, s.max(), s.max() + 3.0]))[0]
     # Below the lowest calibration score the table holds the value at that score (Platt alone would go on
     # falling, to about sigma(2 * (min - 3)), three hundred times lower here).

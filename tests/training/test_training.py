@@ -42,6 +42,17 @@ def small_source(shared_data: Path, dest: Path) -> Path:
     return dest
 
 
+def import_files(cfg, lake, src) -> str:
+    """The files into the lake as a run's staged series (training reads the lake, never files); its run id."""
+    from services import runner
+    from shared.contracts import iso_to_ms
+    from shared.pipeline import StepContext
+
+    ref = runner.make_ref(cfg, str(src), iso_to_ms(UNTIL))
+    runner.run_step(StepContext(cfg, lake), "ingest", ref)
+    return ref.run_id
+
+
 @pytest.fixture(scope="module")
 def trained(shared_data, tmp_path_factory):
     from services.training.train import train
@@ -51,10 +62,11 @@ def trained(shared_data, tmp_path_factory):
     lake = LocalLake(root / "lake")
     cfg = tiny_settings()
     kept = {}
+    run_id = import_files(cfg, lake, src)
     # Keep the in-memory Trained object too, for native-vs-ONNX parity.
-    results = train(cfg, src, lake, until=UNTIL, horizons=["24h"], budget="tiny",
+    results = train(cfg, lake, run_id, until=UNTIL, horizons=["24h"], budget="tiny",
                     on_trained=lambda t: kept.__setitem__(t.horizon, t))
-    return {"lake": lake, "results": results, "t": kept["24h"], "src": src, "cfg": cfg}
+    return {"lake": lake, "results": results, "t": kept["24h"], "src": src, "cfg": cfg, "run_id": run_id}
 
 
 def test_registry_layout_metadata_and_card(trained):
@@ -168,7 +180,7 @@ def test_retrain_warm_starts_and_gates(trained):
 
     lake, cfg = trained["lake"], trained["cfg"]
     before = trained["results"]["24h"]
-    again = train(cfg, trained["src"], lake, until=UNTIL, horizons=["24h"], budget="tiny")["24h"]
+    again = train(cfg, lake, trained["run_id"], until=UNTIL, horizons=["24h"], budget="tiny")["24h"]
     for m in MEMBERS:
         assert again["tuning"][m]["trials_in_study"] > before["tuning"][m]["trials_in_study"]
     assert again["gate"]["previous"] == before["version"]
@@ -186,30 +198,46 @@ def test_gate_refuses_a_worse_model(trained, monkeypatch):
     # A model claiming a far worse Brier on CV figures (feature names differ, so only CV figures compare).
     monkeypatch.setattr(t, "names", [*t.names[:-1], "renamed"])
     monkeypatch.setitem(t.metrics, "cv_brier", 0.40)
-    meta = registry.publish(t, t.ds, t.val_idx, {}, lake, 0.002)
+    meta = registry.publish(t, t.ds, t.val_idx, {}, lake, 0.002, min_unseen_rows=100)
     assert meta["gate"]["promote"] is False and "worse" in meta["gate"]["reason"]
     assert current_version(lake, "24h") == prev
     assert lake.exists(model_prefix("24h", meta["version"]) + "MODEL_CARD.md")
 
 
-def test_sagemaker_entrypoint_with_recreated_folders(shared_data, tmp_path, monkeypatch):
+def test_sagemaker_entrypoint_reads_the_lake_and_publishes_through_its_gate(shared_data, tmp_path, monkeypatch):
+    """The training job gets the lake's URI and a run id; it trains on that run's stored series and its versions
+    go through the gate of the real registry (a second job is compared with the first's CURRENT)."""
     from services.training import train as train_mod
 
     ml = tmp_path / "opt" / "ml"
-    small_source(shared_data, ml / "input" / "data" / "training")
+    lake = LocalLake(tmp_path / "lake")
+    cfg = tiny_settings()
+    run_id = import_files(cfg, lake, small_source(shared_data, tmp_path / "data"))
     (ml / "input" / "config").mkdir(parents=True)
-    (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"budget": "tiny", "horizons": "24h",
-                                                                             "until": UNTIL}))
-    monkeypatch.setenv("SM_CHANNEL_TRAINING", str(ml / "input" / "data" / "training"))
-    monkeypatch.setenv("SM_MODEL_DIR", str(ml / "model"))
+    (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps({
+        "budget": "tiny", "horizons": "24h", "until": UNTIL, "run_id": run_id, "lake": str(lake.root)}))
     monkeypatch.setenv("SM_OUTPUT_DATA_DIR", str(ml / "output" / "data"))
     monkeypatch.setenv("SM_INPUT_CONFIG_DIR", str(ml / "input" / "config"))
     monkeypatch.setattr(train_mod, "Settings", tiny_settings)
     assert train_mod.sagemaker_main() == 0
-    model_lake = LocalLake(ml / "model")
-    assert current_version(model_lake, "24h") is not None
+    first = current_version(lake, "24h")
+    assert first is not None
     metrics = json.loads((ml / "output" / "data" / "metrics.json").read_text())
     assert set(metrics) == {"24h"} and metrics["24h"]["cv_brier"] > 0
+    assert train_mod.sagemaker_main() == 0
+    versions = sorted(k.split("/")[2] for k in lake.list("models/horizon=24h/version=") if k.endswith("metadata.json"))
+    assert len(versions) == 2
+    second = lake.get_json(f"models/horizon=24h/{versions[-1]}/metadata.json")
+    assert second["gate"]["previous"] == first
+
+
+def test_sagemaker_entrypoint_without_a_run_says_what_it_needs(tmp_path, monkeypatch):
+    from services.training import train as train_mod
+
+    (tmp_path / "hyperparameters.json").write_text(json.dumps({"budget": "tiny"}))
+    monkeypatch.setenv("SM_INPUT_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(CstError, match="run_id"):
+        train_mod.sagemaker_main()
 
 
 def test_purged_folds_never_overlap_labels():

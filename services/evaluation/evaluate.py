@@ -12,28 +12,30 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from services.features.sequences import sequences
-from services.predict.backtest import (
-    BacktestConfig,
+from services.evaluation import report
+from services.evaluation.backtest import (
     buy_and_hold,
     equal_weight,
-    market_from_panel,
     performance,
     run_backtest,
 )
-from services.predict.cycle import horizon_ms
+from services.features.sequences import sequences
 from services.predict.model import HorizonModel
-from services.predict.signals import consensus, orders_from_signals
+from services.predict.signals import consensus
+from services.risk.history import price_history_from_panel
+from services.risk.orders import orders_from_signals
+from services.runner import make_ref, run_step
 from services.training.ensemble import Trained, label_rows
-from services.training.train import Market, load_market, train
+from services.training.train import History, load_history, train
 from shared.contracts import iso_to_ms, ms_to_iso, utcnow
 from shared.errors import CstError
 from shared.metrics import brier, ece, log_loss, wilson_low
+from shared.pipeline import StepContext
 from shared.settings import Settings
 from shared.storage import LocalLake
 
@@ -67,9 +69,9 @@ class HorizonTest:
         return np.isfinite(self.y)
 
 
-def train_before(settings: Settings, source: str | Path, lake: LocalLake, splits: dict[str, str], budget: str,
+def train_before(settings: Settings, lake: LocalLake, run_id: str, splits: dict[str, str], budget: str,
                  tick: Callable[[str], None]) -> dict[str, tuple[str, float]]:
-    """Train each horizon on data before its split; returns {horizon: (version, training base rate)}."""
+    """Train each horizon on the run's stored series before its split; returns {horizon: (version, base rate)}."""
     by_split: dict[str, list[str]] = defaultdict(list)
     for h, until in splits.items():
         by_split[until].append(h)
@@ -80,7 +82,7 @@ def train_before(settings: Settings, source: str | Path, lake: LocalLake, splits
 
     out = {}
     for until, hs in by_split.items():
-        results = train(settings, source, lake, until=until, horizons=hs, budget=budget, tick=tick, on_trained=keep)
+        results = train(settings, lake, run_id, until=until, horizons=hs, budget=budget, tick=tick, on_trained=keep)
         for h, meta in results.items():
             if "error" in meta:
                 log.error("%s not evaluated: %s", h, meta["message"])
@@ -89,7 +91,7 @@ def train_before(settings: Settings, source: str | Path, lake: LocalLake, splits
     return out
 
 
-def predict_test(settings: Settings, market: Market, lake: LocalLake, horizon: str, version: str, split_ms: int,
+def predict_test(settings: Settings, market: History, lake: LocalLake, horizon: str, version: str, split_ms: int,
                  base_rate: float) -> HorizonTest:
     spec = settings.training.horizons[horizon]
     frame, panel = market.frames[spec.timeframe], market.panels[spec.timeframe]
@@ -103,7 +105,7 @@ def predict_test(settings: Settings, market: Market, lake: LocalLake, horizon: s
     pred = model.predict(frame.X[rows], sequences(frame.X, r.idx[rows]))
     t = HorizonTest(horizon, split_ms, version, base_rate, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low,
                     pred.high, pred.confidence, pred.direction, pred.quantiles, pred.meta_logit, r.fwd[rows], r.y[rows],
-                    excluded, horizon_ms(settings, horizon))
+                    excluded, spec.length_ms)
     t.calibration = model.metadata.get("calibration", {})
     return t
 
@@ -183,7 +185,7 @@ def consensus_metrics(settings: Settings, signals: list[dict]) -> dict:
     """A signal is a hit when its direction came true over the shortest agreeing horizon (its first exit)."""
     hits = []
     for s in signals:
-        shortest = min(s["horizons"], key=lambda h: horizon_ms(settings, h))
+        shortest = min(s["horizons"], key=lambda h: settings.training.horizons[h].length_ms)
         sign = 1 if s["direction"] == "up" else -1
         hits.append(sign * s["fwd"][shortest] > 0)
     return {"min_horizons": settings.consensus_min_horizons, "threshold": settings.confidence_threshold,
@@ -207,11 +209,14 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     splits = splits_for(settings, horizons, train_until, train_until_1h)
     out.mkdir(parents=True, exist_ok=True)
     lake = LocalLake(out / "lake")
-    trained = train_before(settings, source, lake, splits, budget, tick)
+    # The files reach training as they reach every run: imported into the lake, then read from there.
+    now = int(utcnow().timestamp() * 1000)
+    ref = make_ref(settings, str(source), now)
+    run_step(StepContext(settings, lake), "ingest", ref)
+    trained = train_before(settings, lake, ref.run_id, splits, budget, tick)
     tick("predicting the test period")
     # The whole recording: test rows need the candles after the split.
-    market = load_market(settings, source, {settings.training.horizons[h].timeframe for h in trained},
-                         int(utcnow().timestamp() * 1000))
+    market = load_history(settings, lake, ref.run_id, {settings.training.horizons[h].timeframe for h in trained}, now)
     tests = {h: predict_test(settings, market, lake, h, v, iso_to_ms(splits[h]), base)
              for h, (v, base) in trained.items()}
     thr = settings.confidence_threshold
@@ -240,8 +245,6 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
 
 
 def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: dict, threshold: float) -> Path:
-    from services.predict import report
-
     lab = {h: t.labeled() for h, t in tests.items()}
     images = [report.reliability_png(out / "reliability.png", {h: (t.p_up[lab[h]], t.y[lab[h]]) for h, t in tests.items()}),
               report.confidence_hist_png(out / "confidence.png", {h: t.confidence for h, t in tests.items()}, threshold)]
@@ -278,30 +281,28 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def run_backtests(settings: Settings, tests: dict[str, HorizonTest], market: Market, threshold: float,
+def run_backtests(settings: Settings, tests: dict[str, HorizonTest], market: History, threshold: float,
                   out: Path) -> dict:
     """Consensus signals at `threshold`, traded with and without the guards; BTC and an equal-weight universe as
     benchmarks; equity and drawdown PNGs."""
-    from services.predict import report
-
     daily = {h: t for h, t in tests.items() if settings.training.horizons[h].timeframe == "1d"}
     if not daily or "1d" not in market.panels:
         return {"skipped": "no daily horizon evaluated"}
-    bt_market = market_from_panel(market.panels["1d"])
+    history = price_history_from_panel(market.panels["1d"])
     signals = consensus_signals(daily, threshold, settings.consensus_min_horizons)
     orders = orders_from_signals(signals, settings.training.horizons)
     start = min(int(t.ts.min()) for t in daily.values() if t.ts.size)
-    end = int(bt_market.close_ts[-1])
-    cfg = BacktestConfig(**settings.risk.model_dump())
+    end = int(history.close_ts[-1])
+    cfg = settings.risk
     runs = {}
     for name, guards in (("with_guards", True), ("without_guards", False)):
-        res = run_backtest(bt_market, orders, replace(cfg, guards=guards), start, end)
+        res = run_backtest(history, orders, cfg.model_copy(update={"guards": guards}), start, end)
         runs[name] = {"result": res, "equity": res.equity / cfg.initial_equity}
-    ts = bt_market.close_ts[bt_market.window(start, end)]
+    ts = history.close_ts[history.window(start, end)]
     curves = {"strategy (guards)": runs["with_guards"]["equity"], "strategy (no guards)": runs["without_guards"]["equity"],
-              "buy and hold BTC": buy_and_hold(bt_market, "BTC", start, end, cfg.fee_bps),
-              "equal weight": equal_weight(bt_market, start, end, 1, cfg.fee_bps)}
-    table = {name: performance(c, ts) for name, c in curves.items()}
+              "buy and hold BTC": buy_and_hold(history, "BTC", start, end, cfg.fee_bps),
+              "equal weight": equal_weight(history, start, end, 1, cfg.fee_bps)}
+    table = {name: performance(c, ts, cfg.periods_per_year) for name, c in curves.items()}
     for name in ("with_guards", "without_guards"):
         res = runs[name]["result"]
         label = "strategy (guards)" if name == "with_guards" else "strategy (no guards)"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.predict.backtest import drawdown
+from services.evaluation.backtest import drawdown
 from shared.errors import CstError
 from shared.metrics import brier, ece, reliability
 

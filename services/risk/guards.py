@@ -1,6 +1,7 @@
-"""Risk: execution cost from an order book (or a labelled impact model), sizing, and registered guards.
+"""Risk guards and execution cost: registered guards judge a sized order against the book.
 
-Each guard is one small class with a name, its parameters and one check (freqtrade-protection style);
+The cost comes from walking an order book or, where none exists (history), from the labelled square-root impact
+model. Each guard is one small class with a name, its parameters and one check (freqtrade-protection style);
 a decision carries the guard's reason, so every rejection or scale-down can be logged.
 """
 
@@ -55,64 +56,10 @@ def impact_model(notional: float, adv_quote: float, daily_vol: float, half_sprea
     return Fill(float("nan"), notional, bps, True, model="sqrt_impact")
 
 
-def kelly_fraction(p_up: float, q10: float, q50: float, q90: float, direction: int, fraction: float = 0.25,
-                   cap: float = 0.1) -> float:
-    """Fractional Kelly for a binary-ish bet: win size from the favourable quantile, loss from the other.
-
-    f* = p/a - (1-p)/b with b the typical gain and a the typical loss (both > 0); scaled by `fraction`,
-    capped, and 0 when the edge is not positive.
-    """
-    p = p_up if direction == 1 else 1.0 - p_up
-    gain = (q90 if direction == 1 else -q10)
-    loss = (-q10 if direction == 1 else q90)
-    if gain <= 0 or loss <= 0:
-        return 0.0
-    f = p / loss - (1 - p) / gain
-    return float(min(cap, max(0.0, fraction * f)))
-
-
-def ledoit_wolf(returns: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ledoit & Wolf (2004) shrinkage of the sample covariance of `returns` (n days x p assets) towards
-    m * I, m the mean variance. Returns (covariance, shrinkage in [0, 1]). Same estimator as
-    sklearn.covariance.LedoitWolf (tested against it), in numpy so serving needs nothing else."""
-    X = np.asarray(returns, dtype=np.float64)
-    n, p = X.shape
-    X = X - X.mean(axis=0)
-    S = X.T @ X / n
-    m = np.trace(S) / p
-    d2 = float(np.sum((S - m * np.eye(p)) ** 2))
-    if d2 == 0.0:
-        return S, 0.0
-    X2 = X ** 2
-    b2_bar = float(np.sum(X2.T @ X2) / n - np.sum(S ** 2)) / n
-    shrink = min(b2_bar, d2) / d2
-    return shrink * m * np.eye(p) + (1 - shrink) * S, float(shrink)
-
-
-def mean_variance_fractions(expected: np.ndarray, returns: np.ndarray, target_daily_vol: float,
-                            cap: float, long_only: bool = True) -> np.ndarray:
-    """Shares of equity per asset: w ~ inv(Sigma) mu with Sigma the Ledoit-Wolf covariance of daily returns,
-    scaled so the book's daily volatility is `target_daily_vol`, then (long only) negatives dropped and each
-    weight capped at `cap`. `expected` are expected daily returns; zero or negative edge gets nothing."""
-    mu = np.asarray(expected, dtype=np.float64)
-    if mu.size == 0 or not np.any(mu > 0):
-        return np.zeros(mu.size)
-    cov, _ = ledoit_wolf(returns)
-    w = np.linalg.solve(cov, mu)
-    if long_only:
-        w = np.maximum(w, 0.0)
-    vol = float(np.sqrt(w @ cov @ w))
-    if vol <= 0:
-        return np.zeros(mu.size)
-    return np.minimum(w * (target_daily_vol / vol), cap)
-
-
-def vol_target_scale(daily_vol: float, target_daily_vol: float = 0.02) -> float:
-    return float(min(1.0, target_daily_vol / daily_vol)) if daily_vol > 0 else 0.0
-
-
 @dataclass
-class Order:
+class SizedOrder:
+    """An order sized to a notional, with what the guards judge it by (an `Order` once the gate has sized it)."""
+
     coin: str
     direction: int
     notional: float
@@ -129,7 +76,7 @@ class Book:
 
     equity: float
     peak_equity: float
-    positions: dict[str, Order] = field(default_factory=dict)
+    positions: dict[str, SizedOrder] = field(default_factory=dict)
     halted: bool = False
 
 
@@ -144,7 +91,7 @@ class Decision:
 class Guard:
     name: ClassVar[str]
 
-    def check(self, order: Order, book: Book) -> Decision:
+    def check(self, order: SizedOrder, book: Book) -> Decision:
         raise NotImplementedError
 
 
@@ -165,7 +112,7 @@ class LiquidityGuard(Guard):
     def __init__(self, min_adv_quote: float = 1e6, max_participation: float = 0.01):
         self.min_adv_quote, self.max_participation = min_adv_quote, max_participation
 
-    def check(self, order: Order, book: Book) -> Decision:
+    def check(self, order: SizedOrder, book: Book) -> Decision:
         if order.adv_quote is None or not np.isfinite(order.adv_quote):
             return Decision(self.name, False, 0.0, "volume unavailable: not tradable")
         if order.adv_quote < self.min_adv_quote:
@@ -186,7 +133,7 @@ class CorrelationGuard(Guard):
     def __init__(self, threshold: float = 0.8, cluster_cap: int = 2):
         self.threshold, self.cluster_cap = threshold, cluster_cap
 
-    def check(self, order: Order, book: Book) -> Decision:
+    def check(self, order: SizedOrder, book: Book) -> Decision:
         """`order.returns` and every position's returns must end on the same day (the caller aligns them)."""
         if order.returns is None or not book.positions:
             return Decision(self.name, True)
@@ -230,7 +177,7 @@ class DrawdownGuard(Guard):
         if 1 - book.equity / book.peak_equity >= self.max_drawdown:
             book.halted = True
 
-    def check(self, order: Order, book: Book) -> Decision:
+    def check(self, order: SizedOrder, book: Book) -> Decision:
         self.update(book)
         if book.halted:
             dd = 1 - book.equity / book.peak_equity
@@ -253,7 +200,7 @@ class CostGuard(Guard):
 
     name = "cost"
 
-    def check(self, order: Order, book: Book) -> Decision:
+    def check(self, order: SizedOrder, book: Book) -> Decision:
         if order.book_side:
             fill = walk_book(order.book_side, order.notional, "buy" if order.direction == 1 else "sell")
             if not fill.complete:
@@ -268,7 +215,7 @@ class CostGuard(Guard):
         return Decision(self.name, True, 1.0, f"cost {fill.slippage_bps:.1f} bps ({fill.model})")
 
 
-def apply_guards(order: Order, book: Book, guards: list[Guard]) -> tuple[float, list[Decision]]:
+def apply_guards(order: SizedOrder, book: Book, guards: list[Guard]) -> tuple[float, list[Decision]]:
     """Every guard's decision, in order; the final scale (0 when any guard rejects)."""
     decisions = [g.check(order, book) for g in guards]
     if not all(d.allow for d in decisions):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.cli import main
-from services.training.evaluate import HorizonTest, consensus_metrics, horizon_metrics
+from services.evaluation.evaluate import HorizonTest, consensus_metrics, horizon_metrics
 from shared.contracts import iso_to_ms
 from shared.settings import Settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.predict.report import (
+from services.evaluation.report import (
     confidence_hist_png,
     drawdown_png,
     equity_png,

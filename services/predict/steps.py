@@ -1,0 +1,378 @@
+"""The serving steps of the pipeline: predict one horizon, consensus and risk, outcomes, performance, drift, the summary.
+
+Each step reads what earlier steps stored in the lake (feature and panel partitions, the quality report, the
+prediction log, earlier step outputs) and writes its own results there; nothing is handed over in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+
+from services.features.frame import Panel, coin_of
+from services.features.sequences import sequence_index, sequences
+from services.features.store import read_frame, read_panel
+from services.predict import drift as drift_mod
+from services.predict import logbook
+from services.predict.model import (
+    HorizonModel,
+    current_version,
+    model_prefix,
+    top_features,
+)
+from services.predict.pool import explain_rows
+from services.predict.signals import actionable, consensus
+from services.risk.gate import live_gate
+from services.risk.history import price_history_from_panel
+from services.risk.orders import orders_from_signals
+from shared.contracts import QualityReport, iso_to_ms, ms_to_iso
+from shared.errors import CstError, LakeKeyNotFound
+from shared.metrics import brier, ece
+from shared.pipeline import (
+    DriftOutput,
+    OutcomesOutput,
+    PerformanceOutput,
+    PredictOutput,
+    RiskOutput,
+    RunRef,
+    StepContext,
+    SummaryOutput,
+    quality_key,
+    summary_key,
+)
+from shared.settings import Settings, timeframe_ms
+from shared.storage import Lake
+
+
+def certification(metadata: dict, threshold: float, min_n: int) -> str | None:
+    """None when the model's held-out confident bucket backs its confidences; otherwise why not."""
+    conf = metadata.get("metrics", {}).get("confident", {})
+    n, hit = int(conf.get("n") or 0), conf.get("hit_rate")
+    if n < min_n:
+        return f"held-out evidence at confidence >= {threshold}: {n} rows (< {min_n})"
+    if hit is None or hit < threshold:
+        return f"held-out hit rate at confidence >= {threshold} is {hit:.3f} over {n} rows"
+    return None
+
+
+class QualityIndex:
+    """The run's quality report indexed by coin and timeframe: an excluded coin's reason is one lookup."""
+
+    def __init__(self, report: QualityReport):
+        self.by_coin_tf: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for key, s in report.series.items():
+            layer, tf, symbol = key.split("/", 2)
+            if layer == "ohlcv":
+                self.by_coin_tf[(coin_of(symbol)[0], tf)].append(s.model_dump())
+        self.coins = sorted({c for c, _ in self.by_coin_tf})
+
+    def why_missing(self, coin: str, tf: str, t_now: int, panel: Panel | None, row_exists: bool) -> str:
+        reports = self.by_coin_tf.get((coin, tf), [])
+        if not reports:
+            return f"no {tf} price series"
+        if all(r["status"] == "excluded" for r in reports):
+            codes = sorted({c for r in reports for c in r["issues"] if c in ("stale", "no_data")})
+            return f"{tf} series excluded by the quality gate ({', '.join(codes) or 'excluded'})"
+        if not row_exists:
+            if panel is None or coin not in panel.coins:
+                return f"{tf} series not used"
+            step = timeframe_ms(tf)
+            j = panel.coins.index(coin)
+            slot = (t_now - step - panel.open_ts[0]) // step if panel.open_ts.size else -1
+            if slot < 0 or slot >= panel.open_ts.size or not np.isfinite(panel.fields["close"][slot, j]):
+                return f"no candle closing at {ms_to_iso(t_now)}"
+            return "features incomplete at as-of (warm-up, a gap in a window, or a missing layer)"
+        return "sequence window incomplete (a missing row among the last L)"
+
+
+def _quality(ctx: StepContext, run_id: str) -> QualityIndex:
+    return QualityIndex(QualityReport.model_validate(ctx.lake.get_json(quality_key(run_id))))
+
+
+def decision_time(settings: Settings, horizon: str, as_of_ms: int) -> int:
+    """The latest candle close at or before as-of on the horizon's timeframe."""
+    step = timeframe_ms(settings.training.horizons[horizon].timeframe)
+    return (as_of_ms // step) * step
+
+
+def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
+    settings, lake, h = ctx.settings, ctx.lake, ref.item
+    if h not in settings.training.horizons:
+        raise CstError("unknown_horizon", f"unknown horizon {h!r}; known: {list(settings.training.horizons)}")
+    spec = settings.training.horizons[h]
+    tf, step = spec.timeframe, timeframe_ms(spec.timeframe)
+    t_now = decision_time(settings, h, iso_to_ms(ref.as_of))
+    out = PredictOutput(run_id=ref.run_id, horizon=h, decision_ts=t_now)
+    version = current_version(lake, h)
+    if version is None:
+        trained = ctx.output(ref.run_id, "train")
+        out.no_model = (trained.trained.get(h) if trained else None) or "no CURRENT model"
+        return out
+    done = logbook.logged_decision(lake, h, t_now)
+    if done is not None:
+        # This decision time was predicted by an earlier run (an hourly run meets the daily close many times):
+        # its predictions stand, and this run serves them instead of predicting the same decision again.
+        by, key, rows = done
+        earlier = ctx.output(by, "predict", h)
+        out.predicted_by, out.log_key, out.predictions = by, key, len(rows)
+        out.model_version = rows[0]["model_version"]
+        out.coins = sorted(r["coin"] for r in rows)
+        if earlier is not None:
+            out.excluded, out.uncertified = earlier.excluded, earlier.uncertified
+        return out
+    ctx.tick(f"predicting {h}")
+    model = HorizonModel.load(lake, h, version)
+    out.model_version = version
+    thr = settings.confidence_threshold
+    out.uncertified = certification(model.metadata, thr, settings.run.certify_min_n)
+    quality = _quality(ctx, ref.run_id)
+    frame = read_frame(lake, tf, since_ms=t_now - (spec.sequence_length - 1) * step, until_ms=t_now)
+    panel = read_panel(lake, tf, since_ms=t_now - step, until_ms=t_now - step)
+    if frame is None or len(frame) == 0:
+        out.excluded = {c: quality.why_missing(c, tf, t_now, panel, False) for c in quality.coins}
+        return out
+    if frame.names != model.names:
+        raise CstError("feature_mismatch", f"model {h}/{model.version} was trained on other features; retrain")
+    idx, full = sequence_index(frame.ts, frame.coin, step, spec.sequence_length)
+    now_rows = np.flatnonzero(frame.ts == t_now)
+    have = {frame.coin[i]: i for i in now_rows}
+    rows = np.asarray([i for i in now_rows if full[i]], dtype=np.int64)
+    for c in quality.coins:
+        if c not in have or not full[have[c]]:
+            out.excluded[c] = quality.why_missing(c, tf, t_now, panel, c in have)
+    if not rows.size:
+        return out
+    X, S = frame.X[rows], sequences(frame.X, idx[rows])
+    pred = model.predict(X, S)
+    phi, base = explain_rows(model, lake.uri, X, S, permutations=settings.training.shap_permutations,
+                             seed=settings.training.seed, workers=settings.run.process_workers,
+                             min_rows=settings.run.pool_min_rows)
+    tops = top_features(phi, model.names, settings.training.shap_top_k)
+    records = []
+    for k, i in enumerate(rows):
+        records.append({
+            "run_id": ref.run_id, "coin": str(frame.coin[i]), "horizon": h, "as_of": ref.as_of,
+            "decision_ts": int(frame.ts[i]), "p_up": float(pred.p_up[k]), "p_low": float(pred.low[k]),
+            "p_high": float(pred.high[k]), "direction": int(pred.direction[k]),
+            "confidence": float(pred.confidence[k]), "q10": float(pred.quantiles[k, 0]),
+            "q50": float(pred.quantiles[k, 1]), "q90": float(pred.quantiles[k, 2]),
+            "model_version": model.version,
+            "actionable": out.uncertified is None and actionable(float(pred.confidence[k]), thr),
+            "shap_base": float(base[k]), "top_features": json.dumps(tops[k]),
+        })
+    out.log_key = logbook.write_predictions(lake, ref.run_id, h, t_now, records)
+    out.predictions = out.new = len(records)
+    out.predicted_by = ref.run_id
+    out.coins = sorted(r["coin"] for r in records)
+    return out
+
+
+def served_predictions(ctx: StepContext, ref: RunRef) -> list[dict]:
+    """The predictions this run serves: each horizon's current decision time, whichever run logged it."""
+    out = []
+    for h in ref.horizons:
+        p = ctx.output(ref.run_id, "predict", h)
+        if p is not None and p.log_key:
+            out.extend(logbook.read_predictions(ctx.lake, p.log_key, p.decision_ts))
+    return out
+
+
+def gate_signals(settings: Settings, panel: Panel | None, signals: list[dict]) -> None:
+    """Size and guard each consensus signal as the backtest enters it; the outcome rides on the signal.
+
+    A signal is tradable only when its risk entry allows it; every guard decision is kept with its reason.
+    """
+    orders = orders_from_signals(signals, settings.training.horizons)
+    gated = {}
+    if panel is not None and panel.open_ts.size and orders:
+        for o, g in zip(orders, live_gate(price_history_from_panel(panel), orders, settings.risk), strict=True):
+            gated[o.coin] = g
+    for sig in signals:
+        sig["risk"] = gated.get(sig["coin"]) or {
+            "coin": sig["coin"], "allow": False, "size_fraction": 0.0, "notional": 0.0, "cost_bps": None,
+            "decisions": [{"guard": "risk", "allow": False, "scale": 0.0,
+                           "reason": "no daily horizon or no daily prices: the order cannot be sized"}]}
+        sig["tradable"] = bool(sig["risk"]["allow"])
+
+
+def risk(ctx: StepContext, ref: RunRef) -> RiskOutput:
+    """Consensus over the served horizons, then each signal sized and guarded exactly as the backtest enters it."""
+    settings = ctx.settings
+    preds = served_predictions(ctx, ref)
+    signals = consensus(preds, settings.consensus_min_horizons)
+    if signals:
+        as_of = iso_to_ms(ref.as_of)
+        rcfg = settings.risk
+        need = max(rcfg.vol_window, rcfg.corr_window, rcfg.adv_window) + 2
+        panel = read_panel(ctx.lake, "1d", since_ms=as_of - need * timeframe_ms("1d"), until_ms=as_of)
+        gate_signals(settings, panel, signals)
+    return RiskOutput(run_id=ref.run_id, predictions=len(preds), actionable=sum(p["actionable"] for p in preds),
+                      signals=signals, tradable=sum(bool(s.get("tradable")) for s in signals))
+
+
+def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
+    """Every prediction that matured since the horizon's watermark and whose prices are known gets its outcome,
+    once. A missing price is never guessed: that outcome stays unknown."""
+    settings, lake = ctx.settings, ctx.lake
+    as_of = iso_to_ms(ref.as_of)
+    out = OutcomesOutput(run_id=ref.run_id)
+    for h in ref.horizons:
+        spec = settings.training.horizons[h]
+        tf, step, length = spec.timeframe, timeframe_ms(spec.timeframe), spec.length_ms
+        mark = logbook.watermark(lake, h)
+        if mark is not None and mark >= as_of:
+            continue
+        lo = None if mark is None else mark - length
+        preds = logbook.maturing(lake, h, lo, as_of - length)
+        records = []
+        if preds:
+            first = min(p["decision_ts"] for p in preds)
+            panel = read_panel(lake, tf, since_ms=first - step, until_ms=as_of)
+            for row in preds:
+                r = _realized(panel, row, step, spec.bars)
+                if r is None:
+                    continue
+                records.append({
+                    "run_id": row["run_id"], "coin": row["coin"], "horizon": h, "decision_ts": row["decision_ts"],
+                    "matured_ts": int(row["decision_ts"] + length), "recorded_as_of": ref.as_of,
+                    "recorded_by": ref.run_id, "realized_return": r, "direction": row["direction"],
+                    "hit": bool((r > 0 and row["direction"] == 1) or (r < 0 and row["direction"] == -1)),
+                    "p_up": row["p_up"], "confidence": row["confidence"], "actionable": row["actionable"],
+                    "model_version": row["model_version"]})
+        if records:
+            out.keys.append(logbook.write_outcomes(lake, h, as_of, ref.run_id, records))
+        out.recorded[h] = len(records)
+        logbook.set_watermark(lake, h, as_of, ref.run_id)
+    return out
+
+
+def _realized(panel: Panel | None, row: dict, step: int, bars: int) -> float | None:
+    if panel is None or row["coin"] not in panel.coins or not panel.open_ts.size:
+        return None
+    j = panel.coins.index(row["coin"])
+    a = (row["decision_ts"] - step - panel.open_ts[0]) // step
+    b = a + bars
+    if a < 0 or b >= panel.open_ts.size:
+        return None
+    c0, c1 = panel.fields["close"][a, j], panel.fields["close"][b, j]
+    if not (np.isfinite(c0) and np.isfinite(c1)):
+        return None
+    return float(np.log(c1 / c0))
+
+
+def performance(ctx: StepContext, ref: RunRef) -> PerformanceOutput:
+    """Rolling hit rate, Brier and ECE per coin over its last `performance_window` outcomes, for the coins whose
+    outcomes this run recorded; the rolling state is updated once per run."""
+    settings, lake = ctx.settings, ctx.lake
+    recorded = ctx.output(ref.run_id, "outcomes")
+    out = PerformanceOutput(run_id=ref.run_id)
+    if recorded is None:
+        return out
+    w = settings.run.performance_window
+    by_h: dict[str, list[dict]] = defaultdict(list)
+    for r in logbook.read_outcomes(lake, recorded.keys):
+        by_h[r["horizon"]].append(r)
+    for h, new in sorted(by_h.items()):
+        state = logbook.absorb(lake, h, ref.run_id, new, w, settings.run.recent_outcomes)
+        rows = []
+        for c in sorted({r["coin"] for r in new}):
+            docs = [d for d in state if d["coin"] == c][-w:]
+            p = np.array([d["p_up"] for d in docs])
+            y = np.array([1.0 if d["realized_return"] > 0 else 0.0 for d in docs])
+            rows.append({"horizon": h, "coin": c, "run_id": ref.run_id, "window": len(docs),
+                         "hit_rate": float(np.mean([d["hit"] for d in docs])), "brier": brier(p, y), "ece": ece(p, y),
+                         "actionable_hit_rate": (float(np.mean([d["hit"] for d in docs if d["actionable"]]))
+                                                 if any(d["actionable"] for d in docs) else None)})
+        out.keys.append(logbook.write_performance(lake, h, iso_to_ms(ref.as_of), ref.run_id, rows))
+        out.coins[h] = len(rows)
+    return out
+
+
+def _metadata(lake: Lake, horizon: str) -> dict | None:
+    version = current_version(lake, horizon)
+    if version is None:
+        return None
+    try:
+        return lake.get_json(model_prefix(horizon, version) + "metadata.json")
+    except LakeKeyNotFound:
+        return None
+
+
+def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
+    settings, lake = ctx.settings, ctx.lake
+    as_of = iso_to_ms(ref.as_of)
+    out = DriftOutput(run_id=ref.run_id)
+    for h in ref.horizons:
+        meta = _metadata(lake, h)
+        if meta is None:
+            continue
+        spec = settings.training.horizons[h]
+        tf = spec.timeframe
+        # Only rows the model never saw can drift from what it saw: after its last label window.
+        seen = iso_to_ms(meta["training_window"]["last"]) + spec.length_ms
+        frame = read_frame(lake, tf, since_ms=seen + 1, until_ms=as_of)
+        if frame is None or len(frame) == 0:
+            out.report[h] = {"retrain": False, "reasons": [], "note": f"no {tf} rows at this as-of"}
+            continue
+        window = settings.run.drift_window[tf]
+        times = np.unique(frame.ts)[-window:]
+        # Slow features (30-day volatility, sentiment level) barely move within a few weeks: a window
+        # shorter than the configured one would compare one regime snapshot with a year and always "drift".
+        recent = frame.X[np.isin(frame.ts, times)] if times.size >= window else frame.X[:0]
+        state, info = logbook.recent_outcomes(lake, h)
+        overall = state[-settings.run.recent_outcomes:]
+        report = drift_mod.judge(meta["features"], meta["drift_reference"], recent, overall,
+                                 float(meta["metrics"]["cv_brier"]), settings.run)
+        report["outcomes"] = int(info.get("total", 0))
+        out.report[h] = report
+    out.retrain = [h for h, d in out.report.items() if d.get("retrain")]
+    return out
+
+
+def summary(ctx: StepContext, ref: RunRef) -> SummaryOutput:
+    """What ran, what was excluded and why, the signals and every failure, in runs/run_id=<id>/summary.json."""
+    run = ref.run_id
+    o = {name: ctx.output(run, name) for name in ("ingest", "validate", "features", "train", "risk", "outcomes",
+                                                   "performance", "drift", "retrain")}
+    preds = {h: ctx.output(run, "predict", h) for h in ref.horizons}
+    predicted = sorted({c for p in preds.values() if p for c in p.coins})
+    excluded_by_coin: dict[str, dict[str, str]] = defaultdict(dict)
+    for h, p in preds.items():
+        for c, why in (p.excluded if p else {}).items():
+            excluded_by_coin[c][h] = why
+    coins_total = sorted(set(predicted) | set(excluded_by_coin))
+    try:
+        coins_total = _quality(ctx, run).coins or coins_total
+    except LakeKeyNotFound:
+        pass
+    risk_out, drift_out = o["risk"], o["drift"]
+    timings = {name: out.seconds for name, out in o.items() if out is not None}
+    timings["predict"] = round(sum(p.seconds for p in preds.values() if p), 3)
+    status = "failed" if ref.failures else "complete"
+    doc = {
+        "run_id": run, "as_of": ref.as_of, "source": ref.source, "status": status, "failures": ref.failures,
+        "coins_total": len(coins_total), "coins_predicted": len(predicted),
+        "excluded": {c: "; ".join(f"{h}: {why}" for h, why in sorted(hs.items()))
+                     for c, hs in sorted(excluded_by_coin.items()) if c not in predicted},
+        "partially_excluded": {c: hs for c, hs in sorted(excluded_by_coin.items()) if c in predicted},
+        "predictions": risk_out.predictions if risk_out else sum(p.predictions for p in preds.values() if p),
+        "new_predictions": sum(p.new for p in preds.values() if p),
+        "served_from_earlier_runs": {h: p.predicted_by for h, p in preds.items()
+                                     if p and p.predicted_by and p.predicted_by != run},
+        "actionable": risk_out.actionable if risk_out else 0,
+        "uncertified_horizons": {h: p.uncertified for h, p in preds.items() if p and p.uncertified},
+        "signals": risk_out.signals if risk_out else [], "tradable_signals": risk_out.tradable if risk_out else 0,
+        "outcomes_recorded": sum(o["outcomes"].recorded.values()) if o["outcomes"] else 0,
+        "drift": drift_out.report if drift_out else {},
+        "trained": o["train"].trained if o["train"] else {},
+        "retrained": o["retrain"].results if o["retrain"] else {},
+        "horizons_without_model": {h: p.no_model for h, p in preds.items() if p and p.no_model},
+        "quality_key": o["validate"].quality_key if o["validate"] else None,
+        "fetch_failures": len(o["ingest"].failures) if o["ingest"] else None,
+        "timings": timings,
+    }
+    key = summary_key(run)
+    ctx.lake.put_json(key, doc)
+    return SummaryOutput(run_id=run, status=status, summary_key=key)

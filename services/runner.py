@@ -1,0 +1,146 @@
+"""The local runner: walks the one pipeline definition in process, step by step, every hand-off through the lake."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from shared.contracts import ms_to_iso
+from shared.errors import CstError, LakeKeyNotFound
+from shared.pipeline import (
+    PIPELINE,
+    STEPS,
+    RunRef,
+    Step,
+    StepContext,
+    StepOutput,
+    step_output_key,
+    summary_key,
+)
+from shared.settings import Settings
+from shared.storage import Lake
+
+log = logging.getLogger(__name__)
+
+
+def make_ref(settings: Settings, source: str, as_of_ms: int) -> RunRef:
+    """A run is identified by its source and as-of: the same cycle always writes the same keys."""
+    from services.ingest.logic import run_id_for, source_id
+
+    sid = source_id(source)
+    return RunRef(run_id=run_id_for(sid, as_of_ms), as_of=ms_to_iso(as_of_ms), source=sid,
+                  horizons=[h for h in settings.horizons if h in settings.training.horizons])
+
+
+def ref_key(run_id: str) -> str:
+    return f"runs/run_id={run_id}/ref.json"
+
+
+def save_ref(lake: Lake, ref: RunRef) -> None:
+    lake.put_json(ref_key(ref.run_id), ref.model_dump(mode="json"), if_absent=True)
+
+
+def load_ref(lake: Lake, run_id: str) -> RunRef:
+    try:
+        return RunRef.model_validate(lake.get_json(ref_key(run_id)))
+    except LakeKeyNotFound:
+        raise CstError("unknown_run", f"no run {run_id!r} in {lake.uri}: start it with --source (and --as-of)") from None
+
+
+def complete_summary(lake: Lake, run_id: str) -> dict | None:
+    """The run's summary when the run completed; a failed or unfinished run has none that counts."""
+    try:
+        doc = lake.get_json(summary_key(run_id))
+    except LakeKeyNotFound:
+        return None
+    return doc if doc.get("status", "complete") == "complete" else None
+
+
+def resolve(entry: str) -> Callable[[StepContext, RunRef], StepOutput]:
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def items_of(step: Step, ref: RunRef) -> list[str | None]:
+    return list(ref.horizons) if step.map_over == "horizons" else [None]
+
+
+def should_run(ctx: StepContext, step: Step, ref: RunRef) -> bool:
+    if not step.when:
+        return True
+    name, _, attr = step.when.partition(".")
+    out = ctx.output(ref.run_id, name)
+    return bool(out is not None and getattr(out, attr))
+
+
+def run_step(ctx: StepContext, name: str, ref: RunRef, item: str | None = None) -> StepOutput:
+    """One step from what the lake holds; a step whose output is stored already is not run again."""
+    step = STEPS.get(name)
+    if step is None:
+        raise CstError("unknown_step", f"no pipeline step {name!r}; steps: {', '.join(STEPS)}")
+    if step.map_over and item is None:
+        raise CstError("step_needs_item", f"step {name} runs once per {step.map_over[:-1]}: give one (e.g. --item 24h)")
+    done = None if step.rerun else ctx.output(ref.run_id, name, item)
+    if done is not None:
+        return done
+    fn = resolve(step.entry)
+    attempt = 0
+    while True:
+        attempt += 1
+        started = time.perf_counter()
+        try:
+            out = fn(ctx, ref.model_copy(update={"item": item}))
+            break
+        except CstError as exc:
+            if exc.code not in step.retry.codes or attempt >= step.retry.max_attempts:
+                raise
+            wait = step.retry.interval_s * step.retry.backoff ** (attempt - 1)
+            log.warning("step %s%s failed with %s (attempt %d); retrying in %.1f s", name,
+                        f"[{item}]" if item else "", exc.code, attempt, wait)
+            time.sleep(wait)
+    out.step, out.item, out.seconds = name, item, round(time.perf_counter() - started, 3)
+    ctx.lake.put_json(step_output_key(ref.run_id, name, item), out.model_dump(mode="json"))
+    return out
+
+
+def _failure(step: str, item: str | None, exc: Exception) -> dict:
+    code = exc.code if isinstance(exc, CstError) else "unexpected_error"
+    message = exc.message if isinstance(exc, CstError) else f"{type(exc).__name__}: {exc}"
+    return {"step": step, "item": item, "code": code, "message": message}
+
+
+def _attempt(ctx: StepContext, step: Step, ref: RunRef, item: str | None) -> Exception | None:
+    try:
+        run_step(ctx, step.name, ref, item)
+    except Exception as exc:
+        if not isinstance(exc, CstError):
+            log.exception("step %s failed unexpectedly", step.name)
+        return exc
+    return None
+
+
+def run_pipeline(ctx: StepContext, ref: RunRef, on_step: Callable[[str], None] | None = None) -> StepOutput:
+    """Every step in the definition's order. A failed Map item leaves the other items running; any other
+    failed step stops the run there. The summary step always runs and names every failure."""
+    failures: list[dict] = list(ref.failures)
+    final = PIPELINE[-1]
+    for step in PIPELINE[:-1]:
+        if not should_run(ctx, step, ref):
+            continue
+        if on_step is not None:
+            on_step(step.name)
+        items = items_of(step, ref)
+        # A Map's items run side by side (ONNX and SHAP release the GIL), as the state machine's Map runs them.
+        workers = max(1, min(len(items), ctx.settings.run.horizon_workers)) if step.map_over else 1
+        with ThreadPoolExecutor(workers) as pool:
+            errors = list(pool.map(_attempt, [ctx] * len(items), [step] * len(items), [ref] * len(items), items))
+        failed = [(item, exc) for item, exc in zip(items, errors, strict=True) if exc is not None]
+        failures.extend(_failure(step.name, item, exc) for item, exc in failed)
+        if failed and step.map_over is None:
+            break
+    if on_step is not None:
+        on_step(final.name)
+    return run_step(ctx, final.name, ref.model_copy(update={"failures": failures}))

@@ -1,0 +1,45 @@
+"""The training steps of the pipeline: first training of horizons without a model, and retraining of drifting ones."""
+
+from __future__ import annotations
+
+from services.predict.model import current_version
+from services.training.train import train
+from shared.errors import CstError
+from shared.pipeline import RunRef, StepContext, TrainOutput
+
+
+def train_missing(ctx: StepContext, ref: RunRef) -> TrainOutput:
+    """Horizons without a CURRENT model are trained on the run's stored history before anything is predicted."""
+    settings, lake = ctx.settings, ctx.lake
+    missing = [h for h in ref.horizons if current_version(lake, h) is None]
+    out = TrainOutput(run_id=ref.run_id)
+    if not missing:
+        return out
+    if ref.source == "live":
+        raise CstError("no_model", f"no CURRENT model for {missing}; train from recorded files first: "
+                                   "cst train --source DIR --lake ...")
+    ctx.tick(f"no CURRENT model for {', '.join(missing)}: training them first with the quick budget "
+             f"(data before {ref.as_of})")
+    results = train(settings, lake, ref.run_id, until=ref.as_of, horizons=missing, budget="quick", tick=ctx.tick)
+    out.trained = {h: m.get("version") or f"not trained: {m.get('message')}" for h, m in results.items()}
+    return out
+
+
+def retrain(ctx: StepContext, ref: RunRef) -> TrainOutput:
+    """The horizons the drift step flagged, retrained with the run budget; CURRENT moves only through the gate."""
+    settings = ctx.settings
+    drift = ctx.output(ref.run_id, "drift")
+    horizons = list(drift.retrain) if drift is not None else []
+    out = TrainOutput(run_id=ref.run_id)
+    if not horizons:
+        return out
+    if ref.source == "live":
+        out.trained = {h: "not retrained: live runs retrain once history is backfilled into the lake" for h in horizons}
+        return out
+    ctx.tick(f"drift in {', '.join(horizons)}: retraining ({settings.run.retrain_budget} budget)")
+    results = train(settings, ctx.lake, ref.run_id, until=ref.as_of, horizons=horizons,
+                    budget=settings.run.retrain_budget, tick=ctx.tick)
+    out.results = {h: {"version": m.get("version"), "promoted": m.get("gate", {}).get("promote"),
+                       "error": m.get("message")} for h, m in results.items()}
+    out.trained = {h: m.get("version") or f"not trained: {m.get('message')}" for h, m in results.items()}
+    return out

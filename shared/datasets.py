@@ -1,0 +1,139 @@
+"""Parquet in the lake: tables by key, partition listing by date range, and the Series codec for stored hand-offs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.contracts import RejectedRow, Series
+from shared.storage import Lake
+
+
+def put_table(lake: Lake, key: str, table: pa.Table, *, if_absent: bool = False) -> bool:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return lake.put(key, buf.getvalue(), if_absent=if_absent)
+
+
+def get_table(lake: Lake, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(lake.get(key)))
+
+
+def read_tables(lake: Lake, keys: list[str]) -> pa.Table | None:
+    """The keys' tables concatenated in key order (schemas unified); None when there are none."""
+    tables = [get_table(lake, k) for k in keys]
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def day_of(ms: int) -> str:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).strftime("%Y-%m-%d")
+
+
+def days_between(lo_ms: int, hi_ms: int) -> list[str]:
+    """Every UTC date from lo to hi inclusive (partition values of a date-partitioned dataset)."""
+    if hi_ms < lo_ms:
+        return []
+    d = datetime.fromtimestamp(int(lo_ms) / 1000, tz=UTC).date()
+    end = datetime.fromtimestamp(int(hi_ms) / 1000, tz=UTC).date()
+    out = []
+    while d <= end:
+        out.append(d.isoformat())
+        d += timedelta(days=1)
+    return out
+
+
+def keys_in_days(lake: Lake, prefix: str, lo_ms: int, hi_ms: int) -> list[str]:
+    """Parquet keys under `prefix`date=<d>/ for the dates lo..hi; lists only those partitions' folders."""
+    keys: list[str] = []
+    for d in days_between(lo_ms, hi_ms):
+        keys.extend(k for k in lake.list(f"{prefix}date={d}/") if k.endswith(".parquet"))
+    return keys
+
+
+# --- Series: the parsed rows of one (layer, timeframe, symbol), as landed or after the gate ---------------------
+
+
+def series_to_table(series: list[Series]) -> pa.Table:
+    """Series of one layer and timeframe in one long table; each series' own field names and parse errors ride
+    in the schema metadata, so a field a series lacks is never read back as NaN data."""
+    fields = sorted({f for s in series for f in s.fields})
+    n = sum(len(s) for s in series)
+    cols: dict[str, np.ndarray | list] = {
+        "symbol": np.repeat(np.asarray([s.symbol for s in series], dtype=object), [len(s) for s in series]),
+        "source": np.repeat(np.asarray([s.source for s in series], dtype=object), [len(s) for s in series]),
+        "ts": np.concatenate([s.ts for s in series]).astype(np.int64) if series else np.zeros(0, np.int64),
+    }
+    for f in fields:
+        col = np.full(n, np.nan)
+        at = 0
+        for s in series:
+            if f in s.fields:
+                col[at:at + len(s)] = s.fields[f]
+            at += len(s)
+        cols[f] = col
+    has_origin = [len(s.origin) == len(s) and len(s) > 0 for s in series]
+    if any(has_origin):
+        cols["origin"] = [o for s, h in zip(series, has_origin) for o in (s.origin if h else [None] * len(s))]
+    meta = {
+        "series": [{"layer": s.layer, "timeframe": s.timeframe, "symbol": s.symbol, "source": s.source,
+                    "fields": sorted(s.fields), "rows": len(s), "origin": h,
+                    "parse_errors": [[r.rule, r.row, r.ts, r.detail] for r in s.parse_errors]}
+                   for s, h in zip(series, has_origin)],
+    }
+    arrays = {k: pa.array(v) for k, v in cols.items()}
+    if not series:
+        arrays = {"symbol": pa.array([], pa.string()), "source": pa.array([], pa.string()),
+                  "ts": pa.array([], pa.int64())}
+    return pa.table(arrays).replace_schema_metadata({"cst": json.dumps(meta)})
+
+
+def table_to_series(table: pa.Table) -> list[Series]:
+    meta = json.loads(table.schema.metadata[b"cst"])
+    ts = table.column("ts").to_numpy()
+    values = {f: table.column(f).to_numpy(zero_copy_only=False) for f in table.column_names
+              if f not in ("symbol", "source", "ts", "origin")}
+    origin = table.column("origin").to_pylist() if "origin" in table.column_names else None
+    out, at = [], 0
+    for m in meta["series"]:
+        n = m["rows"]
+        sl = slice(at, at + n)
+        out.append(Series(
+            m["layer"], m["timeframe"], m["symbol"], m["source"], ts[sl].copy(),
+            {f: values[f][sl].astype(np.float64) for f in m["fields"]},
+            origin[sl] if origin is not None and m["origin"] else [],
+            [RejectedRow(rule, row, t, detail) for rule, row, t, detail in m["parse_errors"]],
+        ))
+        at += n
+    return out
+
+
+def put_series(lake: Lake, prefix: str, series: list[Series], *, content_addressed: bool = False) -> list[str]:
+    """One part per (layer, timeframe) under `prefix`layer=<l>/timeframe=<tf>/, create-if-absent. Named `part`, or
+    by a digest of its bytes when content-addressed (the same series landed by many runs are stored once)."""
+    groups: dict[tuple[str, str], list[Series]] = defaultdict(list)
+    for s in sorted(series, key=lambda x: x.key):
+        groups[(s.layer, s.timeframe)].append(s)
+    keys = []
+    for (layer, tf), group in sorted(groups.items()):
+        buf = io.BytesIO()
+        pq.write_table(series_to_table(group), buf, compression="zstd")
+        blob = buf.getvalue()
+        name = f"sha={hashlib.sha256(blob).hexdigest()[:32]}.parquet" if content_addressed else "part.parquet"
+        key = f"{prefix}layer={layer}/timeframe={tf}/{name}"
+        lake.put(key, blob, if_absent=True)
+        keys.append(key)
+    return keys
+
+
+def get_series(lake: Lake, keys: list[str]) -> list[Series]:
+    return [s for k in keys for s in table_to_series(get_table(lake, k))]

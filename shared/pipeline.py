@@ -1,0 +1,310 @@
+"""The pipeline as data: the one list of steps that the local runner, the Lambda handlers and the state machine read.
+
+Each step names its entry as a dotted path (resolved only when it runs, so this module never imports
+`services/`), its input and output contracts, where it runs and how it is retried. Steps hand off through
+the lake: a step reads what earlier steps stored under the run and writes its own output contract to
+`runs/run_id=<id>/steps/<name>[/<item>].json`, which also makes re-running a finished step a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from shared.contracts import FetchFailure
+from shared.errors import LakeKeyNotFound
+from shared.settings import Settings
+from shared.storage import Lake
+
+Runtime = Literal["process", "lambda", "map", "sagemaker"]
+
+
+class Retry(BaseModel):
+    """Retried error codes (transient ones: a later attempt can succeed), attempts and backoff."""
+
+    codes: list[str] = ["transient", "unreachable", "rate_limited", "server_error", "timeout"]
+    max_attempts: int = 3
+    interval_s: float = 2.0
+    backoff: float = 2.0
+
+
+# --- contracts ------------------------------------------------------------------------------------------------
+
+
+class RunRef(BaseModel):
+    """Every step's input: which run, judged at which time, from which source; `item` for a Map's element."""
+
+    run_id: str
+    as_of: str
+    source: str
+    horizons: list[str]
+    item: str | None = None
+    # Failures of earlier steps (the state machine's Catch puts them here; the summary step reports them).
+    failures: list[dict[str, Any]] = []
+
+
+class StepOutput(BaseModel):
+    run_id: str
+    step: str = ""
+    item: str | None = None
+    seconds: float = 0.0
+
+
+class IngestOutput(StepOutput):
+    landed: int = 0
+    already_present: int = 0
+    failures: list[FetchFailure] = []
+    files_ignored: dict[str, str] = {}
+    staged: list[str] = Field([], description="lake keys of the run's parsed series (Parquet per layer and timeframe, "
+                                               "content-addressed)")
+
+
+class ValidateOutput(StepOutput):
+    quality_key: str
+    statuses: dict[str, int] = {}
+    clean: list[str] = []
+
+
+class FrameSummary(BaseModel):
+    rows: int
+    coins: int
+    features: int
+    excluded: dict[str, int] = {}
+    excluded_layers: list[str] = []
+
+
+class FeaturesOutput(StepOutput):
+    frames: dict[str, FrameSummary] = {}
+    written: int = Field(0, description="feature and panel partitions written (unchanged ones are kept)")
+
+
+class TrainOutput(StepOutput):
+    trained: dict[str, str] = Field({}, description="horizon -> new version, or why it was not trained")
+    results: dict[str, dict[str, Any]] = {}
+
+
+class PredictOutput(StepOutput):
+    horizon: str
+    model_version: str | None = None
+    decision_ts: int | None = None
+    predictions: int = 0
+    new: int = Field(0, description="predictions this run made; the rest were logged by an earlier run")
+    predicted_by: str | None = Field(None, description="run that logged this decision time's predictions")
+    log_key: str | None = None
+    coins: list[str] = []
+    excluded: dict[str, str] = {}
+    uncertified: str | None = None
+    no_model: str | None = None
+
+
+class RiskOutput(StepOutput):
+    predictions: int = 0
+    actionable: int = 0
+    signals: list[dict[str, Any]] = []
+    tradable: int = 0
+
+
+class OutcomesOutput(StepOutput):
+    recorded: dict[str, int] = {}
+    keys: list[str] = []
+
+
+class PerformanceOutput(StepOutput):
+    coins: dict[str, int] = {}
+    keys: list[str] = []
+
+
+class DriftOutput(StepOutput):
+    report: dict[str, dict[str, Any]] = {}
+    retrain: list[str] = []
+
+
+class SummaryOutput(StepOutput):
+    status: Literal["complete", "failed"] = "complete"
+    summary_key: str = ""
+
+
+CONTRACTS: dict[str, type[BaseModel]] = {c.__name__: c for c in (
+    RunRef, StepOutput, IngestOutput, ValidateOutput, FeaturesOutput, TrainOutput, PredictOutput, RiskOutput,
+    OutcomesOutput, PerformanceOutput, DriftOutput, SummaryOutput)}
+
+
+# --- the definition -------------------------------------------------------------------------------------------
+
+
+class Step(BaseModel):
+    name: str
+    entry: str = Field(description="module:function, resolved when the step runs")
+    input: str = "RunRef"
+    output: str
+    runtime: Runtime = "lambda"
+    map_over: Literal["horizons"] | None = Field(None, description="run once per element of the run's list")
+    when: str | None = Field(None, description="'<step>.<field>': run only when that earlier output is non-empty")
+    retry: Retry = Retry()
+    # A step that only reads and reports runs again whenever its run is run (a crash may have lost its key).
+    rerun: bool = False
+    doc: str = ""
+
+    def output_model(self) -> type[StepOutput]:
+        return CONTRACTS[self.output]  # type: ignore[return-value]
+
+
+PIPELINE: tuple[Step, ...] = (
+    Step(name="ingest", entry="services.ingest.steps:ingest", output="IngestOutput",
+         doc="fetch every source (or read the files), land raw responses, stage the parsed series"),
+    Step(name="validate", entry="services.features.steps:validate", output="ValidateOutput",
+         doc="quality gate at the run's as-of: report, quarantine, clean series"),
+    Step(name="features", entry="services.features.steps:features", output="FeaturesOutput",
+         doc="point-in-time features and price panels per timeframe"),
+    Step(name="train", entry="services.training.steps:train_missing", output="TrainOutput", runtime="sagemaker",
+         retry=Retry(max_attempts=1), doc="horizons without a CURRENT model are trained first (quick budget)"),
+    Step(name="predict", entry="services.predict.steps:predict", output="PredictOutput", runtime="map",
+         map_over="horizons", doc="one horizon's decision time: ONNX, SHAP, the confidence filter, the log"),
+    Step(name="risk", entry="services.predict.steps:risk", output="RiskOutput",
+         doc="consensus over horizons and the risk gate on each signal"),
+    Step(name="outcomes", entry="services.predict.steps:outcomes", output="OutcomesOutput",
+         doc="outcomes of predictions that matured since the last run, once each"),
+    Step(name="performance", entry="services.predict.steps:performance", output="PerformanceOutput",
+         doc="rolling hit rate, Brier and ECE per coin and horizon"),
+    Step(name="drift", entry="services.predict.steps:drift", output="DriftOutput",
+         doc="feature PSI, calibration drift and decay per horizon"),
+    Step(name="retrain", entry="services.training.steps:retrain", output="TrainOutput", runtime="sagemaker",
+         when="drift.retrain", retry=Retry(max_attempts=1), doc="drifting horizons retrained through the gate"),
+    Step(name="summary", entry="services.predict.steps:summary", output="SummaryOutput", rerun=True,
+         doc="runs/run_id=<id>/summary.json: what ran, what was excluded and why, signals, failures"),
+)
+
+STEPS: dict[str, Step] = {s.name: s for s in PIPELINE}
+
+
+def step_output_key(run_id: str, step: str, item: str | None = None) -> str:
+    return f"runs/run_id={run_id}/steps/{step}" + (f"/{item}" if item else "") + ".json"
+
+
+def summary_key(run_id: str) -> str:
+    return f"runs/run_id={run_id}/summary.json"
+
+
+# Parsed series as fetched, content-addressed (the ingest step's hand-off to validation and training; a run's
+# ingest output lists its parts, so identical imports are stored once).
+STAGING = "staging/"
+
+
+def clean_prefix(run_id: str) -> str:
+    """The run's series after the quality gate (validation's hand-off to features)."""
+    return f"clean/run_id={run_id}/"
+
+
+def quality_key(run_id: str) -> str:
+    return f"quality/run_id={run_id}/report.json"
+
+
+@dataclass
+class StepContext:
+    """What every step's logic gets besides its input: settings, the lake, and a progress callback."""
+
+    settings: Settings
+    lake: Lake
+    tick: Callable[[str], None] = field(default=lambda _msg: None)
+    # (on_start(n_tasks), on_done(task)) for fetching, drawn as a progress bar by the CLI.
+    fetch_progress: tuple[Callable, Callable] | None = None
+
+    def output(self, run_id: str, step: str, item: str | None = None) -> StepOutput | None:
+        """An earlier step's stored output for this run, or None when that step has not run."""
+        try:
+            doc = self.lake.get_json(step_output_key(run_id, step, item))
+        except LakeKeyNotFound:
+            return None
+        return STEPS[step].output_model().model_validate(doc)
+
+
+# --- the state machine, generated from the definition -----------------------------------------------------------
+
+TRANSIENT_ERROR = "TransientStepError"  # the error type a handler raises for a retryable code
+SAGEMAKER_SYNC = "arn:aws:states:::sagemaker:createTrainingJob.sync"
+
+
+def _task(step: Step, resources: dict[str, Any], next_state: str | None) -> dict:
+    if step.runtime == "sagemaker":
+        # The training job runs the same entry point as `cst train`, on the run's stored history in the lake.
+        params = {**resources.get(step.name, {}),
+                  "HyperParameters": {"run_id.$": "$.run_id", "until.$": "$.as_of", "step": step.name}}
+        state: dict[str, Any] = {"Type": "Task", "Resource": SAGEMAKER_SYNC, "Parameters": params}
+    else:
+        state = {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                 "Parameters": {"FunctionName": resources.get(step.name, f"${{{step.name}}}"), "Payload.$": "$"},
+                 "ResultSelector": {"output.$": "$.Payload"}}
+    state["Retry"] = [{"ErrorEquals": [TRANSIENT_ERROR, "Lambda.ServiceException", "Lambda.TooManyRequestsException"],
+                       "IntervalSeconds": int(step.retry.interval_s), "BackoffRate": step.retry.backoff,
+                       "MaxAttempts": max(0, step.retry.max_attempts - 1)}] if step.retry.max_attempts > 1 else []
+    if next_state is None:
+        state["End"] = True
+    else:
+        state["Next"] = next_state
+    return state
+
+
+def state_machine(resources: dict[str, Any] | None = None) -> dict:
+    """Amazon States Language for the pipeline: one state per step in the definition's order, a Map over the run's
+    horizons for Map steps, a Choice before conditional steps, retries on transient errors, and a Catch on every
+    task that goes to the summary with the failed step named. `resources`: step name -> Lambda ARN (or the
+    SageMaker job parameters for training steps)."""
+    resources = resources or {}
+    names = [s.name for s in PIPELINE]
+    final = PIPELINE[-1].name
+    states: dict[str, Any] = {}
+    for i, step in enumerate(PIPELINE):
+        nxt = names[i + 1] if i + 1 < len(names) else None
+        catch = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.caught", "Next": f"{step.name} failed"}]
+        if step.map_over:
+            inner = _task(step, resources, None)
+            state: dict[str, Any] = {
+                "Type": "Map", "ItemsPath": f"$.{step.map_over}",
+                "ItemSelector": {"run_id.$": "$.run_id", "as_of.$": "$.as_of", "source.$": "$.source",
+                                 "horizons.$": "$.horizons", "item.$": "$$.Map.Item.Value"},
+                # One item failing must not lose the others: the item's error is its result and the summary reads
+                # which items stored an output.
+                "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": step.name,
+                                  "States": {step.name: {**inner, "Catch": [{"ErrorEquals": ["States.ALL"],
+                                                                             "Next": f"{step.name} item failed"}]},
+                                             f"{step.name} item failed": {"Type": "Pass", "End": True}}},
+                "ResultPath": None, "Next": nxt}
+        else:
+            # Outputs a later Choice reads stay in the execution's state; the rest live in the lake only.
+            kept = any(s.when and s.when.partition(".")[0] == step.name for s in PIPELINE)
+            state = {**_task(step, resources, nxt), "ResultPath": f"$.run.{step.name}" if kept else None}
+        if step.name != final:
+            state["Catch"] = catch
+            states[f"{step.name} failed"] = {
+                "Type": "Pass", "Parameters": {"step": step.name, "error.$": "$.caught.Error",
+                                               "cause.$": "$.caught.Cause"},
+                "ResultPath": "$.failed", "Next": final}
+        if step.when:
+            source, _, attr = step.when.partition(".")
+            states[f"{step.name}?"] = {
+                "Type": "Choice",
+                "Choices": [{"Variable": f"$.run.{source}.output.{attr}[0]", "IsPresent": True, "Next": step.name}],
+                "Default": nxt}
+        states[step.name] = state
+    # Conditional steps are entered through their Choice.
+    for i, step in enumerate(PIPELINE):
+        if step.when and i > 0:
+            prev = states[names[i - 1]]
+            prev["Next"] = f"{step.name}?"
+    return {"Comment": "cst pipeline, generated from shared.pipeline.PIPELINE", "StartAt": names[0], "States": states}
+
+
+def state_order(definition: dict) -> list[str]:
+    """The step states in the order an execution without failures visits them (Choices followed to their step)."""
+    states, order, name = definition["States"], [], definition["StartAt"]
+    while name is not None:
+        state = states[name]
+        if state["Type"] == "Choice":
+            name = state["Choices"][0]["Next"]
+            continue
+        order.append(name)
+        name = None if state.get("End") else state.get("Next")
+    return order

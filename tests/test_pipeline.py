@@ -1,0 +1,95 @@
+"""The one pipeline definition: the runner, the Lambda handlers, the CLI and the state machine all follow it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from services import cli, handlers, runner
+from shared.pipeline import PIPELINE, STEPS, RunRef, state_machine, state_order
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_runner_handlers_cli_and_state_machine_name_the_same_steps_in_the_same_order(monkeypatch):
+    names = [s.name for s in PIPELINE]
+    visited: list[str] = []
+    calls: list[str] = []
+
+    def record(ctx, name, ref, item=None):
+        calls.append(name)
+        return STEPS[name].output_model()(run_id=ref.run_id, horizon=item or "", quality_key="")
+
+    # The runner's walk with every step recorded instead of run, and every condition true.
+    monkeypatch.setattr(runner, "run_step", record)
+    monkeypatch.setattr(runner, "should_run", lambda ctx, step, ref: True)
+    from types import SimpleNamespace
+
+    from shared.settings import Settings
+
+    runner.run_pipeline(SimpleNamespace(settings=Settings(_env_file=None)), RunRef(run_id="r", as_of="2024-05-01T00:00:00Z", source="x", horizons=["24h", "7d"]),
+                        on_step=visited.append)
+    assert visited == names
+    assert list(dict.fromkeys(calls)) == names
+    lambda_steps = [s.name for s in PIPELINE if s.runtime != "sagemaker"]
+    assert list(handlers.HANDLERS) == lambda_steps
+    assert all(getattr(handlers, n) is handlers.HANDLERS[n] for n in lambda_steps)
+    assert state_order(state_machine()) == names
+    step_cmd = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["step"]._actions
+                    if a.dest == "name")
+    assert list(step_cmd.choices) == names
+
+
+def test_every_entry_resolves_to_a_function_of_its_service():
+    for step in PIPELINE:
+        fn = runner.resolve(step.entry)
+        assert callable(fn) and fn.__name__ == step.entry.split(":")[1]
+        assert step.output_model().__name__ == step.output
+
+
+def test_no_second_list_of_steps_in_the_code():
+    """Only shared/pipeline.py spells the order of the steps; the rest reads PIPELINE."""
+    names = [s.name for s in PIPELINE]
+    offenders = []
+    for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("shared/**/*.py")]:
+        if path.name == "pipeline.py" and path.parent.name == "shared":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.List, ast.Tuple)):
+                strings = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                if len(set(strings) & set(names)) >= 4 and {"ingest", "predict"} <= set(strings):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {strings}")
+    assert not offenders, offenders
+
+
+def test_state_machine_shape():
+    d = state_machine({"predict": "arn:aws:lambda:eu-west-1:123456789012:function:predict"})
+    states = d["States"]
+    assert states["predict"]["Type"] == "Map" and states["predict"]["ItemsPath"] == "$.horizons"
+    inner = states["predict"]["ItemProcessor"]["States"]["predict"]
+    assert inner["Parameters"]["FunctionName"].endswith(":function:predict")
+    # Conditional retraining: a Choice on the drift step's output, skipping to the summary otherwise.
+    assert states["drift"]["Next"] == "retrain?" and states["drift"]["ResultPath"] == "$.run.drift"
+    assert states["retrain?"]["Default"] == "summary"
+    assert states["retrain"]["Resource"].startswith("arn:aws:states:::sagemaker:")
+    # Every task but the summary is caught and routed to the summary with the failed step named.
+    for name in (s.name for s in PIPELINE[:-1]):
+        assert states[name]["Catch"][0]["Next"] == f"{name} failed"
+        assert states[f"{name} failed"]["Next"] == "summary"
+    assert states["ingest"]["Retry"][0]["ErrorEquals"][0] == handlers.TransientStepError.__name__
+
+
+@pytest.mark.parametrize("code,transient", [("server_error", True), ("feature_mismatch", False)])
+def test_handlers_raise_retryable_codes_as_the_transient_error(monkeypatch, code, transient):
+    from shared.errors import CstError
+
+    def boom(*_a, **_k):
+        raise CstError(code, "x")
+
+    monkeypatch.setattr(handlers, "run_step", boom)
+    monkeypatch.setattr(handlers, "_context", lambda: None)
+    event = {"run_id": "r", "as_of": "2024-05-01T00:00:00Z", "source": "x", "horizons": ["24h"]}
+    with pytest.raises(handlers.TransientStepError if transient else CstError):
+        handlers.HANDLERS["ingest"](event, None)
