@@ -84,7 +84,7 @@ def run_step(ctx: StepContext, name: str, ref: RunRef, item: str | None = None) 
     if step.map_over and item is None:
         raise CstError("step_needs_item", f"step {name} runs once per {step.map_over[:-1]}: give one (e.g. --item 24h)")
     done = None if step.rerun else ctx.output(ref.run_id, name, item)
-    if done is not None:
+    if done is not None and getattr(done, "complete", True):
         return done
     fn = resolve(step.entry)
     attempt = 0
@@ -102,8 +102,13 @@ def run_step(ctx: StepContext, name: str, ref: RunRef, item: str | None = None) 
                         f"[{item}]" if item else "", exc.code, attempt, wait)
             time.sleep(wait)
     out.step, out.item, out.seconds = name, item, round(time.perf_counter() - started, 3)
-    ctx.lake.put_json(step_output_key(ref.run_id, name, item), out.model_dump(mode="json"))
+    store_output(ctx, out)
     return out
+
+
+def store_output(ctx: StepContext, out: StepOutput) -> None:
+    """The step's output contract under the run: the next steps' input and the mark that it has run."""
+    ctx.lake.put_json(step_output_key(out.run_id, out.step, out.item), out.model_dump(mode="json"))
 
 
 def _failure(step: str, item: str | None, exc: Exception) -> dict:

@@ -67,11 +67,14 @@ def series_to_table(series: list[Series]) -> pa.Table:
     """Series of one layer and timeframe in one long table; each series' own field names and parse errors ride
     in the schema metadata, so a field a series lacks is never read back as NaN data."""
     fields = sorted({f for s in series for f in s.fields})
-    n = sum(len(s) for s in series)
-    cols: dict[str, np.ndarray | list] = {
-        "symbol": np.repeat(np.asarray([s.symbol for s in series], dtype=object), [len(s) for s in series]),
-        "source": np.repeat(np.asarray([s.source for s in series], dtype=object), [len(s) for s in series]),
-        "ts": np.concatenate([s.ts for s in series]).astype(np.int64) if series else np.zeros(0, np.int64),
+    lengths = np.asarray([len(s) for s in series], dtype=np.int64)
+    n = int(lengths.sum())
+    which = pa.array(np.repeat(np.arange(len(series), dtype=np.int32), lengths))
+    cols: dict[str, pa.Array] = {
+        # One dictionary entry per series: a symbol is stored once, not once per row.
+        "symbol": pa.DictionaryArray.from_arrays(which, pa.array([s.symbol for s in series], pa.string())),
+        "source": pa.DictionaryArray.from_arrays(which, pa.array([s.source for s in series], pa.string())),
+        "ts": pa.array(np.concatenate([s.ts for s in series]).astype(np.int64) if series else np.zeros(0, np.int64)),
     }
     for f in fields:
         col = np.full(n, np.nan)
@@ -80,21 +83,18 @@ def series_to_table(series: list[Series]) -> pa.Table:
             if f in s.fields:
                 col[at:at + len(s)] = s.fields[f]
             at += len(s)
-        cols[f] = col
+        cols[f] = pa.array(col)
     has_origin = [len(s.origin) == len(s) and len(s) > 0 for s in series]
     if any(has_origin):
-        cols["origin"] = [o for s, h in zip(series, has_origin) for o in (s.origin if h else [None] * len(s))]
+        cols["origin"] = pa.array([o for s, h in zip(series, has_origin, strict=True)
+                                   for o in (s.origin if h else [None] * len(s))], pa.large_string())
     meta = {
         "series": [{"layer": s.layer, "timeframe": s.timeframe, "symbol": s.symbol, "source": s.source,
                     "fields": sorted(s.fields), "rows": len(s), "origin": h,
                     "parse_errors": [[r.rule, r.row, r.ts, r.detail] for r in s.parse_errors]}
                    for s, h in zip(series, has_origin)],
     }
-    arrays = {k: pa.array(v) for k, v in cols.items()}
-    if not series:
-        arrays = {"symbol": pa.array([], pa.string()), "source": pa.array([], pa.string()),
-                  "ts": pa.array([], pa.int64())}
-    return pa.table(arrays).replace_schema_metadata({"cst": json.dumps(meta)})
+    return pa.table(cols).replace_schema_metadata({"cst": json.dumps(meta)})
 
 
 def table_to_series(table: pa.Table) -> list[Series]:
@@ -119,20 +119,32 @@ def table_to_series(table: pa.Table) -> list[Series]:
 
 def put_series(lake: Lake, prefix: str, series: list[Series], *, content_addressed: bool = False) -> list[str]:
     """One part per (layer, timeframe) under `prefix`layer=<l>/timeframe=<tf>/, create-if-absent. Named `part`, or
-    by a digest of its bytes when content-addressed (the same series landed by many runs are stored once)."""
+    by a digest of its content when content-addressed (the same series landed by many runs are stored once)."""
     groups: dict[tuple[str, str], list[Series]] = defaultdict(list)
     for s in sorted(series, key=lambda x: x.key):
         groups[(s.layer, s.timeframe)].append(s)
     keys = []
     for (layer, tf), group in sorted(groups.items()):
-        buf = io.BytesIO()
-        pq.write_table(series_to_table(group), buf, compression="zstd")
-        blob = buf.getvalue()
-        name = f"sha={hashlib.sha256(blob).hexdigest()[:32]}.parquet" if content_addressed else "part.parquet"
+        table = series_to_table(group)
+        name = f"sha={arrow_digest(table)}.parquet" if content_addressed else "part.parquet"
         key = f"{prefix}layer={layer}/timeframe={tf}/{name}"
-        lake.put(key, blob, if_absent=True)
+        if not lake.exists(key):
+            put_table(lake, key, table, if_absent=True)
         keys.append(key)
     return keys
+
+
+def arrow_digest(table: pa.Table) -> str:
+    """A digest of a table's content (schema with its metadata, then every column's buffers, read in place):
+    equal tables get equal digests without encoding or copying anything."""
+    h = hashlib.sha256(table.schema.serialize().to_pybytes())
+    for column in table.columns:
+        for chunk in column.chunks:
+            h.update(str((len(chunk), chunk.offset)).encode())
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+    return h.hexdigest()[:32]
 
 
 def get_series(lake: Lake, keys: list[str]) -> list[Series]:

@@ -84,6 +84,12 @@ class FeaturesOutput(StepOutput):
 class TrainOutput(StepOutput):
     trained: dict[str, str] = Field({}, description="horizon -> new version, or why it was not trained")
     results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, dict[str, str]] = Field({}, description="horizon -> code and message of a training that broke")
+
+    @property
+    def complete(self) -> bool:
+        """A step output with failures is not final: running the run again retries what failed."""
+        return not self.failed
 
 
 class PredictOutput(StepOutput):

@@ -221,14 +221,17 @@ class TrainingSettings(BaseModel):
     # A horizon trains only with at least this many labeled rows with full sequence windows: fewer cannot
     # fill the walk-forward folds, the out-of-sample meta-learner and the two calibration halves.
     min_training_rows: int = 500
-    # The first Optuna trial of each member's new study (a stored study starts from its best params instead):
-    # moderate, regularized settings that train within the quick budget on every horizon.
+    # The first Optuna trial of a member that has no earlier study (later windows start from earlier windows'
+    # best parameters instead): moderate, regularized settings that train within the quick budget on every horizon.
     first_trial: dict[str, dict[str, int | float]] = {
         "lr": {"C": 0.1},
         "gbt": {"n_estimators": 150, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 100,
                 "colsample_bytree": 0.7, "reg_lambda": 1.0},
         "gru": {"hidden": 32, "dropout": 0.1, "lr": 2e-3, "weight_decay": 1e-4},
     }
+    # A retrain's search starts with the best parameters of this many earlier data windows, re-scored on the
+    # new window (what earlier searches learned, without their scores pruning the new trials).
+    warm_starts: int = 2
     # Venn-Abers and the other calibrators are tabulated on this many score points for export.
     calibration_grid: int = 512
     # Tables that are only scored, never exported (choosing the calibration method, the held-out probe), use at

@@ -7,7 +7,6 @@ A row at time t uses only data published by t, so a later run's partition holds 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -17,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.features.frame import PRICE, FeatureFrame, Panel
-from shared.datasets import get_table
+from shared.datasets import arrow_digest, get_table
 from shared.errors import LakeKeyNotFound
 from shared.settings import timeframe_ms
 from shared.storage import Lake
@@ -72,13 +71,13 @@ def _write_partitions(lake: Lake, dataset: str, timeframe: str, ts: np.ndarray, 
         if idx.size == 0:
             continue
         date = str(part[idx[0]])
-        buf = io.BytesIO()
-        pq.write_table(table.take(pa.array(idx)), buf, compression="zstd")
-        blob = buf.getvalue()
-        digest = hashlib.sha256(blob).hexdigest()[:32]
+        piece = table.take(pa.array(idx))
+        digest = arrow_digest(piece)  # an unchanged partition costs no Parquet encoding and no write
         if manifest.get(date) == digest:
             continue
-        lake.put(f"{dataset}/timeframe={timeframe}/date={date}/part.parquet", blob)
+        buf = io.BytesIO()
+        pq.write_table(piece, buf, compression="zstd")
+        lake.put(f"{dataset}/timeframe={timeframe}/date={date}/part.parquet", buf.getvalue())
         manifest[date] = digest
         written += 1
     if written:

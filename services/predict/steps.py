@@ -350,9 +350,12 @@ def summary(ctx: StepContext, ref: RunRef) -> SummaryOutput:
     risk_out, drift_out = o["risk"], o["drift"]
     timings = {name: out.seconds for name, out in o.items() if out is not None}
     timings["predict"] = round(sum(p.seconds for p in preds.values() if p), 3)
-    status = "failed" if ref.failures else "complete"
+    failures = list(ref.failures) + [
+        {"step": name, "item": h, **f} for name in ("train", "retrain") if o[name] is not None
+        for h, f in sorted(o[name].failed.items())]
+    status = "failed" if failures else "complete"
     doc = {
-        "run_id": run, "as_of": ref.as_of, "source": ref.source, "status": status, "failures": ref.failures,
+        "run_id": run, "as_of": ref.as_of, "source": ref.source, "status": status, "failures": failures,
         "coins_total": len(coins_total), "coins_predicted": len(predicted),
         "excluded": {c: "; ".join(f"{h}: {why}" for h, why in sorted(hs.items()))
                      for c, hs in sorted(excluded_by_coin.items()) if c not in predicted},

@@ -110,7 +110,8 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     for m in MEMBERS:
         tick(f"{horizon}: tuning {m}")
         tuned[m] = tune_member(m, ds, folds, budget, seed=seed, lake=lake, horizon=horizon,
-                               first_trial=cfg.first_trial[m], on_trial=lambda m=m: tick(f"{horizon}: {m} trial"))
+                               first_trial=cfg.first_trial[m], warm_starts=cfg.warm_starts,
+                               on_trial=lambda m=m: tick(f"{horizon}: {m} trial"))
     oof = np.column_stack([tuned[m].oof for m in MEMBERS])
     y_oof = ds.y[test_rows]
 
@@ -169,7 +170,7 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
         horizon=horizon, spec=spec, names=list(frame.names), members=members, meta=meta, calibrator=cal,
         quantiles=quant, background={"X": ds.X[pick], "S": ds.S[pick]}, metrics=metrics,
         params={m: tuned[m].params for m in MEMBERS},
-        tuning={m: {"trials_this_run": tuned[m].trials_run, "trials_in_study": tuned[m].trials_total} for m in MEMBERS},
+        tuning={m: tuned[m].summary() for m in MEMBERS},
         window={"first": int(ds.ts.min()), "last": int(ds.ts.max()), "rows": len(ds),
                 "coins": sorted(set(ds.coin.tolist())), "folds": len(folds)},
         excluded=prep.excluded,

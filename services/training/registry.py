@@ -114,7 +114,10 @@ def model_card(meta: dict) -> str:
         f"{meta['sequence_length']} rows; stacked by a logistic meta-learner trained on out-of-fold member logits "
         f"from purged walk-forward CV ({meta['training_window']['folds']} folds, embargo = horizon).",
         *[f"- {k}: {json.dumps(v)}" for k, v in meta["members"].items()],
-        f"- Optuna trials (this run / whole study): {json.dumps(meta['tuning'])}",
+        f"- Optuna search per member (this window's own study; earlier windows' best parameters re-scored first): "
+        f"{json.dumps(meta['tuning'])}",
+        *[f"- **{m}: {t['fallback']}**" for m, t in meta["tuning"].items() if t.get("fallback")],
+        *[f"- **{m}: {t['stopped_by_time']}**" for m, t in meta["tuning"].items() if t.get("stopped_by_time")],
         "",
         "## Calibration and uncertainty",
         f"- Point calibrator: **{cal['method']}**, chosen on validation Brier {json.dumps(cal.get('validation_brier'))}.",

@@ -21,8 +21,17 @@ def train_missing(ctx: StepContext, ref: RunRef) -> TrainOutput:
     ctx.tick(f"no CURRENT model for {', '.join(missing)}: training them first with the quick budget "
              f"(data before {ref.as_of})")
     results = train(settings, lake, ref.run_id, until=ref.as_of, horizons=missing, budget="quick", tick=ctx.tick)
-    out.trained = {h: m.get("version") or f"not trained: {m.get('message')}" for h, m in results.items()}
+    _record(out, results)
     return out
+
+
+def _record(out: TrainOutput, results: dict[str, dict]) -> None:
+    for h, m in results.items():
+        out.trained[h] = m.get("version") or f"not trained: [{m.get('error')}] {m.get('message')}"
+        out.results[h] = {"version": m.get("version"), "promoted": m.get("gate", {}).get("promote"),
+                          "error": m.get("message")}
+        if m.get("failed"):
+            out.failed[h] = {"code": m["error"], "message": m["message"]}
 
 
 def retrain(ctx: StepContext, ref: RunRef) -> TrainOutput:
@@ -31,6 +40,11 @@ def retrain(ctx: StepContext, ref: RunRef) -> TrainOutput:
     drift = ctx.output(ref.run_id, "drift")
     horizons = list(drift.retrain) if drift is not None else []
     out = TrainOutput(run_id=ref.run_id)
+    earlier = ctx.output(ref.run_id, "retrain")
+    if earlier is not None:
+        # A run finished again after a failed retrain: what was retrained stays, only the failures are retried.
+        out = earlier.model_copy(update={"failed": {}}, deep=True)
+        horizons = [h for h in horizons if h in earlier.failed]
     if not horizons:
         return out
     if ref.source == "live":
@@ -39,7 +53,5 @@ def retrain(ctx: StepContext, ref: RunRef) -> TrainOutput:
     ctx.tick(f"drift in {', '.join(horizons)}: retraining ({settings.run.retrain_budget} budget)")
     results = train(settings, ctx.lake, ref.run_id, until=ref.as_of, horizons=horizons,
                     budget=settings.run.retrain_budget, tick=ctx.tick)
-    out.results = {h: {"version": m.get("version"), "promoted": m.get("gate", {}).get("promote"),
-                       "error": m.get("message")} for h, m in results.items()}
-    out.trained = {h: m.get("version") or f"not trained: {m.get('message')}" for h, m in results.items()}
+    _record(out, results)
     return out

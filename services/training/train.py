@@ -67,6 +67,11 @@ def train(settings: Settings, lake: Lake, run_id: str, *, until: str | None = No
             log.error("horizon %s not trained: %s", h, exc)
             results[h] = {"error": exc.code, "message": exc.message}
             continue
+        except Exception as exc:  # noqa: BLE001 - a failed search or fit must not cost the other horizons
+            log.exception("horizon %s: training failed", h)
+            # CURRENT stays where it is: nothing of this horizon was published.
+            results[h] = {"error": "training_failed", "message": f"{type(exc).__name__}: {exc}", "failed": True}
+            continue
         if on_trained is not None:
             on_trained(t)  # the in-memory models, e.g. for native-vs-ONNX comparisons
         meta = publish(t, t.ds, t.val_idx, frames[tf].declared, lake, cfg.gate_brier_tolerance,

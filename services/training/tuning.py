@@ -1,8 +1,11 @@
-"""Optuna per member: TPE with pruning per fold, a trial and time budget, studies kept in the lake.
+"""Optuna per member: TPE with pruning per fold, a trial budget, one study per data window, all kept in the lake.
 
-The study of a (horizon, member) lives in one journal file in the lake and is reopened on every
-retrain, so TPE starts from every earlier trial of that horizon; the previous best parameters are
-also re-run first on the new data (warm start), and the winner is chosen among this run's trials.
+The studies of a (horizon, member) live in one journal file in the lake. Each retrain opens a study of its own
+data window, so the median pruner compares a trial only with trials scored on the same folds: trials of an
+earlier window (another market, other folds) can never prune the new ones. What earlier windows learned comes
+in as warm starts: their best parameters are the new study's first trials, re-scored on the new window, and TPE
+goes on from there. If the search still completes no trial, the member falls back to the previous best
+parameters (or the configured first trial), fitted and scored like any trial, and the model card says so.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import numpy as np
 from services.training.calibration import brier
 from services.training.cv import Fold
 from services.training.members import Dataset, GbtMember, LogisticMember, SequenceMember, make_member
-from shared.metrics import sigmoid
 from shared.errors import LakeKeyNotFound
+from shared.metrics import sigmoid
 from shared.settings import Budget
 from shared.storage import Lake
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class TuneResult:
@@ -32,6 +36,19 @@ class TuneResult:
     trials_run: int
     trials_total: int
     best_brier: float
+    trials_requested: int = 0
+    warm_starts: int = 0  # best parameters of earlier windows re-scored first
+    stopped_by_time: bool = False  # the wall-clock safety net ended the search before its trial count
+    fallback: str | None = None  # why the member was fitted with earlier parameters instead of a searched trial
+
+    def summary(self) -> dict:
+        out = {"trials_this_run": self.trials_run, "trials_requested": self.trials_requested,
+               "trials_in_journal": self.trials_total, "warm_starts": self.warm_starts}
+        if self.stopped_by_time:
+            out["stopped_by_time"] = f"search stopped by time after {self.trials_run} of {self.trials_requested} trials"
+        if self.fallback:
+            out["fallback"] = self.fallback
+        return out
 
 
 def oof_logits(member_name: str, params: dict, ds: Dataset, folds: list[Fold], epochs: int, seed: int,
@@ -56,15 +73,36 @@ def _space(member: str, trial, budget: Budget) -> dict:
     return SequenceMember.space(trial)
 
 
+def window_id(ds: Dataset, folds: list[Fold]) -> str:
+    """The data window a search scores on: its rows' time span and size, and the fold layout."""
+    return f"{int(ds.ts.min())}-{int(ds.ts.max())}-{len(ds)}-{len(folds)}f"
+
+
+def earlier_best(study_summaries, current: str, keep: int) -> list[dict]:
+    """Best parameters of the most recent earlier windows' studies (newest first, duplicates dropped)."""
+    found: list[dict] = []
+    for s in sorted(study_summaries, key=lambda s: s.datetime_start or 0, reverse=True):
+        if s.study_name == current or s.best_trial is None:
+            continue
+        params = dict(s.best_trial.params)
+        if params not in found:
+            found.append(params)
+        if len(found) >= keep:
+            break
+    return found
+
+
 def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, seed: int, lake: Lake | None,
-                horizon: str, first_trial: dict, on_trial: Callable[[], None] | None = None) -> TuneResult:
-    """Optuna on the purged folds; a new study starts from `first_trial`, a stored one from its best params."""
+                horizon: str, first_trial: dict, warm_starts: int = 2,
+                on_trial: Callable[[], None] | None = None) -> TuneResult:
+    """Optuna on the purged folds, in this window's own study; earlier windows' best parameters go first."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     key = f"models/horizon={horizon}/optuna/{member}.journal"
+    requested = budget.trials.get(member, 1)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "journal.log"
         if lake is not None:
@@ -73,15 +111,20 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
             except LakeKeyNotFound:
                 pass
         storage = JournalStorage(JournalFileBackend(str(path)))
+        name = f"{horizon}-{member}-{window_id(ds, folds)}"
+        warm = earlier_best(optuna.get_all_study_summaries(storage), name, warm_starts)
         study = optuna.create_study(
-            study_name=f"{horizon}-{member}", storage=storage, load_if_exists=True, direction="minimize",
+            study_name=name, storage=storage, load_if_exists=True, direction="minimize",
             sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+            # Warm starts run first and are never pruned: the pruner starts after them.
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=max(2, len(warm)), n_warmup_steps=0),
         )
-        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         first_number = len(study.trials)
-        # Warm start: last retrain's best goes first; on the first run, the configured first trial.
-        study.enqueue_trial(study.best_params if done else first_trial, skip_if_exists=False)
+        own = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        # The same window searched again (a retrain on unchanged data) goes on from its own best; a new window
+        # starts from the earlier windows' best parameters, or the configured first trial.
+        for params in ([study.best_params] if own else warm or [first_trial]):
+            study.enqueue_trial(params, skip_if_exists=False)
         oofs: dict[int, np.ndarray] = {}
 
         def objective(trial) -> float:
@@ -97,13 +140,23 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
             return score
 
         callbacks = [lambda *_: on_trial()] if on_trial else []
-        study.optimize(objective, n_trials=budget.trials.get(member, 1), timeout=budget.timeout_s / 3,
-                       callbacks=callbacks, catch=())
+        study.optimize(objective, n_trials=requested, timeout=budget.timeout_s / 3, callbacks=callbacks, catch=())
         trials = study.trials
+        ran = len(trials) - first_number
         mine = [t for t in trials[first_number:] if t.state == optuna.trial.TrialState.COMPLETE]
         if lake is not None:
             lake.put(key, path.read_bytes())
-    if not mine:
-        raise RuntimeError(f"{horizon}/{member}: no trial completed within the budget")
-    best = min(mine, key=lambda t: t.value)
-    return TuneResult(dict(best.params), oofs[best.number], len(trials) - first_number, len(trials), float(best.value))
+    result = TuneResult({}, np.zeros(0), ran, len(trials), float("nan"), requested, len(warm),
+                        stopped_by_time=ran < requested)
+    if mine:
+        best = min(mine, key=lambda t: t.value)
+        result.params, result.oof, result.best_brier = dict(best.params), oofs[best.number], float(best.value)
+        return result
+    # Nothing completed (every trial pruned or the time net tripped first): the previous best, scored unpruned.
+    params = warm[0] if warm else dict(first_trial)
+    why = "earlier window's best parameters" if warm else "the configured first trial"
+    log.warning("%s/%s: no trial completed in %d run; fitted with %s", horizon, member, ran, why)
+    result.oof, result.best_brier = oof_logits(member, params, ds, folds, budget.epochs, seed)
+    result.params = params
+    result.fallback = f"no search trial completed ({ran} run, {requested} requested): fitted with {why}"
+    return result

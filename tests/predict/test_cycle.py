@@ -253,3 +253,45 @@ def test_hourly_runs_predict_each_daily_decision_once_and_count_its_outcome_once
     assert later["outcomes_recorded"] == 5
     ids = [(r["horizon"], r["coin"], r["decision_ts"]) for r in outcome_rows(lake)]
     assert len(ids) == len(set(ids)) == 5
+
+
+def test_a_failed_retrain_keeps_current_names_the_failure_and_a_rerun_finishes_the_run(
+        source, lake_dir, env, tmp_path, monkeypatch):
+    import services.training.train as train_mod
+
+    lake = tmp_path / "lake"
+    copy_models(lake_dir, lake)
+    current = {h: (lake / f"models/horizon={h}/CURRENT").read_text() for h in ("24h", "7d")}
+    # Every feature counts as drifting on a short window: both horizons ask for a retrain.
+    for key, value in (("CST_RUN__DRIFT_WINDOW", '{"1d": 5, "1h": 5}'), ("CST_RUN__PSI_MIN_ROWS", "5"),
+                       ("CST_RUN__PSI_THRESHOLD", "0"), ("CST_RUN__PSI_FEATURE_SHARE", "0")):
+        monkeypatch.setenv(key, value)
+    real = train_mod.train_horizon
+
+    def broken(horizon, *a, **k):
+        if horizon == "24h":
+            raise RuntimeError("24h/lr: no trial completed within the budget")
+        return real(horizon, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train_horizon", broken)
+    as_of = "2024-05-20T00:00:00Z"
+    assert cli.main(["run", "--source", str(source), "--lake", str(lake), "--as-of", as_of]) == 1
+    (path,) = lake.glob("runs/*/summary.json")
+    s = json.loads(path.read_text())
+    assert s["status"] == "failed" and s["drift"]["24h"]["retrain"]
+    assert s["failures"] == [{"step": "retrain", "item": "24h", "code": "training_failed",
+                              "message": "RuntimeError: 24h/lr: no trial completed within the budget"}]
+    assert (lake / "models/horizon=24h/CURRENT").read_text() == current["24h"]  # kept
+    assert s["retrained"]["7d"]["version"]  # the other horizon was retrained all the same
+    logged = snapshot(lake)
+    # The same as-of again, with training repaired: only the failed retrain runs; nothing that landed changes.
+    monkeypatch.setattr(train_mod, "train_horizon", real)
+    assert cli.main(["run", "--source", str(source), "--lake", str(lake), "--as-of", as_of]) == 0
+    s2 = json.loads(path.read_text())
+    assert s2["status"] == "complete" and s2["failures"] == []
+    assert s2["retrained"]["7d"] == s["retrained"]["7d"] and s2["retrained"]["24h"]["version"]
+    after = snapshot(lake)
+    for key, blob in logged.items():
+        if key.startswith(("predictions/", "outcomes/", "performance/", "raw/", "staging/")):
+            assert after[key] == blob, key
+    assert {k for k in after if k.startswith("predictions/")} == {k for k in logged if k.startswith("predictions/")}

@@ -174,15 +174,15 @@ def test_serving_imports_no_training_library():
 
 
 def test_retrain_warm_starts_and_gates(trained):
-    """A second retrain reopens the studies (more trials in them, the previous best re-run first) and
-    goes through the gate against CURRENT."""
+    """A second retrain on the same window reopens its study (more trials in the journal, its best re-run first)
+    and goes through the gate against CURRENT."""
     from services.training.train import train
 
     lake, cfg = trained["lake"], trained["cfg"]
     before = trained["results"]["24h"]
     again = train(cfg, lake, trained["run_id"], until=UNTIL, horizons=["24h"], budget="tiny")["24h"]
     for m in MEMBERS:
-        assert again["tuning"][m]["trials_in_study"] > before["tuning"][m]["trials_in_study"]
+        assert again["tuning"][m]["trials_in_journal"] > before["tuning"][m]["trials_in_journal"]
     assert again["gate"]["previous"] == before["version"]
     assert "brier_previous" in again["gate"]
     current = current_version(lake, "24h")
