@@ -259,18 +259,26 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from services.evaluation.evaluate import evaluate
+    from services.evaluation.evaluate import evaluate, load_experiment
 
-    horizons = [h for h in args.horizons.split(",") if h] if getattr(args, "horizons", None) else None
-    if args.command == "backtest":
-        horizons = [h for h in settings.horizons if settings.training.horizons[h].timeframe == "1d"]
+    if getattr(args, "from_snapshot", None):
+        settings, stored = load_experiment(args.from_snapshot, args.source)
+        kwargs = {k: stored[k] for k in ("train_until", "train_until_1h", "horizons", "budget", "backtest_threshold")}
+        source = stored["source"]
+    else:
+        if not args.source or not args.train_until:
+            raise CstError("missing_argument", f"cst {args.command} needs --source and --train-until "
+                                               "(or --from OUT/experiment.json)")
+        horizons = [h for h in args.horizons.split(",") if h] if getattr(args, "horizons", None) else None
+        if args.command == "backtest":
+            horizons = [h for h in settings.horizons if settings.training.horizons[h].timeframe == "1d"]
+        kwargs = {"train_until": args.train_until, "train_until_1h": getattr(args, "train_until_1h", None),
+                  "horizons": horizons, "budget": args.budget, "backtest_threshold": args.threshold}
+        source = args.source
     out = Path(args.out)
     with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("evaluating", total=None)
-        res = evaluate(settings, args.source, out, train_until=args.train_until,
-                       train_until_1h=getattr(args, "train_until_1h", None), horizons=horizons,
-                       budget=args.budget, tick=lambda msg: bar.update(task, description=msg),
-                       backtest_threshold=args.threshold)
+        res = evaluate(settings, source, out, tick=lambda msg: bar.update(task, description=msg), **kwargs)
     console.print(evaluation_table(res["metrics"]))
     bt = res["backtest"]
     if "table" in bt:
@@ -349,8 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("evaluate", "train before a split, predict the rest out of sample, write metrics, report, backtest"),
                        ("backtest", "walk-forward backtest of consensus signals (daily horizons) with and without guards")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--source", required=True, help="directory laid out like ../shared/data")
-        p.add_argument("--train-until", required=True, help="train on data before this UTC date; test after it")
+        p.add_argument("--source", help="directory laid out like ../shared/data")
+        p.add_argument("--train-until", help="train on data before this UTC date; test after it")
+        p.add_argument("--from", dest="from_snapshot",
+                       help="run again the experiment stored in OUT/experiment.json (its settings and arguments)")
         if name == "evaluate":
             p.add_argument("--train-until-1h", help="the split for the 1h horizon (default: --train-until)")
             p.add_argument("--horizons", help="comma-separated, default all: 1h,24h,7d,30d")

@@ -194,7 +194,12 @@ class HorizonSpec(BaseModel):
 
 
 class Budget(BaseModel):
-    """How much search and training one retrain may spend (per horizon)."""
+    """How much search and training one retrain may spend (per horizon).
+
+    The trial counts decide what is trained: the same data and settings give the same models on any machine.
+    `timeout_s` is only a safety net per member's search; when it trips, the model card, the metadata and the
+    evaluation say "search stopped by time after K of N trials".
+    """
 
     folds: int
     trials: dict[str, int]
@@ -215,8 +220,8 @@ class TrainingSettings(BaseModel):
     dead_zone: float = 0.0025
     quantiles: tuple[float, float, float] = (0.1, 0.5, 0.9)
     budgets: dict[str, Budget] = {
-        "quick": Budget(folds=3, trials={"lr": 4, "gbt": 3, "gru": 1}, timeout_s=90, epochs=6, gbt_max_estimators=150),
-        "full": Budget(folds=5, trials={"lr": 12, "gbt": 16, "gru": 4}, timeout_s=240, epochs=20, gbt_max_estimators=400),
+        "quick": Budget(folds=3, trials={"lr": 4, "gbt": 3, "gru": 1}, timeout_s=1800, epochs=6, gbt_max_estimators=150),
+        "full": Budget(folds=5, trials={"lr": 12, "gbt": 16, "gru": 4}, timeout_s=7200, epochs=20, gbt_max_estimators=400),
     }
     # A horizon trains only with at least this many labeled rows with full sequence windows: fewer cannot
     # fill the walk-forward folds, the out-of-sample meta-learner and the two calibration halves.
@@ -251,8 +256,10 @@ class TrainingSettings(BaseModel):
     shap_top_k: int = 5
     shap_background: int = 16
     shap_permutations: int = 2
+    # Every learner, every sampler and every search is seeded from this one number.
     seed: int = 7
-    torch_threads: int = 2
+    # Threads of every learner (LightGBM, torch), fixed so that results never depend on the machine's load.
+    threads: int = 2
 
 
 class RunSettings(BaseModel):

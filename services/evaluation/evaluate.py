@@ -36,6 +36,7 @@ from shared.contracts import iso_to_ms, ms_to_iso, utcnow
 from shared.errors import CstError
 from shared.metrics import brier, ece, log_loss, wilson_low
 from shared.pipeline import StepContext
+from shared.provenance import directory_digest, provenance
 from shared.settings import Settings
 from shared.storage import LocalLake
 
@@ -64,6 +65,7 @@ class HorizonTest:
     excluded: dict[str, int]
     horizon_ms: int = 0
     calibration: dict = field(default_factory=dict)  # the model's calibration metadata
+    search: dict = field(default_factory=dict)  # the model's per-member search summary (trials, time net)
 
     def labeled(self) -> np.ndarray:
         return np.isfinite(self.y)
@@ -107,6 +109,7 @@ def predict_test(settings: Settings, market: History, lake: LocalLake, horizon: 
                     pred.high, pred.confidence, pred.direction, pred.quantiles, pred.meta_logit, r.fwd[rows], r.y[rows],
                     excluded, spec.length_ms)
     t.calibration = model.metadata.get("calibration", {})
+    t.search = model.metadata.get("tuning", {})
     return t
 
 
@@ -140,6 +143,7 @@ def horizon_metrics(t: HorizonTest, threshold: float) -> dict:
         "excluded": int(sum(t.excluded.values())), "excluded_by_reason": t.excluded,
         "confident": {"threshold": threshold, **_rate(hit[conf])},
         "model_version": t.version,
+        "search": t.search,
     }
 
 
@@ -208,6 +212,13 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
         raise CstError("unknown_horizon", f"unknown horizons {unknown}; known: {list(settings.training.horizons)}")
     splits = splits_for(settings, horizons, train_until, train_until_1h)
     out.mkdir(parents=True, exist_ok=True)
+    # The whole experiment in one file: `cst evaluate --from OUT/experiment.json` runs it again.
+    experiment = {"command": "evaluate",
+                  "args": {"source": str(Path(source).resolve()), "train_until": train_until,
+                           "train_until_1h": train_until_1h, "horizons": horizons, "budget": budget,
+                           "backtest_threshold": backtest_threshold},
+                  **provenance(settings), "data_fingerprint": directory_digest(source)}
+    (out / "experiment.json").write_text(json.dumps(experiment, indent=2))
     lake = LocalLake(out / "lake")
     # The files reach training as they reach every run: imported into the lake, then read from there.
     now = int(utcnow().timestamp() * 1000)
@@ -239,6 +250,9 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
         "equal_weight_total_return": bt.get("table", {}).get("equal weight", {}).get("total_return"),
         "details": "backtest.json", **({"skipped": bt["skipped"]} if "skipped" in bt else {}),
     }
+    stopped = {h: sorted(m for m, v in t.search.items() if v.get("stopped_by_time")) for h, t in tests.items()}
+    metrics["experiment"] = {**{k: v for k, v in experiment.items() if k not in ("settings", "args")},
+                             "search_stopped_by_time": {h: ms for h, ms in stopped.items() if ms}}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     write_report(out, metrics, tests, bt, thr)
     return {"metrics": metrics, "tests": tests, "signals": signals, "market": market, "backtest": bt}
@@ -331,3 +345,23 @@ def _count_reasons(decisions: list[dict]) -> dict[str, int]:
             reason = re.sub(r"-?[0-9][0-9.,%]*", "#", d["reason"].split(":")[0])
             counts[f"{d['guard']}: {re.sub(r' with [A-Z]+$', '', reason)}"] += 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def load_experiment(path: str | Path, source: str | None = None) -> tuple[Settings, dict]:
+    """The settings and arguments of a stored evaluation, checked against the data it names (or `source`)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CstError("bad_experiment", f"cannot read experiment snapshot {path}: {exc}") from None
+    args = dict(doc["args"])
+    if source:
+        args["source"] = source
+    found = directory_digest(args["source"])
+    if found != doc["data_fingerprint"]:
+        raise CstError("data_changed", f"{args['source']} holds other data than the experiment was run on "
+                                       f"(fingerprint {found}, snapshot {doc['data_fingerprint']})")
+    # Init values win over the environment: the snapshot alone decides every knob (secrets are never in it).
+    secret_free = {k: v for k, v in doc["settings"].items() if k != "secrets_manager_id"}
+    for section, field_name in (("exchange", "api_key"), ("exchange", "api_secret"), ("sources", "coinmetrics_api_key")):
+        secret_free.get(section, {}).pop(field_name, None)
+    return Settings(_env_file=None, **secret_free), args

@@ -110,7 +110,7 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     for m in MEMBERS:
         tick(f"{horizon}: tuning {m}")
         tuned[m] = tune_member(m, ds, folds, budget, seed=seed, lake=lake, horizon=horizon,
-                               first_trial=cfg.first_trial[m], warm_starts=cfg.warm_starts,
+                               first_trial=cfg.first_trial[m], warm_starts=cfg.warm_starts, threads=cfg.threads,
                                on_trial=lambda m=m: tick(f"{horizon}: {m} trial"))
     oof = np.column_stack([tuned[m].oof for m in MEMBERS])
     y_oof = ds.y[test_rows]
@@ -157,12 +157,13 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     }
 
     tick(f"{horizon}: final fit")
-    members = {m: make_member(m, tuned[m].params, seed, cfg.torch_threads).fit(ds, epochs=budget.epochs)
+    members = {m: make_member(m, tuned[m].params, seed, cfg.threads).fit(ds, epochs=budget.epochs)
                for m in MEMBERS}
     meta = _meta_model().fit(oof, y_oof.astype(int))
     quant = QuantileModels(cfg.quantiles, n_estimators=min(cfg.quantile_max_estimators, budget.gbt_max_estimators),
                            num_leaves=cfg.quantile_num_leaves, learning_rate=cfg.quantile_learning_rate,
-                           min_child_samples=cfg.quantile_min_child_samples, seed=seed).fit(ds.X, prep.fwd)
+                           min_child_samples=cfg.quantile_min_child_samples, seed=seed,
+                           threads=cfg.threads).fit(ds.X, prep.fwd)
     # Which training rows serve as the SHAP background: a seeded sample of real rows, no values made up.
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(ds), size=min(settings.training.shap_background, len(ds)), replace=False))

@@ -67,17 +67,21 @@ class GbtMember:
     """LightGBM: it converts to ONNX cleanly (scikit-learn's HistGradientBoosting does not with onnx>=1.16)."""
 
     name = "gbt"
+    # Tree counts are searched in steps of this many trees.
+    ESTIMATOR_STEP = 50
 
     def __init__(self, n_estimators: int = 150, num_leaves: int = 15, learning_rate: float = 0.05,
-                 min_child_samples: int = 100, colsample_bytree: float = 0.7, reg_lambda: float = 1.0, seed: int = 0):
+                 min_child_samples: int = 100, colsample_bytree: float = 0.7, reg_lambda: float = 1.0, seed: int = 0,
+                 threads: int = 2):
         self.params = dict(n_estimators=n_estimators, num_leaves=num_leaves, learning_rate=learning_rate,
                            min_child_samples=min_child_samples, colsample_bytree=colsample_bytree, reg_lambda=reg_lambda)
-        self.seed = seed
+        self.seed, self.threads = seed, threads
 
     @staticmethod
     def space(trial: Any, max_estimators: int = 400) -> dict:
         return {
-            "n_estimators": trial.suggest_int("n_estimators", 50, max_estimators, step=50),
+            "n_estimators": trial.suggest_int("n_estimators", GbtMember.ESTIMATOR_STEP, max_estimators,
+                                              step=GbtMember.ESTIMATOR_STEP),
             "num_leaves": trial.suggest_int("num_leaves", 4, 31),
             "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
             "min_child_samples": trial.suggest_int("min_child_samples", 20, 400, log=True),
@@ -88,8 +92,9 @@ class GbtMember:
     def fit(self, ds: Dataset, epochs: int = 0) -> GbtMember:
         import lightgbm as lgb
 
+        # deterministic + row-wise histograms: the same data and seed give the same trees whatever the load.
         self.model = lgb.LGBMClassifier(**self.params, subsample=0.8, subsample_freq=1, random_state=self.seed,
-                                        n_jobs=2, verbose=-1)
+                                        n_jobs=self.threads, deterministic=True, force_row_wise=True, verbose=-1)
         self.model.fit(ds.X, ds.y.astype(int))
         return self
 
@@ -100,8 +105,10 @@ class GbtMember:
         from onnxmltools import convert_lightgbm
         from onnxmltools.convert.common.data_types import FloatTensorType
 
+        # A fixed graph name: the converter otherwise names the graph with a random UUID, and the same model
+        # would export to different bytes.
         onx = convert_lightgbm(self.model, initial_types=[("x", FloatTensorType([None, n_features]))],
-                               zipmap=False, target_opset=OPSET)
+                               zipmap=False, target_opset=OPSET, name="gbt")
         return onx.SerializeToString()
 
 
@@ -150,8 +157,10 @@ class SequenceMember:
     def fit(self, ds: Dataset, epochs: int = 6) -> SequenceMember:
         import torch
 
+        # Seeded, a fixed thread count and deterministic kernels: the same data gives the same network.
         torch.manual_seed(self.seed)
         torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(True)
         flat = ds.S.reshape(-1, ds.S.shape[-1])
         mean = flat.mean(axis=0)
         std = flat.std(axis=0)
@@ -209,7 +218,7 @@ def make_member(name: str, params: dict, seed: int, threads: int = 2):
     if name == "lr":
         return LogisticMember(seed=seed, **params)
     if name == "gbt":
-        return GbtMember(seed=seed, **params)
+        return GbtMember(seed=seed, threads=threads, **params)
     if name == "gru":
         return SequenceMember(seed=seed, threads=threads, **params)
     raise ValueError(f"unknown member {name!r}; members: {MEMBERS}")
@@ -219,17 +228,18 @@ class QuantileModels:
     """Forward log-return quantiles (10/50/90%) by LightGBM quantile regression, for sizing."""
 
     def __init__(self, quantiles: tuple[float, ...], n_estimators: int, num_leaves: int, learning_rate: float,
-                 min_child_samples: int, seed: int = 0):
+                 min_child_samples: int, seed: int = 0, threads: int = 2):
         self.quantiles = quantiles
         self.params = {"n_estimators": n_estimators, "num_leaves": num_leaves, "learning_rate": learning_rate,
                        "min_child_samples": min_child_samples}
-        self.seed = seed
+        self.seed, self.threads = seed, threads
 
     def fit(self, X: np.ndarray, r: np.ndarray) -> QuantileModels:
         import lightgbm as lgb
 
         self.models = [
-            lgb.LGBMRegressor(objective="quantile", alpha=q, **self.params, random_state=self.seed, n_jobs=2,
+            lgb.LGBMRegressor(objective="quantile", alpha=q, **self.params, random_state=self.seed, n_jobs=self.threads,
+                              deterministic=True, force_row_wise=True,
                               verbose=-1).fit(X, r)
             for q in self.quantiles
         ]
@@ -243,4 +253,5 @@ class QuantileModels:
         from onnxmltools.convert.common.data_types import FloatTensorType
 
         return [convert_lightgbm(m, initial_types=[("x", FloatTensorType([None, n_features]))],
-                                 target_opset=OPSET).SerializeToString() for m in self.models]
+                                 target_opset=OPSET, name=f"quantile_{q}").SerializeToString()
+                for q, m in zip(self.quantiles, self.models, strict=True)]

@@ -5,10 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version as pkg_version
-from pathlib import Path
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -17,31 +14,11 @@ from services.training.calibration import brier
 from services.training.ensemble import Trained, native_p_up
 from services.training.members import Dataset
 from shared.contracts import iso_to_ms, ms_to_iso
-from shared.settings import HorizonSpec
+from shared.provenance import provenance
+from shared.settings import HorizonSpec, Settings
 from shared.storage import Lake
 
 log = logging.getLogger(__name__)
-
-LIBS = ("numpy", "scikit-learn", "lightgbm", "torch", "onnx", "onnxruntime", "skl2onnx", "onnxmltools", "optuna", "ta-lib")
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for lib in LIBS:
-        try:
-            out[lib] = pkg_version(lib)
-        except PackageNotFoundError:
-            out[lib] = "absent"
-    return out
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
 
 def fingerprint(ds: Dataset) -> str:
     h = hashlib.sha256()
@@ -62,7 +39,7 @@ def drift_reference(X: np.ndarray, bins: int = 10) -> dict:
     return {"edges": edges.tolist(), "proportions": props, "rows": int(X.shape[0])}
 
 
-def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict) -> dict:
+def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict, settings: Settings) -> dict:
     return {
         "horizon": t.horizon,
         "version": version,
@@ -81,13 +58,12 @@ def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict) 
         "calibration": {"method": t.calibrator.method, **t.calibrator.selection, "interval": "venn_abers"},
         "members": {m: t.params[m] for m in t.params},
         "tuning": t.tuning,
-        "libraries": _versions(),
-        "git_sha": _git_sha(),
+        **provenance(settings),
         "gate": gate,
         # The latest quarter of the training rows: drift asks whether the market moved away from what the
         # model saw last, not whether a few weeks differ from a multi-year average (they always do).
         "drift_reference": drift_reference(ds.X[-max(1, len(ds) // 4):]),
-        "created": datetime.now(timezone.utc).isoformat(),
+        "created": datetime.now(UTC).isoformat(),
     }
 
 
@@ -107,7 +83,8 @@ def model_card(meta: dict) -> str:
         f"- Rows left out: {json.dumps(meta['rows_excluded'])}",
         f"- Features: {len(meta['features'])} (hash {meta['feature_hash']}); layers {', '.join(meta['declared_layers'])}",
         *[f"- Layer left out, {k}: {v}" for k, v in meta["excluded_layers"].items()],
-        f"- Data fingerprint {meta['data_fingerprint']}; git {meta['git_sha']}",
+        f"- Data fingerprint {meta['data_fingerprint']}; code {meta['code_revision']}; settings hash "
+        f"{meta['settings_hash']} (the full snapshot is in metadata.json)",
         "",
         "## Model",
         "- Members (all required at serving): regularized logistic regression, LightGBM trees, a GRU over the last "
@@ -172,11 +149,28 @@ def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: fl
             "reason": "CV figures (feature sets differ or too few unseen rows)" + ("" if ok else ": new model is worse")}
 
 
-def publish(t: Trained, ds: Dataset, val_idx: np.ndarray, declared: dict, lake: Lake, tolerance: float, *,
-            min_unseen_rows: int) -> dict:
-    version = "v" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    decision = gate(t, ds, val_idx, lake, tolerance, min_unseen_rows=min_unseen_rows)
-    meta = metadata(t, version, ds, declared, decision)
+def _stopped_by_time(tuning: dict) -> list[str]:
+    return sorted(m for m, s in tuning.items() if s.get("stopped_by_time"))
+
+
+def _with_comparability(decision: dict, t: Trained, lake: Lake) -> dict:
+    """Name a comparison between a search the time net stopped and one it did not: never a silent one."""
+    prev = decision.get("previous")
+    old = lake.get_json(model_prefix(t.horizon, prev) + "metadata.json") if prev else {}
+    new_s, old_s = _stopped_by_time(t.tuning), _stopped_by_time(old.get("tuning", {}))
+    if new_s or old_s:
+        decision["search_stopped_by_time"] = {"new": new_s, "previous": old_s}
+        decision["reason"] += (f"; not like for like: the search of {', '.join(new_s) or 'none'} (new) and "
+                               f"{', '.join(old_s) or 'none'} (previous) stopped by time")
+    return decision
+
+
+def publish(t: Trained, declared: dict, lake: Lake, settings: Settings) -> dict:
+    version = "v" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    cfg = settings.training
+    decision = _with_comparability(gate(t, t.ds, t.val_idx, lake, cfg.gate_brier_tolerance,
+                                        min_unseen_rows=cfg.gate_min_unseen_rows), t, lake)
+    meta = metadata(t, version, t.ds, declared, decision, settings)
     prefix = model_prefix(t.horizon, version)
     for name, blob in t.blobs.items():
         lake.put(prefix + name, blob)

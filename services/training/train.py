@@ -74,8 +74,7 @@ def train(settings: Settings, lake: Lake, run_id: str, *, until: str | None = No
             continue
         if on_trained is not None:
             on_trained(t)  # the in-memory models, e.g. for native-vs-ONNX comparisons
-        meta = publish(t, t.ds, t.val_idx, frames[tf].declared, lake, cfg.gate_brier_tolerance,
-                       min_unseen_rows=cfg.gate_min_unseen_rows)
+        meta = publish(t, frames[tf].declared, lake, settings)
         meta["wall_seconds"] = round(time.perf_counter() - started, 1)
         results[h] = meta
     return results

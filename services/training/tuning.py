@@ -52,11 +52,11 @@ class TuneResult:
 
 
 def oof_logits(member_name: str, params: dict, ds: Dataset, folds: list[Fold], epochs: int, seed: int,
-               report: Callable[[int, float], None] | None = None) -> tuple[np.ndarray, float]:
+               report: Callable[[int, float], None] | None = None, threads: int = 2) -> tuple[np.ndarray, float]:
     """Fit on each fold's training rows, score its test rows; returns logits in fold order and mean Brier."""
     parts, scores = [], []
     for k, fold in enumerate(folds):
-        m = make_member(member_name, params, seed).fit(ds.take(fold.train), epochs=epochs)
+        m = make_member(member_name, params, seed, threads).fit(ds.take(fold.train), epochs=epochs)
         z = m.logit(ds.take(fold.test))
         parts.append(z)
         scores.append(brier(sigmoid(z), ds.y[fold.test]))
@@ -71,6 +71,14 @@ def _space(member: str, trial, budget: Budget) -> dict:
     if member == "gbt":
         return GbtMember.space(trial, budget.gbt_max_estimators)
     return SequenceMember.space(trial)
+
+
+def _within_budget(member: str, params: dict, budget: Budget) -> dict:
+    """A warm start inside this budget's search space (a smaller budget caps the trees)."""
+    if member == "gbt" and "n_estimators" in params:
+        cap = max(GbtMember.ESTIMATOR_STEP, budget.gbt_max_estimators // GbtMember.ESTIMATOR_STEP * GbtMember.ESTIMATOR_STEP)
+        return {**params, "n_estimators": min(int(params["n_estimators"]), cap)}
+    return params
 
 
 def window_id(ds: Dataset, folds: list[Fold]) -> str:
@@ -93,7 +101,7 @@ def earlier_best(study_summaries, current: str, keep: int) -> list[dict]:
 
 
 def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, seed: int, lake: Lake | None,
-                horizon: str, first_trial: dict, warm_starts: int = 2,
+                horizon: str, first_trial: dict, warm_starts: int = 2, threads: int = 2,
                 on_trial: Callable[[], None] | None = None) -> TuneResult:
     """Optuna on the purged folds, in this window's own study; earlier windows' best parameters go first."""
     import optuna
@@ -124,7 +132,7 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
         # The same window searched again (a retrain on unchanged data) goes on from its own best; a new window
         # starts from the earlier windows' best parameters, or the configured first trial.
         for params in ([study.best_params] if own else warm or [first_trial]):
-            study.enqueue_trial(params, skip_if_exists=False)
+            study.enqueue_trial(_within_budget(member, params, budget), skip_if_exists=False)
         oofs: dict[int, np.ndarray] = {}
 
         def objective(trial) -> float:
@@ -135,12 +143,12 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-            z, score = oof_logits(member, params, ds, folds, budget.epochs, seed, report)
+            z, score = oof_logits(member, params, ds, folds, budget.epochs, seed, report, threads)
             oofs[trial.number] = z
             return score
 
         callbacks = [lambda *_: on_trial()] if on_trial else []
-        study.optimize(objective, n_trials=requested, timeout=budget.timeout_s / 3, callbacks=callbacks, catch=())
+        study.optimize(objective, n_trials=requested, timeout=budget.timeout_s, callbacks=callbacks, catch=())
         trials = study.trials
         ran = len(trials) - first_number
         mine = [t for t in trials[first_number:] if t.state == optuna.trial.TrialState.COMPLETE]
@@ -156,7 +164,7 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
     params = warm[0] if warm else dict(first_trial)
     why = "earlier window's best parameters" if warm else "the configured first trial"
     log.warning("%s/%s: no trial completed in %d run; fitted with %s", horizon, member, ran, why)
-    result.oof, result.best_brier = oof_logits(member, params, ds, folds, budget.epochs, seed)
+    result.oof, result.best_brier = oof_logits(member, params, ds, folds, budget.epochs, seed, threads=threads)
     result.params = params
     result.fallback = f"no search trial completed ({ran} run, {requested} requested): fitted with {why}"
     return result

@@ -140,3 +140,31 @@ def test_signal_cell_says_size_or_why_not():
         {"guard": "drawdown", "allow": True, "scale": 1.0, "reason": ""},
         {"guard": "liquidity", "allow": False, "scale": 0.0, "reason": "volume unavailable: not tradable"}]}})
     assert "not traded" in no and "volume unavailable" in no
+
+
+def _without_versions(metrics: dict) -> dict:
+    """metrics.json less what names the moment it was made (model versions are creation times)."""
+    doc = json.loads(json.dumps(metrics))
+    for m in doc["horizons"].values():
+        m.pop("model_version")
+    return doc
+
+
+def test_an_evaluation_runs_again_from_its_snapshot_alone_with_the_same_figures(shared_data, tmp_path, monkeypatch):
+    src = small_source(shared_data, tmp_path / "data")
+    tiny(monkeypatch)
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["evaluate", "--source", str(src), "--train-until", SPLIT, "--horizons", "7d", "--out", str(first)]) == 0
+    snapshot = json.loads((first / "experiment.json").read_text())
+    assert snapshot["args"]["horizons"] == ["7d"] and snapshot["settings"]["training"]["budgets"]["quick"]["epochs"] == 1
+    assert len(snapshot["settings_hash"]) == 16 and snapshot["code_revision"] and snapshot["libraries"]["numpy"]
+    # Another environment: the snapshot's settings win over it.
+    monkeypatch.delenv("CST_TRAINING__BUDGETS")
+    monkeypatch.setenv("CST_TRAINING__SEED", "99")
+    assert main(["evaluate", "--from", str(first / "experiment.json"), "--out", str(again)]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, again))
+    assert a["experiment"]["settings_hash"] == b["experiment"]["settings_hash"] == snapshot["settings_hash"]
+    assert _without_versions(a) == _without_versions(b)
+    # Other data than the snapshot names is refused, with its code.
+    (src / "ohlcv/1d/BTC-USD.csv").write_text((src / "ohlcv/1d/BTC-USD.csv").read_text()[:-200])
+    assert main(["evaluate", "--from", str(first / "experiment.json"), "--out", str(tmp_path / "x")]) == 2

@@ -80,7 +80,7 @@ def test_registry_layout_metadata_and_card(trained):
         assert prefix + f in keys, f
     stored = lake.get_json(prefix + "metadata.json")
     for field in ("features", "feature_hash", "declared_layers", "excluded_layers", "training_window",
-                  "data_fingerprint", "metrics", "libraries", "git_sha", "calibration"):
+                  "data_fingerprint", "metrics", "libraries", "code_revision", "settings", "settings_hash", "calibration"):
         assert stored[field], field
     # Nothing at or after the cut-off was used: the last decision time's label ends before it.
     assert stored["training_window"]["last"] < "2024-06-30"
@@ -198,7 +198,7 @@ def test_gate_refuses_a_worse_model(trained, monkeypatch):
     # A model claiming a far worse Brier on CV figures (feature names differ, so only CV figures compare).
     monkeypatch.setattr(t, "names", [*t.names[:-1], "renamed"])
     monkeypatch.setitem(t.metrics, "cv_brier", 0.40)
-    meta = registry.publish(t, t.ds, t.val_idx, {}, lake, 0.002, min_unseen_rows=100)
+    meta = registry.publish(t, {}, lake, trained["cfg"])
     assert meta["gate"]["promote"] is False and "worse" in meta["gate"]["reason"]
     assert current_version(lake, "24h") == prev
     assert lake.exists(model_prefix("24h", meta["version"]) + "MODEL_CARD.md")
