@@ -32,15 +32,24 @@ class LakeSettings(BaseModel):
 class ExchangeSettings(BaseModel):
     id: str = "kraken"
     quote: str = "USD"
-    # Overrides the exchange's public REST base URL (a proxy, or the loopback fake in tests).
+    # Moves every REST endpoint of the exchange to this host, each keeping its path (a proxy, or the loopback
+    # fake in tests).
     base_url: str | None = None
+    # The market lists load_markets asks for (ccxt's fetchMarkets types, e.g. ["spot"] for Binance); None: the
+    # exchange's default.
+    market_types: list[str] | None = None
     api_key: SecretStr | None = None
     api_secret: SecretStr | None = None
     ohlcv_page_limit: int = 720
     # How far back paginated OHLCV history starts, per timeframe.
     history: dict[str, timedelta] = {"1h": timedelta(days=30), "1d": timedelta(days=720)}
     orderbook_levels: int = 25
+    # A book observed at most this long after the run's as-of is the book as of the run (live fetches land
+    # seconds after their as-of); later than that it is after the as-of and not read.
+    orderbook_window_s: float = 300.0
     trades_limit: int = 1000
+    # Pages of trades one run may fetch to catch up from where the collected trades end.
+    trades_max_pages: int = 50
     # A trade is a whale trade when its notional (price * amount, in quote currency) is at least this.
     whale_notional: float = 100_000.0
     whale_timeframe: str = "1h"

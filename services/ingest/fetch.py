@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from shared.errors import FetchError
+from shared.logging import redact
 from shared.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,17 @@ def classify(exc: BaseException) -> Classified:
             return Classified("unreachable", False, f"cannot connect: {e}")
     top = chain[0]
     if isinstance(top, HttpStatusError):
+        if top.status == 418:
+            # Binance's answer to an IP that kept hammering after 429s: banned for minutes to days; retrying
+            # extends the ban.
+            return Classified("ip_banned", False, str(top))
         if top.status == 429:
             return Classified("rate_limited", True, str(top))
         if top.status >= 500:
             return Classified("server_error", True, str(top))
         return Classified(f"http_{top.status}", False, str(top))
+    if isinstance(top, ccxt.DDoSProtection) and _BAN.search(str(top)):
+        return Classified("ip_banned", False, str(top))
     if isinstance(top, (ccxt.RateLimitExceeded, ccxt.DDoSProtection)):
         return Classified("rate_limited", True, str(top))
     if isinstance(top, (ccxt.RequestTimeout, asyncio.TimeoutError, TimeoutError)):
@@ -90,9 +98,17 @@ def classify(exc: BaseException) -> Classified:
     return Classified("unexpected_error", False, f"{type(top).__name__}: {top}")
 
 
+# ccxt words an HTTP status as "<id> <method> <url> <status> <reason> <body>".
+_BAN = re.compile(r"\s418\s|IP banned", re.IGNORECASE)
+
+
 class HttpStatusError(Exception):
-    def __init__(self, status: int, url: str):
-        super().__init__(f"HTTP {status} from {url}")
+    """A non-2xx answer; the API's own explanation (its body, redacted and shortened) travels with it."""
+
+    def __init__(self, status: int, url: str, body: str = "", limit: int = 300):
+        text = " ".join(redact(body).split())
+        detail = f": {text[:limit]}{'...' if len(text) > limit else ''}" if text else ""
+        super().__init__(f"HTTP {status} from {url}{detail}")
         self.status = status
 
 
@@ -162,7 +178,7 @@ class Fetcher:
             async with session.get(url, params=params) as resp:
                 text = await resp.text()
                 if resp.status >= 300:
-                    raise HttpStatusError(resp.status, url.split("?")[0])
+                    raise HttpStatusError(resp.status, url.split("?")[0], text)
                 try:
                     return json.loads(text)
                 except ValueError as exc:

@@ -47,15 +47,18 @@ def source_id(source: str) -> str:
     return source if source == "live" else str(Path(source).resolve())
 
 
-def build_sources(source: str, settings: Settings, now_ms: int) -> list[Source]:
-    """'live' -> exchange + sentiment + on-chain adapters; a directory -> file import."""
+def build_sources(source: str, settings: Settings, now_ms: int,
+                  trades_since: dict[str, int] | None = None) -> list[Source]:
+    """'live' -> exchange + sentiment + on-chain adapters; a directory -> file import. `trades_since`: per coin,
+    where the trades already collected end."""
     if source != "live":
         return [FileSource(source)]
     coins = settings.universe
     chain_assets = [a for a in settings.sources.coinmetrics_assets if a in coins]
     timeout = settings.http.timeout_s
     return [
-        ExchangeSource(settings.exchange, coins, settings.timeframes, timeout, now_ms=now_ms),
+        ExchangeSource(settings.exchange, coins, settings.timeframes, timeout, now_ms=now_ms,
+                       trades_since=trades_since),
         FearGreedSource(settings.sources),
         BlockchainSource(settings.sources),
         CoinMetricsSource(settings.sources, chain_assets, now_ms=now_ms),

@@ -20,7 +20,13 @@ import numpy as np
 
 from services.training.calibration import brier
 from services.training.cv import Fold
-from services.training.members import Dataset, GbtMember, LogisticMember, SequenceMember, make_member
+from services.training.members import (
+    Dataset,
+    GbtMember,
+    LogisticMember,
+    SequenceMember,
+    make_member,
+)
 from shared.errors import LakeKeyNotFound
 from shared.metrics import sigmoid
 from shared.settings import Budget

@@ -130,7 +130,8 @@ def test_coinmetrics_follows_next_page_url_and_never_lands_the_api_key(market_ap
     assert first["api_key"] == API_KEY and "next_page_token" not in first
     assert second["api_key"] == API_KEY and second["next_page_token"] == "2"
     assert first["assets"] == "eth" and first["metrics"] == "AdrActCnt,TxCnt,HashRate"
-    assert first["start_time"] == str(D0)  # now - 3 days lookback, in epoch seconds
+    # now - 3 days lookback, as a date: the API answers 400 to epoch seconds (the fake enforces its formats).
+    assert first["start_time"] == "2023-12-30"
 
     # ... the rows of both pages are parsed in order; ETH has no HashRate, so there is no such series ...
     by_key = {s.key: s for s in result.series}
@@ -166,6 +167,20 @@ def test_coinmetrics_bad_parameter_is_a_client_error(market_apis: FakeMarketApis
     code, attempts, message = only_failure(fetch(settings, source))
     assert (code, attempts) == ("http_400", 1)
     assert API_KEY not in message
+    # The API's own reason travels with the failure.
+    assert "Bad parameter 'metrics'" in message
+
+
+def test_the_coinmetrics_fake_refuses_times_outside_the_documented_formats(market_apis: FakeMarketApis):
+    import urllib.error
+    import urllib.request
+
+    url = f"{market_apis.coinmetrics_url}/timeseries/asset-metrics?assets=eth&metrics=TxCnt"
+    with urllib.request.urlopen(url + "&start_time=2023-12-30") as ok:
+        assert ok.status == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url + f"&start_time={D0}")  # epoch seconds: what cst used to send
+    assert refused.value.code == 400 and b"start_time" in refused.value.read()
 
 
 def test_coinmetrics_asset_without_rows_is_no_data(market_apis: FakeMarketApis):

@@ -8,14 +8,24 @@ import sys
 import numpy as np
 import pytest
 
-from services.predict.model import ALL_FILES, HorizonModel, current_version, model_prefix
+from services.predict.model import (
+    ALL_FILES,
+    HorizonModel,
+    current_version,
+    model_prefix,
+)
 from shared.settings import Budget
 from shared.storage import LocalLake
 
 pytest.importorskip("torch")
 pytest.importorskip("lightgbm")
 
-from tests.training.test_training import UNTIL, import_files, small_source, tiny_settings  # noqa: E402
+from tests.training.test_training import (  # noqa: E402
+    UNTIL,
+    import_files,
+    small_source,
+    tiny_settings,
+)
 
 
 def train_once(cfg, shared_data, root):

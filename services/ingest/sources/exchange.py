@@ -52,13 +52,22 @@ def make_exchange(settings: ExchangeSettings, timeout_s: float) -> Any:
         config["secret"] = settings.api_secret.get_secret_value()
     exchange = cls(config)
     if settings.base_url:
-        api = exchange.urls.get("api")
-        if isinstance(api, dict):
-            exchange.urls["api"] = {k: (settings.base_url if k in ("public", "private") else v) for k, v in api.items()}
-        else:
-            exchange.urls["api"] = settings.base_url
+        exchange.urls["api"] = redirect_urls(exchange.urls.get("api"), settings.base_url)
+    if settings.market_types is not None:
+        # Which market lists load_markets asks for (e.g. Binance spot only, never its futures hosts).
+        exchange.options["fetchMarkets"] = {"types": list(settings.market_types)}
     exchange.on_rest_response = _strict_json_hook(exchange)
     return exchange
+
+
+def redirect_urls(urls: Any, base_url: str) -> Any:
+    """Every API URL of an exchange (nested in any shape) moved to `base_url`, each keeping its own path, so a
+    proxy or a loopback fake receives every endpoint the exchange would call."""
+    if isinstance(urls, dict):
+        return {k: redirect_urls(v, base_url) for k, v in urls.items()}
+    if isinstance(urls, str) and urls.startswith(("http://", "https://")):
+        return base_url.rstrip("/") + urlparse(urls).path
+    return urls
 
 
 def aggregate_whales(
@@ -123,8 +132,13 @@ class ExchangeSource(Source):
     name = "exchange"
 
     def __init__(self, settings: ExchangeSettings, coins: list[str], timeframes: list[str], timeout_s: float,
-                 *, now_ms: int | None = None, include: tuple[str, ...] = ("ohlcv", "orderbook", "trades")):
+                 *, now_ms: int | None = None, include: tuple[str, ...] = ("ohlcv", "orderbook", "trades"),
+                 trades_since: dict[str, int] | None = None):
         self.settings = settings
+        # Per coin, where the trades already collected end (ms): this run's trades continue from there.
+        self.trades_since = dict(trades_since or {})
+        # Per coin, the span this run's fetched trades cover completely: [from, to) in ms.
+        self.coverage: dict[str, tuple[int, int]] = {}
         self.coins = coins
         self.timeframes = timeframes
         self.include = include
@@ -165,6 +179,9 @@ class ExchangeSource(Source):
             if not self.exchange.markets:
                 try:
                     await fetcher.call(RATE_KEY, "load_markets", self.exchange.load_markets)
+                    if not self.exchange.markets:
+                        # An exchange always lists markets: an empty list is a broken answer, not "no such coin".
+                        raise CstError("malformed_response", f"{self.source_id} answered an empty market list")
                 except Exception as exc:
                     self._markets_error = exc
                     raise
@@ -231,44 +248,71 @@ class ExchangeSource(Source):
             body = {"bids": bids, "asks": asks, "timestamp": book.get("timestamp"), "nonce": book.get("nonce")}
             record = self._record("orderbook", coin, "snapshot",
                                   {"method": "fetchOrderBook", "symbol": symbol, "limit": levels}, body)
-            stamp = book.get("timestamp") or int(record.provenance.fetched_at.timestamp() * 1000)
+            observed = book.get("timestamp") or int(record.provenance.fetched_at.timestamp() * 1000)
             summary = book_summary(bids, asks)
             series = Series("orderbook", "snapshot", f"{coin}-{self.settings.quote}", self.source_id,
-                            np.asarray([stamp], dtype=np.int64), {k: np.asarray([v]) for k, v in summary.items()},
-                            [json.dumps(body)[:2000]])
+                            np.asarray([self.book_time(observed)], dtype=np.int64),
+                            {k: np.asarray([v]) for k, v in summary.items()}, [json.dumps(body)[:2000]])
             return FetchResult([record], [series])
 
         return run
+
+    def book_time(self, observed_ms: int) -> int:
+        """A snapshot observed within the run's window (a few seconds or minutes after its as-of, as every live
+        fetch is) is the book as of the run; one observed later stays at its own time (after the as-of)."""
+        if self.now_ms is not None and 0 <= observed_ms - self.now_ms <= self.settings.orderbook_window_s * 1000:
+            return self.now_ms
+        return int(observed_ms)
 
     def _trades_run(self, coin: str):
         async def run(fetcher: Fetcher) -> FetchResult:
             await self._markets(fetcher)
             symbol, limit = self.symbol(coin), self.settings.trades_limit
-            trades = await fetcher.call(RATE_KEY, f"trades {symbol}",
-                                        lambda: self.exchange.fetch_trades(symbol, limit=limit))
-            body = [
-                {k: t.get(k) for k in ("id", "timestamp", "price", "amount", "cost", "side")} for t in trades
-            ]
-            record = self._record("trades", coin, self.settings.whale_timeframe,
-                                  {"method": "fetchTrades", "symbol": symbol, "limit": limit}, body)
-            if not body:
-                raise CstError("no_data", f"{self.source_id} returned no trades for {symbol}")
-            ts = np.asarray([t["timestamp"] for t in body], dtype=np.int64)
-            fetched = int(record.provenance.fetched_at.timestamp() * 1000)
+            since = self.trades_since.get(coin)
+            records: list[RawRecord] = []
+            trades: list[dict] = []
+            seen: set = set()
+            cursor, caught_up = since, since is None  # without a start, the latest page reaches the present
+            for _ in range(self.settings.trades_max_pages):
+                page = await fetcher.call(RATE_KEY, f"trades {symbol} since={cursor}",
+                                          lambda c=cursor: self.exchange.fetch_trades(symbol, since=c, limit=limit))
+                body = [{k: t.get(k) for k in ("id", "timestamp", "price", "amount", "cost", "side")} for t in page]
+                records.append(self._record("trades", coin, self.settings.whale_timeframe,
+                                            {"method": "fetchTrades", "symbol": symbol, "since": cursor,
+                                             "limit": limit}, body))
+                fresh = [t for t in body if (t["id"], t["timestamp"]) not in seen]
+                seen.update((t["id"], t["timestamp"]) for t in fresh)
+                trades.extend(fresh)
+                if since is None:
+                    break
+                if len(page) < limit:
+                    caught_up = True  # the exchange has nothing newer: the coverage reaches the fetch
+                    break
+                if not fresh:
+                    break
+                cursor = fresh[-1]["timestamp"]
+            fetched = int(records[-1].provenance.fetched_at.timestamp() * 1000)
             now = self.now_ms if self.now_ms is not None else fetched
+            if not trades and since is None:
+                raise CstError("no_data", f"{self.source_id} returned no trades for {symbol}")
+            ts = np.asarray([t["timestamp"] for t in trades], dtype=np.int64)
+            # Covered: from where the collected trades ended (or the first trade fetched) to the present when the
+            # exchange had nothing newer, else only to the last trade fetched. Hours outside are not observed.
+            covered = (since if since is not None else int(ts.min()), now if caught_up else int(ts.max()))
+            self.coverage[coin] = covered
             agg = aggregate_whales(
                 ts,
-                np.asarray([t["price"] for t in body], dtype=float),
-                np.asarray([t["amount"] for t in body], dtype=float),
-                np.asarray([t["side"] == "buy" for t in body]),
+                np.asarray([t["price"] for t in trades], dtype=float),
+                np.asarray([t["amount"] for t in trades], dtype=float),
+                np.asarray([t["side"] == "buy" for t in trades], dtype=bool),
                 threshold=self.settings.whale_notional,
                 bucket_ms=timeframe_ms(self.settings.whale_timeframe),
-                covered_from_ms=int(ts.min()),
-                covered_to_ms=now,
+                covered_from_ms=covered[0],
+                covered_to_ms=covered[1],
             )
             series = Series("trades", self.settings.whale_timeframe, f"{coin}-{self.settings.quote}", self.source_id,
                             agg.pop("ts"), agg, [])
-            return FetchResult([record], [series])
+            return FetchResult(records, [series])
 
         return run
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
@@ -137,7 +137,8 @@ class CoinMetricsSource(Source):
                 "assets": asset.lower(),
                 "metrics": ",".join(self.metrics),
                 "frequency": "1d",
-                "start_time": str(int(start // 1000)),
+                # The API takes dates only in its documented formats (yyyy-MM-dd, ...); epoch seconds get a 400.
+                "start_time": datetime.fromtimestamp(start / 1000, tz=UTC).strftime("%Y-%m-%d"),
                 "page_size": "10000",
                 # A metric the asset lacks is left out instead of failing the whole request.
                 "ignore_unsupported_errors": "true",

@@ -124,6 +124,8 @@ class FakeKraken:
         self.faults: dict[str, Fault] = {}
         self.book = BOOK
         self.trades = TRADES
+        self.trades_since: list[str | None] = []  # the `since` of each Trades request, in arrival order
+        self.asset_pairs: dict[str, Any] | None = None  # an AssetPairs answer in place of the generated one
         # (endpoint, coin) -> requests received; coin is "" for Assets and AssetPairs.
         self.requests: Counter[tuple[str, str]] = Counter()
         # coin -> the `since` (epoch s, or None) of each OHLC request, in arrival order.
@@ -174,6 +176,8 @@ class FakeKraken:
 
     async def _asset_pairs(self, request: web.Request) -> web.Response:
         body = {p["id"]: pair_entry(p["base"], p["altname"], p["wsname"]) for p in self._pairs.values()}
+        if self.asset_pairs is not None:
+            body = self.asset_pairs
         return await self._answer("AssetPairs", "", lambda: body)
 
     async def _ohlc(self, request: web.Request) -> web.Response:
@@ -210,7 +214,16 @@ class FakeKraken:
         if coin is None:
             return _unknown_pair()
         count = int(request.query.get("count", "1000"))
-        rows = self.trades[-count:]
+        self.trades_since.append(request.query.get("since"))
+        if "since" in request.query:
+            # Trades from `since` (epoch s) on, oldest first, at most `count`: a page to continue from.
+            since = float(request.query["since"])
+            rows = [t for t in self.trades if t[2] >= since][:count]
+        else:
+            rows = self.trades[-count:]  # the latest trades
+        if not rows:
+            return await self._answer("Trades", coin, lambda: {pair: [], "last": str(int(float(
+                request.query.get("since", self.now_s))) * 10**9)})
         # "last": Kraken's cursor for the next poll, a nanosecond timestamp of the last trade, as a string.
         return await self._answer("Trades", coin, lambda: {pair: rows, "last": str(int(rows[-1][2]) * 10**9)})
 

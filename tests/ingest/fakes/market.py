@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -52,6 +53,9 @@ COINMETRICS_ROWS: list[dict[str, str]] = [
     {"asset": "eth", "time": "2024-01-01T00:00:00.000000000Z", "AdrActCnt": "401234", "TxCnt": "1012345"},
 ]
 COINMETRICS_PAGE = 2
+# The time formats the API documents for start_time / end_time (anything else is a 400).
+COINMETRICS_TIME = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{4}-\d{2}-\d{2}T\d{2}(:\d{2}(:\d{2}(\.\d{1,9})?)?)?Z?|"
+                              r"\d{8}T\d{2}(\d{2}(\d{2}(\.\d{1,9})?)?)?Z?")
 # Coin Metrics rejects a bad query with HTTP 400 and a typed error object.
 COINMETRICS_ERROR: dict[str, Any] = {"error": {"type": "bad_parameter", "message": "Bad parameter 'metrics'."}}
 
@@ -110,6 +114,12 @@ class FakeMarketApis:
         self._log(request)
         if self.mode["coinmetrics"] == "api_error":
             return web.json_response(COINMETRICS_ERROR, status=400)
+        start = request.query.get("start_time")
+        if start is not None and not COINMETRICS_TIME.fullmatch(start):
+            # What the API answers to a time outside its documented formats.
+            return web.json_response({"error": {"type": "bad_parameter", "message": (
+                f"Bad parameter 'start_time'. Supported formats are: yyyy-MM-dd, yyyyMMdd, "
+                f"yyyy-MM-ddTHH:mm:ss, ... Provided value: '{start}'.")}}, status=400)
         start = int(request.query.get("next_page_token", "0"))
         rows = [r for r in COINMETRICS_ROWS if r["asset"] == request.query.get("assets")]
         body: dict[str, Any] = {"data": rows[start:start + COINMETRICS_PAGE]}
