@@ -18,6 +18,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.markup import escape
 from rich.table import Table
 
 from services import runner
@@ -27,7 +28,7 @@ from shared.contracts import QualityReport, iso_to_ms, utcnow
 from shared.errors import CstError
 from shared.logging import configure_logging, redact
 from shared.pipeline import STEPS, RunRef, StepContext
-from shared.settings import Settings, resolve_secrets
+from shared.settings import Settings, resolve_secrets, timeframe_ms
 from shared.storage import open_lake
 
 # Piped output (CI logs, files) gets a wide fixed width instead of 80 columns of wrapped tables.
@@ -35,9 +36,15 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 
-def _as_of(text: str | None) -> int:
+def _as_of(text: str | None, settings: Settings | None = None) -> int:
+    """The given time, or now; a live run without one takes the close of the latest candle of its shortest
+    timeframe, so a retried run within the same candle is the same run."""
     if not text:
-        return int(utcnow().timestamp() * 1000)
+        now = int(utcnow().timestamp() * 1000)
+        if settings is None:
+            return now
+        step = min(timeframe_ms(tf) for tf in settings.timeframes)
+        return now // step * step
     try:
         return iso_to_ms(text)
     except ValueError:
@@ -186,7 +193,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from shared.pipeline import summary_key
 
     lake = _lake(args, settings)
-    ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
+    ref = runner.make_ref(settings, args.source, _as_of(args.as_of, settings if args.source == "live" else None))
     done = runner.complete_summary(lake, ref.run_id)
     if done is not None:
         console.print(f"run {ref.run_id} (as-of {done['as_of']}) is already complete; nothing changed. "
@@ -198,22 +205,25 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     doc = lake.get_json(summary_key(ref.run_id))
     if ctx.output(ref.run_id, "validate") is not None:
         _print_ingest(ctx, ref)
-    console.print(signals_table(served_predictions(ctx, ref), doc["signals"]))
-    retrain = (ctx.output(ref.run_id, "drift").retrain if ctx.output(ref.run_id, "drift") else [])
-    console.print(f"run {ref.run_id}: as-of {doc['as_of']}, {doc['coins_predicted']}/{doc['coins_total']} coins predicted, "
-                  f"{doc['predictions']} predictions ({doc['new_predictions']} new), {doc['actionable']} actionable, "
-                  f"{len(doc['signals'])} signals ({doc['tradable_signals']} past the risk gate), "
-                  f"{doc['outcomes_recorded']} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
-                  f"summary {summary_key(ref.run_id)}")
+    if ctx.output(ref.run_id, "risk") is not None:
+        console.print(signals_table(served_predictions(ctx, ref), doc["signals"]))
+        drift = ctx.output(ref.run_id, "drift")
+        retrain = drift.retrain if drift is not None else []
+        console.print(f"run {ref.run_id}: as-of {doc['as_of']}, {doc['coins_predicted']}/{doc['coins_total']} coins "
+                      f"predicted, {doc['predictions']} predictions ({doc['new_predictions']} new), {doc['actionable']} "
+                      f"actionable, {len(doc['signals'])} signals ({doc['tradable_signals']} past the risk gate), "
+                      f"{doc['outcomes_recorded']} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
+                      f"summary {summary_key(ref.run_id)}")
     for h, why in doc["uncertified_horizons"].items():
-        console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {why}")
+        console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {escape(why)}")
     for h, why in doc["horizons_without_model"].items():
-        console.print(f"[yellow]{h} has no model[/]: {why}")
+        console.print(f"[yellow]{h} has no model[/]: {escape(why)}")
     if result.status != "complete":
         for f in doc["failures"]:
-            console.print(f"[red]step {f['step']}{'[' + f['item'] + ']' if f.get('item') else ''} failed[/]: "
-                          f"[{f['code']}] {f['message']}")
-        console.print("the run is not complete; running the same command again finishes it (steps that landed are kept)")
+            where = f["step"] + (f"[{f['item']}]" if f.get("item") else "")
+            console.print(f"[red]step {escape(where)} failed[/]: {escape('[' + f['code'] + '] ' + f['message'])}")
+        console.print(f"run {ref.run_id} is not complete (summary {summary_key(ref.run_id)}); running the same "
+                      "command again finishes it, keeping every step that landed")
         return 1
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from services.predict.model import current_version
 from services.training.train import train
-from shared.errors import CstError
 from shared.pipeline import RunRef, StepContext, TrainOutput
 
 
@@ -15,9 +14,8 @@ def train_missing(ctx: StepContext, ref: RunRef) -> TrainOutput:
     out = TrainOutput(run_id=ref.run_id)
     if not missing:
         return out
-    if ref.source == "live":
-        raise CstError("no_model", f"no CURRENT model for {missing}; train from recorded files first: "
-                                   "cst train --source DIR --lake ...")
+    # Live or files alike: the run's stored series are the history (a live run fetches `exchange.history` of
+    # candles and the full sentiment history); a horizon they cannot fill says so and stays without a model.
     ctx.tick(f"no CURRENT model for {', '.join(missing)}: training them first with the quick budget "
              f"(data before {ref.as_of})")
     results = train(settings, lake, ref.run_id, until=ref.as_of, horizons=missing, budget="quick", tick=ctx.tick)
@@ -46,9 +44,6 @@ def retrain(ctx: StepContext, ref: RunRef) -> TrainOutput:
         out = earlier.model_copy(update={"failed": {}}, deep=True)
         horizons = [h for h in horizons if h in earlier.failed]
     if not horizons:
-        return out
-    if ref.source == "live":
-        out.trained = {h: "not retrained: live runs retrain once history is backfilled into the lake" for h in horizons}
         return out
     ctx.tick(f"drift in {', '.join(horizons)}: retraining ({settings.run.retrain_budget} budget)")
     results = train(settings, ctx.lake, ref.run_id, until=ref.as_of, horizons=horizons,
