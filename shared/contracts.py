@@ -1,4 +1,4 @@
-"""Data contracts passed between services: provenance, raw records, series, quality and ingest reports."""
+"""Data contracts passed between services: provenance, raw records, series, quality reports, fetch failures."""
 
 from __future__ import annotations
 
@@ -138,13 +138,3 @@ class FetchFailure(BaseModel):
     code: str
     message: str
     attempts: int
-
-
-class IngestReport(BaseModel):
-    run_id: str
-    as_of: str
-    source: str
-    landed: int = 0
-    already_present: int = 0
-    failures: list[FetchFailure] = []
-    quality_key: str | None = None

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.features.quality.gate import GateOutcome, quarantine_documents, run_gate
+from services.features.quality.gate import GateOutcome, run_gate
 from services.ingest.fetch import Fetcher
 from services.ingest.sources.base import FetchResult, FetchTask, Source
 from services.ingest.sources.exchange import ExchangeSource
 from services.ingest.sources.files import FileSource
 from services.ingest.sources.market import BlockchainSource, CoinMetricsSource, FearGreedSource
-from shared.contracts import FetchFailure, IngestReport, ms_to_iso
+from shared.contracts import FetchFailure, ms_to_iso
 from shared.errors import CstError, FetchError
 from shared.settings import Settings
 from shared.storage import Lake
@@ -133,22 +133,3 @@ def gate(fetched: Fetched, settings: Settings, as_of_ms: int, ignored: dict[str,
 def unreachable_error(fetched: Fetched) -> CstError:
     hosts = ", ".join(sorted(fetched.unreachable))
     return CstError("sources_unreachable", f"no source could be reached ({hosts}); nothing was ingested.\n  {OFFLINE_HINT}")
-
-
-def ingest(settings: Settings, source: str, lake: Lake, as_of_ms: int, *, progress=None) -> tuple[IngestReport, GateOutcome]:
-    """Fetch, land raw, gate, and write the quality report and quarantine to the lake."""
-    sources = build_sources(source, settings, as_of_ms)
-    ignored = getattr(sources[0], "ignored", {}) if source != "live" else {}
-    fetched = asyncio.run(fetch_sources(sources, settings, *(progress or (None, None))))
-    if not fetched.results and fetched.unreachable:
-        raise unreachable_error(fetched)
-    run_id = run_id_for(source_id(source), as_of_ms)
-    landed, present = land(lake, fetched)
-    outcome = gate(fetched, settings, as_of_ms, ignored)
-    quality_key = f"quality/run_id={run_id}/report.json"
-    lake.put_json(quality_key, outcome.report.model_dump(mode="json"))
-    for key, doc in quarantine_documents(outcome).items():
-        lake.put_json(key, doc, if_absent=True)
-    report = IngestReport(run_id=run_id, as_of=ms_to_iso(as_of_ms), source=source, landed=landed,
-                          already_present=present, failures=fetched.failures, quality_key=quality_key)
-    return report, outcome

@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.ingest.logic import Fetched, fetch_sources, ingest
+from services import runner
+from services.features.steps import quality_report
+from services.ingest.logic import Fetched, fetch_sources
 from services.ingest.sources.base import FetchResult, FetchTask
 from services.ingest.sources.exchange import ExchangeSource
 from shared.contracts import Series
 from shared.errors import CstError
 from shared.settings import ExchangeSettings, Settings, SourceSettings
+from shared.pipeline import StepContext
 from shared.storage import LocalLake
 from tests.ingest.fakes.config import fast_http, loopback_settings
 from tests.ingest.fakes.kraken import NOW_S, FakeKraken, Fault
@@ -43,6 +46,15 @@ def faulty_kraken() -> Iterator[FakeKraken]:
         yield fake
 
 
+def ingest(settings: Settings, lake: LocalLake, now_ms: int):
+    """The pipeline's ingest and validate steps of a live run at `now_ms`: their outputs and the quality report."""
+    ctx = StepContext(settings, lake)
+    ref = runner.make_ref(settings, "live", now_ms)
+    ingested = runner.run_step(ctx, "ingest", ref)
+    validated = runner.run_step(ctx, "validate", ref)
+    return ingested, validated, quality_report(ctx, ref.run_id)
+
+
 def landed_symbols(lake: LocalLake, source: str) -> set[str]:
     return {m.group(1) for k in lake.list(f"raw/source={source}/") if (m := re.search(r"/symbol=([^/]+)/", k))}
 
@@ -53,7 +65,7 @@ def test_ingest_lands_healthy_coins_and_reports_each_failure_with_its_code(fault
     retries = settings.http.max_retries
     lake = LocalLake(tmp_path / "lake")
 
-    report, outcome = ingest(settings, "live", lake, NOW_MS)
+    report, validated, quality = ingest(settings, lake, NOW_MS)
 
     # Every task of a failing coin is reported with its code; nothing else failed.
     attempts = {code: 1 if code == "malformed_response" else 1 + retries for code in EXPECTED.values()}
@@ -79,9 +91,9 @@ def test_ingest_lands_healthy_coins_and_reports_each_failure_with_its_code(fault
     assert report.landed == len(lake.list("raw/")) and report.already_present == 0
 
     # The gate saw the healthy series, and none of a failed coin.
-    assert "ohlcv/1h/FLAKY-USD" in outcome.report.series
-    assert not [k for k in outcome.report.series if any(c in k for c in EXPECTED)]
-    assert lake.exists(report.quality_key)
+    assert "ohlcv/1h/FLAKY-USD" in quality.series
+    assert not [k for k in quality.series if any(c in k for c in EXPECTED)]
+    assert lake.exists(validated.quality_key)
 
 
 def test_a_second_identical_run_lands_nothing_new(faulty_kraken: FakeKraken, market_apis: FakeMarketApis,
@@ -89,11 +101,18 @@ def test_a_second_identical_run_lands_nothing_new(faulty_kraken: FakeKraken, mar
     faulty_kraken.faults.clear()
     settings = loopback_settings(faulty_kraken.url, market_apis, coins=HEALTHY)
     lake = LocalLake(tmp_path / "lake")
-    first, _ = ingest(settings, "live", lake, NOW_MS)
-    again, _ = ingest(settings, "live", lake, NOW_MS)
+    first, _, _ = ingest(settings, lake, NOW_MS)
+    keys = lake.list()
+    requests = sum(faulty_kraken.requests.values())
+    again, _, _ = ingest(settings, lake, NOW_MS)
     assert first.landed > 0 and first.failures == []
-    assert (again.landed, again.already_present) == (0, first.landed)
-    assert again.run_id == first.run_id
+    # The same run again: its steps are done, so nothing is fetched or written.
+    assert again == first and lake.list() == keys and sum(faulty_kraken.requests.values()) == requests
+    # The landing itself is content-addressed: the same raw records land once whichever run brings them.
+    from services.ingest import logic
+
+    fetched = asyncio.run(fetch_sources(logic.build_sources("live", settings, NOW_MS), settings))
+    assert logic.land(lake, fetched) == (0, first.landed)
 
 
 def test_exchange_only_run_with_a_rate_limited_coin_is_bounded(faulty_kraken: FakeKraken):
@@ -119,7 +138,7 @@ def test_nothing_reachable_is_one_actionable_error_and_lands_nothing(tmp_path: P
     )
     lake = LocalLake(tmp_path / "lake")
     with pytest.raises(CstError) as info:
-        ingest(settings, "live", lake, NOW_MS)
+        ingest(settings, lake, NOW_MS)
     assert info.value.code == "sources_unreachable"
     assert "127.0.0.1" in info.value.message and "offline replay" in info.value.message
     assert lake.list() == []
