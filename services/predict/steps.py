@@ -6,8 +6,10 @@ prediction log, earlier step outputs) and writes its own results there; nothing 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -68,7 +70,8 @@ class QualityIndex:
                 self.by_coin_tf[(coin_of(symbol)[0], tf)].append(s.model_dump())
         self.coins = sorted({c for c, _ in self.by_coin_tf})
 
-    def why_missing(self, coin: str, tf: str, t_now: int, panel: Panel | None, row_exists: bool) -> str:
+    def why_missing(self, coin: str, tf: str, t_now: int, panel: Callable[[], Panel | None], row_exists: bool) -> str:
+        """Why a coin has no prediction at t_now; `panel` (the candle before t_now) is read only if it decides."""
         reports = self.by_coin_tf.get((coin, tf), [])
         if not reports:
             return f"no {tf} price series"
@@ -76,6 +79,7 @@ class QualityIndex:
             codes = sorted({c for r in reports for c in r["issues"] if c in ("stale", "no_data")})
             return f"{tf} series excluded by the quality gate ({', '.join(codes) or 'excluded'})"
         if not row_exists:
+            panel = panel()
             if panel is None or coin not in panel.coins:
                 return f"{tf} series not used"
             step = timeframe_ms(tf)
@@ -129,7 +133,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
     out.uncertified = certification(model.metadata, thr, settings.run.certify_min_n)
     quality = _quality(ctx, ref.run_id)
     frame = read_frame(lake, tf, since_ms=t_now - (spec.sequence_length - 1) * step, until_ms=t_now)
-    panel = read_panel(lake, tf, since_ms=t_now - step, until_ms=t_now - step)
+    panel = functools.cache(lambda: read_panel(lake, tf, since_ms=t_now - step, until_ms=t_now - step))
     if frame is None or len(frame) == 0:
         out.excluded = {c: quality.why_missing(c, tf, t_now, panel, False) for c in quality.coins}
         return out
