@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 from services.features.frame import build_frame, build_panel
@@ -22,6 +23,8 @@ from shared.pipeline import (
     step_output_key,
 )
 from shared.storage import Lake
+
+log = logging.getLogger(__name__)
 
 
 def staged_series(lake: Lake, run_id: str) -> list[Series]:
@@ -66,7 +69,8 @@ def features(ctx: StepContext, ref: RunRef) -> FeaturesOutput:
     out = FeaturesOutput(run_id=ref.run_id)
     for tf in settings.timeframes:
         if tf not in settings.features.sets:
-            continue  # no feature set declared: the summary of features names only declared timeframes
+            log.warning("no feature set declared for timeframe %s: no features built for it", tf)
+            continue
         frame = build_frame(clean, unavailable, tf, settings)
         out.written += write_frame(lake, frame)
         out.written += write_panel(lake, build_panel(clean, unavailable, tf, settings))
