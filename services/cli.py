@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,13 +19,12 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.markup import escape
 from rich.table import Table
 
 from services import runner
 from services.features.quality.gate import quarantine_documents
 from services.ingest import logic
-from shared.contracts import QualityReport, iso_to_ms, utcnow
+from shared.contracts import QualityReport, iso_to_ms, ms_to_iso, utcnow
 from shared.errors import CstError
 from shared.logging import configure_logging, redact
 from shared.pipeline import STEPS, RunRef, StepContext
@@ -228,6 +228,37 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """Real history into the lake, page by page; an interrupted backfill continues where it stopped."""
+    import time
+
+    from services.ingest.backfill import backfill
+
+    lake = _lake(args, settings)
+    now = _as_of(None, settings)
+    since = iso_to_ms(args.since) if args.since else now - int(max(
+        settings.exchange.history.get(tf, settings.exchange.history.get("1d")).total_seconds() * 1000
+        for tf in settings.timeframes))
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("backfilling pages", total=None)
+        report = backfill(settings, lake, since_ms=since, now_ms=now,
+                          on_page=lambda what: bar.update(task, advance=1, description=f"backfilled {what}"))
+    table = Table(title=f"backfill into {lake.uri} up to {ms_to_iso(now)}")
+    for col in ("series", "from", "to", "pages", "candles"):
+        table.add_column(col)
+    for name, st in sorted(report.series.items()):
+        table.add_row(name, ms_to_iso(st["from"]), ms_to_iso(st["to"]) if st["to"] else "-", str(st["pages"]),
+                      str(st["candles"]))
+    console.print(table)
+    console.print(f"{report.pages} pages, {report.candles} candles landed in {time.perf_counter() - started:.1f} s "
+                  f"({report.already_present} raw records already present); {len(report.failures)} failures")
+    for f in report.failures:
+        console.print(f"[red]failed[/] {escape(f.task)}: {escape('[' + f.code + '] ' + f.message)}")
+    return 1 if report.failures else 0
+
+
 def cmd_step(args: argparse.Namespace, settings: Settings) -> int:
     """One pipeline step alone, from what the lake holds: the call a Lambda handler makes."""
     lake = _lake(args, settings)
@@ -389,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
         p.add_argument("--as-of", help="replay as if now were this UTC time")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("backfill", help="land real history (OHLCV pages, Fear & Greed, on-chain) in the lake; resumable")
+    p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
+    p.add_argument("--since", help="start of the history (UTC date); default: exchange.history; a resumed series "
+                                   "continues from where it stopped")
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("step", help="run one pipeline step alone from what the lake holds (what a Lambda handler does)")
     p.add_argument("name", choices=list(STEPS), help="the step")

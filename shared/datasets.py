@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -149,3 +149,36 @@ def arrow_digest(table: pa.Table) -> str:
 
 def get_series(lake: Lake, keys: list[str]) -> list[Series]:
     return [s for k in keys for s in table_to_series(get_table(lake, k))]
+
+
+def history_parts(lake: Lake) -> list[str]:
+    """The staged parts backfills landed: history every run's training reads besides the run's own fetch."""
+    from shared.errors import LakeKeyNotFound
+    from shared.pipeline import HISTORY_MANIFEST
+
+    try:
+        return list(lake.get_json(HISTORY_MANIFEST)["parts"])
+    except LakeKeyNotFound:
+        return []
+
+
+def merge_series(series: list[Series]) -> list[Series]:
+    """Series of the same key from several fetches as one: rows concatenated in the order given (the quality gate
+    then drops identical repeats, quarantines conflicting ones and orders by time). Only fields every part has are
+    kept; source text only when every part has it."""
+    groups: dict[str, list[Series]] = defaultdict(list)
+    for s in series:
+        groups[s.key].append(s)
+    out = []
+    for parts in groups.values():
+        if len(parts) == 1:
+            out.append(parts[0])
+            continue
+        fields = set.intersection(*(set(p.fields) for p in parts))
+        origin = [o for p in parts for o in p.origin] if all(len(p.origin) == len(p) for p in parts) else []
+        first = parts[0]
+        out.append(Series(first.layer, first.timeframe, first.symbol, first.source,
+                          np.concatenate([p.ts for p in parts]),
+                          {f: np.concatenate([p.fields[f] for p in parts]) for f in sorted(fields)}, origin,
+                          [e for p in parts for e in p.parse_errors]))
+    return out

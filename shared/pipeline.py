@@ -204,6 +204,10 @@ def clean_prefix(run_id: str) -> str:
     return f"clean/run_id={run_id}/"
 
 
+# The staged parts backfills landed (lake-wide history that every run's training reads with the run's own fetch).
+HISTORY_MANIFEST = "state/history/manifest.json"
+
+
 def quality_key(run_id: str) -> str:
     return f"quality/run_id={run_id}/report.json"
 

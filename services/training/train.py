@@ -16,6 +16,7 @@ from services.features.steps import staged_series
 from services.training.ensemble import Trained, train_horizon
 from services.training.registry import publish
 from shared.contracts import iso_to_ms, utcnow
+from shared.datasets import get_series, history_parts, merge_series
 from shared.errors import CstError
 from shared.settings import Settings
 from shared.storage import Lake, open_lake
@@ -32,9 +33,10 @@ class History:
 
 
 def load_history(settings: Settings, lake: Lake, run_id: str, timeframes: set[str], as_of_ms: int) -> History:
-    """The series a run stored, judged as history at `as_of_ms`: nothing later is read, and a series that ended
-    is a valid past (the staleness rule, which guards live serving, is skipped)."""
-    gated = run_gate(staged_series(lake, run_id), as_of_ms, settings.quality, skip=frozenset({"stale"}))
+    """The series a run stored, with the lake's backfilled history, judged as history at `as_of_ms`: nothing later
+    is read, and a series that ended is a valid past (the staleness rule, which guards live serving, is skipped)."""
+    series = merge_series(get_series(lake, history_parts(lake)) + staged_series(lake, run_id))
+    gated = run_gate(series, as_of_ms, settings.quality, skip=frozenset({"stale"}))
     return History({tf: build_frame(gated.clean, gated.unavailable, tf, settings) for tf in timeframes},
                    {tf: build_panel(gated.clean, gated.unavailable, tf, settings) for tf in timeframes})
 

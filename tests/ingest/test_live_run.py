@@ -70,3 +70,28 @@ def test_live_run_on_an_empty_lake_trains_predicts_then_retrains_on_drift(live_e
     assert current == (retrained["version"] if retrained["promoted"] else version)
     # The 1h outcomes of the first run's decision matured and were recorded once.
     assert s2["outcomes_recorded"] == len(COINS)
+
+
+def test_a_live_run_trains_on_backfilled_history_beyond_its_own_fetch(live_env, monkeypatch):
+    from services.ingest.backfill import backfill
+    from shared.settings import Settings
+
+    kraken, lake = live_env
+    first = NOW_S // HOUR * HOUR
+    # The run itself fetches two days of hourly candles: too few rows to train on.
+    monkeypatch.setenv("CST_EXCHANGE__HISTORY", '{"1h": "P2D"}')
+    assert cli.main(["run", "--source", "live", "--lake", str(lake), "--as-of", ms_to_iso(first * 1000)]) == 0
+    s = summary(lake, first)
+    assert "too_few_rows" in s["trained"]["1h"] and s["predictions"] == 0 and s["horizons_without_model"]
+    # Backfill 30 days, then the next hour's run trains on them with its own fetch.
+    from shared.storage import LocalLake
+
+    report = backfill(Settings(), LocalLake(lake), since_ms=(first - 30 * 24 * HOUR) * 1000, now_ms=first * 1000)
+    assert report.failures == [] and report.candles == len(COINS) * 30 * 24
+    kraken.now_s = NOW_S + HOUR
+    later = first + HOUR
+    assert cli.main(["run", "--source", "live", "--lake", str(lake), "--as-of", ms_to_iso(later * 1000)]) == 0
+    s2 = summary(lake, later)
+    assert s2["trained"]["1h"].startswith("v") and s2["predictions"] == len(COINS)
+    meta = json.loads(next(lake.glob("models/horizon=1h/version=*/metadata.json")).read_text())
+    assert meta["training_window"]["first"] < ms_to_iso((first - 2 * 24 * HOUR) * 1000)  # older than its own fetch

@@ -104,6 +104,8 @@ class Fault:
     times: int | None = None
     # For "slow": how long the answer takes; longer than any client timeout it is meant to trip.
     delay_s: float = 5.0
+    # Requests per endpoint answered normally before the fault starts (an outage in the middle of a backfill).
+    after: int = 0
 
 
 class FakeKraken:
@@ -232,7 +234,7 @@ class FakeKraken:
         seen = self.requests[(endpoint, coin)]
         await self._pauses.sleep(self.latency_s)
         fault = self.faults.get(coin)
-        if fault is not None and (fault.times is None or seen <= fault.times):
+        if fault is not None and seen > fault.after and (fault.times is None or seen <= fault.after + fault.times):
             if fault.kind == "rate_limited":
                 return web.Response(status=429, text="Too Many Requests")
             if fault.kind == "server_error":
