@@ -66,6 +66,8 @@ class FearGreedSource(Source):
             error = (body.get("metadata") or {}).get("error") if isinstance(body, dict) else "not an object"
             if error or not isinstance(body.get("data"), list):
                 raise CstError("malformed_response", f"fear_greed: {error or 'no data list'}")
+            if not body["data"]:
+                raise CstError("no_data", "fear_greed: the API answered an empty index history")
             record = _record("alternative.me", {"url": self.url, "params": params}, "sentiment", "market", body)
             points = [(d.get("timestamp"), d.get("value")) for d in body["data"]]
             series = points_to_series(points, layer="sentiment", timeframe="1d", symbol="market", source="alternative.me")
@@ -94,6 +96,8 @@ class BlockchainSource(Source):
             body = await fetcher.get_json(self.name, url, params)
             if not isinstance(body, dict) or body.get("status") != "ok" or not isinstance(body.get("values"), list):
                 raise CstError("malformed_response", f"blockchain.com {metric}: status {body.get('status') if isinstance(body, dict) else '?'}")
+            if not body["values"]:
+                raise CstError("no_data", f"blockchain.com {metric}: the chart has no values")
             symbol = f"BTC.{metric}"
             record = _record("blockchain.com", {"url": url, "params": params}, "onchain", symbol, body)
             points = [(p.get("x"), p.get("y")) for p in body["values"]]
