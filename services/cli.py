@@ -199,6 +199,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"run {ref.run_id} (as-of {done['as_of']}) is already complete; nothing changed. "
                       f"{done['predictions']} predictions, {done['actionable']} actionable, {len(done['signals'])} signals.")
         return 0
+    if args.source == "live" and _empty_lake(lake, ref.horizons):
+        # Nothing to train on yet: the history training needs comes first, saying how much and how long.
+        now = iso_to_ms(ref.as_of)
+        console.print(f"empty lake: backfilling the history training needs ({ms_to_iso(_default_since(settings, now))} "
+                      f"to {ref.as_of}) before the first run")
+        _backfill(settings, lake, _default_since(settings, now), now)
     runner.save_ref(lake, ref)
     with _step_progress(settings, lake, "running") as (ctx, on_step):
         result = runner.run_pipeline(ctx, ref, on_step=on_step)
@@ -228,35 +234,51 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
-    """Real history into the lake, page by page; an interrupted backfill continues where it stopped."""
+def _backfill(settings: Settings, lake, since_ms: int, now_ms: int) -> int:
+    """Backfill with a progress bar and a table of what landed; returns the number of failures."""
     import time
 
     from services.ingest.backfill import backfill
 
-    lake = _lake(args, settings)
-    now = _as_of(None, settings)
-    since = iso_to_ms(args.since) if args.since else now - int(max(
-        settings.exchange.history.get(tf, settings.exchange.history.get("1d")).total_seconds() * 1000
-        for tf in settings.timeframes))
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("backfilling pages", total=None)
-        report = backfill(settings, lake, since_ms=since, now_ms=now,
+        report = backfill(settings, lake, since_ms=since_ms, now_ms=now_ms,
                           on_page=lambda what: bar.update(task, advance=1, description=f"backfilled {what}"))
-    table = Table(title=f"backfill into {lake.uri} up to {ms_to_iso(now)}")
+    table = Table(title=f"backfill into {lake.uri} from {ms_to_iso(since_ms)} to {ms_to_iso(now_ms)}")
     for col in ("series", "from", "to", "pages", "candles"):
         table.add_column(col)
     for name, st in sorted(report.series.items()):
         table.add_row(name, ms_to_iso(st["from"]), ms_to_iso(st["to"]) if st["to"] else "-", str(st["pages"]),
                       str(st["candles"]))
     console.print(table)
-    console.print(f"{report.pages} pages, {report.candles} candles landed in {time.perf_counter() - started:.1f} s "
+    console.print(f"backfilled {report.pages} pages, {report.candles} candles in {time.perf_counter() - started:.1f} s "
                   f"({report.already_present} raw records already present); {len(report.failures)} failures")
     for f in report.failures:
         console.print(f"[red]failed[/] {escape(f.task)}: {escape('[' + f.code + '] ' + f.message)}")
-    return 1 if report.failures else 0
+    return len(report.failures)
+
+
+def _default_since(settings: Settings, now_ms: int) -> int:
+    """The start of the history training needs: the deepest `exchange.history` of the run's timeframes."""
+    depth = max(settings.exchange.history[tf] for tf in settings.timeframes if tf in settings.exchange.history)
+    return now_ms - int(depth.total_seconds() * 1000)
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """Real history into the lake, page by page; an interrupted backfill continues where it stopped."""
+    lake = _lake(args, settings)
+    now = _as_of(None, settings)
+    since = iso_to_ms(args.since) if args.since else _default_since(settings, now)
+    return 1 if _backfill(settings, lake, since, now) else 0
+
+
+def _empty_lake(lake, horizons: list[str]) -> bool:
+    from services.predict.model import current_version
+    from shared.datasets import history_parts
+
+    return not history_parts(lake) and all(current_version(lake, h) is None for h in horizons)
 
 
 def cmd_step(args: argparse.Namespace, settings: Settings) -> int:

@@ -53,23 +53,44 @@ class BackfillReport:
 
 async def _ohlcv(source: ExchangeSource, fetcher: Fetcher, lake: Lake, coin: str, tf: str, since_ms: int,
                  now_ms: int, report: BackfillReport, on_page: Callable[[str], None]) -> None:
+    """The series' history from `since_ms` to the latest closed candle. The cursor state keeps where the backfilled
+    history starts and ends: a later backfill fills only what is missing before the start (an earlier --since) and
+    after the end, and an interrupted one resumes inside the span it was filling."""
     settings = source.settings
     key = cursor_key(settings.id, coin, tf)
     try:
-        cursor = int(lake.get_json(key)["next_since"])
+        state = lake.get_json(key)
     except LakeKeyNotFound:
-        cursor = since_ms
+        state = {}
+    await source._markets(fetcher)
+    stats = report.series.setdefault(f"{coin} {tf}", {"from": since_ms, "to": None, "pages": 0, "candles": 0})
+    if "next_since" not in state:
+        state = {"first": since_ms, "next_since": since_ms}
+    elif since_ms < state["first"] and "gap_next" not in state:
+        state = {**state, "gap_next": since_ms, "gap_end": state["first"], "first": since_ms}
+    lake.put_json(key, state)
+    if "gap_next" in state:  # the span before the earlier start, up to where the history already began
+        await _pages(source, fetcher, lake, coin, tf, key, state, "gap_next", state["gap_end"], report, stats, on_page)
+        state.pop("gap_next"), state.pop("gap_end")
+        lake.put_json(key, state)
+    await _pages(source, fetcher, lake, coin, tf, key, state, "next_since", now_ms, report, stats, on_page)
+
+
+async def _pages(source: ExchangeSource, fetcher: Fetcher, lake: Lake, coin: str, tf: str, key: str, state: dict,
+                 cursor_field: str, end_ms: int, report: BackfillReport, stats: dict,
+                 on_page: Callable[[str], None]) -> None:
+    """Pages from state[cursor_field] to end_ms, each landed and its part recorded before the cursor moves."""
+    settings = source.settings
     step = timeframe_ms(tf)
     symbol = source.symbol(coin)
-    await source._markets(fetcher)
-    stats = report.series.setdefault(f"{coin} {tf}", {"from": cursor, "to": None, "pages": 0, "candles": 0})
-    while cursor + step <= now_ms:
+    while state[cursor_field] + step <= end_ms:
+        cursor = state[cursor_field]
         page = await fetcher.call(RATE_KEY, f"backfill {symbol} {tf} since={cursor}",
                                   lambda c=cursor: source.exchange.fetch_ohlcv(symbol, tf, since=c,
                                                                                limit=settings.ohlcv_page_limit))
         if not isinstance(page, list):
             raise CstError("malformed_response", f"fetchOHLCV {symbol} returned {type(page).__name__}")
-        done = [c for c in page if c[0] >= cursor and c[0] + step <= now_ms]  # closed candles only
+        done = [c for c in page if cursor <= c[0] and c[0] + step <= end_ms]  # closed candles of the span only
         if not done:
             break
         record = source._record("ohlcv", coin, tf, {"method": "fetchOHLCV", "symbol": symbol, "timeframe": tf,
@@ -82,13 +103,13 @@ async def _ohlcv(source: ExchangeSource, fetcher: Fetcher, lake: Lake, coin: str
                          "volume": arr[:, 5]}, [json.dumps(c) for c in done])
         # The page is history only once its part is in the manifest; the cursor moves last.
         _add_parts(lake, put_series(lake, STAGING, [series], content_addressed=True))
-        cursor = int(done[-1][0]) + step
-        lake.put_json(key, {"next_since": cursor})
+        state[cursor_field] = int(done[-1][0]) + step
+        lake.put_json(key, state)
         report.pages += 1
         report.candles += len(done)
         stats["pages"] += 1
         stats["candles"] += len(done)
-        stats["to"] = cursor
+        stats["to"] = state[cursor_field]
         on_page(f"{coin} {tf}")
 
 
@@ -122,7 +143,7 @@ def backfill(settings: Settings, lake: Lake, *, since_ms: int, now_ms: int,
     market = [FearGreedSource(settings.sources), BlockchainSource(settings.sources),
               CoinMetricsSource(settings.sources, chain, now_ms=now_ms)]
     fetched = asyncio.run(logic.fetch_sources(market, settings))
-    landed, present = logic.land(lake, fetched)
+    _, present = logic.land(lake, fetched)
     report.already_present += present
     _add_parts(lake, put_series(lake, STAGING, [s for _, r in fetched.results for s in r.series],
                                 content_addressed=True))

@@ -18,8 +18,9 @@ SINCE_MS = NOW_MS - 100 * HOUR * 1000
 
 
 def btc_rows(lake: LocalLake) -> np.ndarray:
+    """BTC's backfilled candle times, in time order (parts are stored in the order they were fetched)."""
     (btc,) = [s for s in merge_series(get_series(lake, history_parts(lake))) if s.key == "ohlcv/1h/BTC-USD"]
-    return btc.ts
+    return np.sort(btc.ts)
 
 
 def test_an_interrupted_backfill_resumes_where_it_stopped_without_duplicates(kraken: FakeKraken,
@@ -49,3 +50,17 @@ def test_an_interrupted_backfill_resumes_where_it_stopped_without_duplicates(kra
     assert len(set(history_parts(lake))) == len(history_parts(lake))
     # Sentiment and on-chain history came whole.
     assert {s.layer for s in get_series(lake, history_parts(lake))} == {"ohlcv", "sentiment", "onchain"}
+
+
+def test_an_earlier_since_fills_only_the_missing_span_before_the_history(kraken: FakeKraken,
+                                                                      market_apis: FakeMarketApis, tmp_path):
+    lake = LocalLake(tmp_path / "lake")
+    settings = loopback_settings(kraken.url, market_apis, coins=["BTC"])
+    backfill(settings, lake, since_ms=NOW_MS - 48 * HOUR * 1000, now_ms=NOW_MS)
+    asked = len(kraken.ohlc_since["BTC"])
+    again = backfill(settings, lake, since_ms=SINCE_MS, now_ms=NOW_MS)
+    # 100 h requested, 48 h were there: 52 candles fetched, starting at the new since, ending where history began.
+    assert again.candles == 52 and kraken.ohlc_since["BTC"][asked] == SINCE_MS // 1000 - HOUR
+    np.testing.assert_array_equal(btc_rows(lake), np.arange(SINCE_MS, NOW_MS, HOUR * 1000))
+    state = lake.get_json(cursor_key("kraken", "BTC", "1h"))
+    assert state == {"first": SINCE_MS, "next_since": NOW_MS}

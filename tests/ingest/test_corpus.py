@@ -11,7 +11,11 @@ import pytest
 
 from services.ingest.logic import fetch_sources, land
 from services.ingest.sources.exchange import ExchangeSource
-from services.ingest.sources.market import BlockchainSource, CoinMetricsSource, FearGreedSource
+from services.ingest.sources.market import (
+    BlockchainSource,
+    CoinMetricsSource,
+    FearGreedSource,
+)
 from shared.settings import ExchangeSettings, Settings, SourceSettings
 from shared.storage import LocalLake
 from tests.ingest.fakes.config import fast_http

@@ -46,10 +46,13 @@ def summary(lake: Path, as_of_s: int) -> dict:
     return json.loads(path.read_text())
 
 
-def test_live_run_on_an_empty_lake_trains_predicts_then_retrains_on_drift(live_env, monkeypatch):
+def test_live_run_on_an_empty_lake_backfills_trains_predicts_then_retrains_on_drift(live_env, monkeypatch, capsys):
     kraken, lake = live_env
     first = NOW_S // HOUR * HOUR  # the latest closed candle of the fake's clock
     assert cli.main(["run", "--source", "live", "--lake", str(lake), "--as-of", ms_to_iso(first * 1000)]) == 0
+    said = capsys.readouterr().err
+    # An empty lake is backfilled first (30 days of hourly candles per coin), saying how much and how long.
+    assert "empty lake: backfilling" in said and f"backfilled {len(COINS)} pages, {len(COINS) * 720} candles" in said
     s = summary(lake, first)
     assert s["status"] == "complete" and s["failures"] == []
     assert s["trained"]["1h"].startswith("v")  # trained on the run's own fetched 30 days: no `no_model`
@@ -78,7 +81,7 @@ def test_a_live_run_trains_on_backfilled_history_beyond_its_own_fetch(live_env, 
 
     kraken, lake = live_env
     first = NOW_S // HOUR * HOUR
-    # The run itself fetches two days of hourly candles: too few rows to train on.
+    # The run fetches (and the empty lake's automatic backfill lands) two days of hourly candles: too few rows.
     monkeypatch.setenv("CST_EXCHANGE__HISTORY", '{"1h": "P2D"}')
     assert cli.main(["run", "--source", "live", "--lake", str(lake), "--as-of", ms_to_iso(first * 1000)]) == 0
     s = summary(lake, first)
@@ -87,7 +90,8 @@ def test_a_live_run_trains_on_backfilled_history_beyond_its_own_fetch(live_env, 
     from shared.storage import LocalLake
 
     report = backfill(Settings(), LocalLake(lake), since_ms=(first - 30 * 24 * HOUR) * 1000, now_ms=first * 1000)
-    assert report.failures == [] and report.candles == len(COINS) * 30 * 24
+    # Only what is missing: the 28 days before the two the first run's automatic backfill landed.
+    assert report.failures == [] and report.candles == len(COINS) * 28 * 24
     kraken.now_s = NOW_S + HOUR
     later = first + HOUR
     assert cli.main(["run", "--source", "live", "--lake", str(lake), "--as-of", ms_to_iso(later * 1000)]) == 0
