@@ -44,9 +44,10 @@ class ExchangeSettings(BaseModel):
     # How far back paginated OHLCV history starts, per timeframe.
     history: dict[str, timedelta] = {"1h": timedelta(days=30), "1d": timedelta(days=720)}
     orderbook_levels: int = 25
-    # A book observed at most this long after the run's as-of is the book as of the run (live fetches land
-    # seconds after their as-of); later than that it is after the as-of and not read.
-    orderbook_window_s: float = 300.0
+    # A book observed at most this long after the run's as-of is the book as of the run: a live run's as-of is
+    # the latest closed hourly candle, and its fetches land within that hour; later than that it is after the
+    # as-of and not read.
+    orderbook_window_s: float = 3600.0
     trades_limit: int = 1000
     # Pages of trades one run may fetch to catch up from where the collected trades end.
     trades_max_pages: int = 50

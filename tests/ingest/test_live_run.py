@@ -5,8 +5,11 @@ mechanics only, nothing about forecasts."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from services import cli
@@ -99,3 +102,45 @@ def test_a_live_run_trains_on_backfilled_history_beyond_its_own_fetch(live_env, 
     assert s2["trained"]["1h"].startswith("v") and s2["predictions"] == len(COINS)
     meta = json.loads(next(lake.glob("models/horizon=1h/version=*/metadata.json")).read_text())
     assert meta["training_window"]["first"] < ms_to_iso((first - 2 * 24 * HOUR) * 1000)  # older than its own fetch
+
+
+def test_the_liquidity_layer_reaches_the_features_on_live_path_data(tmp_path):
+    """Whale buckets and order books fetched live, stamped as of the run, fused into the run's feature rows."""
+    from services import runner
+    from services.features.store import read_frame
+    from shared.pipeline import StepContext
+    from shared.settings import ExchangeSettings, Settings, SourceSettings
+    from shared.storage import LocalLake
+    from tests.ingest.fakes.config import fast_http
+
+    now_s = int(time.time())
+    as_of_s = now_s // HOUR * HOUR  # a live run's as-of: the latest closed hourly candle
+    with FakeKraken(COINS, now_s=now_s, page_size=720) as kraken, FakeMarketApis() as market:
+        # Every coin trades each minute of the last three hours; one 150k whale buy in the closed hour.
+        trades = [["100.0", "1.0", t, "b", "m", "", i] for i, t in enumerate(range(as_of_s - 3 * HOUR, now_s, 60))]
+        trades.append(["50000.0", "3.0", as_of_s - HOUR + 600, "b", "l", "", len(trades)])
+        kraken.trades = sorted(trades, key=lambda t: t[2])
+        cfg = Settings(_env_file=None, universe=COINS, timeframes=["1h"], horizons=["1h"], http=fast_http(),
+                       exchange=ExchangeSettings(base_url=kraken.url, history={"1h": timedelta(days=3)}),
+                       sources=SourceSettings(fear_greed_url=market.fear_greed_url, blockchain_url=market.blockchain_url,
+                                              coinmetrics_url=market.coinmetrics_url, blockchain_metrics=["hash-rate"],
+                                              coinmetrics_assets=[]))
+        fs = cfg.features.sets["1h"]
+        cfg.features.sets["1h"] = fs.model_copy(update={
+            "layers": [*fs.layers, "liquidity"],
+            "excluded_layers": {k: v for k, v in fs.excluded_layers.items() if k != "liquidity"}})
+        lake = LocalLake(tmp_path / "lake")
+        ctx = StepContext(cfg, lake)
+        ref = runner.make_ref(cfg, "live", as_of_s * 1000)
+        for step in ("ingest", "validate", "features"):
+            runner.run_step(ctx, step, ref)
+    quality = json.loads((lake.root / f"quality/run_id={ref.run_id}/report.json").read_text())
+    book = quality["series"]["orderbook/snapshot/BTC-USD"]
+    assert book["status"] == "ok" and book["after_as_of"] == 0  # observed within the run: the book as of the run
+    frame = read_frame(lake, "1h", since_ms=as_of_s * 1000, until_ms=as_of_s * 1000)
+    assert frame is not None and sorted(frame.coin.tolist()) == sorted(COINS)
+    cols = {n: frame.X[:, frame.names.index(n)] for n in ("whale_share", "spread_bps", "depth_imbalance")}
+    assert all(np.isfinite(v).all() for v in cols.values())
+    # The closed hour's trades: 60 small ones at 100 each and the 150k whale: a whale share of 150k / 156k.
+    btc = frame.coin.tolist().index("BTC")
+    assert cols["whale_share"][btc] == pytest.approx(150_000 / 156_000, rel=1e-6)

@@ -139,4 +139,4 @@ def test_an_order_book_fetched_within_the_run_is_the_book_as_of_the_run(kraken: 
     # Observed long after the as-of (a replayed or stuck fetch): it keeps its own time and the gate leaves it out.
     late = as_of + int(settings.exchange.orderbook_window_s * 1000) + 1
     assert source.book_time(late) == late and source.book_time(as_of + 1000) == as_of
-    assert timedelta(seconds=settings.exchange.orderbook_window_s) == timedelta(minutes=5)
+    assert timedelta(seconds=settings.exchange.orderbook_window_s) == timedelta(hours=1)
