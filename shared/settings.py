@@ -305,6 +305,11 @@ class RunSettings(BaseModel):
     # every model costs about a second (see BENCHMARKS.md, bench_predict: 128 rows of ONE horizon take
     # 2.5 s in process and 1.5 s in a 2-worker pool, start-up included).
     pool_min_rows: int = 512
+    # The served return range: nominal miscoverage (0.2 = an 80% range), the adaptive conformal step (Gibbs &
+    # Candes 2021: alpha_t+1 = alpha_t + gamma * (alpha - miss_t)) and how many recent conformity scores it ranks.
+    range_alpha: float = 0.2
+    range_gamma: float = 0.005
+    range_window: int = 500
 
 
 class RiskSettings(BaseModel):

@@ -26,17 +26,21 @@ PREDICTION_FIELDS = {
     "direction": pa.int64(), "confidence": pa.float64(), "q10": pa.float64(), "q50": pa.float64(),
     "q90": pa.float64(), "model_version": pa.string(), "actionable": pa.bool_(), "shap_base": pa.float64(),
     "top_features": pa.string(),
+    # The 80% return range served (q10-q90 conformalized by recent outcomes); null until outcomes exist.
+    "range_low": pa.float64(), "range_high": pa.float64(),
 }
 OUTCOME_FIELDS = {
     "run_id": pa.string(), "coin": pa.string(), "horizon": pa.string(), "decision_ts": pa.int64(),
     "matured_ts": pa.int64(), "recorded_as_of": pa.string(), "recorded_by": pa.string(),
     "realized_return": pa.float64(), "direction": pa.int64(), "hit": pa.bool_(), "p_up": pa.float64(),
     "confidence": pa.float64(), "actionable": pa.bool_(), "model_version": pa.string(),
+    "q10": pa.float64(), "q90": pa.float64(), "range_low": pa.float64(), "range_high": pa.float64(),
+    "in_range": pa.bool_(),
 }
 
 
 def _table(rows: list[dict], fields: dict[str, pa.DataType]) -> pa.Table:
-    return pa.table({k: pa.array([r[k] for r in rows], t) for k, t in fields.items()})
+    return pa.table({k: pa.array([r.get(k) for r in rows], t) for k, t in fields.items()})
 
 
 def prediction_key(horizon: str, decision_ts: int, run_id: str) -> str:

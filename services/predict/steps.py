@@ -16,6 +16,7 @@ import numpy as np
 from services.features.frame import Panel, coin_of
 from services.features.sequences import sequence_index, sequences
 from services.features.store import read_frame, read_panel
+from services.predict import conformal
 from services.predict import drift as drift_mod
 from services.predict import logbook
 from services.predict.model import (
@@ -154,8 +155,10 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
                              seed=settings.training.seed, workers=settings.run.process_workers,
                              min_rows=settings.run.pool_min_rows)
     tops = top_features(phi, model.names, settings.training.shap_top_k)
+    ranges = conformal.load(lake, h, settings.run.range_alpha)
     records = []
     for k, i in enumerate(rows):
+        served = ranges.served(float(pred.quantiles[k, 0]), float(pred.quantiles[k, 2]))
         records.append({
             "run_id": ref.run_id, "coin": str(frame.coin[i]), "horizon": h, "as_of": ref.as_of,
             "decision_ts": int(frame.ts[i]), "p_up": float(pred.p_up[k]), "p_low": float(pred.low[k]),
@@ -165,6 +168,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
             "model_version": model.version,
             "actionable": out.uncertified is None and actionable(float(pred.confidence[k]), thr),
             "shap_base": float(base[k]), "top_features": json.dumps(tops[k]),
+            "range_low": served[0] if served else None, "range_high": served[1] if served else None,
         })
     out.log_key = logbook.write_predictions(lake, ref.run_id, h, t_now, records)
     out.predictions = out.new = len(records)
@@ -244,12 +248,30 @@ def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
                     "recorded_by": ref.run_id, "realized_return": r, "direction": row["direction"],
                     "hit": bool((r > 0 and row["direction"] == 1) or (r < 0 and row["direction"] == -1)),
                     "p_up": row["p_up"], "confidence": row["confidence"], "actionable": row["actionable"],
-                    "model_version": row["model_version"]})
+                    "model_version": row["model_version"], "q10": row["q10"], "q90": row["q90"],
+                    "range_low": row.get("range_low"), "range_high": row.get("range_high"),
+                    "in_range": (None if row.get("range_low") is None
+                                 else bool(row["range_low"] <= r <= row["range_high"]))})
         if records:
+            _absorb_ranges(ctx, ref, h, records)
             out.keys.append(logbook.write_outcomes(lake, h, as_of, ref.run_id, records))
         out.recorded[h] = len(records)
         logbook.set_watermark(lake, h, as_of, ref.run_id)
     return out
+
+
+def _absorb_ranges(ctx: StepContext, ref: RunRef, horizon: str, records: list[dict]) -> None:
+    """The horizon's adaptive range learns from this run's matured outcomes, in decision order, once per run."""
+    cfg = ctx.settings.run
+    state = conformal.load(ctx.lake, horizon, cfg.range_alpha)
+    if state.last_run == ref.run_id:
+        return
+    for rec in sorted(records, key=lambda d: (d["decision_ts"], d["coin"])):
+        served = (rec["range_low"], rec["range_high"]) if rec["range_low"] is not None else None
+        state.update(rec["q10"], rec["q90"], rec["realized_return"], cfg.range_alpha, cfg.range_gamma,
+                     cfg.range_window, served)
+    state.last_run = ref.run_id
+    ctx.lake.put_json(conformal.state_key(horizon), state.to_json())
 
 
 def _realized(panel: Panel | None, row: dict, step: int, bars: int) -> float | None:

@@ -123,6 +123,16 @@ def test_later_run_records_matured_outcomes_exactly_once(source, lake_dir, env):
 
     perf = [r for p in lake_dir.glob("performance/horizon=24h/date=*/run_id=*.parquet") for r in pq.read_table(p).to_pylist()]
     assert {r["coin"] for r in perf} == set(COINS) and all("hit_rate" in r for r in perf)
+    # The adaptive 80% range learned from every recorded outcome, once: 10 + 5 for 24h and 7d together.
+    states = [json.loads(p.read_text()) for p in lake_dir.glob("state/conformal/horizon=*.json")]
+    assert sum(st["outcomes"] for st in states) == 15
+    # Predictions made before any outcome carry no range; those of 05-10 carry the conformalized one.
+    preds = predictions_of(lake_dir)
+    first_day = [p for (h, c, t), p in preds.items() if t == 1714521600000]
+    assert all(p["range_low"] is None for p in first_day)
+    tenth = [p for (h, c, t), p in preds.items() if h == "24h" and t == 1715299200000]
+    assert tenth and all(p["range_low"] < p["range_high"] for p in tenth)
+    assert all((p["range_low"] - p["q10"]) == pytest.approx(p["q90"] - p["range_high"]) for p in tenth)
 
 
 def test_consensus_needs_agreeing_actionable_horizons():
