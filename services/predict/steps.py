@@ -16,9 +16,8 @@ import numpy as np
 from services.features.frame import Panel, coin_of
 from services.features.sequences import sequence_index, sequences
 from services.features.store import read_frame, read_panel
-from services.predict import conformal
+from services.predict import conformal, logbook
 from services.predict import drift as drift_mod
-from services.predict import logbook
 from services.predict.model import (
     HorizonModel,
     current_version,
