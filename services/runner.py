@@ -138,10 +138,13 @@ def run_pipeline(ctx: StepContext, ref: RunRef, on_step: Callable[[str], None] |
         if on_step is not None:
             on_step(step.name)
         items = items_of(step, ref)
-        # A Map's items run side by side (ONNX and SHAP release the GIL), as the state machine's Map runs them.
-        workers = max(1, min(len(items), ctx.settings.run.horizon_workers)) if step.map_over else 1
-        with ThreadPoolExecutor(workers) as pool:
-            errors = list(pool.map(_attempt, [ctx] * len(items), [step] * len(items), [ref] * len(items), items))
+        if step.map_over:
+            # A Map's items run side by side (ONNX and SHAP release the GIL), as the state machine's Map runs them.
+            workers = max(1, min(len(items), ctx.settings.run.horizon_workers))
+            with ThreadPoolExecutor(workers) as pool:
+                errors = list(pool.map(_attempt, [ctx] * len(items), [step] * len(items), [ref] * len(items), items))
+        else:
+            errors = [_attempt(ctx, step, ref, None)]
         failed = [(item, exc) for item, exc in zip(items, errors, strict=True) if exc is not None]
         failures.extend(_failure(step.name, item, exc) for item, exc in failed)
         if failed and step.map_over is None:

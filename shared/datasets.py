@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.contracts import RejectedRow, Series
+from shared.pipeline import HISTORY_PARTS
 from shared.storage import Lake
 
 
@@ -153,13 +154,13 @@ def get_series(lake: Lake, keys: list[str]) -> list[Series]:
 
 def history_parts(lake: Lake) -> list[str]:
     """The staged parts backfills landed: history every run's training reads besides the run's own fetch."""
-    from shared.errors import LakeKeyNotFound
-    from shared.pipeline import HISTORY_MANIFEST
+    return [k[len(HISTORY_PARTS):] for k in lake.list(HISTORY_PARTS)]
 
-    try:
-        return list(lake.get_json(HISTORY_MANIFEST)["parts"])
-    except LakeKeyNotFound:
-        return []
+
+def add_history_parts(lake: Lake, keys: list[str]) -> None:
+    """Record staged parts as history (create-if-absent markers: recording a part twice changes nothing)."""
+    for key in keys:
+        lake.put(HISTORY_PARTS + key, b"", if_absent=True)
 
 
 def merge_series(series: list[Series]) -> list[Series]:

@@ -204,8 +204,9 @@ def clean_prefix(run_id: str) -> str:
     return f"clean/run_id={run_id}/"
 
 
-# The staged parts backfills landed (lake-wide history that every run's training reads with the run's own fetch).
-HISTORY_MANIFEST = "state/history/manifest.json"
+# The staged parts backfills landed (lake-wide history that every run's training reads with the run's own fetch):
+# one small marker per part under this prefix, so recording a page costs one write whatever the history's size.
+HISTORY_PARTS = "state/history/parts/"
 
 
 def quality_key(run_id: str) -> str:

@@ -386,7 +386,7 @@ class Settings(BaseSettings):
 
 
 # Which secret field a key in the Secrets Manager JSON fills.
-_SECRET_FIELDS = {
+SECRET_FIELDS = {
     "exchange_api_key": ("exchange", "api_key"),
     "exchange_api_secret": ("exchange", "api_secret"),
     "coinmetrics_api_key": ("sources", "coinmetrics_api_key"),
@@ -414,9 +414,9 @@ def resolve_secrets(settings: Settings, client: Any | None = None) -> Settings:
         raise CstError("secret_malformed", f"secret {settings.secrets_manager_id!r} must be a JSON object")
     updated = settings.model_copy(deep=True)
     for key, value in values.items():
-        if key not in _SECRET_FIELDS or not value:
+        if key not in SECRET_FIELDS or not value:
             continue
-        section, field = _SECRET_FIELDS[key]
+        section, field = SECRET_FIELDS[key]
         setattr(getattr(updated, section), field, SecretStr(str(value)))
     return updated
 

@@ -37,7 +37,7 @@ from shared.errors import CstError
 from shared.metrics import brier, ece, log_loss, wilson_low
 from shared.pipeline import StepContext
 from shared.provenance import directory_digest, provenance
-from shared.settings import Settings
+from shared.settings import SECRET_FIELDS, Settings
 from shared.storage import LocalLake
 
 log = logging.getLogger(__name__)
@@ -362,6 +362,6 @@ def load_experiment(path: str | Path, source: str | None = None) -> tuple[Settin
                                        f"(fingerprint {found}, snapshot {doc['data_fingerprint']})")
     # Init values win over the environment: the snapshot alone decides every knob (secrets are never in it).
     secret_free = {k: v for k, v in doc["settings"].items() if k != "secrets_manager_id"}
-    for section, field_name in (("exchange", "api_key"), ("exchange", "api_secret"), ("sources", "coinmetrics_api_key")):
+    for section, field_name in SECRET_FIELDS.values():
         secret_free.get(section, {}).pop(field_name, None)
     return Settings(_env_file=None, **secret_free), args

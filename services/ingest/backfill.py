@@ -1,7 +1,7 @@
 """Backfill: real history into the lake, page by page, resumable where it stopped; training reads it with each run's data.
 
 Every OHLCV page lands on its own as soon as it arrives (its raw record, its parsed candles as a staged,
-content-addressed part, the part's key in the lake's history manifest, then the series' cursor), so an interrupted
+content-addressed part, its history marker (state/history/parts/), then the series' cursor), so an interrupted
 backfill loses nothing and the next one continues from the cursor without fetching a page twice. The market-wide
 histories (Fear & Greed with limit=0, on-chain charts) come whole, one task each.
 """
@@ -9,37 +9,27 @@ histories (Fear & Greed with limit=0, on-chain charts) come whole, one task each
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from services.ingest import logic
 from services.ingest.fetch import Fetcher
-from services.ingest.sources.exchange import RATE_KEY, ExchangeSource
+from services.ingest.sources.exchange import ExchangeSource
 from services.ingest.sources.market import (
     BlockchainSource,
     CoinMetricsSource,
     FearGreedSource,
 )
-from shared.contracts import FetchFailure, Series
-from shared.datasets import history_parts, put_series
+from shared.contracts import FetchFailure
+from shared.datasets import add_history_parts, put_series
 from shared.errors import CstError, FetchError, LakeKeyNotFound
-from shared.pipeline import HISTORY_MANIFEST, STAGING
+from shared.pipeline import STAGING
 from shared.settings import Settings, timeframe_ms
 from shared.storage import Lake
 
 
 def cursor_key(exchange: str, coin: str, timeframe: str) -> str:
     return f"state/backfill/source={exchange}/coin={coin}/timeframe={timeframe}.json"
-
-
-def _add_parts(lake: Lake, keys: list[str]) -> None:
-    parts = history_parts(lake)
-    new = [k for k in keys if k not in parts]
-    if new:
-        lake.put_json(HISTORY_MANIFEST, {"parts": parts + new})
 
 
 @dataclass
@@ -80,29 +70,18 @@ async def _pages(source: ExchangeSource, fetcher: Fetcher, lake: Lake, coin: str
                  cursor_field: str, end_ms: int, report: BackfillReport, stats: dict,
                  on_page: Callable[[str], None]) -> None:
     """Pages from state[cursor_field] to end_ms, each landed and its part recorded before the cursor moves."""
-    settings = source.settings
     step = timeframe_ms(tf)
-    symbol = source.symbol(coin)
     while state[cursor_field] + step <= end_ms:
         cursor = state[cursor_field]
-        page = await fetcher.call(RATE_KEY, f"backfill {symbol} {tf} since={cursor}",
-                                  lambda c=cursor: source.exchange.fetch_ohlcv(symbol, tf, since=c,
-                                                                               limit=settings.ohlcv_page_limit))
-        if not isinstance(page, list):
-            raise CstError("malformed_response", f"fetchOHLCV {symbol} returned {type(page).__name__}")
+        page = await source.ohlcv_page(fetcher, coin, tf, cursor)
         done = [c for c in page if cursor <= c[0] and c[0] + step <= end_ms]  # closed candles of the span only
         if not done:
             break
-        record = source._record("ohlcv", coin, tf, {"method": "fetchOHLCV", "symbol": symbol, "timeframe": tf,
-                                                     "since": cursor, "limit": settings.ohlcv_page_limit}, page)
+        record = source.ohlcv_record(coin, tf, cursor, page)
         if not lake.put_json(record.lake_key(), record.model_dump(mode="json"), if_absent=True):
             report.already_present += 1
-        arr = np.asarray([[np.nan if v is None else v for v in c[:6]] for c in done], dtype=float).reshape(-1, 6)
-        series = Series("ohlcv", tf, f"{coin}-{settings.quote}", source.source_id, arr[:, 0].astype(np.int64),
-                        {"open": arr[:, 1], "high": arr[:, 2], "low": arr[:, 3], "close": arr[:, 4],
-                         "volume": arr[:, 5]}, [json.dumps(c) for c in done])
-        # The page is history only once its part is in the manifest; the cursor moves last.
-        _add_parts(lake, put_series(lake, STAGING, [series], content_addressed=True))
+        # The page is history only once its part is recorded; the cursor moves last.
+        add_history_parts(lake, put_series(lake, STAGING, [source.candle_series(coin, tf, done)], content_addressed=True))
         state[cursor_field] = int(done[-1][0]) + step
         lake.put_json(key, state)
         report.pages += 1
@@ -145,7 +124,7 @@ def backfill(settings: Settings, lake: Lake, *, since_ms: int, now_ms: int,
     fetched = asyncio.run(logic.fetch_sources(market, settings))
     _, present = logic.land(lake, fetched)
     report.already_present += present
-    _add_parts(lake, put_series(lake, STAGING, [s for _, r in fetched.results for s in r.series],
+    add_history_parts(lake, put_series(lake, STAGING, [s for _, r in fetched.results for s in r.series],
                                 content_addressed=True))
     report.failures.extend(fetched.failures)
     return report

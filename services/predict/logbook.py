@@ -115,11 +115,6 @@ def read_outcomes(lake: Lake, keys: list[str]) -> list[dict]:
     return [] if table is None else table.to_pylist()
 
 
-def outcomes_between(lake: Lake, horizon: str, lo_ms: int, hi_ms: int) -> list[dict]:
-    """Outcomes recorded by runs whose as-of fell on lo..hi (dates), for reports and lookups."""
-    return read_outcomes(lake, keys_in_days(lake, f"outcomes/horizon={horizon}/", lo_ms, hi_ms))
-
-
 # --- recent outcomes: the rolling state performance and drift read ---------------------------------------------
 
 
@@ -166,26 +161,3 @@ def write_performance(lake: Lake, horizon: str, as_of_ms: int, run_id: str, rows
     key = performance_key(horizon, as_of_ms, run_id)
     put_table(lake, key, pa.Table.from_pylist(rows), if_absent=True)
     return key
-
-
-def lookup(lake: Lake, dataset: str, horizon: str, *, coin: str | None = None, run_id: str | None = None,
-           since_ms: int | None = None, until_ms: int | None = None) -> pa.Table | None:
-    """Rows of a log (`predictions`, `outcomes`, `performance`) for one horizon: partitions chosen by their keys
-    (date range, run), then rows by coin. One query whatever the lake (a folder or S3)."""
-    import pyarrow.compute as pc
-
-    prefix = f"{dataset}/horizon={horizon}/"
-    if since_ms is not None and until_ms is not None:
-        keys = keys_in_days(lake, prefix, since_ms, until_ms)
-    else:
-        keys = [k for k in lake.list(prefix) if k.endswith(".parquet")]
-        if since_ms is not None:
-            keys = [k for k in keys if k.split("/date=")[1][:10] >= day_of(since_ms)]
-        if until_ms is not None:
-            keys = [k for k in keys if k.split("/date=")[1][:10] <= day_of(until_ms)]
-    if run_id is not None:
-        keys = [k for k in keys if k.endswith(f"/run_id={run_id}.parquet")]
-    table = read_tables(lake, keys)
-    if table is not None and coin is not None:
-        table = table.filter(pc.equal(table["coin"], coin))
-    return table

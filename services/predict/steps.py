@@ -237,8 +237,9 @@ def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
         if preds:
             first = min(p["decision_ts"] for p in preds)
             panel = read_panel(lake, tf, since_ms=first - step, until_ms=as_of)
+            column = {c: j for j, c in enumerate(panel.coins)} if panel is not None else {}
             for row in preds:
-                r = _realized(panel, row, step, spec.bars)
+                r = _realized(panel, column, row, step, spec.bars)
                 if r is None:
                     continue
                 records.append({
@@ -273,10 +274,10 @@ def _absorb_ranges(ctx: StepContext, ref: RunRef, horizon: str, records: list[di
     ctx.lake.put_json(conformal.state_key(horizon), state.to_json())
 
 
-def _realized(panel: Panel | None, row: dict, step: int, bars: int) -> float | None:
-    if panel is None or row["coin"] not in panel.coins or not panel.open_ts.size:
+def _realized(panel: Panel | None, column: dict[str, int], row: dict, step: int, bars: int) -> float | None:
+    if panel is None or row["coin"] not in column or not panel.open_ts.size:
         return None
-    j = panel.coins.index(row["coin"])
+    j = column[row["coin"]]
     a = (row["decision_ts"] - step - panel.open_ts[0]) // step
     b = a + bars
     if a < 0 or b >= panel.open_ts.size:
@@ -301,9 +302,12 @@ def performance(ctx: StepContext, ref: RunRef) -> PerformanceOutput:
         by_h[r["horizon"]].append(r)
     for h, new in sorted(by_h.items()):
         state = logbook.absorb(lake, h, ref.run_id, new, w, settings.run.recent_outcomes)
+        by_coin: dict[str, list[dict]] = defaultdict(list)
+        for d in state:  # in decision order: each coin's list ends with its latest outcomes
+            by_coin[d["coin"]].append(d)
         rows = []
         for c in sorted({r["coin"] for r in new}):
-            docs = [d for d in state if d["coin"] == c][-w:]
+            docs = by_coin[c][-w:]
             p = np.array([d["p_up"] for d in docs])
             y = np.array([1.0 if d["realized_return"] > 0 else 0.0 for d in docs])
             rows.append({"horizon": h, "coin": c, "run_id": ref.run_id, "window": len(docs),

@@ -207,18 +207,11 @@ class ExchangeSource(Source):
             candles: list[list] = []
             # Page forward until the exchange returns nothing new; every page lands only if all succeed.
             for _ in range(10_000):
-                request = {"method": "fetchOHLCV", "symbol": symbol, "timeframe": tf, "since": since,
-                           "limit": self.settings.ohlcv_page_limit}
-                page = await fetcher.call(
-                    RATE_KEY, f"ohlcv {symbol} {tf} since={since}",
-                    lambda s=since: self.exchange.fetch_ohlcv(symbol, tf, since=s, limit=self.settings.ohlcv_page_limit),
-                )
-                if not isinstance(page, list):
-                    raise CstError("malformed_response", f"fetchOHLCV {symbol} returned {type(page).__name__}")
+                page = await self.ohlcv_page(fetcher, coin, tf, since)
                 fresh = [c for c in page if not candles or c[0] > candles[-1][0]]
                 if not fresh:
                     break
-                records.append(self._record("ohlcv", coin, tf, request, page))
+                records.append(self.ohlcv_record(coin, tf, since, page))
                 candles.extend(fresh)
                 since = fresh[-1][0] + step
                 if since > now:
@@ -227,16 +220,32 @@ class ExchangeSource(Source):
                 raise CstError("no_data", f"{self.source_id} returned no {tf} candles for {symbol}")
             # The candle still forming at fetch time is not a candle yet.
             done = [c for c in candles if c[0] + step <= now]
-            arr = np.asarray([[np.nan if v is None else v for v in c[:6]] for c in done], dtype=float).reshape(-1, 6)
-            series = Series(
-                "ohlcv", tf, f"{coin}-{self.settings.quote}", self.source_id,
-                arr[:, 0].astype(np.int64),
-                {"open": arr[:, 1], "high": arr[:, 2], "low": arr[:, 3], "close": arr[:, 4], "volume": arr[:, 5]},
-                [json.dumps(c) for c in done],
-            )
-            return FetchResult(records, [series])
+            return FetchResult(records, [self.candle_series(coin, tf, done)])
 
         return run
+
+    async def ohlcv_page(self, fetcher: Fetcher, coin: str, tf: str, since: int | None) -> list:
+        """One page of candles from `since` (the exchange's own page size at most)."""
+        symbol = self.symbol(coin)
+        page = await fetcher.call(
+            RATE_KEY, f"ohlcv {symbol} {tf} since={since}",
+            lambda: self.exchange.fetch_ohlcv(symbol, tf, since=since, limit=self.settings.ohlcv_page_limit),
+        )
+        if not isinstance(page, list):
+            raise CstError("malformed_response", f"fetchOHLCV {symbol} returned {type(page).__name__}")
+        return page
+
+    def ohlcv_record(self, coin: str, tf: str, since: int | None, page: list) -> RawRecord:
+        request = {"method": "fetchOHLCV", "symbol": self.symbol(coin), "timeframe": tf, "since": since,
+                   "limit": self.settings.ohlcv_page_limit}
+        return self._record("ohlcv", coin, tf, request, page)
+
+    def candle_series(self, coin: str, tf: str, candles: list[list]) -> Series:
+        """Closed candles as delivered ([ts, open, high, low, close, volume]) -> a Series; a null stays NaN."""
+        arr = np.asarray([[np.nan if v is None else v for v in c[:6]] for c in candles], dtype=float).reshape(-1, 6)
+        return Series("ohlcv", tf, f"{coin}-{self.settings.quote}", self.source_id, arr[:, 0].astype(np.int64),
+                      {"open": arr[:, 1], "high": arr[:, 2], "low": arr[:, 3], "close": arr[:, 4], "volume": arr[:, 5]},
+                      [json.dumps(c) for c in candles])
 
     def _book_run(self, coin: str):
         async def run(fetcher: Fetcher) -> FetchResult:
