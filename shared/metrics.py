@@ -54,3 +54,52 @@ def wilson_low(hits: int, n: int, z: float = 1.959964) -> float | None:
     centre = phat + z * z / (2 * n)
     margin = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
     return (centre - margin) / (1 + z * z / n)
+
+
+def horizon_windows(ts: np.ndarray, horizon_ms: int) -> np.ndarray:
+    """Each decision time's non-overlapping horizon window (0, 1, ...): rows in one window share most of their
+    label's price move, so a window, not a row, is one independent outcome."""
+    ts = np.asarray(ts, dtype=np.int64)
+    if not ts.size:
+        return np.zeros(0, dtype=np.int64)
+    return (ts - ts.min()) // max(int(horizon_ms), 1)
+
+
+def brier_gain_by_window(p: np.ndarray, ref: np.ndarray, y: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Per horizon window: the mean Brier improvement of `p` over the reference forecast `ref` (positive = better)."""
+    _, w = np.unique(windows, return_inverse=True)
+    gain = (np.asarray(ref) - y) ** 2 - (np.asarray(p) - y) ** 2
+    return np.bincount(w, weights=gain) / np.bincount(w)
+
+
+def block_bootstrap(p: np.ndarray, ref: np.ndarray, y: np.ndarray, windows: np.ndarray, *, draws: int = 1000,
+                    level: float = 0.90, bins: int = 10, seed: int = 0) -> dict:
+    """Intervals for Brier skill (against `ref`) and ECE that resample whole horizon windows with replacement.
+
+    Rows inside a window are one outcome seen many times; resampling rows would shrink the interval by the square
+    root of the overlap. Each draw reweights the windows by multinomial counts, so one pass of matrix products
+    scores all draws."""
+    p, ref, y = (np.asarray(a, dtype=np.float64) for a in (p, ref, y))
+    _, w = np.unique(windows, return_inverse=True)
+    n_w = int(w.max()) + 1 if w.size else 0
+    if n_w < 2:
+        return {"windows": n_w, "brier_skill": [None, None], "ece": [None, None], "draws": 0, "level": level}
+    per = lambda v: np.bincount(w, weights=v, minlength=n_w)  # noqa: E731
+    se_p, se_r = per((p - y) ** 2), per((ref - y) ** 2)
+    which = np.clip(np.digitize(p, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    cell = w * bins + which
+    cnt = np.bincount(cell, minlength=n_w * bins).reshape(n_w, bins)
+    sp = np.bincount(cell, weights=p, minlength=n_w * bins).reshape(n_w, bins)
+    sy = np.bincount(cell, weights=y, minlength=n_w * bins).reshape(n_w, bins)
+    rng = np.random.default_rng(seed)
+    k = rng.multinomial(n_w, np.full(n_w, 1.0 / n_w), size=draws).astype(np.float64)  # (draws, windows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        skill = 1.0 - (k @ se_p) / (k @ se_r)
+        c, a, b = k @ cnt, k @ sp, k @ sy
+        ece_d = np.nansum(np.abs(a - b), axis=1) / c.sum(axis=1)  # sum over bins of n_b |mean p - freq| / n
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    finite = skill[np.isfinite(skill)]
+    return {"windows": n_w, "draws": draws, "level": level,
+            "brier_skill": [float(np.quantile(finite, lo)), float(np.quantile(finite, hi))] if finite.size else
+            [None, None],
+            "ece": [float(np.quantile(ece_d, lo)), float(np.quantile(ece_d, hi))]}

@@ -234,7 +234,7 @@ class TrainingSettings(BaseModel):
         "full": Budget(folds=5, trials={"lr": 12, "gbt": 16, "gru": 4}, timeout_s=7200, epochs=20, gbt_max_estimators=400),
     }
     # A horizon trains only with at least this many labeled rows with full sequence windows: fewer cannot
-    # fill the walk-forward folds, the out-of-sample meta-learner and the two calibration halves.
+    # fill the walk-forward folds of the member rows and the time blocks of the calibration rows.
     min_training_rows: int = 500
     # The first Optuna trial of a member that has no earlier study (later windows start from earlier windows'
     # best parameters instead): moderate, regularized settings that train within the quick budget on every horizon.
@@ -247,6 +247,14 @@ class TrainingSettings(BaseModel):
     # A retrain's search starts with the best parameters of this many earlier data windows, re-scored on the
     # new window (what earlier searches learned, without their scores pruning the new trials).
     warm_starts: int = 2
+    # The latest share of distinct decision times calibrates the models that serve (they never fit on it).
+    calibration_share: float = 0.3
+    # Skill must be earned: the calibration block is cross-fitted in this many time blocks; skill counts as
+    # demonstrated when the held-out Brier gain over the base rate per horizon window exceeds zero by `skill_z`
+    # standard errors over at least `skill_min_windows` independent windows. Otherwise the base rate is served.
+    skill_blocks: int = 5
+    skill_z: float = 1.645
+    skill_min_windows: int = 10
     # Venn-Abers and the other calibrators are tabulated on this many score points for export.
     calibration_grid: int = 512
     # Tables that are only scored, never exported (choosing the calibration method, the held-out probe), use at

@@ -28,6 +28,8 @@ PREDICTION_FIELDS = {
     "top_features": pa.string(),
     # The 80% return range served (q10-q90 conformalized by recent outcomes); null until outcomes exist.
     "range_low": pa.float64(), "range_high": pa.float64(),
+    # The model's verdict on its own skill out of sample: "no demonstrated skill" means the base rate is served.
+    "skill": pa.string(),
 }
 OUTCOME_FIELDS = {
     "run_id": pa.string(), "coin": pa.string(), "horizon": pa.string(), "decision_ts": pa.int64(),

@@ -49,7 +49,11 @@ from shared.storage import Lake
 
 
 def certification(metadata: dict, threshold: float, min_n: int) -> str | None:
-    """None when the model's held-out confident bucket backs its confidences; otherwise why not."""
+    """None when the model showed skill out of sample and its held-out confident bucket backs its confidences;
+    otherwise why not."""
+    skill = metadata.get("skill")
+    if not skill or not skill.get("demonstrated"):
+        return "no demonstrated skill" + ("" if skill else " (the model predates the skill test; retrain)")
     conf = metadata.get("metrics", {}).get("confident", {})
     n, hit = int(conf.get("n") or 0), conf.get("hit_rate")
     if n < min_n:
@@ -155,6 +159,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
                              min_rows=settings.run.pool_min_rows)
     tops = top_features(phi, model.names, settings.training.shap_top_k)
     ranges = conformal.load(lake, h, settings.run.range_alpha)
+    verdict = (model.metadata.get("skill") or {}).get("verdict", "no demonstrated skill")
     records = []
     for k, i in enumerate(rows):
         served = ranges.served(float(pred.quantiles[k, 0]), float(pred.quantiles[k, 2]))
@@ -168,6 +173,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
             "actionable": out.uncertified is None and actionable(float(pred.confidence[k]), thr),
             "shap_base": float(base[k]), "top_features": json.dumps(tops[k]),
             "range_low": served[0] if served else None, "range_high": served[1] if served else None,
+            "skill": verdict,
         })
     out.log_key = logbook.write_predictions(lake, ref.run_id, h, t_now, records)
     out.predictions = out.new = len(records)

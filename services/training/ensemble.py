@@ -11,7 +11,7 @@ import numpy as np
 
 from services.features.frame import FeatureFrame, Panel
 from services.features.sequences import sequence_index, sequences
-from services.training.calibration import Calibrator, brier, ece, fit_calibrator
+from services.training.calibration import Calibrator, brier, ece, fit_calibrator, shrink_tables, skill_evidence
 from services.training.cv import walk_forward
 from services.training.labels import direction_labels, forward_log_returns
 from services.training.members import MEMBERS, OPSET, Dataset, QuantileModels, make_member
@@ -91,6 +91,14 @@ def _meta_model():
     return LogisticRegression(C=1.0, max_iter=1000)
 
 
+def calibration_split(ts: np.ndarray, horizon_ms: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows the members fit on and rows that calibrate them: the last `share` of distinct decision times calibrate;
+    a member row is kept only if its label window and one more horizon (the embargo) end before that block."""
+    times = np.unique(ts)
+    start = int(times[min(int(times.size * (1 - share)), times.size - 1)])
+    return np.flatnonzero(ts + 2 * horizon_ms <= start), np.flatnonzero(ts >= start)
+
+
 def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Settings, budget: Budget,
                   lake: Lake | None, tick: Callable[[str], None] | None = None) -> Trained:
     cfg = settings.training
@@ -104,62 +112,62 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
                                        f"cut-off (excluded: {prep.excluded}); at least {cfg.min_training_rows} "
                                        "are needed")
     horizon_ms = spec.length_ms
-    folds = walk_forward(ds.ts, horizon_ms, budget.folds)
+    # The latest decision times form the calibration block, scored by the very models that serve: members are
+    # fitted only on rows whose label window (plus an embargo of one horizon) ends before the block starts.
+    fit_rows, cal_rows = calibration_split(ds.ts, horizon_ms, cfg.calibration_share)
+    fit = ds.take(fit_rows)
+    try:
+        folds = walk_forward(fit.ts, horizon_ms, budget.folds)
+    except ValueError as exc:
+        raise CstError("too_few_rows", f"{horizon}: the {fit_rows.size} rows before the calibration block cannot "
+                                       f"fill {budget.folds} walk-forward folds ({exc})") from None
     test_rows = np.concatenate([f.test for f in folds])
     tuned: dict[str, TuneResult] = {}
     for m in MEMBERS:
         tick(f"{horizon}: tuning {m}")
-        tuned[m] = tune_member(m, ds, folds, budget, seed=seed, lake=lake, horizon=horizon,
+        tuned[m] = tune_member(m, fit, folds, budget, seed=seed, lake=lake, horizon=horizon,
                                first_trial=cfg.first_trial[m], warm_starts=cfg.warm_starts, threads=cfg.threads,
                                on_trial=lambda m=m: tick(f"{horizon}: {m} trial"))
     oof = np.column_stack([tuned[m].oof for m in MEMBERS])
-    y_oof = ds.y[test_rows]
+    y_oof = fit.y[test_rows]
+    meta = _meta_model().fit(oof, y_oof.astype(int))
 
-    # Meta-learner out of sample too: fold k's stacked score comes from a meta fitted on folds < k.
-    sizes = np.cumsum([0] + [f.test.size for f in folds])
-    meta_scores, meta_y, meta_ts = [], [], []
-    for k in range(1, len(folds)):
-        fit_part = slice(0, sizes[k])
-        part = slice(sizes[k], sizes[k + 1])
-        meta_k = _meta_model().fit(oof[fit_part], y_oof[fit_part].astype(int))
-        meta_scores.append(meta_k.decision_function(oof[part]))
-        meta_y.append(y_oof[part])
-        meta_ts.append(ds.ts[test_rows[part]])
-    s_meta = np.concatenate(meta_scores)
-    y_meta = np.concatenate(meta_y)
+    tick(f"{horizon}: final fit")
+    members = {m: make_member(m, tuned[m].params, seed, cfg.threads).fit(fit, epochs=budget.epochs)
+               for m in MEMBERS}
+    cal_ds = ds.take(cal_rows)
+    s_cal = meta.decision_function(np.column_stack([members[m].logit(cal_ds) for m in MEMBERS]))
+    y_cal, ts_cal = cal_ds.y, cal_ds.ts
+    base_rate = float(ds.y.mean())
+
     tick(f"{horizon}: calibrating")
-    ts_meta = np.concatenate(meta_ts)
-    cal = fit_calibrator(s_meta, y_meta, cfg.calibration_grid, probe_grid=cfg.calibration_probe_grid, ts=ts_meta,
-                         horizon_ms=horizon_ms, base_rate=float(ds.y.mean()))
+    cal = fit_calibrator(s_cal, y_cal, cfg.calibration_grid, probe_grid=cfg.calibration_probe_grid, ts=ts_cal,
+                         horizon_ms=horizon_ms, base_rate=base_rate)
+    # How far the calibrated stack may leave the base rate, from held-out blocks of the calibration rows.
+    try:
+        skill = skill_evidence(s_cal, y_cal, ts_cal, horizon_ms, base_rate, blocks=cfg.skill_blocks,
+                               grid=cfg.calibration_probe_grid, z=cfg.skill_z, min_windows=cfg.skill_min_windows)
+    except ValueError as exc:
+        raise CstError("too_few_rows", f"{horizon}: {exc} ({cal_rows.size} calibration rows)") from None
+    shrink_tables(cal, base_rate, skill.strength)
+    cal.selection["skill"] = skill.summary
 
-    # Held-out figures: the calibrator chosen and fitted on the earlier half (its level from the labels
-    # known by then), scored on the later half.
-    half = s_meta.size // 2
-    val_start = int(ts_meta[half])
-    base_rate = float(ds.y[ds.ts + horizon_ms <= val_start].mean())
-    probe = fit_calibrator(s_meta[:half], y_meta[:half], min(cfg.calibration_grid, cfg.calibration_probe_grid),
-                           probe_grid=cfg.calibration_probe_grid, ts=ts_meta[:half], horizon_ms=horizon_ms,
-                           base_rate=base_rate)
-    p_val, lo_val, hi_val = probe.transform(s_meta[half:])
-    y_val = y_meta[half:]
+    # Held-out figures: every calibration row scored by a calibrator that did not see its time block.
+    p_val, y_val = skill.p, y_cal
     ref = brier(np.full(y_val.size, base_rate), y_val)
     b = brier(p_val, y_val)
-    conf = np.where(p_val >= 0.5, lo_val, 1 - hi_val)
+    conf = np.where(p_val >= 0.5, skill.low, 1 - skill.high)
     hit = np.where(p_val >= 0.5, y_val == 1, y_val == 0)
     confident = conf >= settings.confidence_threshold
     metrics = {
         "cv_brier": b, "brier_skill": 1 - b / ref if ref > 0 else 0.0, "ece": ece(p_val, y_val),
-        "base_rate_train": base_rate, "validation_rows": int(y_val.size), "validation_start": val_start,
+        "base_rate_train": base_rate, "validation_rows": int(y_val.size), "validation_start": int(ts_cal.min()),
         "member_cv_brier": {m: tuned[m].best_brier for m in MEMBERS},
         "confident": {"threshold": settings.confidence_threshold, "n": int(confident.sum()),
                       "hit_rate": float(hit[confident].mean()) if confident.any() else None},
         "hit_rate_all": float(hit.mean()),
+        "skill": skill.summary,
     }
-
-    tick(f"{horizon}: final fit")
-    members = {m: make_member(m, tuned[m].params, seed, cfg.threads).fit(ds, epochs=budget.epochs)
-               for m in MEMBERS}
-    meta = _meta_model().fit(oof, y_oof.astype(int))
     quant = QuantileModels(cfg.quantiles, n_estimators=min(cfg.quantile_max_estimators, budget.gbt_max_estimators),
                            num_leaves=cfg.quantile_num_leaves, learning_rate=cfg.quantile_learning_rate,
                            min_child_samples=cfg.quantile_min_child_samples, seed=seed,
@@ -173,10 +181,11 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
         params={m: tuned[m].params for m in MEMBERS},
         tuning={m: tuned[m].summary() for m in MEMBERS},
         window={"first": int(ds.ts.min()), "last": int(ds.ts.max()), "rows": len(ds),
-                "coins": sorted(set(ds.coin.tolist())), "folds": len(folds)},
+                "coins": sorted(set(ds.coin.tolist())), "folds": len(folds), "members_fitted_until":
+                int(fit.ts.max()), "calibration_from": int(ts_cal.min()), "calibration_rows": int(cal_rows.size)},
         excluded=prep.excluded,
         ds=ds,
-        val_idx=test_rows[sizes[1] + half:],
+        val_idx=cal_rows,
     )
     tick(f"{horizon}: exporting")
     trained.blobs = export(trained, ds)

@@ -51,7 +51,12 @@ def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict, 
         "declared_layers": declared.get("layers", []),
         "excluded_layers": declared.get("excluded_layers", {}),
         "training_window": {"first": ms_to_iso(t.window["first"]), "last": ms_to_iso(t.window["last"]),
-                            "rows": t.window["rows"], "coins": t.window["coins"], "folds": t.window["folds"]},
+                            "rows": t.window["rows"], "coins": t.window["coins"], "folds": t.window["folds"],
+                            "members_fitted_until": ms_to_iso(t.window["members_fitted_until"]),
+                            "calibration_from": ms_to_iso(t.window["calibration_from"]),
+                            "calibration_rows": t.window["calibration_rows"]},
+        # The one place serving reads whether this horizon showed skill on rows it never fitted on.
+        "skill": t.metrics["skill"],
         "rows_excluded": t.excluded,
         "data_fingerprint": fingerprint(ds),
         "metrics": t.metrics,
@@ -87,6 +92,9 @@ def model_card(meta: dict) -> str:
         f"{meta['settings_hash']} (the full snapshot is in metadata.json)",
         "",
         "## Model",
+        f"- Members are fitted on decision times up to {meta['training_window'].get('members_fitted_until', '?')}; "
+        f"the {meta['training_window'].get('calibration_rows', '?')} later rows from "
+        f"{meta['training_window'].get('calibration_from', '?')} calibrate the served stack (never fitted on them).",
         "- Members (all required at serving): regularized logistic regression, LightGBM trees, a GRU over the last "
         f"{meta['sequence_length']} rows; stacked by a logistic meta-learner trained on out-of-fold member logits "
         f"from purged walk-forward CV ({meta['training_window']['folds']} folds, embargo = horizon).",
@@ -109,7 +117,10 @@ def model_card(meta: dict) -> str:
            f"history's up-rate {cal['level']['training_base_rate']:.3f} (logit shift {cal['level']['logit_shift']:+.3f}), "
            "since the calibration rows span one or two market regimes."] if "level" in cal else []),
         "",
-        "## Held-out figures (later half of out-of-fold stacked predictions)",
+        "## Skill",
+        *skill_lines(m.get("skill", {}), m["base_rate_train"]),
+        "",
+        "## Held-out figures (calibration rows, each time block scored by a calibrator fitted without it)",
         f"- Brier {m['cv_brier']:.4f}, Brier skill {m['brier_skill']:+.4f} vs training base rate {m['base_rate_train']:.3f}, "
         f"ECE {m['ece']:.4f}, n = {m['validation_rows']}",
         f"- Member CV Brier: {json.dumps({k: round(v, 4) for k, v in m['member_cv_brier'].items()})}",
@@ -121,6 +132,20 @@ def model_card(meta: dict) -> str:
         f"Libraries: {json.dumps(meta['libraries'])}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def skill_lines(skill: dict, base_rate: float) -> list[str]:
+    if not skill:
+        return ["- not assessed (a model trained before skill was measured)"]
+    head = (f"- **{skill['verdict']}**: held-out Brier gain over the base rate {skill['brier_gain_per_window']:+.5f} "
+            f"per horizon window (standard error {skill['gain_standard_error']:.5f}, {skill['windows']} windows, "
+            f"{skill['rows']} rows; demonstrated needs gain > {skill['z']} standard errors and >= "
+            f"{skill['min_windows']} windows).")
+    served = (f"- Served shrinkage toward the base rate {base_rate:.3f} in logit space: strength "
+              f"{skill['strength']:.2f} (best held-out {skill['best_strength']:.2f}; 1 = calibrated stack, "
+              "0 = base rate).")
+    never = ["- Without demonstrated skill every prediction is the base rate, says so, and is never certified."]
+    return [head, served] + ([] if skill["demonstrated"] else never)
 
 
 def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: float, *, min_unseen_rows: int) -> dict:
