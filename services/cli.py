@@ -327,6 +327,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "from_snapshot", None):
         settings, stored = load_experiment(args.from_snapshot, args.source)
         kwargs = {k: stored[k] for k in ("train_until", "train_until_1h", "horizons", "budget", "backtest_threshold")}
+        # Snapshots from before periodic retraining trained once.
+        kwargs["retrain_every"] = stored.get("retrain_every", "none")
         source = stored["source"]
     else:
         if not args.source or not args.train_until:
@@ -336,7 +338,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "backtest":
             horizons = [h for h in settings.horizons if settings.training.horizons[h].timeframe == "1d"]
         kwargs = {"train_until": args.train_until, "train_until_1h": getattr(args, "train_until_1h", None),
-                  "horizons": horizons, "budget": args.budget, "backtest_threshold": args.threshold}
+                  "horizons": horizons, "budget": args.budget, "backtest_threshold": args.threshold,
+                  "retrain_every": args.retrain_every}
         source = args.source
     out = Path(args.out)
     with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -351,18 +354,29 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def evaluation_table(metrics: dict) -> Table:
-    table = Table(title=f"out of sample after {metrics['train_until']} (1h after {metrics['train_until_1h']})")
-    for col in ("horizon", "n", "base rate", "Brier", "skill", "log loss", "ECE", "hit", "conf n / hit / wilson"):
+    table = Table(title=f"out of sample after {metrics['train_until']} (1h after {metrics['train_until_1h']}); "
+                        "[90% block-bootstrap intervals]")
+    for col in ("horizon", "n", "base rate", "skill", "ECE", "plain GBT skill", "outside cal.", "80% range cov. / width",
+                "naive cov. / width", "conf n / hit", "skill verdicts"):
         table.add_column(col)
 
     def f(v, spec=".4f"):
         return "-" if v is None else format(v, spec)
 
+    def ci(v, iv, spec):
+        return f"{f(v, spec)} [{f(iv[0], spec)}, {f(iv[1], spec)}]" if iv else f(v, spec)
+
     for h, m in metrics["horizons"].items():
         c = m["confident"]
-        table.add_row(h, str(m["n"]), f(m["base_rate"], ".3f"), f(m["brier"]), f(m["brier_skill"], "+.4f"),
-                      f(m["log_loss"]), f(m["ece"]), f(m["hit_rate_all"], ".3f"),
-                      f"{c['n']} / {f(c['hit_rate'], '.3f')} / {f(c['wilson_low'], '.3f')}")
+        plain = m.get("references", {}).get("plain_gbt", {})
+        verdicts = sorted({str(x.get("skill")) for x in m.get("models", [])})
+        table.add_row(h, str(m["n"]), f(m["base_rate"], ".3f"), ci(m["brier_skill"], m.get("brier_skill_interval"), "+.3f"),
+                      ci(m["ece"], m.get("ece_interval"), ".3f"),
+                      ci(plain.get("brier_skill"), plain.get("brier_skill_interval"), "+.3f"),
+                      f((m["scores"] or {}).get("served_outside_calibration_range"), ".3f"),
+                      f"{f(m.get('range_coverage'), '.3f')} / {f(m.get('range_median_width'), '.3f')}",
+                      f"{f(m.get('range_naive_coverage'), '.3f')} / {f(m.get('range_naive_median_width'), '.3f')}",
+                      f"{c['n']} / {f(c['hit_rate'], '.3f')}", ", ".join(verdicts))
     return table
 
 
@@ -428,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--train-until-1h", help="the split for the 1h horizon (default: --train-until)")
             p.add_argument("--horizons", help="comma-separated, default all: 1h,24h,7d,30d")
         p.add_argument("--budget", default="quick", help="tuning/training budget profile: quick or full")
+        p.add_argument("--retrain-every", default="production",
+                       help="retrain during the test: 'production' (the main job's cadence per timeframe, "
+                            "run.retrain_every), a period such as 30d or 2w, or 'none' (train once before the split)")
         p.add_argument("--threshold", type=float,
                        help="confidence threshold of the backtest's signals (default: the production threshold)")
         p.add_argument("--out", required=True, help="output directory")

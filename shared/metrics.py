@@ -84,7 +84,7 @@ def block_bootstrap(p: np.ndarray, ref: np.ndarray, y: np.ndarray, windows: np.n
     n_w = int(w.max()) + 1 if w.size else 0
     if n_w < 2:
         return {"windows": n_w, "brier_skill": [None, None], "ece": [None, None], "draws": 0, "level": level}
-    per = lambda v: np.bincount(w, weights=v, minlength=n_w)  # noqa: E731
+    per = lambda v: np.bincount(w, weights=v, minlength=n_w)
     se_p, se_r = per((p - y) ** 2), per((ref - y) ** 2)
     which = np.clip(np.digitize(p, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
     cell = w * bins + which

@@ -294,6 +294,9 @@ class RunSettings(BaseModel):
     # Outcomes needed (per horizon) before calibration drift or decay is judged at all.
     min_outcomes: int = 100
     recent_outcomes: int = 300
+    # Production retrain cadence: a model whose training data ends longer ago than this (per timeframe, a
+    # duration such as "7d") is retrained even without drift. `cst evaluate --retrain-every` replays the same.
+    retrain_every: dict[str, str] = {"1h": "7d", "1d": "30d"}
     # Rows per coin (decision times) compared with the training distribution for PSI.
     drift_window: dict[str, int] = {"1h": 72, "1d": 60}
     # Feature drift (PSI over deciles) is judged only on at least this many recent rows: fewer leave most
@@ -318,6 +321,8 @@ class RunSettings(BaseModel):
     range_alpha: float = 0.2
     range_gamma: float = 0.005
     range_window: int = 500
+    # The naive range evaluation shows beside the served one: +-z sd of this many one-bar returns per timeframe.
+    range_naive_window: dict[str, int] = {"1h": 168, "1d": 30}
 
 
 class RiskSettings(BaseModel):

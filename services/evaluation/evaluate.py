@@ -2,7 +2,8 @@
 
 No label window of a training row crosses the split (training sees only data published before it), and
 the test rows are the decision times at or after the split whose forward return is observed in the
-source. Models are not retrained during the test period; the report says so.
+source. By default the models are retrained at the production cadence, each through the registry gate and
+trained only on data before its own window, so the figures measure the system users get.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from services.evaluation.backtest import (
     performance,
     run_backtest,
 )
+from services.evaluation.reference import PlainReference, naive_ranges, reference_for
 from services.features.sequences import sequences
-from services.predict.model import HorizonModel
+from services.predict import conformal
+from services.predict.model import HorizonModel, current_version
 from services.predict.signals import consensus
 from services.risk.history import price_history_from_panel
 from services.risk.orders import orders_from_signals
@@ -34,10 +37,17 @@ from services.training.ensemble import Trained, label_rows
 from services.training.train import History, load_history, train
 from shared.contracts import iso_to_ms, ms_to_iso, utcnow
 from shared.errors import CstError
-from shared.metrics import brier, ece, log_loss, wilson_low
+from shared.metrics import (
+    block_bootstrap,
+    brier,
+    ece,
+    horizon_windows,
+    log_loss,
+    wilson_low,
+)
 from shared.pipeline import StepContext
 from shared.provenance import directory_digest, provenance
-from shared.settings import SECRET_FIELDS, Settings
+from shared.settings import SECRET_FIELDS, Settings, timeframe_ms
 from shared.storage import LocalLake
 
 log = logging.getLogger(__name__)
@@ -45,12 +55,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class HorizonTest:
-    """One horizon's out-of-sample predictions, from the served models, with what actually happened."""
+    """One horizon's out-of-sample predictions, from the served (ONNX) models, with what actually happened.
+
+    With periodic retraining each row is served by the model CURRENT at its decision time, trained only on data
+    before the start of its own window; per-row arrays say which model's base rate and calibration range apply."""
 
     horizon: str
     split_ms: int
-    version: str
-    base_rate_train: float
     ts: np.ndarray  # decision times (candle close)
     coin: np.ndarray
     p_up: np.ndarray
@@ -62,53 +73,66 @@ class HorizonTest:
     score: np.ndarray  # the meta-learner's logit that the calibrator reads
     fwd: np.ndarray  # realized forward log return
     y: np.ndarray  # label (NaN in the dead zone)
+    base_rate: np.ndarray  # climatology: the serving model's training base rate
+    cal_range: np.ndarray  # (n, 2) the serving model's calibration score range
+    reference: np.ndarray  # the plain gradient-boosting reference's P(up) on the same row
     excluded: dict[str, int]
     horizon_ms: int = 0
-    calibration: dict = field(default_factory=dict)  # the model's calibration metadata
-    search: dict = field(default_factory=dict)  # the model's per-member search summary (trials, time net)
+    models: list[dict] = field(default_factory=list)  # one entry per retrain window
+    search: dict = field(default_factory=dict)  # the last served model's per-member search summary
+    ranges: np.ndarray | None = None  # (n, 2) the 80% range served (conformal, replayed); NaN before any outcome
+    naive: np.ndarray | None = None  # (n, 2) rolling-volatility range of the same nominal level
 
     def labeled(self) -> np.ndarray:
         return np.isfinite(self.y)
 
+    ARRAYS = ("ts", "coin", "p_up", "low", "high", "confidence", "direction", "quantiles", "score", "fwd", "y",
+              "base_rate", "cal_range", "reference")
 
-def train_before(settings: Settings, lake: LocalLake, run_id: str, splits: dict[str, str], budget: str,
-                 tick: Callable[[str], None]) -> dict[str, tuple[str, float]]:
-    """Train each horizon on the run's stored series before its split; returns {horizon: (version, base rate)}."""
-    by_split: dict[str, list[str]] = defaultdict(list)
-    for h, until in splits.items():
-        by_split[until].append(h)
-    base: dict[str, float] = {}
-
-    def keep(t: Trained) -> None:
-        base[t.horizon] = float(np.mean(t.ds.y))
-
-    out = {}
-    for until, hs in by_split.items():
-        results = train(settings, lake, run_id, until=until, horizons=hs, budget=budget, tick=tick, on_trained=keep)
-        for h, meta in results.items():
-            if "error" in meta:
-                log.error("%s not evaluated: %s", h, meta["message"])
-                continue
-            out[h] = (meta["version"], base[h])
-    return out
+    @classmethod
+    def join(cls, parts: list[HorizonTest]) -> HorizonTest:
+        """The windows of one horizon, in time order, as one test."""
+        first = parts[0]
+        arrays = {a: np.concatenate([getattr(p, a) for p in parts]) for a in cls.ARRAYS}
+        excluded: dict[str, int] = defaultdict(int)
+        for p in parts:
+            for k, v in p.excluded.items():
+                excluded[k] += v
+        return cls(first.horizon, first.split_ms, excluded=dict(excluded), horizon_ms=first.horizon_ms,
+                   models=[m for p in parts for m in p.models], search=parts[-1].search, **arrays)
 
 
-def predict_test(settings: Settings, market: History, lake: LocalLake, horizon: str, version: str, split_ms: int,
-                 base_rate: float) -> HorizonTest:
+def retrain_points(start_ms: int, end_ms: int, every_ms: int | None) -> list[int]:
+    """The decision times at which a model is (re)trained: the split, then every `every_ms` while test rows remain."""
+    if not every_ms:
+        return [start_ms]
+    return list(range(start_ms, end_ms + 1, every_ms))
+
+
+def predict_window(settings: Settings, market: History, lake: LocalLake, horizon: str, version: str, start_ms: int,
+                   end_ms: int, reference: PlainReference) -> HorizonTest:
+    """Decision times in [start_ms, end_ms) whose label the source holds, predicted by model `version`."""
     spec = settings.training.horizons[horizon]
     frame, panel = market.frames[spec.timeframe], market.panels[spec.timeframe]
     r = label_rows(frame, panel, spec, settings.training.dead_zone)
-    after = frame.ts >= split_ms
-    rows = np.flatnonzero(after & r.full & np.isfinite(r.fwd))
-    excluded = r.excluded(after)
+    inside = (frame.ts >= start_ms) & (frame.ts < end_ms)
+    rows = np.flatnonzero(inside & r.full & np.isfinite(r.fwd))
     model = HorizonModel.load(lake, horizon, version)
     if frame.names != model.names:
         raise CstError("feature_mismatch", f"{horizon}: the model's features differ from the source's")
-    pred = model.predict(frame.X[rows], sequences(frame.X, r.idx[rows]))
-    t = HorizonTest(horizon, split_ms, version, base_rate, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low,
-                    pred.high, pred.confidence, pred.direction, pred.quantiles, pred.meta_logit, r.fwd[rows], r.y[rows],
-                    excluded, spec.length_ms)
-    t.calibration = model.metadata.get("calibration", {})
+    X = frame.X[rows]
+    pred = model.predict(X, sequences(frame.X, r.idx[rows]))
+    cal = model.metadata.get("calibration", {})
+    n = rows.size
+    lo, hi = cal.get("score_range", [-np.inf, np.inf])
+    t = HorizonTest(horizon, start_ms, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low, pred.high,
+                    pred.confidence, pred.direction, pred.quantiles, pred.meta_logit, r.fwd[rows], r.y[rows],
+                    np.full(n, float(model.metadata["metrics"]["base_rate_train"])), np.tile([lo, hi], (n, 1)),
+                    reference.predict(X) if n else np.zeros(0), r.excluded(inside), spec.length_ms)
+    skill = model.metadata.get("skill") or {}
+    t.models = [{"from": ms_to_iso(start_ms), "version": version, "rows": int(n),
+                 "trained_on_data_before": model.metadata["training_window"]["last"],
+                 "skill": skill.get("verdict"), "strength": skill.get("strength")}]
     t.search = model.metadata.get("tuning", {})
     return t
 
@@ -119,47 +143,86 @@ def _rate(hits: np.ndarray) -> dict:
     return {"n": n, "hit_rate": k / n if n else None, "wilson_low": wilson_low(k, n)}
 
 
-def horizon_metrics(t: HorizonTest, threshold: float) -> dict:
+def _scored(p: np.ndarray, base: np.ndarray, y: np.ndarray, windows: np.ndarray, seed: int) -> dict:
+    """Brier, skill against climatology and ECE, each headline figure with its block-bootstrap 90% interval."""
+    b, ref = brier(p, y), brier(base, y)
+    boot = block_bootstrap(p, base, y, windows, seed=seed)
+    return {"brier": b, "brier_skill": 1 - b / ref if ref > 0 else None, "brier_skill_interval": boot["brier_skill"],
+            "ece": ece(p, y, 10), "ece_interval": boot["ece"]}
+
+
+def _range_figures(t: HorizonTest) -> dict:
+    """Coverage and median width of the served 80% range, the model's raw q10-q90 and the naive range, on the rows
+    where a served range existed."""
+    if t.ranges is None:
+        return {}
+    has = np.isfinite(t.ranges[:, 0])
+    fwd = t.fwd[has]
+
+    def cov(r):
+        return float(np.mean((fwd >= r[:, 0]) & (fwd <= r[:, 1]))) if fwd.size else None
+
+    def width(r):
+        return float(np.median(r[:, 1] - r[:, 0])) if fwd.size else None
+
+    raw = t.quantiles[has][:, [0, 2]]
+    out = {"range_coverage": cov(t.ranges[has]), "range_median_width": width(t.ranges[has]),
+           "range_rows": int(has.sum()), "range_rows_without_range": int((~has).sum()),
+           "range_model_q10_q90_coverage": cov(raw), "range_model_q10_q90_median_width": width(raw)}
+    if t.naive is not None:
+        ok = has & np.isfinite(t.naive[:, 0])
+        nv = t.naive[ok]
+        f = t.fwd[ok]
+        out["range_naive_coverage"] = float(np.mean((f >= nv[:, 0]) & (f <= nv[:, 1]))) if f.size else None
+        out["range_naive_median_width"] = float(np.median(nv[:, 1] - nv[:, 0])) if f.size else None
+    return out
+
+
+def horizon_metrics(t: HorizonTest, threshold: float, seed: int = 0) -> dict:
     m = t.labeled()
-    p, y = t.p_up[m], t.y[m]
+    p, y, base = t.p_up[m], t.y[m], t.base_rate[m]
     n = int(m.sum())
-    ref = brier(np.full(n, t.base_rate_train), y) if n else None
-    b = brier(p, y) if n else None
     hit = np.where(t.direction[m] == 1, y == 1, y == 0)
     conf = t.confidence[m] >= threshold
+    windows = horizon_windows(t.ts[m], t.horizon_ms)
+    stack = _scored(p, base, y, windows, seed) if n else {}
     return {
         "n": n, "coins": len(set(t.coin[m].tolist())),
         "first": ms_to_iso(int(t.ts[m].min())) if n else None, "last": ms_to_iso(int(t.ts[m].max())) if n else None,
-        "base_rate": float(y.mean()) if n else None, "base_rate_train": t.base_rate_train,
-        "brier": b, "brier_reference": ref, "brier_skill": 1 - b / ref if n and ref > 0 else None,
-        "log_loss": log_loss(p, y) if n else None, "ece": ece(p, y, 10) if n else None,
+        "base_rate": float(y.mean()) if n else None, "base_rate_train": float(base.mean()) if n else None,
+        "brier": stack.get("brier"), "brier_reference": brier(base, y) if n else None,
+        "brier_skill": stack.get("brier_skill"), "brier_skill_interval": stack.get("brier_skill_interval"),
+        "log_loss": log_loss(p, y) if n else None, "ece": stack.get("ece"), "ece_interval": stack.get("ece_interval"),
         # References for reading the ECE: what predicting the training base rate everywhere scores, and how
         # many independent outcomes (non-overlapping horizon windows, coins moving together) the test holds.
-        "ece_constant_base_rate": ece(np.full(n, t.base_rate_train), y, 10) if n else None,
+        "ece_constant_base_rate": ece(base, y, 10) if n else None,
         "independent_outcomes": round((float(t.ts[m].max() - t.ts[m].min()) + t.horizon_ms) / t.horizon_ms, 1)
         if n and t.horizon_ms else None,
+        "references": {"climatology": {"brier": brier(base, y), "brier_skill": 0.0, "ece": ece(base, y, 10)},
+                       "plain_gbt": _scored(t.reference[m], base, y, windows, seed)} if n else {},
         "hit_rate_all": float(hit.mean()) if n else None,
         "scores": score_shift(t),
+        **_range_figures(t),
         "excluded": int(sum(t.excluded.values())), "excluded_by_reason": t.excluded,
         "confident": {"threshold": threshold, **_rate(hit[conf])},
-        "model_version": t.version,
+        "models": t.models,
+        "model_version": t.models[-1]["version"] if t.models else None,
         "search": t.search,
     }
 
 
 def score_shift(t: HorizonTest) -> dict | None:
-    """The served meta scores against the out-of-fold scores the calibrator was fitted on.
+    """The served meta scores against the range of the scores each serving model's calibrator was fitted on.
 
-    The served stack uses members refitted on all the training data, the calibrator saw fold models' scores: a
-    shift between the two is a train/serve skew that calibration cannot see from inside training.
-    """
-    cal = t.calibration
-    if "score_quantiles" not in cal or not t.score.size:
+    A served score outside that range falls where the calibrator saw nothing: a train/serve skew calibration cannot
+    see from inside training."""
+    finite = np.isfinite(t.cal_range).all(axis=1)
+    if not t.score.size or not finite.any():
         return None
-    lo, hi = cal["score_range"]
-    return {"calibration_q05_q50_q95": [round(v, 4) for v in cal["score_quantiles"]],
-            "served_q05_q50_q95": [round(float(v), 4) for v in np.quantile(t.score, [0.05, 0.5, 0.95])],
-            "served_outside_calibration_range": float(np.mean((t.score < lo) | (t.score > hi)))}
+    s, r = t.score[finite], t.cal_range[finite]
+    return {"served_q05_q50_q95": [round(float(v), 4) for v in np.quantile(s, [0.05, 0.5, 0.95])],
+            "calibration_range": [round(float(r[:, 0].min()), 4), round(float(r[:, 1].max()), 4)],
+            "served_outside_calibration_range": float(np.mean((s < r[:, 0]) | (s > r[:, 1])))}
 
 
 def consensus_signals(tests: dict[str, HorizonTest], threshold: float, min_horizons: int) -> list[dict]:
@@ -201,9 +264,70 @@ def splits_for(settings: Settings, horizons: list[str], train_until: str, train_
             for h in horizons}
 
 
+def cadence_ms(settings: Settings, horizon: str, retrain_every: str | None) -> int | None:
+    """How often the evaluation retrains a horizon: "production" = the main job's cadence for its timeframe,
+    "none" = trained once before the split, else a duration such as 30d."""
+    if retrain_every in (None, "none"):
+        return None
+    if retrain_every == "production":
+        return timeframe_ms(settings.run.retrain_every[settings.training.horizons[horizon].timeframe])
+    return timeframe_ms(retrain_every)
+
+
+def walk_forward_tests(settings: Settings, lake: LocalLake, run_id: str, market: History, splits: dict[str, str],
+                       cadence: dict[str, int | None], budget: str,
+                       tick: Callable[[str], None]) -> tuple[dict[str, HorizonTest], list[dict]]:
+    """Retrain at each horizon's cadence from its split on, through the registry's gate as production does, and
+    predict each window with the model CURRENT at its start (trained only on data before it)."""
+    cfg = settings.training
+    groups: dict[tuple[str, int | None, str], list[str]] = defaultdict(list)
+    for h, until in splits.items():
+        groups[(until, cadence[h], cfg.horizons[h].timeframe)].append(h)
+    pieces: dict[str, list[HorizonTest]] = defaultdict(list)
+    failures: list[dict] = []
+    references: dict[str, PlainReference] = {}
+
+    def keep(t: Trained) -> None:
+        references[t.horizon] = reference_for(settings).fit(t.ds, t.spec.length_ms, cfg.calibration_share)
+
+    for (until, every, tf), hs in groups.items():
+        frame = market.frames[tf]
+        split_ms = iso_to_ms(until)
+        last = int(frame.ts.max()) if len(frame) else split_ms
+        points = retrain_points(split_ms, last, every)
+        for k, start in enumerate(points):
+            stop = points[k + 1] if k + 1 < len(points) else last + 1
+            tick(f"training {','.join(hs)} on data before {ms_to_iso(start)[:10]} ({k + 1}/{len(points)})")
+            results = train(settings, lake, run_id, until=ms_to_iso(start), horizons=hs, budget=budget, tick=tick,
+                            on_trained=keep)
+            for h in hs:
+                meta = results[h]
+                if "error" in meta:
+                    log.error("%s: retrain before %s failed: %s", h, ms_to_iso(start), meta["message"])
+                    failures.append({"horizon": h, "from": ms_to_iso(start), "error": meta["error"],
+                                     "message": meta["message"]})
+                # Production keeps serving CURRENT when a retrain fails or the gate keeps the new version out.
+                version = current_version(lake, h)
+                if version is None or h not in references:
+                    continue
+                piece = predict_window(settings, market, lake, h, version, start, stop, references[h])
+                piece.models[0].update(trained=meta.get("version"), promoted=(meta.get("gate") or {}).get("promote"))
+                pieces[h].append(piece)
+    tests = {h: HorizonTest.join(ps) for h, ps in pieces.items() if ps}
+    run = settings.run
+    for h, t in tests.items():
+        spec = cfg.horizons[h]
+        t.ranges = conformal.replay(t.ts, t.quantiles[:, 0], t.quantiles[:, 2], t.fwd, t.horizon_ms,
+                                    alpha=run.range_alpha, gamma=run.range_gamma, window=run.range_window)
+        t.naive = naive_ranges(market.panels[spec.timeframe], t.coin, t.ts, spec.bars,
+                               run.range_naive_window[spec.timeframe], run.range_alpha)
+    return tests, failures
+
+
 def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: str,
              train_until_1h: str | None = None, horizons: list[str] | None = None, budget: str = "quick",
-             tick: Callable[[str], None] | None = None, backtest_threshold: float | None = None) -> dict:
+             tick: Callable[[str], None] | None = None, backtest_threshold: float | None = None,
+             retrain_every: str | None = "production") -> dict:
     """Writes OUT/metrics.json, OUT/backtest.json, OUT/report.html and its PNGs; the models stay in OUT/lake."""
     tick = tick or (lambda _m: None)
     horizons = horizons or list(settings.horizons)
@@ -211,12 +335,13 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     if unknown:
         raise CstError("unknown_horizon", f"unknown horizons {unknown}; known: {list(settings.training.horizons)}")
     splits = splits_for(settings, horizons, train_until, train_until_1h)
+    cadence = {h: cadence_ms(settings, h, retrain_every) for h in horizons}
     out.mkdir(parents=True, exist_ok=True)
     # The whole experiment in one file: `cst evaluate --from OUT/experiment.json` runs it again.
     experiment = {"command": "evaluate",
                   "args": {"source": str(Path(source).resolve()), "train_until": train_until,
                            "train_until_1h": train_until_1h, "horizons": horizons, "budget": budget,
-                           "backtest_threshold": backtest_threshold},
+                           "backtest_threshold": backtest_threshold, "retrain_every": retrain_every},
                   **provenance(settings), "data_fingerprint": directory_digest(source)}
     (out / "experiment.json").write_text(json.dumps(experiment, indent=2))
     lake = LocalLake(out / "lake")
@@ -224,18 +349,19 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     now = int(utcnow().timestamp() * 1000)
     ref = make_ref(settings, str(source), now)
     run_step(StepContext(settings, lake), "ingest", ref)
-    trained = train_before(settings, lake, ref.run_id, splits, budget, tick)
-    tick("predicting the test period")
-    # The whole recording: test rows need the candles after the split.
-    market = load_history(settings, lake, ref.run_id, {settings.training.horizons[h].timeframe for h in trained}, now)
-    tests = {h: predict_test(settings, market, lake, h, v, iso_to_ms(splits[h]), base)
-             for h, (v, base) in trained.items()}
+    # The whole recording for the test rows (features look only back, labels only forward from each row).
+    market = load_history(settings, lake, ref.run_id, {settings.training.horizons[h].timeframe for h in horizons}, now)
+    tests, failures = walk_forward_tests(settings, lake, ref.run_id, market, splits, cadence, budget, tick)
+    tick("scoring")
     thr = settings.confidence_threshold
     signals = consensus_signals(tests, thr, settings.consensus_min_horizons)
     metrics = {
         "train_until": train_until, "train_until_1h": splits.get("1h"), "budget": budget,
-        "retraining": "none: each horizon's model is trained once before its split and used for the whole test",
-        "horizons": {h: horizon_metrics(t, thr) for h, t in tests.items()},
+        "retraining": {h: (f"every {cadence[h] / 86_400_000:g} days from the split, through the registry gate; each "
+                           "window served by the model CURRENT at its start" if cadence[h] else
+                           "none: trained once before the split and used for the whole test") for h in tests},
+        "retrain_failures": failures,
+        "horizons": {h: horizon_metrics(t, thr, settings.training.seed) for h, t in tests.items()},
         "not_evaluated": sorted(set(horizons) - set(tests)),
         "consensus": consensus_metrics(settings, signals),
     }
@@ -254,32 +380,60 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     metrics["experiment"] = {**{k: v for k, v in experiment.items() if k not in ("settings", "args")},
                              "search_stopped_by_time": {h: ms for h, ms in stopped.items() if ms}}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-    write_report(out, metrics, tests, bt, thr)
+    write_report(out, metrics, tests, bt, thr, 1 - settings.run.range_alpha)
     return {"metrics": metrics, "tests": tests, "signals": signals, "market": market, "backtest": bt}
 
 
-def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: dict, threshold: float) -> Path:
+def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: dict, threshold: float,
+                 nominal: float = 0.8) -> Path:
     lab = {h: t.labeled() for h, t in tests.items()}
     images = [report.reliability_png(out / "reliability.png", {h: (t.p_up[lab[h]], t.y[lab[h]]) for h, t in tests.items()}),
-              report.confidence_hist_png(out / "confidence.png", {h: t.confidence for h, t in tests.items()}, threshold)]
+              report.reliability_png(out / "reliability_plain_gbt.png",
+                                     {f"{h} plain GBT": (t.reference[lab[h]], t.y[lab[h]]) for h, t in tests.items()}),
+              report.confidence_hist_png(out / "confidence.png", {h: t.confidence for h, t in tests.items()}, threshold),
+              report.range_coverage_png(out / "ranges.png", {h: _inside(t) for h, t in tests.items()}, nominal)]
     images += [out / name for name in bt.get("images", [])]
-    per_h = [{"horizon": h, **{k: m[k] for k in ("n", "coins", "first", "last", "base_rate", "base_rate_train", "brier",
-                                                 "brier_skill", "log_loss", "ece", "ece_constant_base_rate",
-                                                 "independent_outcomes", "hit_rate_all")},
+
+    def ci(m: dict, key: str) -> str | None:
+        v, iv = m.get(key), m.get(f"{key}_interval")
+        if v is None:
+            return None
+        return f"{v:+.4f} [{iv[0]:+.4f}, {iv[1]:+.4f}]" if iv and iv[0] is not None else f"{v:+.4f}"
+
+    per_h = [{"horizon": h, **{k: m[k] for k in ("n", "coins", "first", "last", "base_rate", "base_rate_train",
+                                                 "brier", "log_loss", "independent_outcomes", "hit_rate_all")},
+              "Brier skill [90%]": ci(m, "brier_skill"), "ECE [90%]": ci(m, "ece"),
               "confident n": m["confident"]["n"], "confident hit": m["confident"]["hit_rate"],
               "wilson low": m["confident"]["wilson_low"],
               "served scores outside calibration": (m["scores"] or {}).get("served_outside_calibration_range"),
-              "score median served / calibration": (f"{m['scores']['served_q05_q50_q95'][1]:+.3f} / "
-                                                    f"{m['scores']['calibration_q05_q50_q95'][1]:+.3f}"
-                                                    if m["scores"] else None)}
+              "skill verdicts": ", ".join(sorted({str(x.get("skill")) for x in m["models"]}))}
              for h, m in metrics["horizons"].items()]
+    refs = [{"horizon": h, "forecast": name, "Brier": r["brier"],
+             "Brier skill [90%]": ci(r, "brier_skill") if name != "climatology" else "+0 (the reference)",
+             "ECE [90%]": ci(r, "ece") if name != "climatology" else f"{r['ece']:.4f}"}
+            for h, m in metrics["horizons"].items()
+            for name, r in (("stack (served)", {k: m[k] for k in ("brier", "brier_skill", "brier_skill_interval",
+                                                                    "ece", "ece_interval")}),
+                            *m["references"].items())]
+    ranges = [{"horizon": h, **{k: m.get(k) for k in ("range_rows", "range_rows_without_range", "range_coverage",
+                                                      "range_median_width", "range_model_q10_q90_coverage",
+                                                      "range_model_q10_q90_median_width", "range_naive_coverage",
+                                                      "range_naive_median_width")}}
+              for h, m in metrics["horizons"].items()]
+    models = [{"horizon": h, **x} for h, m in metrics["horizons"].items() for x in m["models"]]
     sections = [
         ("Setup", {"train until": metrics["train_until"], "train until (1h)": metrics["train_until_1h"],
-                   "budget": metrics["budget"], "retraining": metrics["retraining"],
-                   "confidence threshold": threshold}),
-        ("Per horizon (test period, served ONNX models)", per_h),
+                   "budget": metrics["budget"], "confidence threshold": threshold,
+                   **{f"retraining {h}": v for h, v in metrics["retraining"].items()}}),
+        ("Per horizon (test period, served ONNX models; 90% block-bootstrap intervals over horizon windows)", per_h),
+        ("Does the stack earn its place? Climatology and one plain gradient-boosting classifier on the same rows", refs),
+        (f"{nominal:.0%} return ranges: served (conformal, adapted by outcomes) vs the model's q10-q90 vs naive "
+         "rolling volatility; rows before the first matured outcome have no served range", ranges),
+        ("Models served, window by window", models),
         ("Consensus", metrics["consensus"]),
     ]
+    if metrics.get("retrain_failures"):
+        sections.append(("Retrains that failed (the previous CURRENT kept serving)", metrics["retrain_failures"]))
     if "table" in bt:
         heading = (f"Backtest {bt['from']} to {bt['to']}: {bt['policy']}; threshold {bt['threshold']}, "
                    f"{bt['signals']} signals")
@@ -287,6 +441,20 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
         sections.append(("Guard decisions (rejections and scale-downs)", bt["decisions_with_guards"] or "none"))
     return report.html_report(out / "report.html", f"cst evaluation, trained until {metrics['train_until']}",
                               sections, images)
+
+
+def _inside(t: HorizonTest) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per kind of range: the decision times where it exists (and a served range existed) and whether the outcome
+    fell inside."""
+    has = np.isfinite(t.ranges[:, 0]) if t.ranges is not None else np.zeros(t.ts.size, bool)
+    kinds = {"served": t.ranges, "model q10-q90": t.quantiles[:, [0, 2]], "naive volatility": t.naive}
+    out = {}
+    for label, r in kinds.items():
+        if r is None:
+            continue
+        ok = has & np.isfinite(r[:, 0])
+        out[label] = (t.ts[ok], (t.fwd[ok] >= r[ok, 0]) & (t.fwd[ok] <= r[ok, 1]))
+    return out
 
 
 def _json_default(o):

@@ -109,6 +109,35 @@ def confidence_hist_png(path, per_horizon: dict[str, np.ndarray], threshold: flo
     return _save(fig, path)
 
 
+def range_coverage_png(path, per_horizon: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], nominal: float,
+                       window: int = 30) -> Path:
+    """Per horizon: the share of outcomes inside each kind of range over the last `window` decision times, against
+    the nominal level. `per_horizon[h] = {label: (decision ts, inside)}` over the rows where that range exists."""
+    fig, axes = _panels(len(per_horizon))
+    fig.suptitle(f"Realized coverage of {nominal:.0%} return ranges (rolling {window} decision times)")
+    for ax, (name, kinds) in zip(axes, per_horizon.items(), strict=False):
+        if not any(len(ts) for ts, _ in kinds.values()):
+            _no_data(ax, name)
+            continue
+        for label, (ts, inside) in kinds.items():
+            if not len(ts):
+                continue
+            times, which = np.unique(ts, return_inverse=True)
+            hits = np.bincount(which, weights=inside.astype(float), minlength=times.size)
+            counts = np.bincount(which, minlength=times.size).astype(float)
+            k = np.ones(min(window, times.size))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rolled = np.convolve(hits, k, "valid") / np.convolve(counts, k, "valid")
+            x = times[k.size - 1:].astype("datetime64[ms]")
+            ax.plot(x, rolled, lw=1.2, label=f"{label}: {inside.mean():.3f}")
+        ax.axhline(nominal, ls="--", color="0.3", lw=1)
+        ax.set(ylim=(0, 1.02), title=f"{name}: overall coverage in legend", ylabel="share inside the range")
+        ax.title.set_fontsize(9)
+        _date_axis(ax)
+        ax.legend(loc="lower left", fontsize=7)
+    return _save(fig, path)
+
+
 def _dates(ts_ms: np.ndarray, curves: dict[str, np.ndarray]) -> np.ndarray:
     ts_ms = np.asarray(ts_ms, dtype=np.int64)
     for name, c in curves.items():

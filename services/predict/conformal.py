@@ -74,3 +74,26 @@ def load(lake, horizon: str, alpha: float) -> RangeState:
         return RangeState.from_json(lake.get_json(state_key(horizon)))
     except LakeKeyNotFound:
         return RangeState(alpha)
+
+
+def replay(ts: np.ndarray, q_lo: np.ndarray, q_hi: np.ndarray, realized: np.ndarray, horizon_ms: int, *,
+           alpha: float, gamma: float, window: int) -> np.ndarray:
+    """The ranges the outcome step would have served, decision time by decision time: before each decision time
+    every outcome matured by then is absorbed (in decision order, as the outcome step does), then the ranges of
+    that time are served. Returns (n, 2); NaN where no outcome had matured yet (the live path serves none either)."""
+    order = np.lexsort((np.arange(ts.size), ts))
+    state = RangeState(alpha)
+    out = np.full((ts.size, 2), np.nan)
+    pending = 0  # position in `order` of the oldest served prediction not yet absorbed
+    times, starts = np.unique(ts[order], return_index=True)
+    for t, a, b in zip(times, starts, np.append(starts[1:], ts.size)):
+        while pending < a and ts[order[pending]] + horizon_ms <= t:
+            i = order[pending]
+            served = None if np.isnan(out[i, 0]) else (float(out[i, 0]), float(out[i, 1]))
+            state.update(float(q_lo[i]), float(q_hi[i]), float(realized[i]), alpha, gamma, window, served)
+            pending += 1
+        m = state.margin()
+        if m is not None:
+            rows = order[a:b]
+            out[rows, 0], out[rows, 1] = q_lo[rows] - m, q_hi[rows] + m
+    return out

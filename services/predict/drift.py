@@ -22,10 +22,16 @@ def psi(reference: dict, X: np.ndarray, floor: float = 1e-4) -> np.ndarray:
 
 
 def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: list[dict], cv_brier: float,
-          cfg: RunSettings) -> dict:
-    """The drift report of one horizon; `retrain` says whether any drift crossed its threshold."""
+          cfg: RunSettings, *, age_ms: int | None = None, max_age_ms: int | None = None) -> dict:
+    """The drift report of one horizon; `retrain` says whether any drift crossed its threshold or the model's
+    data is older than the production cadence (`age_ms` since its training data ended)."""
     report: dict = {"rows_compared": int(X_recent.shape[0]), "outcomes": len(outcomes)}
     reasons = []
+    if age_ms is not None and max_age_ms is not None:
+        report["model_age_days"] = round(age_ms / 86_400_000, 2)
+        if age_ms >= max_age_ms:
+            reasons.append(f"cadence: training data ended {age_ms / 86_400_000:.1f} days ago "
+                           f">= {max_age_ms / 86_400_000:g}")
     if X_recent.shape[0] < cfg.psi_min_rows:
         report["psi_note"] = "too few decision times after the training window: feature drift not judged yet"
     else:

@@ -359,7 +359,8 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         state, info = logbook.recent_outcomes(lake, h)
         overall = state[-settings.run.recent_outcomes:]
         report = drift_mod.judge(meta["features"], meta["drift_reference"], recent, overall,
-                                 float(meta["metrics"]["cv_brier"]), settings.run)
+                                 float(meta["metrics"]["cv_brier"]), settings.run, age_ms=as_of - seen,
+                                 max_age_ms=timeframe_ms(settings.run.retrain_every[tf]))
         report["outcomes"] = int(info.get("total", 0))
         out.report[h] = report
     out.retrain = [h for h, d in out.report.items() if d.get("retrain")]

@@ -6,11 +6,19 @@ lookup: the ONNX graph and the numpy reference below compute the same thing.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-from shared.metrics import brier, brier_gain_by_window, ece, horizon_windows, logit, sigmoid  # noqa: F401 - re-exported
+from shared.metrics import (  # noqa: F401 - re-exported
+    brier,
+    brier_gain_by_window,
+    ece,
+    horizon_windows,
+    logit,
+    sigmoid,
+)
 
 METHODS = ("venn_abers", "isotonic", "platt")
 
@@ -207,6 +215,13 @@ class SkillEvidence:
     high: np.ndarray
 
 
+def _no_evidence(base: dict, why: str, base_rate: float, n: int) -> SkillEvidence:
+    flat = np.full(n, base_rate)
+    summary = {**base, "strength": 0.0, "best_strength": None, "demonstrated": False, "brier_gain_per_window": None,
+               "gain_standard_error": None, "verdict": "no demonstrated skill", "why": why}
+    return SkillEvidence(0.0, False, summary, flat, flat.copy(), flat.copy())
+
+
 def skill_evidence(s: np.ndarray, y: np.ndarray, ts: np.ndarray, horizon_ms: int, base_rate: float, *,
                    blocks: int, grid: int, z: float, min_windows: int) -> SkillEvidence:
     """Estimate how far the calibrated stack may move away from the base rate, from evidence it was not fitted on.
@@ -220,23 +235,27 @@ def skill_evidence(s: np.ndarray, y: np.ndarray, ts: np.ndarray, horizon_ms: int
     """
     order = np.argsort(ts, kind="stable")
     s, y, ts = s[order], y[order], ts[order]
+    windows = horizon_windows(ts, horizon_ms)
+    _, w = np.unique(windows, return_inverse=True)
+    n_w = int(w.max()) + 1 if w.size else 0
+    base = {"blocks": blocks, "z": z, "min_windows": min_windows, "windows": n_w, "rows": int(s.size)}
+    if n_w < min_windows:
+        return _no_evidence(base, f"{n_w} independent horizon windows (< {min_windows})", base_rate, s.size)
     times = np.unique(ts)
     edges = np.linspace(0, times.size, blocks + 1).astype(int)
     p = np.empty(s.size)
     lo = np.empty(s.size)
     hi = np.empty(s.size)
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         start, end = int(times[a]), int(times[b - 1])
         held = (ts >= start) & (ts <= end)
         train = (ts + horizon_ms < start) | (ts > end + horizon_ms)
         if train.sum() < 2 or len(np.unique(y[train])) < 2:
-            raise ValueError("too few calibration rows outside a held-out block to estimate skill")
+            return _no_evidence(base, "a held-out block leaves too few purged calibration rows to fit on", base_rate,
+                                s.size)
         cal = fit_calibrator(s[train], y[train], grid, probe_grid=grid, ts=ts[train], horizon_ms=horizon_ms,
                              base_rate=base_rate)
         p[held], lo[held], hi[held] = cal.transform(s[held])
-    windows = horizon_windows(ts, horizon_ms)
-    _, w = np.unique(windows, return_inverse=True)
-    n_w = int(w.max()) + 1
     b = float(logit(np.asarray(base_rate)))
     zp = logit(p) - b
     strengths = np.linspace(0.0, 1.0, 101)
@@ -251,9 +270,8 @@ def skill_evidence(s: np.ndarray, y: np.ndarray, ts: np.ndarray, horizon_ms: int
     se = float(gain.std(ddof=1) / np.sqrt(n_w)) if n_w > 1 else float("inf")
     demonstrated = bool(best > 0 and n_w >= min_windows and mean - z * se > 0)
     strength = best if demonstrated else 0.0
-    summary = {"strength": strength, "best_strength": best, "demonstrated": demonstrated,
-               "windows": n_w, "rows": int(s.size), "blocks": blocks,
-               "brier_gain_per_window": mean, "gain_standard_error": se, "z": z, "min_windows": min_windows,
+    summary = {**base, "strength": strength, "best_strength": best, "demonstrated": demonstrated,
+               "brier_gain_per_window": mean, "gain_standard_error": se,
                "verdict": "skill demonstrated out of sample" if demonstrated else "no demonstrated skill"}
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)

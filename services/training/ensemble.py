@@ -11,10 +11,23 @@ import numpy as np
 
 from services.features.frame import FeatureFrame, Panel
 from services.features.sequences import sequence_index, sequences
-from services.training.calibration import Calibrator, brier, ece, fit_calibrator, shrink_tables, skill_evidence
+from services.training.calibration import (
+    Calibrator,
+    brier,
+    ece,
+    fit_calibrator,
+    shrink_tables,
+    skill_evidence,
+)
 from services.training.cv import walk_forward
 from services.training.labels import direction_labels, forward_log_returns
-from services.training.members import MEMBERS, OPSET, Dataset, QuantileModels, make_member
+from services.training.members import (
+    MEMBERS,
+    OPSET,
+    Dataset,
+    QuantileModels,
+    make_member,
+)
 from services.training.tuning import TuneResult, tune_member
 from shared.errors import CstError
 from shared.settings import Budget, HorizonSpec, Settings, timeframe_ms
@@ -144,11 +157,8 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
     cal = fit_calibrator(s_cal, y_cal, cfg.calibration_grid, probe_grid=cfg.calibration_probe_grid, ts=ts_cal,
                          horizon_ms=horizon_ms, base_rate=base_rate)
     # How far the calibrated stack may leave the base rate, from held-out blocks of the calibration rows.
-    try:
-        skill = skill_evidence(s_cal, y_cal, ts_cal, horizon_ms, base_rate, blocks=cfg.skill_blocks,
-                               grid=cfg.calibration_probe_grid, z=cfg.skill_z, min_windows=cfg.skill_min_windows)
-    except ValueError as exc:
-        raise CstError("too_few_rows", f"{horizon}: {exc} ({cal_rows.size} calibration rows)") from None
+    skill = skill_evidence(s_cal, y_cal, ts_cal, horizon_ms, base_rate, blocks=cfg.skill_blocks,
+                           grid=cfg.calibration_probe_grid, z=cfg.skill_z, min_windows=cfg.skill_min_windows)
     shrink_tables(cal, base_rate, skill.strength)
     cal.selection["skill"] = skill.summary
 

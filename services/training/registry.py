@@ -137,6 +137,9 @@ def model_card(meta: dict) -> str:
 def skill_lines(skill: dict, base_rate: float) -> list[str]:
     if not skill:
         return ["- not assessed (a model trained before skill was measured)"]
+    if skill.get("why"):
+        return [f"- **{skill['verdict']}**: {skill['why']}; the base rate {base_rate:.3f} is served.",
+                "- Without demonstrated skill every prediction is the base rate, says so, and is never certified."]
     head = (f"- **{skill['verdict']}**: held-out Brier gain over the base rate {skill['brier_gain_per_window']:+.5f} "
             f"per horizon window (standard error {skill['gain_standard_error']:.5f}, {skill['windows']} windows, "
             f"{skill['rows']} rows; demonstrated needs gain > {skill['z']} standard errors and >= "

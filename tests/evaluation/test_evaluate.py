@@ -40,7 +40,7 @@ def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monk
     # A low threshold and one horizon make signals exist, so the backtest trades (a diagnostic, not the policy).
     monkeypatch.setenv("CST_CONSENSUS_MIN_HORIZONS", "1")
     assert main(["evaluate", "--source", str(src), "--train-until", SPLIT, "--horizons", "24h,7d",
-                 "--threshold", "0.5", "--out", str(out)]) == 0
+                 "--threshold", "0.5", "--retrain-every", "none", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_until"] == SPLIT
     split = iso_to_ms(SPLIT)
@@ -72,9 +72,13 @@ def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monk
 
 def _test(p, y, direction, confidence, base_rate=0.5) -> HorizonTest:
     n = len(p)
-    return HorizonTest("24h", 0, "v", base_rate, np.arange(n) * DAY, np.array(["A"] * n), np.asarray(p, float),
-                       np.asarray(p, float), np.asarray(p, float), np.asarray(confidence, float), np.asarray(direction),
-                       np.zeros((n, 3)), np.log(np.asarray(p, float) / (1 - np.asarray(p, float))), np.where(np.asarray(y) == 1, 0.01, -0.01), np.asarray(y, float), {"dead_zone": 2}, 2 * DAY)
+    p = np.asarray(p, float)
+    return HorizonTest("24h", 0, ts=np.arange(n) * DAY, coin=np.array(["A"] * n), p_up=p, low=p, high=p,
+                       confidence=np.asarray(confidence, float), direction=np.asarray(direction),
+                       quantiles=np.zeros((n, 3)), score=np.log(p / (1 - p)),
+                       fwd=np.where(np.asarray(y) == 1, 0.01, -0.01), y=np.asarray(y, float),
+                       base_rate=np.full(n, base_rate), cal_range=np.full((n, 2), np.nan), reference=np.full(n, 0.5),
+                       excluded={"dead_zone": 2}, horizon_ms=2 * DAY)
 
 
 def test_horizon_metrics_by_hand():
@@ -95,8 +99,14 @@ def test_horizon_metrics_by_hand():
     assert m["ece_constant_base_rate"] == pytest.approx(0.0) and m["independent_outcomes"] == pytest.approx(2.5)
     # Scores are logit(p): 2.197, 1.386, -0.847, 0.405. Calibrated on [-1, 1]: two of four lie outside.
     assert m["scores"] is None  # no calibration metadata, no comparison
-    t.calibration = {"score_range": [-1.0, 1.0], "score_quantiles": [-0.5, 0.0, 0.5]}
+    t.cal_range = np.tile([-1.0, 1.0], (4, 1))
     assert horizon_metrics(t, 0.8)["scores"]["served_outside_calibration_range"] == pytest.approx(0.5)
+    # The plain reference predicts 0.5 everywhere, as the base rate: skill 0, and the same ECE.
+    assert m["references"]["plain_gbt"]["brier_skill"] == pytest.approx(0.0)
+    assert m["references"]["climatology"]["brier"] == pytest.approx(0.25)
+    # Two-day windows over four daily rows: windows {0, 1}, {2, 3}; a two-window bootstrap interval holds the point.
+    lo, hi = m["brier_skill_interval"]
+    assert lo <= 0.1 <= hi
     # With a training base rate of 0.75 the reference is worse (0.3125 vs 0.25), so the skill is higher.
     assert horizon_metrics(_test([0.9, 0.8, 0.3, 0.6], [1, 0, 0, 1], [1, 1, -1, 1], [0.85, 0.8, 0.6, 0.55], 0.75),
                            0.8)["brier_skill"] == pytest.approx(1 - 0.225 / 0.3125)
@@ -120,7 +130,8 @@ def test_backtest_command_trades_the_daily_horizons_only(shared_data, tmp_path, 
     tiny(monkeypatch)
     monkeypatch.setenv("CST_HORIZONS", '["1h", "24h", "7d"]')
     out = tmp_path / "bt"
-    assert main(["backtest", "--source", str(src), "--train-until", SPLIT, "--out", str(out)]) == 0
+    assert main(["backtest", "--source", str(src), "--train-until", SPLIT, "--retrain-every", "none",
+                 "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["horizons"]) == {"24h", "7d"}
     detail = json.loads((out / "backtest.json").read_text())
@@ -168,3 +179,30 @@ def test_an_evaluation_runs_again_from_its_snapshot_alone_with_the_same_figures(
     # Other data than the snapshot names is refused, with its code.
     (src / "ohlcv/1d/BTC-USD.csv").write_text((src / "ohlcv/1d/BTC-USD.csv").read_text()[:-200])
     assert main(["evaluate", "--from", str(first / "experiment.json"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_walk_forward_retrains_each_window_on_data_before_it_only(shared_data, tmp_path, monkeypatch):
+    src = small_source(shared_data, tmp_path / "data")
+    out = tmp_path / "eval"
+    tiny(monkeypatch)
+    assert main(["evaluate", "--source", str(src), "--train-until", "2024-01-01", "--horizons", "24h",
+                 "--retrain-every", "60d", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["horizons"]["24h"]
+    # 2024-01-01 to the last labeled day (2024-06-29): windows start every 60 days.
+    starts = [w["from"] for w in m["models"]]
+    assert starts == ["2024-01-01T00:00:00Z", "2024-03-01T00:00:00Z", "2024-04-30T00:00:00Z", "2024-06-29T00:00:00Z"]
+    for w in m["models"]:
+        # The model serving a window saw no label that ends at or after the window's start.
+        assert iso_to_ms(w["trained_on_data_before"]) + DAY < iso_to_ms(w["from"])
+        assert w["skill"] in ("no demonstrated skill", "skill demonstrated out of sample")
+    # Every window predicted its own rows; labeled rows are the predicted ones outside the dead zone.
+    assert all(w["rows"] > 0 for w in m["models"][:-1]) and sum(w["rows"] for w in m["models"]) >= m["n"]
+    assert len({w["trained"] for w in m["models"]}) == 4  # one retrain per window
+    for key in ("range_coverage", "range_median_width", "range_naive_coverage", "brier_skill_interval", "ece_interval"):
+        assert m[key] is not None, key
+    assert set(m["references"]) == {"climatology", "plain_gbt"}
+    html = (out / "report.html").read_text()
+    assert "plain gradient-boosting" in html and 'src="ranges.png"' in html
+    experiment = json.loads((out / "experiment.json").read_text())
+    assert experiment["args"]["retrain_every"] == "60d"

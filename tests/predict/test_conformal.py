@@ -49,3 +49,27 @@ def test_coverage_on_a_shifting_series_converges_to_the_nominal_level():
         assert abs((1 - misses[lo:hi].mean()) - 0.8) < 0.03, (lo, hi, 1 - misses[lo:hi].mean())
     # Gibbs & Candes' bound on the whole run: |mean miss - alpha| <= (max(alpha_1, 1 - alpha_1) + gamma) / (gamma T).
     assert abs(misses.mean() - ALPHA) <= (max(ALPHA, 1 - ALPHA) + GAMMA) / (GAMMA * r.size)
+
+
+def test_replay_serves_what_the_outcome_step_would_have_served():
+    from services.predict.conformal import replay
+
+    # Two coins, daily decisions, a 2-day horizon: the outcome of day d matures at day d + 2.
+    day = 86_400_000
+    rng = np.random.default_rng(4)
+    ts = np.repeat(np.arange(40) * day, 2)
+    q_lo, q_hi = np.full(ts.size, -0.05), np.full(ts.size, 0.05)
+    realized = rng.normal(0, 0.06, ts.size)
+    got = replay(ts, q_lo, q_hi, realized, 2 * day, alpha=ALPHA, gamma=GAMMA, window=WINDOW)
+    # Days 0 and 1: nothing has matured, no range is served (the live path serves none either).
+    assert np.isnan(got[:4]).all() and np.isfinite(got[4:]).all()
+    # The same by hand: before each day, absorb every outcome matured by then, in decision order.
+    state, absorbed = RangeState(ALPHA), 0
+    for d in range(40):
+        while absorbed < ts.size and ts[absorbed] + 2 * day <= d * day:
+            served = None if np.isnan(got[absorbed, 0]) else tuple(got[absorbed])
+            state.update(-0.05, 0.05, float(realized[absorbed]), ALPHA, GAMMA, WINDOW, served)
+            absorbed += 1
+        rows = np.flatnonzero(ts == d * day)
+        if state.margin() is not None:
+            assert np.allclose(got[rows], [[-0.05 - state.margin(), 0.05 + state.margin()]] * rows.size)

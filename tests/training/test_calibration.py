@@ -62,3 +62,65 @@ def test_no_extrapolation_beyond_the_calibration_scores():
     # falling, to about sigma(2 * (min - 3)), three hundred times lower here).
     assert p[1] == pytest.approx(p[0]) and p[3] == pytest.approx(p[2])
     assert p[1] > 100 / (1 + np.exp(-2.0 * (s.min() - 3.0)))
+
+
+DAY = 86_400_000
+
+
+def _daily_panel_set(signal: float, days: int = 600, coins: int = 8, seed: int = 3):
+    """`coins` rows per day for `days` days of a 1-day horizon: every day is its own independent window. Scores are
+    standard normal; P(up) = sigmoid(signal * score), so signal 0 makes labels independent of the scores."""
+    rng = np.random.default_rng(seed)
+    ts = np.repeat(np.arange(days) * DAY, coins)
+    s = rng.normal(0, 1, ts.size)
+    y = (rng.random(ts.size) < 1 / (1 + np.exp(-signal * s))).astype(float)
+    return s, y, ts
+
+
+def test_scores_without_information_serve_the_base_rate():
+    from services.training.calibration import skill_evidence
+
+    s, y, ts = _daily_panel_set(signal=0.0)
+    ev = skill_evidence(s, y, ts, DAY, float(y.mean()), blocks=5, grid=64, z=1.645, min_windows=10)
+    assert not ev.demonstrated and ev.strength == 0.0
+    assert ev.summary["verdict"] == "no demonstrated skill"
+    # At strength 0 every held-out probability is the base rate, and so is every bound.
+    assert np.allclose(ev.p, y.mean()) and np.allclose(ev.low, y.mean()) and np.allclose(ev.high, y.mean())
+
+
+def test_informative_scores_earn_their_skill():
+    from services.training.calibration import skill_evidence
+
+    s, y, ts = _daily_panel_set(signal=1.5)
+    ev = skill_evidence(s, y, ts, DAY, float(y.mean()), blocks=5, grid=64, z=1.645, min_windows=10)
+    assert ev.demonstrated and ev.strength > 0.7
+    assert ev.summary["brier_gain_per_window"] > 1.645 * ev.summary["gain_standard_error"]
+    assert ev.summary["windows"] == 600
+
+
+def test_few_independent_windows_demonstrate_nothing():
+    from services.training.calibration import skill_evidence
+
+    # The same informative scores, but on a 200-day horizon: 600 days hold 3 independent windows.
+    s, y, ts = _daily_panel_set(signal=1.5)
+    ev = skill_evidence(s, y, ts, 200 * DAY, float(y.mean()), blocks=3, grid=64, z=1.645, min_windows=10)
+    assert ev.summary["windows"] == 3 and not ev.demonstrated and ev.strength == 0.0
+
+
+def test_shrinking_the_tables_moves_them_toward_the_base_rate_in_logit_space():
+    from services.training.calibration import shrink_tables
+
+    s, y = _logistic_set()
+    for strength, check in ((1.0, "same"), (0.5, "half"), (0.0, "base")):
+        cal = fit_calibrator(s, y, 64, probe_grid=64)
+        before = cal.point.copy()
+        shrink_tables(cal, 0.4, strength)
+        b = np.log(0.4 / 0.6)
+        z = np.log(before / (1 - before))
+        if check == "same":
+            assert np.allclose(cal.point, before)
+        elif check == "half":
+            assert np.allclose(np.log(cal.point / (1 - cal.point)), b + 0.5 * (z - b))
+        else:
+            assert np.allclose(cal.point, 0.4) and np.allclose(cal.low, 0.4) and np.allclose(cal.high, 0.4)
+        assert np.all(cal.low <= cal.point + 1e-12) and np.all(cal.point <= cal.high + 1e-12)
