@@ -106,6 +106,10 @@ class HorizonModel:
         if X.shape[1] != len(self.names):
             raise CstError("feature_mismatch", f"model {self.horizon}/{self.version} expects {len(self.names)} "
                                                f"features, got {X.shape[1]}")
+        if X.shape[0] == 0:
+            # onnxruntime aborts the process on an empty batch for some graphs (the GRU's): nothing to predict.
+            e = np.zeros(0)
+            return Predictions(e, e, e, np.zeros(0, dtype=np.int64), e, np.zeros((0, 3)), e)
         score = self.meta_logit(X, S)
         p, low, high = (a.astype(np.float64) for a in self._run("calibrator", score.astype(np.float32)))
         up = p >= 0.5

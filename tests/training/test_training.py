@@ -135,6 +135,9 @@ def test_predictions_are_well_formed(trained):
     up = pred.direction == 1
     np.testing.assert_allclose(pred.confidence[up], pred.low[up])
     np.testing.assert_allclose(pred.confidence[~up], 1 - pred.high[~up])
+    # An empty batch (a window with no labeled rows yet) is an empty answer, not an onnxruntime abort.
+    empty = HorizonModel.load(trained["lake"], "24h").predict(t.ds.X[:0], t.ds.S[:0])
+    assert empty.p_up.shape == (0,) and empty.quantiles.shape == (0, 3)
 
 
 def test_shap_contributions_add_up_to_the_model_output(trained):
