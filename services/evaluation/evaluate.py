@@ -137,6 +137,26 @@ def predict_window(settings: Settings, market: History, lake: LocalLake, horizon
     return t
 
 
+def level_by_chance(settings: Settings, market: History, horizon: str, split_ms: int, test_windows: int) -> dict:
+    """How far the up-rate of a stretch as long as the test lies from the long-run up-rate by chance alone, over the
+    history before the split: what ECE a forecast without skill must expect (it serves the long-run rate)."""
+    spec = settings.training.horizons[horizon]
+    frame, panel = market.frames[spec.timeframe], market.panels[spec.timeframe]
+    r = label_rows(frame, panel, spec, settings.training.dead_zone)
+    hist = np.isfinite(r.y) & (frame.ts + spec.length_ms < split_ms)
+    if not hist.any() or test_windows < 1:
+        return {"stretches": 0}
+    _, w = np.unique(horizon_windows(frame.ts[hist], spec.length_ms), return_inverse=True)
+    ups, counts = np.bincount(w, weights=r.y[hist]), np.bincount(w)
+    k = int(test_windows)
+    if ups.size <= k:
+        return {"stretches": 0, "history_windows": int(ups.size)}
+    cu, cc = np.concatenate([[0], np.cumsum(ups)]), np.concatenate([[0], np.cumsum(counts)])
+    dev = np.abs((cu[k:] - cu[:-k]) / (cc[k:] - cc[:-k]) - ups.sum() / counts.sum())
+    return {"history_windows": int(ups.size), "stretch_windows": k, "stretches": int(dev.size),
+            "median_distance": float(np.median(dev)), "share_farther_than_0.03": float(np.mean(dev > 0.03))}
+
+
 def _rate(hits: np.ndarray) -> dict:
     n = int(hits.size)
     k = int(hits.sum())
@@ -193,6 +213,9 @@ def horizon_metrics(t: HorizonTest, threshold: float, seed: int = 0) -> dict:
         "brier": stack.get("brier"), "brier_reference": brier(base, y) if n else None,
         "brier_skill": stack.get("brier_skill"), "brier_skill_interval": stack.get("brier_skill_interval"),
         "log_loss": log_loss(p, y) if n else None, "ece": stack.get("ece"), "ece_interval": stack.get("ece_interval"),
+        # Mean forecast minus realized up-rate: for a forecast that barely moves, ECE's equal-width bins split the
+        # rows by which side of a bin edge each window's base rate fell; this is the level error alone.
+        "calibration_in_the_large": float(p.mean() - y.mean()) if n else None,
         # References for reading the ECE: what predicting the training base rate everywhere scores, and how
         # many independent outcomes (non-overlapping horizon windows, coins moving together) the test holds.
         "ece_constant_base_rate": ece(base, y, 10) if n else None,
@@ -365,6 +388,11 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
         "not_evaluated": sorted(set(horizons) - set(tests)),
         "consensus": consensus_metrics(settings, signals),
     }
+    for h, t in tests.items():
+        m = metrics["horizons"][h]
+        if m["n"]:
+            m["level_by_chance"] = level_by_chance(settings, market, h, iso_to_ms(splits[h]),
+                                                   int(round(m["independent_outcomes"])))
     tick("backtest")
     bt = run_backtests(settings, tests, market, backtest_threshold or thr, out)
     strat = bt.get("table", {}).get("strategy (guards)", {})
