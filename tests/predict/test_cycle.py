@@ -133,6 +133,11 @@ def test_later_run_records_matured_outcomes_exactly_once(source, lake_dir, env):
     tenth = [p for (h, c, t), p in preds.items() if h == "24h" and t == 1715299200000]
     assert tenth and all(p["range_low"] < p["range_high"] for p in tenth)
     assert all((p["range_low"] - p["q10"]) == pytest.approx(p["q90"] - p["range_high"]) for p in tenth)
+    # Every prediction carries its model's verdict on skill; a base-rate horizon serves one probability.
+    assert all(p["skill"] in ("no demonstrated skill", "skill demonstrated out of sample") for p in preds.values())
+    for h in ("24h", "7d"):
+        served = {round(p["p_up"], 6) for (ph, c, t), p in preds.items() if ph == h and p["skill"] == "no demonstrated skill"}
+        assert len(served) <= 1, (h, served)
 
 
 def test_consensus_needs_agreeing_actionable_horizons():
