@@ -1,8 +1,11 @@
-"""Lambda handlers, one per pipeline step that runs in Lambda, generated from the one definition.
+"""Lambda handlers: the run's start and one per pipeline step that runs in Lambda, generated from the one definition.
 
-Each parses the event (the state machine's task input) into the step's input contract, runs the step exactly
-as `cst step` does, and returns the step's output contract. A retryable error code is raised as the transient
-error type the state machine retries; any other error reaches its Catch and the run's summary.
+Each handler has the cookbook's shape: Powertools Logger (JSON, the run id as correlation id), Metrics (EMF:
+the step's duration and counts, from its output contract) and Tracer around one call: the event (the state
+machine's task input) parsed into the step's input contract, the step run exactly as `cst step` runs it, the step's
+output contract returned. A retryable error code is raised as the transient error type the state machine retries;
+any other error reaches its Catch and the run's summary. Settings come from the environment and secrets from
+Secrets Manager through the settings tree.
 """
 
 from __future__ import annotations
@@ -10,11 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services.runner import run_step
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from services.runner import make_ref, run_step, save_ref
+from shared.contracts import iso_to_ms, utcnow
 from shared.errors import CstError
-from shared.pipeline import PIPELINE, STEPS, TRANSIENT_ERROR, RunRef, StepContext
+from shared.pipeline import PIPELINE, START, STEPS, TRANSIENT_ERROR, RunRef, RunStart, StepContext
 from shared.settings import get_settings
 from shared.storage import open_lake
+
+SERVICE = "cst"
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace="cst", service=SERVICE)
 
 
 class TransientStepError(Exception):
@@ -29,17 +41,44 @@ def _context() -> StepContext:
     return StepContext(settings, open_lake(settings.lake.uri, region=settings.aws_region))
 
 
+@logger.inject_lambda_context(log_event=False)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def start(event: dict, context: Any = None) -> dict:
+    """EventBridge Scheduler -> the run's reference (stored in the lake, then the state every step receives)."""
+    req = RunStart.model_validate(event)
+    ctx = _context()
+    as_of = iso_to_ms(req.as_of) if req.as_of else int(utcnow().timestamp() * 1000)
+    ref = make_ref(ctx.settings, req.source, as_of)
+    logger.set_correlation_id(ref.run_id)
+    save_ref(ctx.lake, ref)
+    metrics.add_dimension(name="step", value=START)
+    metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
+    return ref.model_dump(mode="json")
+
+
 def make_handler(name: str) -> Callable[[dict, Any], dict]:
     step = STEPS[name]
 
+    @logger.inject_lambda_context(log_event=False)
+    @metrics.log_metrics
+    @tracer.capture_lambda_handler
     def handler(event: dict, context: Any = None) -> dict:
         ref = RunRef.model_validate(event)
+        logger.set_correlation_id(ref.run_id)
+        logger.append_keys(step=name, item=ref.item)
         try:
-            return run_step(_context(), name, ref, ref.item).model_dump(mode="json")
+            out = run_step(_context(), name, ref, ref.item)
         except CstError as exc:
+            logger.warning("step failed", extra={"code": exc.code})
             if exc.code in step.retry.codes:
                 raise TransientStepError(str(exc)) from exc
             raise
+        metrics.add_dimension(name="step", value=name)
+        for metric, value in out.metrics().items():
+            metrics.add_metric(name=metric, unit=MetricUnit.Seconds if metric == "Seconds" else MetricUnit.Count,
+                               value=value)
+        return out.model_dump(mode="json")
 
     handler.__name__ = handler.__qualname__ = name
     return handler

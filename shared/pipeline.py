@@ -8,11 +8,12 @@ the lake: a step reads what earlier steps stored under the run and writes its ow
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from shared.contracts import FetchFailure
 from shared.errors import LakeKeyNotFound
@@ -34,6 +35,13 @@ class Retry(BaseModel):
 # --- contracts ------------------------------------------------------------------------------------------------
 
 
+class RunStart(BaseModel):
+    """What a schedule (or an operator) sends to start a run: the source, and the as-of (the schedule's time)."""
+
+    source: str = "live"
+    as_of: str | None = Field(None, description="ISO time the run is judged at; absent = now")
+
+
 class RunRef(BaseModel):
     """Every step's input: which run, judged at which time, from which source; `item` for a Map's element."""
 
@@ -42,8 +50,38 @@ class RunRef(BaseModel):
     source: str
     horizons: list[str]
     item: str | None = None
-    # Failures of earlier steps (the state machine's Catch puts them here; the summary step reports them).
+    # Failures of earlier steps (the local runner puts them here; the summary step reports them).
     failures: list[dict[str, Any]] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_machine_failures(cls, data: Any) -> Any:
+        """In the state machine a Catch leaves the failed step in `failed`, and a Map leaves one result per item in
+        `items.<step>` (failed items carry `code`): gathered here so the summary reads them as the runner's."""
+        if not isinstance(data, dict) or ("failed" not in data and "items" not in data):
+            return data
+        caught = [r for results in (data.get("items") or {}).values() for r in results or []
+                  if isinstance(r, dict) and "code" in r]
+        if isinstance(data.get("failed"), dict):
+            caught.append(data["failed"])
+        return {**data, "failures": list(data.get("failures") or []) + [_readable(f) for f in caught]}
+
+
+def _readable(failure: dict) -> dict:
+    """A Lambda error's cause arrives as a JSON document; the summary shows its message."""
+    out = {"item": None, **failure}
+    try:
+        doc = json.loads(out.get("message") or "")
+    except (TypeError, ValueError):
+        return out
+    if isinstance(doc, dict) and "errorMessage" in doc:
+        # A CstError's message reads "[code] message": the summary keeps the code the runner would have kept.
+        code, sep, message = str(doc["errorMessage"]).partition("] ")
+        if sep and code.startswith("["):
+            out["code"], out["message"] = code[1:], message
+        else:
+            out["message"] = doc["errorMessage"]
+    return out
 
 
 class StepOutput(BaseModel):
@@ -51,6 +89,10 @@ class StepOutput(BaseModel):
     step: str = ""
     item: str | None = None
     seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """What the step's Lambda reports as metrics (CloudWatch EMF): its duration and, per step, its counts."""
+        return {"Seconds": self.seconds}
 
 
 class IngestOutput(StepOutput):
@@ -61,11 +103,18 @@ class IngestOutput(StepOutput):
     staged: list[str] = Field([], description="lake keys of the run's parsed series (Parquet per layer and timeframe, "
                                                "content-addressed)")
 
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "Landed": self.landed, "FetchFailures": len(self.failures)}
+
 
 class ValidateOutput(StepOutput):
     quality_key: str
     statuses: dict[str, int] = {}
     clean: list[str] = []
+
+    def metrics(self) -> dict[str, float]:
+        excluded = sum(n for status, n in self.statuses.items() if status != "ok")
+        return {**super().metrics(), "Series": sum(self.statuses.values()), "SeriesExcluded": excluded}
 
 
 class FrameSummary(BaseModel):
@@ -78,7 +127,12 @@ class FrameSummary(BaseModel):
 
 class FeaturesOutput(StepOutput):
     frames: dict[str, FrameSummary] = {}
+    untrained: list[str] = Field([], description="horizons without a CURRENT model (the training step's work)")
     written: int = Field(0, description="feature and panel partitions written (unchanged ones are kept)")
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "Rows": sum(f.rows for f in self.frames.values()),
+                "RowsExcluded": sum(sum(f.excluded.values()) for f in self.frames.values())}
 
 
 class TrainOutput(StepOutput):
@@ -105,12 +159,19 @@ class PredictOutput(StepOutput):
     uncertified: str | None = None
     no_model: str | None = None
 
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "Predictions": self.predictions, "ExcludedCoins": len(self.excluded)}
+
 
 class RiskOutput(StepOutput):
     predictions: int = 0
     actionable: int = 0
     signals: list[dict[str, Any]] = []
     tradable: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "Predictions": self.predictions, "Actionable": self.actionable,
+                "Tradable": self.tradable}
 
 
 class OutcomesOutput(StepOutput):
@@ -166,7 +227,8 @@ PIPELINE: tuple[Step, ...] = (
     Step(name="features", entry="services.features.steps:features", output="FeaturesOutput",
          doc="point-in-time features and price panels per timeframe"),
     Step(name="train", entry="services.training.steps:train_missing", output="TrainOutput", runtime="sagemaker",
-         retry=Retry(max_attempts=1), doc="horizons without a CURRENT model are trained first (quick budget)"),
+         when="features.untrained", retry=Retry(max_attempts=1),
+         doc="horizons without a CURRENT model are trained first (quick budget)"),
     Step(name="predict", entry="services.predict.steps:predict", output="PredictOutput", runtime="map",
          map_over="horizons", doc="one horizon's decision time: ONNX, SHAP, the confidence filter, the log"),
     Step(name="risk", entry="services.predict.steps:risk", output="RiskOutput",
@@ -258,41 +320,63 @@ def _task(step: Step, resources: dict[str, Any], next_state: str | None) -> dict
     return state
 
 
+START = "start"  # the prologue state: turns the schedule's event into the run's RunRef (not a pipeline step)
+
+
+def _failure_state(step: str, next_state: str | None, item: bool = False) -> dict:
+    """A caught error as the runner records it: the step, the item, the error name as code, its cause."""
+    params = {"step": step, "code.$": "$.caught.Error", "message.$": "$.caught.Cause"}
+    if item:
+        params["item.$"] = "$.item"
+    state: dict[str, Any] = {"Type": "Pass", "Parameters": params}
+    if item:
+        state["End"] = True
+    else:
+        state.update(ResultPath="$.failed", Next=next_state)
+    return state
+
+
 def state_machine(resources: dict[str, Any] | None = None) -> dict:
-    """Amazon States Language for the pipeline: one state per step in the definition's order, a Map over the run's
-    horizons for Map steps, a Choice before conditional steps, retries on transient errors, and a Catch on every
-    task that goes to the summary with the failed step named. `resources`: step name -> Lambda ARN (or the
-    SageMaker job parameters for training steps)."""
+    """Amazon States Language for the pipeline: a prologue that makes the run's reference from the schedule's event,
+    then one state per step in the definition's order, a Map over the run's horizons for Map steps, a Choice before
+    conditional steps, retries on transient errors, and a Catch on every task that goes to the summary with the
+    failed step named. `resources`: step name (or "start") -> Lambda ARN, or the SageMaker job parameters for
+    training steps."""
     resources = resources or {}
     names = [s.name for s in PIPELINE]
     final = PIPELINE[-1].name
-    states: dict[str, Any] = {}
+    states: dict[str, Any] = {START: {
+        "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+        "Parameters": {"FunctionName": resources.get(START, f"${{{START}}}"), "Payload.$": "$"},
+        "ResultSelector": {"ref.$": "$.Payload"}, "OutputPath": "$.ref", "Next": names[0],
+        "Retry": [{"ErrorEquals": [TRANSIENT_ERROR, "Lambda.ServiceException", "Lambda.TooManyRequestsException"],
+                   "IntervalSeconds": 2, "BackoffRate": 2.0, "MaxAttempts": 2}]}}
     for i, step in enumerate(PIPELINE):
         nxt = names[i + 1] if i + 1 < len(names) else None
         catch = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.caught", "Next": f"{step.name} failed"}]
         if step.map_over:
             inner = _task(step, resources, None)
+            # A finished item's result is its item only; the lake holds its output.
+            inner["ResultSelector"] = {"item.$": "$.Payload.item"}
             state: dict[str, Any] = {
                 "Type": "Map", "ItemsPath": f"$.{step.map_over}",
                 "ItemSelector": {"run_id.$": "$.run_id", "as_of.$": "$.as_of", "source.$": "$.source",
                                  "horizons.$": "$.horizons", "item.$": "$$.Map.Item.Value"},
-                # One item failing must not lose the others: the item's error is its result and the summary reads
-                # which items stored an output.
+                # One item failing must not lose the others: the item's error is its result, and the summary reads
+                # the failed items from `items.<step>`.
                 "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": step.name,
                                   "States": {step.name: {**inner, "Catch": [{"ErrorEquals": ["States.ALL"],
+                                                                             "ResultPath": "$.caught",
                                                                              "Next": f"{step.name} item failed"}]},
-                                             f"{step.name} item failed": {"Type": "Pass", "End": True}}},
-                "ResultPath": None, "Next": nxt}
+                                             f"{step.name} item failed": _failure_state(step.name, None, item=True)}},
+                "ResultPath": f"$.items.{step.name}", "Next": nxt}
         else:
             # Outputs a later Choice reads stay in the execution's state; the rest live in the lake only.
             kept = any(s.when and s.when.partition(".")[0] == step.name for s in PIPELINE)
             state = {**_task(step, resources, nxt), "ResultPath": f"$.run.{step.name}" if kept else None}
         if step.name != final:
             state["Catch"] = catch
-            states[f"{step.name} failed"] = {
-                "Type": "Pass", "Parameters": {"step": step.name, "error.$": "$.caught.Error",
-                                               "cause.$": "$.caught.Cause"},
-                "ResultPath": "$.failed", "Next": final}
+            states[f"{step.name} failed"] = _failure_state(step.name, final)
         if step.when:
             source, _, attr = step.when.partition(".")
             states[f"{step.name}?"] = {
@@ -305,7 +389,7 @@ def state_machine(resources: dict[str, Any] | None = None) -> dict:
         if step.when and i > 0:
             prev = states[names[i - 1]]
             prev["Next"] = f"{step.name}?"
-    return {"Comment": "cst pipeline, generated from shared.pipeline.PIPELINE", "StartAt": names[0], "States": states}
+    return {"Comment": "cst pipeline, generated from shared.pipeline.PIPELINE", "StartAt": START, "States": states}
 
 
 def state_order(definition: dict) -> list[str]:
@@ -316,6 +400,7 @@ def state_order(definition: dict) -> list[str]:
         if state["Type"] == "Choice":
             name = state["Choices"][0]["Next"]
             continue
-        order.append(name)
+        if name != START:
+            order.append(name)
         name = None if state.get("End") else state.get("Next")
     return order

@@ -24,3 +24,31 @@ def _no_cst_env(monkeypatch):
     for key in list(os.environ):
         if key.startswith("CST_"):
             monkeypatch.delenv(key, raising=False)
+
+
+class FakeLambdaContext:
+    """The attributes of Lambda's context object that Powertools reads."""
+
+    def __init__(self, function_name: str = "cst-test", request_id: str = "req-1"):
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = 1024
+        self.invoked_function_arn = f"arn:aws:lambda:eu-west-1:123456789012:function:{function_name}"
+        self.aws_request_id = request_id
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "stream"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()
+
+
+@pytest.fixture(autouse=True)
+def _powertools_offline(monkeypatch):
+    """No X-Ray daemon here: traces are off; metrics still print their EMF documents to stdout."""
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "cst")

@@ -82,7 +82,7 @@ def test_state_machine_shape():
 
 
 @pytest.mark.parametrize("code,transient", [("server_error", True), ("feature_mismatch", False)])
-def test_handlers_raise_retryable_codes_as_the_transient_error(monkeypatch, code, transient):
+def test_handlers_raise_retryable_codes_as_the_transient_error(monkeypatch, code, transient, lambda_context):
     from shared.errors import CstError
 
     def boom(*_a, **_k):
@@ -92,4 +92,4 @@ def test_handlers_raise_retryable_codes_as_the_transient_error(monkeypatch, code
     monkeypatch.setattr(handlers, "_context", lambda: None)
     event = {"run_id": "r", "as_of": "2024-05-01T00:00:00Z", "source": "x", "horizons": ["24h"]}
     with pytest.raises(handlers.TransientStepError if transient else CstError):
-        handlers.HANDLERS["ingest"](event, None)
+        handlers.HANDLERS["ingest"](event, lambda_context)

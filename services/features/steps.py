@@ -22,6 +22,7 @@ from shared.pipeline import (
     quality_key,
     step_output_key,
 )
+from shared.registry import current_version
 from shared.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -77,4 +78,6 @@ def features(ctx: StepContext, ref: RunRef) -> FeaturesOutput:
         out.frames[tf] = FrameSummary(rows=len(frame), coins=len(frame.rows_per_coin), features=len(frame.names),
                                       excluded=dict(sorted(frame.excluded.items())),
                                       excluded_layers=sorted(frame.declared["excluded_layers"]))
+    # Whether the (costly, SageMaker) training step has anything to do.
+    out.untrained = [h for h in ref.horizons if current_version(lake, h) is None]
     return out

@@ -11,23 +11,13 @@ import onnxruntime as ort
 
 from shared.errors import CstError, LakeKeyNotFound
 from shared.metrics import logit
+from shared.registry import current_version, model_prefix  # noqa: F401 - the registry's keys, re-exported
 from shared.storage import Lake
 
 MEMBER_FILES = {"lr": "lr.onnx", "gbt": "gbt.onnx", "gru": "gru.onnx"}
 OTHER_FILES = {"meta": "meta.onnx", "calibrator": "calibrator.onnx", "q10": "q10.onnx", "q50": "q50.onnx",
                "q90": "q90.onnx", "background": "background.npz"}
 ALL_FILES = {**MEMBER_FILES, **OTHER_FILES}
-
-
-def model_prefix(horizon: str, version: str) -> str:
-    return f"models/horizon={horizon}/version={version}/"
-
-
-def current_version(lake: Lake, horizon: str) -> str | None:
-    try:
-        return lake.get(f"models/horizon={horizon}/CURRENT").decode().strip()
-    except LakeKeyNotFound:
-        return None
 
 
 def _session(blob: bytes, threads: int) -> ort.InferenceSession:

@@ -94,11 +94,21 @@ def sagemaker_main() -> int:
                                                  "stored series to train on) and lake (its URI)")
     settings = Settings()
     lake = open_lake(str(hps.get("lake") or settings.lake.uri), region=settings.aws_region)
+    out = Path(os.environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
+    out.mkdir(parents=True, exist_ok=True)
+    if hps.get("step"):
+        # Started by the state machine: the pipeline's training step for the stored run, exactly as `cst step`
+        # runs it (its output lands in the lake where the next steps read it).
+        from services.runner import load_ref, run_step
+        from shared.pipeline import StepContext
+
+        ref = load_ref(lake, str(hps["run_id"]))
+        result = run_step(StepContext(settings, lake), str(hps["step"]), ref)
+        (out / "metrics.json").write_text(result.model_dump_json(indent=2))
+        return 0
     horizons = [h for h in str(hps.get("horizons", "")).split(",") if h] or None
     results = train(settings, lake, str(hps["run_id"]), until=hps.get("until") or None, horizons=horizons,
                     budget=str(hps.get("budget", "quick")))
-    out = Path(os.environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({h: m.get("metrics", m) for h, m in results.items()}, indent=2,
                                                  default=str))
     return 0
