@@ -1,0 +1,57 @@
+"""The Lambda functions: one container image with the serving dependencies, one function per Lambda step (and the
+run's start), each with its own role that may touch only what its step needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from infra.constructs import acknowledge
+from infra.constructs.lake import LakeBucket
+from shared.pipeline import PIPELINE, START
+
+ROOT = Path(__file__).resolve().parents[2]
+# What the serving image's build context holds: the project's code and its dependency list, nothing else.
+IMAGE_EXCLUDE = [".venv", ".git", "cdk.out", "lake", "tests", "benchmarks", "infra", "**/__pycache__",
+                 ".ci", ".pytest_cache", "htmlcov"]
+# Steps whose work is network-bound fetching or small bookkeeping get less memory than the array-heavy ones.
+MEMORY_MB = {"ingest": 2048, "validate": 3008, "features": 3008, "predict": 3008}
+
+
+class StepFunctions(Construct):
+    def __init__(self, scope: Construct, cid: str, *, lake: LakeBucket, secret: secretsmanager.ISecret,
+                 environment: dict[str, str], timeout_minutes: int) -> None:
+        super().__init__(scope, cid)
+        self.functions: dict[str, lambda_.DockerImageFunction] = {}
+        names = [START] + [s.name for s in PIPELINE if s.runtime != "sagemaker"]
+        for name in names:
+            log_group = logs.LogGroup(self, f"{name}Logs", retention=logs.RetentionDays.THREE_MONTHS,
+                                      removal_policy=RemovalPolicy.DESTROY)
+            role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                            description=f"cst {name} step")
+            # Its own log group only (no managed policy granting logs on every group).
+            log_group.grant_write(role)
+            fn = lambda_.DockerImageFunction(
+                self, name, role=role, log_group=log_group,
+                code=lambda_.DockerImageCode.from_image_asset(
+                    str(ROOT), file="infra/docker/serving.Dockerfile", exclude=IMAGE_EXCLUDE,
+                    cmd=[f"services.handlers.{name}"]),
+                memory_size=MEMORY_MB.get(name, 1024), timeout=Duration.minutes(timeout_minutes),
+                tracing=lambda_.Tracing.ACTIVE,
+                environment={**environment, "POWERTOOLS_SERVICE_NAME": "cst", "POWERTOOLS_METRICS_NAMESPACE": "cst"})
+            lake_findings = lake.grant(role, write=True)
+            if name == "ingest":
+                # Only the step that calls exchanges and data vendors reads their credentials.
+                secret.grant_read(role)
+            acknowledge(role, "AwsSolutions-IAM5",
+                        "Objects inside the one lake bucket (bucket/*: the lake's keys are per run and per date), and "
+                        "X-Ray segment writes, which take no resource (xray:PutTraceSegments on *).",
+                        lake_findings + ["Resource::*"])
+            self.functions[name] = fn
+        self.region = Stack.of(self).region

@@ -1,0 +1,45 @@
+"""The cst stack of one environment: every construct wired to the others."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from infra.constructs import acknowledge
+from infra.constructs.alarms import Alarms
+from infra.constructs.api import Api
+from infra.constructs.functions import StepFunctions
+from infra.constructs.lake import LakeBucket
+from infra.constructs.pipeline import Pipeline
+from infra.constructs.schedules import Schedules
+from infra.constructs.users import Users
+
+
+class CstStack(Stack):
+    def __init__(self, scope: Construct, cid: str, *, env_name: str, config: dict, **kwargs) -> None:
+        super().__init__(scope, cid, **kwargs)
+        retain = bool(config["retain_data"])
+        self.lake = LakeBucket(self, "Lake", retain=retain, raw_days=int(config["raw_retention_days"]))
+        self.secret = secretsmanager.Secret(
+            self, "ExchangeSecret", description="cst: exchange and data-vendor credentials (JSON, settings field names)")
+        acknowledge(self.secret, "AwsSolutions-SMG4",
+            "Exchange and data-vendor API keys are issued and rotated at the exchange by the account owner; "
+                   "no rotation function can mint new ones.")
+        lake_uri = f"s3://{self.lake.bucket.bucket_name}"
+        environment = {"CST_LAKE__URI": lake_uri, "CST_SECRETS_MANAGER_ID": self.secret.secret_arn,
+                       "CST_AWS_REGION": self.region, "CST_ENV": env_name}
+        self.steps = StepFunctions(self, "Steps", lake=self.lake, secret=self.secret, environment=environment,
+                                   timeout_minutes=int(config["lambda_timeout_minutes"]))
+        self.pipeline = Pipeline(self, "Pipeline", lake=self.lake, functions=self.steps.functions,
+                                 training=config["training"], lake_uri=lake_uri)
+        self.schedules = Schedules(self, "Schedules", state_machine=self.pipeline.state_machine,
+                                   hourly=config["schedule_hourly"], weekly=config["schedule_weekly_retrain"])
+        self.alarms = Alarms(self, "Alarms", state_machine=self.pipeline.state_machine,
+                             functions=self.steps.functions)
+        self.users = Users(self, "Users", retain=retain)
+        self.api = Api(self, "Api", pool=self.users.pool, client=self.users.client)
+        CfnOutput(self, "LakeBucket", value=self.lake.bucket.bucket_name)
+        CfnOutput(self, "StateMachineArn", value=self.pipeline.state_machine.state_machine_arn)
+        CfnOutput(self, "ApiUrl", value=self.api.http_api.api_endpoint)
+        CfnOutput(self, "AlarmTopic", value=self.alarms.topic.topic_arn)
