@@ -7,7 +7,7 @@ LAKE ?= ./lake
 AS_OF ?=
 AS_OF_ARG := $(if $(AS_OF),--as-of $(AS_OF),)
 
-.PHONY: run test bench clean
+.PHONY: run test bench deploy synth clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[training,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[training,dev,infra]"
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
@@ -32,6 +32,15 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks
+
+# The cloud: `make synth` writes cdk.out (offline); `make deploy ENV=dev|prod` needs an AWS account, Docker and
+# `npx cdk` (aws-cdk CLI), and builds the container images on the way.
+ENV ?= dev
+synth: $(VENV)/.installed-test
+	$(BIN)/python -m infra.app
+
+deploy: $(VENV)/.installed-test
+	npx --yes aws-cdk@2 deploy --context env=$(ENV) --require-approval broadening
 
 clean:
 	rm -rf $(VENV) .pytest_cache .coverage htmlcov

@@ -40,6 +40,7 @@ class RunStart(BaseModel):
 
     source: str = "live"
     as_of: str | None = Field(None, description="ISO time the run is judged at; absent = now")
+    retrain: bool = Field(False, description="retrain every horizon this run (the weekly schedule), drift or not")
 
 
 class RunRef(BaseModel):
@@ -50,6 +51,7 @@ class RunRef(BaseModel):
     source: str
     horizons: list[str]
     item: str | None = None
+    retrain: bool = False  # every horizon is retrained by this run (a scheduled full retrain)
     # Failures of earlier steps (the local runner puts them here; the summary step reports them).
     failures: list[dict[str, Any]] = []
 

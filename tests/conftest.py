@@ -52,3 +52,25 @@ def _powertools_offline(monkeypatch):
     """No X-Ray daemon here: traces are off; metrics still print their EMF documents to stdout."""
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "cst")
+
+
+@pytest.fixture(scope="session")
+def synthesized(tmp_path_factory):
+    """The CDK app synthesized once per session (the first synth in a process costs seconds, later ones a fraction):
+    (stack, template). cdk-nag AwsSolutions is registered, so synth fails on any unacknowledged finding."""
+    pytest.importorskip("aws_cdk")
+    import json
+    import os
+
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+    from aws_cdk import App
+
+    from infra.app import build
+
+    root = Path(__file__).resolve().parents[1]
+    context = json.loads((root / "cdk.json").read_text())["context"]
+    # Container images are only staged at synth; nothing here needs Docker.
+    app = App(outdir=str(tmp_path_factory.mktemp("cdk.out")), context={**context, "aws:cdk:bundling-stacks": []})
+    stack = build(app)
+    assembly = app.synth()
+    return stack, assembly.get_stack_by_name(stack.stack_name).template

@@ -363,6 +363,11 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
                                  max_age_ms=timeframe_ms(settings.run.retrain_every[tf]))
         report["outcomes"] = int(info.get("total", 0))
         out.report[h] = report
+    if ref.retrain:
+        # The scheduled full retrain: every horizon with a model, whatever drift says.
+        for h, d in out.report.items():
+            d["retrain"] = True
+            d.setdefault("reasons", []).append("scheduled full retrain")
     out.retrain = [h for h, d in out.report.items() if d.get("retrain")]
     return out
 

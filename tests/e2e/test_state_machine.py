@@ -1,5 +1,5 @@
-"""The state machine executed end to end, offline: moto's Step Functions interpreter runs the generated definition
-against moto S3, every Lambda task running the real handler in process, on a slice of the recorded files.
+"""The state machine executed end to end, offline: moto's Step Functions interpreter runs the definition taken from
+the synthesized CDK template (the JSON that deploys) against moto S3, every Lambda task running the real handler in process, on a slice of the recorded files.
 
 moto (pinned) executes Task/Choice/Map/Retry/Catch for real; its Lambda backend only echoes, so its one `invoke`
 method is replaced to call our handlers (a test below fails if that method's signature changes). moto's interpreter
@@ -102,11 +102,24 @@ class Machine:
         return json.dumps(result).encode()
 
 
-def definition_for(arns: dict[str, str]) -> dict:
-    from shared.pipeline import SAGEMAKER_SYNC, state_machine
+def definition_for(template: dict, arns: dict[str, str]) -> dict:
+    """The state machine exactly as the synthesized template deploys it, its substitutions resolved: each step
+    function's ARN to the moto function of the same handler; the training states to the local stand-in."""
+    from shared.pipeline import SAGEMAKER_SYNC
 
-    doc = state_machine(arns)
-    for name, state in doc["States"].items():
+    handler_of = {lid: res["Properties"]["ImageConfig"]["Command"][0].removeprefix("services.handlers.")
+                  for lid, res in template["Resources"].items() if res["Type"] == "AWS::Lambda::Function"}
+    (machine,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
+
+    def resolve(part) -> str:
+        if isinstance(part, str):
+            return part
+        if "Fn::GetAtt" in part and part["Fn::GetAtt"][0] in handler_of:
+            return arns[handler_of[part["Fn::GetAtt"][0]]]
+        return "resolved-elsewhere"  # image URI, roles, bucket: parameters of the training job only
+
+    doc = json.loads("".join(resolve(p) for p in machine["Properties"]["DefinitionString"]["Fn::Join"][1]))
+    for state in doc["States"].values():
         if state.get("Resource") == SAGEMAKER_SYNC:
             hps = state["Parameters"]["HyperParameters"]
             state["Resource"] = "arn:aws:states:::lambda:invoke"
@@ -129,7 +142,7 @@ def execute(machine: Machine, name: str, run_input: dict, timeout_s: float = 900
 
 
 @pytest.fixture
-def cloud(monkeypatch, tmp_path):
+def cloud(monkeypatch, tmp_path, synthesized):
     """moto S3 (the lake), Lambda (our handlers) and Step Functions (the generated definition)."""
     from moto import mock_aws
     from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -163,7 +176,7 @@ def cloud(monkeypatch, tmp_path):
             sfn = boto3.client("stepfunctions", region_name=REGION)
             machine.arn = sfn.create_state_machine(
                 name=f"cst-{len(sfn.list_state_machines()['stateMachines'])}", roleArn=role,
-                definition=json.dumps(definition_for(arns)))["stateMachineArn"]
+                definition=json.dumps(definition_for(synthesized[1], arns)))["stateMachineArn"]
             return machine
 
         yield build
@@ -270,7 +283,7 @@ def test_a_transient_error_is_retried_and_a_failed_horizon_does_not_stop_the_oth
     assert landed == {"24h"}  # the other horizon landed
 
 
-def test_drift_sends_the_run_through_the_retraining_job_and_the_gate(cloud, shared_data, tmp_path, monkeypatch):
+def test_the_weekly_retrain_runs_the_retraining_job_through_the_gate(cloud, shared_data, tmp_path):
     src = slice_source(shared_data, tmp_path / "data")
     machine = cloud()
     assert execute(machine, "first", {"source": str(src), "as_of": AS_OF})["status"] == "SUCCEEDED"
@@ -278,12 +291,8 @@ def test_drift_sends_the_run_through_the_retraining_job_and_the_gate(cloud, shar
     from shared.registry import current_version
 
     before = {h: current_version(lake, h) for h in ("24h", "7d")}
-    # A day's cadence: four days later every model is due, so drift asks for a retrain of both.
-    monkeypatch.setenv("CST_RUN__RETRAIN_EVERY", '{"1d": "1d", "1h": "1d"}')
-    from shared.settings import get_settings
-
-    get_settings.cache_clear()
-    desc = execute(machine, "later", {"source": str(src), "as_of": LATER})
+    # The weekly schedule's input: every horizon is retrained, drift or not.
+    desc = execute(machine, "later", {"source": str(src), "as_of": LATER, "retrain": True})
     assert desc["status"] == "SUCCEEDED", desc
     assert machine.calls["sagemaker-local"] == 2  # first training, then the retraining job
     later = [k for k in lake.list("runs/") if k.endswith("/steps/retrain.json")]
