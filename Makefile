@@ -19,7 +19,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[training,dev,infra]"
+	$(BIN)/python -m pip install --quiet -e ".[training,dev,infra,api]"
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run

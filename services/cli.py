@@ -321,6 +321,27 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    from services.api.issuer import DevIssuer
+
+    issuer = DevIssuer.for_lake(args.lake or settings.lake.uri, "http://127.0.0.1/auth")
+    if args.action == "list":
+        for name, user in sorted(issuer.users().items()):
+            console.print(f"{name}: {', '.join(user['groups'])}", markup=False)
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        import getpass
+
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise CstError("password_mismatch", "the two passwords differ")
+    issuer.add_user(args.name, password, args.group)
+    console.print(f"{args.name}: {args.group}", markup=False)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from services.evaluation.evaluate import evaluate, load_experiment
 
@@ -474,6 +495,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item", help="the element of a Map step (predict: a horizon, e.g. 24h)")
     p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
     p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("users", help="users of the local dashboard (the development issuer; in the cloud: Cognito)")
+    users = p.add_subparsers(dest="action", required=True)
+    add = users.add_parser("add", help="add a user, or set an existing user's password and group")
+    add.add_argument("name")
+    add.add_argument("--group", required=True, choices=["viewer", "operator"])
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument("--lake", help="the local lake folder the dashboard serves (default: settings, ./lake)")
+    add.set_defaults(func=cmd_users)
+    lst = users.add_parser("list", help="the users and their groups")
+    lst.add_argument("--lake", help="the local lake folder (default: settings, ./lake)")
+    lst.set_defaults(func=cmd_users)
     return parser
 
 
