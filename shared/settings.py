@@ -325,6 +325,14 @@ class RunSettings(BaseModel):
     range_naive_window: dict[str, int] = {"1h": 168, "1d": 30}
 
 
+class ApiSettings(BaseModel):
+    """Who the API trusts: in the cloud the Cognito user pool's issuer URL and the dashboard client (the CDK app sets
+    both); locally the development issuer stands in and these stay empty."""
+
+    issuer: str = ""
+    client_id: str = ""
+
+
 class RiskSettings(BaseModel):
     """Sizing, costs and guards: the main job's risk gate and the backtest read the same values."""
 
@@ -371,6 +379,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     run: RunSettings = RunSettings()
     risk: RiskSettings = RiskSettings()
+    api: ApiSettings = ApiSettings()
     universe: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
     timeframes: list[str] = ["1h", "1d"]
     horizons: list[str] = ["1h", "24h", "7d", "30d"]

@@ -203,8 +203,10 @@ def test_cst_users_add_and_list(tmp_path, monkeypatch, capsys):
     assert "weak_password" in capsys.readouterr().err
     assert main(["users", "list", "--lake", str(lake)]) == 0
     assert capsys.readouterr().err.strip() == "vera: viewer"
-    assert DevIssuer.for_lake(str(lake), ISSUER).verifier().verify(
-        DevIssuer.for_lake(str(lake), ISSUER).login("vera", PASSWORD)).groups == {"viewer"}
-    with pytest.raises(Exception) as err:
+    dev = DevIssuer.for_lake(str(lake), ISSUER)
+    assert dev.verifier().verify(dev.login("vera", PASSWORD)).groups == {"viewer"}
+    from shared.errors import CstError
+
+    with pytest.raises(CstError) as err:
         DevIssuer.for_lake("s3://bucket", ISSUER)
-    assert getattr(err.value, "code", None) == "dev_issuer_needs_local_lake"
+    assert err.value.code == "dev_issuer_needs_local_lake"

@@ -1,0 +1,174 @@
+"""The API over a lake written by real runs: roles, cookies and CSRF, the audit log, feedback, errors without
+traces, security headers, and the Mangum handler answering API Gateway v2 events as the app answers directly."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("torch")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from services.api.app import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Actions, create_app  # noqa: E402
+from services.api.issuer import DevIssuer  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.storage import LocalLake  # noqa: E402
+
+COINS = ("BTC", "ETH", "XRP", "LTC", "ADA")
+TINY = {"folds": 2, "trials": {"lr": 1, "gbt": 1, "gru": 1}, "timeout_s": 120, "epochs": 1, "gbt_max_estimators": 50}
+PASSWORD = "correct horse battery"
+ISSUER = "http://127.0.0.1/auth"
+
+
+@pytest.fixture(scope="module")
+def served(shared_data, tmp_path_factory):
+    """Two daily runs of the real cycle on five coins, a viewer and an operator, the app over that lake."""
+    from services import cli
+
+    src = tmp_path_factory.mktemp("src")
+    (src / "ohlcv" / "1d").mkdir(parents=True)
+    for coin in COINS:
+        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", src / "ohlcv" / "1d")
+    shutil.copytree(shared_data / "sentiment", src / "sentiment")
+    lake_dir = tmp_path_factory.mktemp("lake")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CST_HORIZONS", '["24h","7d"]')
+    mp.setenv("CST_TRAINING__BUDGETS", json.dumps({"quick": TINY}))
+    mp.setenv("CST_TRAINING__CALIBRATION_GRID", "64")
+    for as_of in ("2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z"):
+        assert cli.main(["run", "--source", str(src), "--lake", str(lake_dir), "--as-of", as_of]) == 0
+    settings = Settings()
+    mp.undo()
+    issuer = DevIssuer.for_lake(str(lake_dir), ISSUER)
+    issuer.add_user("vera", PASSWORD, "viewer")
+    issuer.add_user("otto", PASSWORD, "operator")
+    started = []
+    app = create_app(settings, LocalLake(lake_dir), issuer.verifier(),
+                     Actions(lambda request: started.append(request) or f"run-{len(started)}"))
+    return {"app": app, "client": TestClient(app), "issuer": issuer, "lake": lake_dir, "started": started}
+
+
+def bearer(served, user: str) -> dict:
+    return {"Authorization": f"Bearer {served['issuer'].login(user, PASSWORD)}"}
+
+
+def test_health_needs_no_token_and_says_nothing_else(served):
+    r = served["client"].get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_viewer_reads_signals_predictions_coins_runs_models_and_quality(served):
+    c, h = served["client"], bearer(served, "vera")
+    sig = c.get("/api/signals", headers=h).json()
+    assert sig["run_id"] and sig["signals"] == [] and set(sig["why_none"]) == {"24h", "7d"}
+    page = c.get("/api/predictions", params={"coin": "BTC", "horizon": "24h", "limit": 1}, headers=h).json()
+    assert page["total"] == 2 and len(page["items"]) == 1 and page["items"][0]["coin"] == "BTC"
+    ranged = c.get("/api/predictions", params={"since": "2024-05-02T00:00:00Z", "until": "2024-05-02T00:00:00Z"},
+                   headers=h).json()
+    assert ranged["total"] == 10 and {r["decision_ts"] for r in ranged["items"]} == {1714608000000}
+    coin = c.get("/api/coins/BTC", headers=h).json()
+    assert set(coin["horizons"]) == {"24h", "7d"}
+    day = coin["horizons"]["24h"]
+    assert day["skill"] in ("no demonstrated skill", "skill demonstrated out of sample")
+    assert len(day["interval"]) == 2 and day["certified"] is False and day["why_not_certified"]
+    runs = c.get("/api/runs", headers=h).json()
+    assert runs["total"] == 2 and runs["items"][0]["as_of"] == "2024-05-02T00:00:00Z"
+    assert c.get(f"/api/runs/{runs['items'][0]['run_id']}", headers=h).json()["status"] in ("complete", "failed")
+    models = c.get("/api/models", headers=h).json()
+    version = models["24h"]["current"]
+    assert version and any(v["current"] for v in models["24h"]["versions"])
+    assert "# Model card" in c.get(f"/api/models/24h/{version}/card", headers=h).json()["card"]
+    assert "series" in c.get("/api/quality", headers=h).json()
+
+
+def test_operator_actions_are_refused_to_viewers_and_audited_for_operators(served):
+    c = served["client"]
+    assert c.post("/api/actions/run", headers=bearer(served, "vera")).status_code == 403
+    assert served["started"] == []
+    r = c.post("/api/actions/retrain", json={"horizon": "7d"}, headers=bearer(served, "otto"))
+    assert r.status_code == 202 and served["started"][-1] == {"source": "live", "retrain": True, "horizon": "7d"}
+    audit = [json.loads(p.read_text()) for p in Path(served["lake"]).glob("audit/date=*/*.json")]
+    assert [(a["who"], a["action"], a["detail"], a["result"]) for a in audit] == [
+        ("otto", "retrain", {"horizon": "7d"}, r.json()["started"])]
+
+
+def test_feedback_is_stored_beside_the_outcomes_by_coin_horizon_and_run(served):
+    c, h = served["client"], bearer(served, "vera")
+    run_id = c.get("/api/runs", headers=h).json()["items"][0]["run_id"]
+    r = c.post("/api/feedback", headers=h, json={"horizon": "24h", "coin": "BTC", "run_id": run_id,
+                                                 "decision_ts": 1714608000000, "useful": True, "note": "fine"})
+    assert r.status_code == 201 and r.json()["stored"].startswith(f"feedback/horizon=24h/coin=BTC/run_id={run_id}/")
+    stored = json.loads((Path(served["lake"]) / r.json()["stored"]).read_text())
+    assert stored["by"] == "vera" and stored["useful"] is True
+
+
+def test_cookie_sessions_need_the_csrf_token_on_state_changes(served):
+    c = TestClient(served["app"])
+    token = served["issuer"].login("otto", PASSWORD)
+    c.cookies.set(SESSION_COOKIE, token)
+    c.cookies.set(CSRF_COOKIE, "t0k3n")
+    assert c.get("/api/me").json()["operator"] is True  # reads need no CSRF token
+    assert c.post("/api/actions/run").status_code == 403
+    assert c.post("/api/actions/run", headers={CSRF_HEADER: "other"}).status_code == 403
+    assert c.post("/api/actions/run", headers={CSRF_HEADER: "t0k3n"}).status_code == 202
+
+
+@pytest.mark.parametrize("path,params", [
+    ("/api/predictions", {"coin": "../../etc/passwd"}),
+    ("/api/predictions", {"coin": "BTC' OR '1'='1"}),
+    ("/api/predictions", {"run_id": "../../models/horizon=24h/CURRENT"}),
+    ("/api/predictions", {"horizon": "24h;drop"}),
+    ("/api/predictions", {"limit": 10_000_000}),
+    ("/api/predictions", {"since": "x" * 5000}),
+    ("/api/predictions", {"since": "not a time", "until": "2024-05-02T00:00:00Z"}),
+    ("/api/coins/..%2F..%2Fauth", {}),
+    ("/api/runs/..%2F..%2Fauth%2Fusers.json", {}),
+    ("/api/models/24h/..%2F..%2F..%2Fauth/card", {}),
+])
+def test_hostile_parameters_are_refused_without_traces(served, path, params):
+    r = served["client"].get(path, params=params, headers=bearer(served, "vera"))
+    assert r.status_code in (404, 422)
+    assert "Traceback" not in r.text and "argon2" not in r.text and PASSWORD not in r.text
+
+
+def test_errors_are_codes_and_every_answer_carries_the_security_headers(served):
+    c = served["client"]
+    r = c.get("/api/signals")
+    assert r.status_code == 401 and r.json()["error"] == "no_token" and r.headers["WWW-Authenticate"] == "Bearer"
+    bad = c.get("/api/signals", headers={"Authorization": "Bearer abc.def.ghi"})
+    assert bad.status_code == 401 and bad.json()["error"] in ("malformed_token", "wrong_algorithm", "unknown_key")
+    for resp in (r, bad, c.get("/health")):
+        assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+
+
+def test_mangum_answers_http_api_events_as_the_app_answers_directly(served):
+    from mangum import Mangum
+
+    handler = Mangum(served["app"], lifespan="off")
+    token = served["issuer"].login("vera", PASSWORD)
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    for path, query in (("/api/signals", ""), ("/api/predictions", "coin=ETH&limit=3"), ("/api/runs", ""),
+                        ("/health", "")):
+        event = {
+            "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
+            "headers": {"authorization": f"Bearer {token}", "host": "api.example.com", "x-forwarded-proto": "https",
+                        "x-forwarded-port": "443"},
+            "requestContext": {"http": {"method": "GET", "path": path, "protocol": "HTTP/1.1",
+                                        "sourceIp": "203.0.113.7", "userAgent": "test"},
+                               "authorizer": {"jwt": {"claims": claims, "scopes": None}},
+                               "requestId": "r1", "routeKey": "$default", "stage": "$default",
+                               "domainName": "api.example.com", "accountId": "123456789012", "apiId": "abc"},
+            "isBase64Encoded": False,
+        }
+        answer = handler(event, None)
+        direct = served["client"].get(path + (f"?{query}" if query else ""), headers={"Authorization": f"Bearer {token}"})
+        assert answer["statusCode"] == direct.status_code, path
+        assert json.loads(answer["body"]) == direct.json(), path
+        assert answer["headers"]["x-frame-options"] == "DENY"
