@@ -321,6 +321,24 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from services.api.app import create_app, local_actions
+    from services.api.issuer import DevIssuer
+    from shared.storage import open_lake
+
+    uri = args.lake or settings.lake.uri
+    issuer = DevIssuer.for_lake(uri, f"http://{args.host}:{args.port}/auth")
+    if not issuer.users():
+        console.print("no users yet: add one with `cst users add NAME --group viewer|operator`", markup=False)
+    lake = open_lake(uri, region=settings.aws_region)
+    app = create_app(settings, lake, issuer.verifier(), local_actions(settings, lake), issuer=issuer,
+                     secure_cookies=False)  # plain HTTP on this machine; the cloud serves HTTPS only
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", server_header=False)
+    return 0
+
+
 def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
     from services.api.issuer import DevIssuer
 
@@ -495,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item", help="the element of a Map step (predict: a horizon, e.g. 24h)")
     p.add_argument("--lake", help="lake folder or s3://bucket[/prefix] (default: settings, ./lake)")
     p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("serve", help="the dashboard and API on this machine (uvicorn; users from `cst users add`)")
+    p.add_argument("--lake", help="the local lake folder to serve (default: settings, ./lake)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("users", help="users of the local dashboard (the development issuer; in the cloud: Cognito)")
     users = p.add_subparsers(dest="action", required=True)

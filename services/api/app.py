@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -24,13 +25,16 @@ from pydantic import BaseModel, Field
 
 from services.api import reads
 from services.api.auth import Identity, Unauthorized, Verifier
+from services.api.issuer import DevIssuer
+from services.api.login import CSRF_COOKIE, SESSION_COOKIE, add_login
 from shared.contracts import iso_to_ms
 from shared.errors import CstError
 from shared.settings import Settings
 from shared.storage import Lake
 
 log = logging.getLogger(__name__)
-SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "cst_session", "cst_csrf", "x-csrf-token"
+CSRF_HEADER = "x-csrf-token"
+STATIC = FilePath(__file__).resolve().parent / "static"
 COIN = r"^[A-Z0-9]{1,15}$"
 MAX_PAGE = 500
 SECURITY_HEADERS = {
@@ -84,9 +88,15 @@ def local_actions(settings: Settings, lake: Lake) -> Actions:
 
 
 def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Actions | None = None,
-               now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FastAPI:
+               now: Callable[[], datetime] = lambda: datetime.now(UTC), *, issuer: DevIssuer | None = None,
+               secure_cookies: bool = True) -> FastAPI:
+    from fastapi.staticfiles import StaticFiles
+
     app = FastAPI(title="cst", version="1", description=__doc__, docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if issuer is not None:
+        add_login(app, issuer, secure_cookies=secure_cookies)
     horizons = [h for h in settings.horizons if h in settings.training.horizons]
 
     @app.middleware("http")

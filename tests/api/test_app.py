@@ -172,3 +172,47 @@ def test_mangum_answers_http_api_events_as_the_app_answers_directly(served):
         assert answer["statusCode"] == direct.status_code, path
         assert json.loads(answer["body"]) == direct.json(), path
         assert answer["headers"]["x-frame-options"] == "DENY"
+
+
+@pytest.fixture
+def browser_app(served):
+    app = create_app(Settings(_env_file=None), LocalLake(served["lake"]), served["issuer"].verifier(),
+                     issuer=served["issuer"], secure_cookies=True)
+    return TestClient(app, base_url="https://testserver", follow_redirects=False)
+
+
+def _sign_in(c: TestClient, user: str, password: str, next_path: str = "/"):
+    c.get("/login")
+    return c.post("/login", data={"username": user, "password": password, "next": next_path,
+                                  "csrf": c.cookies.get(CSRF_COOKIE)})
+
+
+def test_sign_in_sets_an_httponly_samesite_secure_session_and_redirects_only_inside_the_site(browser_app):
+    c = browser_app
+    r = _sign_in(c, "vera", PASSWORD, "/api/me")
+    assert r.status_code == 303 and r.headers["location"] == "/api/me"
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith(f"{SESSION_COOKIE}="))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" in cookie
+    assert c.get("/api/me").json()["username"] == "vera"
+    for hostile in ("//evil.example", "https://evil.example/x", "/\\evil.example", "javascript:alert(1)"):
+        fresh = TestClient(browser_app.app, base_url="https://testserver", follow_redirects=False)
+        assert _sign_in(fresh, "vera", PASSWORD, hostile).headers["location"] == "/"
+
+
+def test_sign_in_needs_its_csrf_token_and_throttles_guessing(browser_app):
+    c = browser_app
+    c.get("/login")
+    assert c.post("/login", data={"username": "vera", "password": PASSWORD, "csrf": "forged"}).status_code == 403
+    for _ in range(5):
+        assert _sign_in(c, "otto", "wrong password!!").status_code == 401
+    r = _sign_in(c, "otto", PASSWORD)  # even the right password waits once the limit is reached
+    assert r.status_code == 429 and r.json()["error"] == "too_many_attempts"
+    assert PASSWORD not in r.text
+
+
+def test_cross_origin_requests_get_no_cors_grant(served):
+    r = served["client"].get("/api/signals", headers={**bearer(served, "vera"), "Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
+    pre = served["client"].options("/api/actions/run", headers={"Origin": "https://evil.example",
+                                                                "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in {k.lower() for k in pre.headers}
