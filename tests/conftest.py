@@ -74,3 +74,17 @@ def synthesized(tmp_path_factory):
     stack = build(app)
     assembly = app.synth()
     return stack, assembly.get_stack_by_name(stack.stack_name).template
+
+
+DAILY_COINS = ("BTC", "ETH", "XRP", "LTC", "ADA")
+
+
+def daily_source(shared_data: Path, dest: Path, coins: tuple[str, ...] = DAILY_COINS) -> Path:
+    """A small source folder in the recorded layout: the daily files of `coins` and the sentiment history."""
+    import shutil
+
+    (dest / "ohlcv" / "1d").mkdir(parents=True)
+    for coin in coins:
+        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", dest / "ohlcv" / "1d")
+    shutil.copytree(shared_data / "sentiment", dest / "sentiment")
+    return dest

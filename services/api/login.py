@@ -1,5 +1,5 @@
-"""Browser sign-in against the development issuer: a login form, an HttpOnly session cookie, a CSRF cookie, and a
-rate limit on failed attempts. (In the cloud, browsers sign in through the Cognito user pool instead.)"""
+"""Browser sign-in to the local dashboard: a login form, an HttpOnly session cookie, a CSRF cookie, and a rate limit
+on failed attempts, with users from `cst users add`. (In the cloud, browsers sign in through the Cognito user pool.)"""
 
 import html
 import secrets

@@ -33,7 +33,7 @@ from services.predict.signals import consensus
 from services.risk.history import price_history_from_panel
 from services.risk.orders import orders_from_signals
 from services.runner import make_ref, run_step
-from services.training.ensemble import Trained, label_rows
+from services.training.ensemble import Trained
 from services.training.train import History, load_history, train
 from shared.contracts import iso_to_ms, ms_to_iso, utcnow
 from shared.errors import CstError
@@ -113,8 +113,8 @@ def predict_window(settings: Settings, market: History, lake: LocalLake, horizon
                    end_ms: int, reference: PlainReference) -> HorizonTest:
     """Decision times in [start_ms, end_ms) whose label the source holds, predicted by model `version`."""
     spec = settings.training.horizons[horizon]
-    frame, panel = market.frames[spec.timeframe], market.panels[spec.timeframe]
-    r = label_rows(frame, panel, spec, settings.training.dead_zone)
+    frame = market.frames[spec.timeframe]
+    r = market.labels(settings, horizon)
     inside = (frame.ts >= start_ms) & (frame.ts < end_ms)
     rows = np.flatnonzero(inside & r.full & np.isfinite(r.fwd))
     model = HorizonModel.load(lake, horizon, version)
@@ -141,8 +141,8 @@ def level_by_chance(settings: Settings, market: History, horizon: str, split_ms:
     """How far the up-rate of a stretch as long as the test lies from the long-run up-rate by chance alone, over the
     history before the split: what ECE a forecast without skill must expect (it serves the long-run rate)."""
     spec = settings.training.horizons[horizon]
-    frame, panel = market.frames[spec.timeframe], market.panels[spec.timeframe]
-    r = label_rows(frame, panel, spec, settings.training.dead_zone)
+    frame = market.frames[spec.timeframe]
+    r = market.labels(settings, horizon)
     hist = np.isfinite(r.y) & (frame.ts + spec.length_ms < split_ms)
     if not hist.any() or test_windows < 1:
         return {"stretches": 0}

@@ -16,18 +16,24 @@ from services.training.members import Dataset
 from shared.settings import Settings
 
 
+def plain_gbt(seed: int, threads: int):
+    """One LightGBM classifier with the gbt member's starting shape and no search."""
+    import lightgbm as lgb
+
+    return lgb.LGBMClassifier(n_estimators=150, num_leaves=15, learning_rate=0.05, min_child_samples=100,
+                              colsample_bytree=0.7, reg_lambda=1.0, random_state=seed, n_jobs=threads,
+                              deterministic=True, verbose=-1)
+
+
 class PlainReference:
     def __init__(self, seed: int = 0, threads: int = 2):
         self.seed, self.threads = seed, threads
 
     def fit(self, ds: Dataset, horizon_ms: int, share: float) -> PlainReference:
-        import lightgbm as lgb
         from sklearn.isotonic import IsotonicRegression
 
         fit, cal = calibration_split(ds.ts, horizon_ms, share)
-        self.model = lgb.LGBMClassifier(n_estimators=150, num_leaves=15, learning_rate=0.05, min_child_samples=100,
-                                        colsample_bytree=0.7, reg_lambda=1.0, random_state=self.seed,
-                                        n_jobs=self.threads, deterministic=True, verbose=-1)
+        self.model = plain_gbt(self.seed, self.threads)
         self.model.fit(ds.X[fit], ds.y[fit].astype(int))
         self.iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(
             self.model.predict_proba(ds.X[cal])[:, 1], ds.y[cal])

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from services.features.frame import FeatureFrame, Panel
+from services.evaluation.reference import plain_gbt
+from services.features.frame import FeatureFrame
 from services.runner import make_ref, run_step
-from services.training.ensemble import label_rows
-from services.training.train import load_history
+from services.training.labels import direction_labels
+from services.training.train import History, load_history
 from shared.contracts import iso_to_ms, utcnow
 from shared.metrics import block_bootstrap, brier, horizon_windows
 from shared.pipeline import StepContext
@@ -46,12 +47,8 @@ def _cols(frame: FeatureFrame, names: list[str]) -> np.ndarray:
 
 
 def _sign(dead_zone: float) -> Callable[[np.ndarray, FeatureFrame], np.ndarray]:
-    def target(fwd: np.ndarray, _frame: FeatureFrame) -> np.ndarray:
-        y = np.full(fwd.shape, np.nan)
-        y[fwd > dead_zone] = 1.0
-        y[fwd < -dead_zone] = 0.0
-        return y
-    return target
+    """The production label: up / down outside the dead zone."""
+    return lambda fwd, _frame: direction_labels(fwd, dead_zone)
 
 
 def _against_market(fwd: np.ndarray, frame: FeatureFrame) -> np.ndarray:
@@ -97,11 +94,7 @@ def candidates(settings: Settings) -> list[Candidate]:
 
 def _fit_predict(learner: str, X: np.ndarray, y: np.ndarray, X_new: np.ndarray, seed: int) -> np.ndarray:
     if learner == "gbt":
-        import lightgbm as lgb
-
-        model = lgb.LGBMClassifier(n_estimators=150, num_leaves=15, learning_rate=0.05, min_child_samples=100,
-                                   colsample_bytree=0.7, reg_lambda=1.0, random_state=seed, n_jobs=2,
-                                   deterministic=True, verbose=-1)
+        model = plain_gbt(seed, threads=2)
     else:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
@@ -112,10 +105,11 @@ def _fit_predict(learner: str, X: np.ndarray, y: np.ndarray, X_new: np.ndarray, 
     return model.predict_proba(X_new)[:, 1]
 
 
-def score(c: Candidate, frame: FeatureFrame, panel: Panel, settings: Settings, horizon: str, start: str, end: str,
+def score(c: Candidate, market: History, settings: Settings, horizon: str, start: str, end: str,
           every_ms: int) -> dict:
     spec = settings.training.horizons[horizon]
-    r = label_rows(frame, panel, spec, settings.training.dead_zone)
+    frame = market.frames[spec.timeframe]
+    r = market.labels(settings, horizon)
     X = c.features(frame)
     y = c.target(r.fwd, frame)
     ok = np.isfinite(y) & np.isfinite(X).all(axis=1)
@@ -158,14 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     ref = make_ref(settings, str(args.source), now)
     run_step(StepContext(settings, lake), "ingest", ref)
     market = load_history(settings, lake, ref.run_id, {"1d"}, now)
-    frame, panel = market.frames["1d"], market.panels["1d"]
     every = timeframe_ms(args.retrain_every)
     results = []
     for h in args.horizons.split(","):
         for c in candidates(settings):
             row = {"horizon": h, "candidate": c.name, "what": c.what}
             for period, (a, b) in PERIODS.items():
-                row[period] = score(c, frame, panel, settings, h, a, b, every)
+                row[period] = score(c, market, settings, h, a, b, every)
             row["survives"] = all((row[p].get("brier_skill_interval") or [None])[0] is not None
                                   and row[p]["brier_skill_interval"][0] > 0 for p in PERIODS)
             results.append(row)

@@ -7,13 +7,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.features.frame import FeatureFrame, Panel, build_frame, build_panel
 from services.features.quality.gate import run_gate
 from services.features.steps import staged_series
-from services.training.ensemble import Trained, train_horizon
+from services.training.ensemble import Rows, Trained, label_rows, train_horizon
 from services.training.registry import publish
 from shared.contracts import iso_to_ms, utcnow
 from shared.datasets import get_series, history_parts, merge_series
@@ -30,6 +30,15 @@ class History:
 
     frames: dict[str, FeatureFrame]
     panels: dict[str, Panel]
+    _labels: dict[str, Rows] = field(default_factory=dict, repr=False)
+
+    def labels(self, settings: Settings, horizon: str) -> Rows:
+        """Every frame row's forward return, label and sequence window for `horizon`, computed once per history."""
+        if horizon not in self._labels:
+            spec = settings.training.horizons[horizon]
+            self._labels[horizon] = label_rows(self.frames[spec.timeframe], self.panels[spec.timeframe], spec,
+                                               settings.training.dead_zone)
+        return self._labels[horizon]
 
 
 def load_history(settings: Settings, lake: Lake, run_id: str, timeframes: set[str], as_of_ms: int) -> History:

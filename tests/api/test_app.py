@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from services.api.app import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Actions, 
 from services.api.issuer import DevIssuer  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import LocalLake  # noqa: E402
+from tests.conftest import daily_source  # noqa: E402
 
 COINS = ("BTC", "ETH", "XRP", "LTC", "ADA")
 TINY = {"folds": 2, "trials": {"lr": 1, "gbt": 1, "gru": 1}, "timeout_s": 120, "epochs": 1, "gbt_max_estimators": 50}
@@ -31,11 +31,7 @@ def served(shared_data, tmp_path_factory):
     """Two daily runs of the real cycle on five coins, a viewer and an operator, the app over that lake."""
     from services import cli
 
-    src = tmp_path_factory.mktemp("src")
-    (src / "ohlcv" / "1d").mkdir(parents=True)
-    for coin in COINS:
-        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", src / "ohlcv" / "1d")
-    shutil.copytree(shared_data / "sentiment", src / "sentiment")
+    src = daily_source(shared_data, tmp_path_factory.mktemp("src") / "data", COINS)
     lake_dir = tmp_path_factory.mktemp("lake")
     mp = pytest.MonkeyPatch()
     mp.setenv("CST_HORIZONS", '["24h","7d"]')

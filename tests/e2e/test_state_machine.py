@@ -14,14 +14,13 @@ import copy
 import inspect
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import FakeLambdaContext
+from tests.conftest import FakeLambdaContext, daily_source
 
 pytest.importorskip("moto")
 pytest.importorskip("torch")
@@ -43,11 +42,7 @@ def test_moto_lambda_invoke_still_has_the_signature_we_replace():
 
 
 def slice_source(shared_data: Path, dest: Path) -> Path:
-    (dest / "ohlcv" / "1d").mkdir(parents=True)
-    for coin in COINS:
-        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", dest / "ohlcv" / "1d")
-    shutil.copytree(shared_data / "sentiment", dest / "sentiment")
-    return dest
+    return daily_source(shared_data, dest, COINS)
 
 
 def _settings_env(monkeypatch, lake_uri: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,17 +12,13 @@ from services.cli import main
 from services.evaluation.evaluate import HorizonTest, consensus_metrics, horizon_metrics
 from shared.contracts import iso_to_ms
 from shared.settings import Settings
+from tests.conftest import daily_source
 
 SPLIT = "2023-07-01"
 DAY = 86_400_000
 
 
-def small_source(shared_data: Path, dest: Path) -> Path:
-    (dest / "ohlcv" / "1d").mkdir(parents=True)
-    for coin in ("BTC", "ETH", "XRP", "LTC", "ADA"):
-        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", dest / "ohlcv" / "1d")
-    shutil.copytree(shared_data / "sentiment", dest / "sentiment")
-    return dest
+small_source = daily_source
 
 
 def tiny(monkeypatch) -> None:

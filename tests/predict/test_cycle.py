@@ -13,6 +13,7 @@ from services import cli
 from services.predict.drift import psi
 from services.predict.signals import consensus
 from services.training.registry import drift_reference
+from tests.conftest import daily_source
 
 pytest.importorskip("torch")
 
@@ -27,11 +28,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def source(shared_data, tmp_path_factory) -> Path:
     """Five real coins plus two bad ones: STALE (a real file cut at 2024-03-01) and BROKEN (a damaged header)."""
-    dest = tmp_path_factory.mktemp("src")
-    (dest / "ohlcv" / "1d").mkdir(parents=True)
-    for coin in COINS:
-        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", dest / "ohlcv" / "1d")
-    shutil.copytree(shared_data / "sentiment", dest / "sentiment")
+    dest = daily_source(shared_data, tmp_path_factory.mktemp("src") / "data", COINS)
     lines = (shared_data / "ohlcv/1d/DOGE-USD.csv").read_text().splitlines(keepends=True)
     (dest / "ohlcv/1d/STALE-USD.csv").write_text(lines[0] + "".join(ln for ln in lines[1:] if ln < "2024-03-01"))
     (dest / "ohlcv/1d/BROKEN-USD.csv").write_text("Dat,Close,High\n" + "".join(lines[1:]))

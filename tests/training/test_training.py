@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from services.training.members import MEMBERS
 from shared.errors import CstError
 from shared.settings import Budget, Settings
 from shared.storage import LocalLake
+from tests.conftest import daily_source
 
 pytest.importorskip("torch")
 pytest.importorskip("lightgbm")
@@ -35,11 +35,7 @@ def tiny_settings() -> Settings:
 
 
 def small_source(shared_data: Path, dest: Path) -> Path:
-    (dest / "ohlcv" / "1d").mkdir(parents=True)
-    for coin in COINS:
-        shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", dest / "ohlcv" / "1d")
-    shutil.copytree(shared_data / "sentiment", dest / "sentiment")
-    return dest
+    return daily_source(shared_data, dest, COINS)
 
 
 def import_files(cfg, lake, src) -> str:
