@@ -49,7 +49,8 @@ def start(event: dict, context: Any = None) -> dict:
     req = RunStart.model_validate(event)
     ctx = _context()
     as_of = iso_to_ms(req.as_of) if req.as_of else int(utcnow().timestamp() * 1000)
-    ref = make_ref(ctx.settings, req.source, as_of).model_copy(update={"retrain": req.retrain})
+    ref = make_ref(ctx.settings, req.source, as_of).model_copy(update={"retrain": req.retrain,
+                                                                       "retrain_only": req.retrain_only})
     logger.set_correlation_id(ref.run_id)
     save_ref(ctx.lake, ref)
     metrics.add_dimension(name="step", value=START)

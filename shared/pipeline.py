@@ -41,6 +41,7 @@ class RunStart(BaseModel):
     source: str = "live"
     as_of: str | None = Field(None, description="ISO time the run is judged at; absent = now")
     retrain: bool = Field(False, description="retrain every horizon this run (the weekly schedule), drift or not")
+    retrain_only: list[str] = Field([], description="with retrain: only these horizons (an operator's retrain)")
 
 
 class RunRef(BaseModel):
@@ -52,6 +53,7 @@ class RunRef(BaseModel):
     horizons: list[str]
     item: str | None = None
     retrain: bool = False  # every horizon is retrained by this run (a scheduled full retrain)
+    retrain_only: list[str] = []  # with retrain: only these horizons (an operator asked for one)
     # Failures of earlier steps (the local runner puts them here; the summary step reports them).
     failures: list[dict[str, Any]] = []
 

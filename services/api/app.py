@@ -72,7 +72,8 @@ def local_actions(settings: Settings, lake: Lake) -> Actions:
         from shared.pipeline import StepContext
 
         ref = runner.make_ref(settings, request.get("source", "live"), int(utcnow().timestamp() * 1000))
-        ref = ref.model_copy(update={"retrain": bool(request.get("retrain"))})
+        ref = ref.model_copy(update={"retrain": bool(request.get("retrain")),
+                                     "retrain_only": list(request.get("retrain_only") or [])})
         runner.save_ref(lake, ref)
 
         def work() -> None:
@@ -258,7 +259,7 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
             raise HTTPException(404, detail={"error": "unknown_horizon", "message": f"horizons: {horizons}"})
         if actions is None:
             raise HTTPException(503, detail={"error": "no_runner", "message": "runs cannot be started here"})
-        started = actions.start_run({"source": "live", "retrain": True, "horizon": body.horizon})
+        started = actions.start_run({"source": "live", "retrain": True, "retrain_only": [body.horizon]})
         audit(who, "retrain", {"horizon": body.horizon}, started)
         return {"started": started}
 

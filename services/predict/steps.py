@@ -364,10 +364,14 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         report["outcomes"] = int(info.get("total", 0))
         out.report[h] = report
     if ref.retrain:
-        # The scheduled full retrain: every horizon with a model, whatever drift says.
+        # The scheduled full retrain (every horizon with a model) or an operator's (the horizons asked),
+        # whatever drift says.
         for h, d in out.report.items():
+            if ref.retrain_only and h not in ref.retrain_only:
+                continue
             d["retrain"] = True
-            d.setdefault("reasons", []).append("scheduled full retrain")
+            d.setdefault("reasons", []).append("retrain asked by an operator" if ref.retrain_only
+                                               else "scheduled full retrain")
     out.retrain = [h for h, d in out.report.items() if d.get("retrain")]
     return out
 

@@ -88,7 +88,7 @@ def test_operator_actions_are_refused_to_viewers_and_audited_for_operators(serve
     assert c.post("/api/actions/run", headers=bearer(served, "vera")).status_code == 403
     assert served["started"] == []
     r = c.post("/api/actions/retrain", json={"horizon": "7d"}, headers=bearer(served, "otto"))
-    assert r.status_code == 202 and served["started"][-1] == {"source": "live", "retrain": True, "horizon": "7d"}
+    assert r.status_code == 202 and served["started"][-1] == {"source": "live", "retrain": True, "retrain_only": ["7d"]}
     audit = [json.loads(p.read_text()) for p in Path(served["lake"]).glob("audit/date=*/*.json")]
     assert [(a["who"], a["action"], a["detail"], a["result"]) for a in audit] == [
         ("otto", "retrain", {"horizon": "7d"}, r.json()["started"])]

@@ -184,6 +184,24 @@ def test_uncertified_horizons_are_named_in_the_summary(lake_dir):
     assert all(s["actionable"] == 0 for s in summaries)
 
 
+def test_an_operators_retrain_asks_only_for_its_horizon_and_the_schedule_for_all(source, lake_dir, env):
+    from services.predict.steps import drift
+    from services.runner import make_ref
+    from shared.contracts import iso_to_ms
+    from shared.pipeline import StepContext
+    from shared.settings import Settings
+    from shared.storage import LocalLake
+
+    settings = Settings()
+    ctx = StepContext(settings, LocalLake(lake_dir))
+    ref = make_ref(settings, str(source), iso_to_ms("2024-05-02T00:00:00Z"))
+    assert drift(ctx, ref).retrain == []  # drift off in this module: nothing asks
+    one = drift(ctx, ref.model_copy(update={"retrain": True, "retrain_only": ["7d"]}))
+    assert one.retrain == ["7d"] and "retrain asked by an operator" in one.report["7d"]["reasons"]
+    assert not one.report["24h"]["retrain"]
+    assert sorted(drift(ctx, ref.model_copy(update={"retrain": True})).retrain) == ["24h", "7d"]
+
+
 def copy_models(src: Path, dest: Path) -> None:
     shutil.copytree(src / "models", dest / "models")
 
