@@ -27,6 +27,7 @@ from services.api import reads
 from services.api.auth import Identity, Unauthorized, Verifier
 from services.api.issuer import DevIssuer
 from services.api.login import CSRF_COOKIE, SESSION_COOKIE, add_login
+from services.api.pages import add_pages
 from shared.contracts import iso_to_ms
 from shared.errors import CstError
 from shared.settings import Settings
@@ -95,7 +96,6 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
 
     app = FastAPI(title="cst", version="1", description=__doc__, docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if issuer is not None:
         add_login(app, issuer, secure_cookies=secure_cookies)
     horizons = [h for h in settings.horizons if h in settings.training.horizons]
@@ -245,23 +245,32 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
         lake.put_json(key, {**body.model_dump(), "by": who.username, "at": now().isoformat()})
         return {"stored": key}
 
-    @app.post("/api/actions/run", status_code=202)
-    def start_run(who: Annotated[Identity, Depends(operator)]) -> dict:
-        if actions is None:
-            raise HTTPException(503, detail={"error": "no_runner", "message": "runs cannot be started here"})
-        started = actions.start_run({"source": "live"})
-        audit(who, "start_run", {}, started)
-        return {"started": started}
-
-    @app.post("/api/actions/retrain", status_code=202)
-    def retrain(body: RetrainRequest, who: Annotated[Identity, Depends(operator)]) -> dict:
-        if body.horizon not in horizons:
+    def act(who: Identity, action: str, detail: dict) -> str:
+        """Start a run or a horizon's retrain for an operator, and write it to the audit log."""
+        if action == "retrain" and detail.get("horizon") not in horizons:
             raise HTTPException(404, detail={"error": "unknown_horizon", "message": f"horizons: {horizons}"})
         if actions is None:
             raise HTTPException(503, detail={"error": "no_runner", "message": "runs cannot be started here"})
-        started = actions.start_run({"source": "live", "retrain": True, "retrain_only": [body.horizon]})
-        audit(who, "retrain", {"horizon": body.horizon}, started)
-        return {"started": started}
+        request = ({"source": "live", "retrain": True, "retrain_only": [detail["horizon"]]} if action == "retrain"
+                   else {"source": "live"})
+        try:
+            started = actions.start_run(request)
+        except Exception as exc:
+            audit(who, action, detail, f"failed: {type(exc).__name__}")
+            raise
+        audit(who, action, detail, started)
+        return started
+
+    @app.post("/api/actions/run", status_code=202)
+    def start_run(who: Annotated[Identity, Depends(operator)]) -> dict:
+        return {"started": act(who, "start_run", {})}
+
+    @app.post("/api/actions/retrain", status_code=202)
+    def retrain(body: RetrainRequest, who: Annotated[Identity, Depends(operator)]) -> dict:
+        return {"started": act(who, "retrain", {"horizon": body.horizon})}
+
+    add_pages(app, settings, lake, horizons, identity, act, secure_cookies=secure_cookies)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException):

@@ -119,3 +119,41 @@ def quality(lake: Lake) -> dict | None:
         except LakeKeyNotFound:
             continue
     return None
+
+
+# --- what the dashboard pages read beyond the JSON endpoints ------------------------------------------------------
+
+
+def _dates(lake: Lake, prefix: str) -> list[str]:
+    """The date partitions under a dataset prefix, newest first."""
+    return sorted({k.split("/date=")[1].split("/")[0] for k in lake.list(prefix) if "/date=" in k}, reverse=True)
+
+
+def latest_rows(lake: Lake, horizon: str) -> list[dict]:
+    """Every coin's prediction at the newest logged decision time of a horizon, by coin."""
+    for day in _dates(lake, f"predictions/horizon={horizon}/"):
+        rows = [r for k in lake.list(f"predictions/horizon={horizon}/date={day}/")
+                for r in logbook.read_predictions(lake, k)]
+        if rows:
+            newest = max(r["decision_ts"] for r in rows)
+            return sorted((r for r in rows if r["decision_ts"] == newest), key=lambda r: r["coin"])
+    return []
+
+
+def coin_outcomes(lake: Lake, horizon: str, coin: str) -> list[dict]:
+    """A coin's recent matured predictions of a horizon (the rolling state performance reads), oldest first."""
+    rows, _meta = logbook.recent_outcomes(lake, horizon)
+    return [r for r in rows if r["coin"] == coin]
+
+
+def latest_performance(lake: Lake, horizon: str) -> list[dict]:
+    """The newest per-coin performance table of a horizon (hit rate, Brier, ECE over each coin's recent window)."""
+    for day in _dates(lake, f"performance/horizon={horizon}/"):
+        keys = sorted(lake.list(f"performance/horizon={horizon}/date={day}/"))
+        if keys:
+            return sorted(get_table(lake, keys[-1]).to_pylist(), key=lambda r: r["coin"])
+    return []
+
+
+def recent_outcomes(lake: Lake, horizon: str) -> list[dict]:
+    return logbook.recent_outcomes(lake, horizon)[0]

@@ -1,0 +1,461 @@
+"""The dashboard: server-rendered pages over the lake (signals, ranges, a coin, performance, runs, data quality,
+models), with Chart.js charts served by the app itself and the operator's buttons shown to operators only.
+
+Pages take the browser's session cookie (or a bearer token); without one they send the browser to `/login`. Charts
+are Chart.js configurations rendered here into `data-chart` attributes and drawn by `/static/charts.js`: no inline
+script, so the Content-Security-Policy stays `default-src 'self'`. The forms post with the CSRF token of the cookie.
+"""
+
+import json
+import math
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from services.api import reads
+from services.api.auth import Identity, Unauthorized
+from services.api.login import CSRF_COOKIE
+from shared.settings import Settings
+from shared.storage import Lake
+
+HERE = Path(__file__).resolve().parent
+# The charting library, installed from the npm registry by `npm ci --prefix services/api` (package-lock.json pins it).
+CHART_JS = HERE / "node_modules" / "chart.js" / "dist" / "chart.umd.min.js"
+NAV = [("/", "Signals"), ("/ranges", "Ranges"), ("/performance", "Performance"), ("/runs", "Runs"),
+       ("/quality", "Data quality"), ("/models", "Models")]
+UP, DOWN, BAND, GREY = "#1b7f3b", "#b3261e", "rgba(54, 110, 201, 0.18)", "#5d6673"
+COLORS = ["#366ec9", "#d9822b", "#1b7f3b", "#8e44ad", "#b3261e", "#2c9aa0", "#7a6a2a", "#c2185b", "#455a64"]
+PAGE = 50
+
+_env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
+                   trim_blocks=True, lstrip_blocks=True)
+
+
+def pct(x: float | None, digits: int = 1, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{100 * x:{'+' if signed else ''}.{digits}f}%"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def day(ms: int, timeframe: str = "1d") -> str:
+    t = datetime.fromtimestamp(ms / 1000, UTC)
+    return t.strftime("%Y-%m-%d") if timeframe == "1d" else t.strftime("%Y-%m-%d %H:%M")
+
+
+def _chart(kind: str, labels: list, datasets: list[dict], *, x: str = "", y: str = "", horizontal: bool = False,
+           legend: bool = True, extra: dict | None = None) -> dict:
+    scales = {"x": {"title": {"display": bool(x), "text": x}}, "y": {"title": {"display": bool(y), "text": y}}}
+    options: dict[str, Any] = {"scales": scales, "plugins": {"legend": {"display": legend}}}
+    if horizontal:
+        options["indexAxis"] = "y"
+    if extra:
+        for k, v in extra.items():
+            options[k] = {**options.get(k, {}), **v} if isinstance(v, dict) else v
+    return {"type": kind, "data": {"labels": labels, "datasets": datasets}, "options": options}
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+# --- page builders: plain functions of lake contents, so each is testable without a browser ----------------------
+
+
+def signals_page(settings: Settings, summary: dict | None) -> dict:
+    if summary is None:
+        return {"signals": [], "why": [], "nothing": "No run has completed yet.",
+                "min_horizons": settings.consensus_min_horizons}
+    why = sorted(summary.get("uncertified_horizons", {}).items())
+    for h, reason in sorted(summary.get("horizons_without_model", {}).items()):
+        why.append((h, reason))
+    nothing = "" if why else "Every horizon is certified, and no coin reached 80% on enough agreeing horizons."
+    return {"signals": summary.get("signals", []), "why": why, "nothing": nothing,
+            "min_horizons": settings.consensus_min_horizons}
+
+
+def ranges_page(lake: Lake, horizons: list[str], summary: dict | None) -> dict:
+    out = []
+    for h in horizons:
+        rows = reads.latest_rows(lake, h)
+        table, labels, bands, medians = [], [], [], []
+        for r in rows:
+            lo, hi = r.get("range_low"), r.get("range_high")
+            has = lo is not None and hi is not None
+            table.append({"coin": r["coin"], "range": f"{pct(lo, signed=True)} to {pct(hi, signed=True)}" if has else "–",
+                          "median": pct(r.get("q50"), signed=True), "p_up": pct(r["p_up"]), "skill": r.get("skill") or ""})
+            if has:
+                labels.append(r["coin"])
+                bands.append([round(100 * lo, 3), round(100 * hi, 3)])
+                medians.append(_finite(100 * r["q50"]) if r.get("q50") is not None else None)
+        chart = _chart("bar", labels, [
+            {"type": "bar", "label": "80% range (%)", "data": bands, "backgroundColor": "rgba(54, 110, 201, 0.45)"},
+            {"type": "scatter", "label": "median (%)", "data": medians, "backgroundColor": "#1d2330", "pointRadius": 3},
+        ], x="return over the horizon (%)", horizontal=True)
+        why = (summary or {}).get("horizons_without_model", {}).get(h)
+        out.append({"horizon": h, "rows": table, "chart": chart, "why": why,
+                    "decision": day(rows[0]["decision_ts"], "1h" if h == "1h" else "1d") if rows else None})
+    return {"horizons": out}
+
+
+def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, horizon: str,
+              summary: dict | None) -> dict | None:
+    from services.features.store import read_panel
+
+    latest = reads.latest_per_horizon(lake, horizons, coin)
+    if not latest:
+        return None
+    uncertified = (summary or {}).get("uncertified_horizons", {})
+    forecasts = [{
+        "horizon": h, "p_up": pct(r["p_up"]), "interval": f"{pct(r['p_low'])} – {pct(r['p_high'])}",
+        "range": (f"{pct(r['range_low'], signed=True)} to {pct(r['range_high'], signed=True)}"
+                  if r.get("range_low") is not None else "not calibrated yet"),
+        "decision": day(r["decision_ts"], "1h" if h == "1h" else "1d"), "model_version": r["model_version"],
+        "certified": h not in uncertified, "why": uncertified.get(h, "")} for h, r in latest.items()]
+    spec = settings.training.horizons[horizon]
+    tf, step = spec.timeframe, spec.length_ms // max(1, spec.bars)
+    preds = [r for r in reads.predictions(lake, [horizon], coin=coin)][:120][::-1]
+    outcomes = reads.coin_outcomes(lake, horizon, coin)
+    by_decision = {o["decision_ts"]: o for o in outcomes}
+    page: dict[str, Any] = {"forecasts": forecasts, "horizon_tabs": list(latest), "horizon": horizon,
+                            "price_chart": None, "p_chart": None, "shap_chart": None, "shap_note": ""}
+    if preds:
+        first = preds[0]["decision_ts"] - 30 * step
+        last_maturity = preds[-1]["decision_ts"] + spec.length_ms
+        panel = read_panel(lake, tf, since_ms=first - step)
+        if panel is not None and coin in panel.coins and panel.open_ts.size:
+            j = panel.coins.index(coin)
+            # A candle opened at t closes at t + step: the price known at decision time t is the close of t - step.
+            ts = panel.open_ts + step
+            grid = np.arange(ts[0], max(int(ts[-1]), last_maturity) + step, step, dtype=np.int64)
+            close = np.full(grid.size, np.nan)
+            close[(ts - grid[0]) // step] = panel.fields["close"][:, j]
+            lo, hi, reached, colors = [None] * grid.size, [None] * grid.size, [None] * grid.size, [None] * grid.size
+            for p in preds:
+                k0 = (p["decision_ts"] - grid[0]) // step
+                k1 = k0 + spec.length_ms // step
+                if not (0 <= k0 < grid.size and 0 <= k1 < grid.size) or not np.isfinite(close[k0]):
+                    continue
+                if p.get("range_low") is not None:
+                    lo[k1] = _finite(close[k0] * math.exp(p["range_low"]))
+                    hi[k1] = _finite(close[k0] * math.exp(p["range_high"]))
+                o = by_decision.get(p["decision_ts"])
+                if o is not None and np.isfinite(close[k1]):
+                    reached[k1] = _finite(close[k1])
+                    colors[k1] = UP if o.get("in_range") else DOWN
+            labels = [day(int(t), tf) for t in grid]
+            page["price_chart"] = _chart("line", labels, [
+                {"label": "close", "data": [_finite(c) for c in close], "borderColor": "#1d2330", "pointRadius": 0,
+                 "borderWidth": 1.5, "spanGaps": False},
+                {"label": "80% range (high)", "data": hi, "borderColor": "rgba(54, 110, 201, 0.6)", "pointRadius": 2,
+                 "showLine": False, "backgroundColor": "rgba(54, 110, 201, 0.6)"},
+                {"label": "80% range (low)", "data": lo, "borderColor": "rgba(54, 110, 201, 0.6)", "pointRadius": 2,
+                 "showLine": False, "backgroundColor": "rgba(54, 110, 201, 0.6)"},
+                {"label": "price reached", "data": reached, "showLine": False, "pointRadius": 4,
+                 "pointBackgroundColor": [c or GREY for c in colors], "borderColor": "transparent"},
+            ], y="price", extra={"scales": {"x": {"ticks": {"maxTicksLimit": 12}}}})
+        decisions = [day(p["decision_ts"], tf) for p in preds]
+        realized = [(1.0 if by_decision[p["decision_ts"]]["realized_return"] > 0 else 0.0)
+                    if p["decision_ts"] in by_decision else None for p in preds]
+        page["p_chart"] = _chart("line", decisions, [
+            {"label": "P(up)", "data": [_finite(p["p_up"]) for p in preds], "borderColor": COLORS[0], "pointRadius": 1},
+            {"label": "interval low", "data": [_finite(p["p_low"]) for p in preds], "borderColor": BAND,
+             "pointRadius": 0, "fill": "+1", "backgroundColor": BAND},
+            {"label": "interval high", "data": [_finite(p["p_high"]) for p in preds], "borderColor": BAND,
+             "pointRadius": 0},
+            {"label": "went up (1) / down (0)", "data": realized, "showLine": False, "pointRadius": 3,
+             "borderColor": GREY, "backgroundColor": GREY},
+        ], y="probability", extra={"scales": {"y": {"min": 0, "max": 1}, "x": {"ticks": {"maxTicksLimit": 12}}}})
+    newest = latest.get(horizon)
+    if newest is not None:
+        feats = json.loads(newest.get("top_features") or "[]")
+        if feats:
+            page["shap_chart"] = _chart("bar", [f["feature"] for f in feats], [{
+                "label": "contribution to the log-odds", "data": [_finite(f["contribution"]) for f in feats],
+                "backgroundColor": [UP if f["contribution"] > 0 else DOWN for f in feats]}],
+                x="log-odds", horizontal=True, legend=False)
+        if newest.get("skill") == "no demonstrated skill":
+            page["shap_note"] = ("No skill was demonstrated out of sample for this horizon, so the served probability "
+                                 "is the base rate: these features move the model's raw score, not what is served.")
+    page["outcomes"] = [{"decision": day(o["decision_ts"], tf), "p_up": pct(o["p_up"]),
+                         "ret": pct(o["realized_return"], 2, signed=True), "hit": "yes" if o["hit"] else "no",
+                         "in_range": "–" if o.get("in_range") is None else ("yes" if o["in_range"] else "no")}
+                        for o in outcomes[::-1][:30]]
+    return page
+
+
+def performance_page(lake: Lake, horizons: list[str], summary: dict | None) -> dict:
+    drift = (summary or {}).get("drift", {})
+    out = []
+    for h in horizons:
+        rows = reads.recent_outcomes(lake, h)
+        entry: dict[str, Any] = {"horizon": h, "n": len(rows), "coins": []}
+        d = drift.get(h)
+        entry["drift"] = ("no model" if d is None else
+                          ("retrain: " + "; ".join(d.get("reasons", [])) if d.get("retrain")
+                           else "stable" + (f" ({d['psi_note']})" if d.get("psi_note") else "")))
+        if rows:
+            p = np.array([r["p_up"] for r in rows])
+            y = np.array([1.0 if r["realized_return"] > 0 else 0.0 for r in rows])
+            entry.update(hit=pct(float(np.mean([r["hit"] for r in rows]))), brier=num(float(np.mean((p - y) ** 2))),
+                         mean_p=pct(float(p.mean())), up_rate=pct(float(y.mean())))
+            edges = np.linspace(0, 1, 11)
+            idx = np.clip(np.digitize(p, edges) - 1, 0, 9)
+            pts = [{"x": round(float(p[idx == b].mean()), 4), "y": round(float(y[idx == b].mean()), 4)}
+                   for b in range(10) if (idx == b).sum() >= 5]
+            entry["reliability"] = _chart("scatter", [], [
+                {"label": "realized up-rate per P(up) bin (≥5 outcomes)", "data": pts, "backgroundColor": COLORS[0],
+                 "pointRadius": 5, "showLine": True, "borderColor": COLORS[0]},
+                {"label": "perfect calibration", "data": [{"x": 0, "y": 0}, {"x": 1, "y": 1}], "showLine": True,
+                 "pointRadius": 0, "borderColor": GREY, "borderDash": [4, 4]},
+            ], x="forecast P(up)", y="realized up-rate",
+                extra={"scales": {"x": {"min": 0, "max": 1, "type": "linear"}, "y": {"min": 0, "max": 1}}})
+        perf = reads.latest_performance(lake, h)
+        entry["coins"] = [{"coin": r["coin"], "window": r["window"], "hit_rate": pct(r["hit_rate"]),
+                           "brier": num(r["brier"]), "ece": num(r["ece"]),
+                           "actionable_hit_rate": pct(r.get("actionable_hit_rate"))} for r in perf]
+        entry["hits"] = _chart("bar", [r["coin"] for r in perf], [
+            {"label": "hit rate (%)", "data": [round(100 * r["hit_rate"], 2) for r in perf],
+             "backgroundColor": COLORS[1]}], y="hit rate over the coin's recent window (%)", legend=False,
+            extra={"scales": {"y": {"min": 0, "max": 100}}})
+        out.append(entry)
+    return {"horizons": out}
+
+
+def runs_page(lake: Lake, offset: int) -> dict:
+    ids = reads.run_ids(lake)
+    docs = [d for d in (reads.summary(lake, r) for r in ids[offset:offset + PAGE]) if d]
+    rows = [{"as_of": d["as_of"].replace("T", " ")[:16], "run_id": d["run_id"], "status": d["status"], "coins_predicted": d.get("coins_predicted"),
+             "excluded": len(d.get("excluded", {})), "predictions": d.get("predictions"),
+             "actionable": d.get("actionable"), "seconds": num(sum((d.get("timings") or {}).values()), 1),
+             "failures": len(d.get("failures", []))} for d in docs]
+    steps = sorted({s for d in docs for s in (d.get("timings") or {})})
+    chrono = docs[::-1]
+    chart = _chart("bar", [d["as_of"][:16] for d in chrono], [
+        {"label": s, "data": [(d.get("timings") or {}).get(s, 0) for d in chrono],
+         "backgroundColor": COLORS[i % len(COLORS)], "stack": "t"} for i, s in enumerate(steps)],
+        y="seconds per step", extra={"scales": {"x": {"stacked": True, "ticks": {"maxTicksLimit": 12}},
+                                                "y": {"stacked": True}}}) if docs else None
+    return {"runs": rows, "total": len(ids), "timing_chart": chart,
+            "prev_offset": max(0, offset - PAGE) if offset > 0 else None,
+            "next_offset": offset + PAGE if offset + PAGE < len(ids) else None}
+
+
+def run_page(doc: dict, horizons: list[str]) -> dict:
+    timings = doc.get("timings") or {}
+    chart = _chart("bar", list(timings), [{"label": "seconds", "data": list(timings.values()),
+                                            "backgroundColor": COLORS[0]}], y="seconds", legend=False)
+    rows = []
+    for h in horizons:
+        drift = doc.get("drift", {}).get(h)
+        rows.append({"horizon": h,
+                     "cert": doc.get("uncertified_horizons", {}).get(h) or
+                     ("no model" if h in doc.get("horizons_without_model", {}) else "certified"),
+                     "model": doc.get("horizons_without_model", {}).get(h) or doc.get("trained", {}).get(h)
+                     or doc.get("retrained", {}).get(h) or "current",
+                     "drift": "–" if drift is None else ("retrain: " + "; ".join(drift.get("reasons", []))
+                                                         if drift.get("retrain") else "stable")})
+    return {"doc": doc, "timing_chart": chart, "horizons": rows}
+
+
+def quality_page(report: dict | None) -> dict:
+    if report is None:
+        return {"report": None}
+    series = []
+    for name, s in sorted(report.get("series", {}).items(), key=lambda kv: (kv[1].get("status") == "ok", kv[0])):
+        issues = "; ".join(f"{k} ×{v}" for k, v in sorted((s.get("issues") or {}).items()))
+        if s.get("reason"):
+            issues = f"{s['reason']}; {issues}" if issues else s["reason"]
+        series.append({"name": name, "status": s.get("status"), "source": s.get("source", ""), "rows": s.get("rows"),
+                       "first": s.get("first") or "–", "last": s.get("last") or "–",
+                       "rejected": s.get("rejected_rows", 0), "issues": issues or "–"})
+    counts = {"ok": sum(s["status"] == "ok" for s in series), "excluded": sum(s["status"] == "excluded" for s in series)}
+    counts["other"] = len(series) - counts["ok"] - counts["excluded"]
+    return {"report": report, "series": series, "counts": counts,
+            "ignored": sorted((report.get("files_ignored") or {}).items()),
+            "as_of": report.get("as_of"), "run_id": report.get("run_id")}
+
+
+def models_page(lake: Lake, horizons: list[str]) -> dict:
+    out = []
+    for h, m in reads.models(lake, horizons).items():
+        out.append({"horizon": h, "versions": [{
+            "version": v["version"], "current": v["current"], "created": (v.get("created") or "")[:19],
+            "window": (f"{v['training_window'].get('first', '')[:10]} – {v['training_window'].get('last', '')[:10]}"
+                       if isinstance(v.get("training_window"), dict) else "–"),
+            "skill": (v.get("skill") or {}).get("verdict", "–") if isinstance(v.get("skill"), dict) else "–",
+            "brier_skill": num(v.get("brier_skill"), 4), "ece": num(v.get("ece")),
+            "gate": (v.get("gate") or {}).get("reason", "–") if isinstance(v.get("gate"), dict) else "–"}
+            for v in m["versions"]]})
+    return {"horizons": out}
+
+
+# --- routes ----------------------------------------------------------------------------------------------------
+
+
+def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
+              identify: Callable[[Request], Identity], act: Callable[[Identity, str, dict], str], *,
+              secure_cookies: bool = True) -> None:
+    """The page routes. `identify` verifies the request's token; `act` starts a run or a retrain and audits it."""
+
+    def who_or_login(request: Request) -> Identity | RedirectResponse:
+        try:
+            who = identify(request)
+        except (Unauthorized, HTTPException):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
+        if not who.is_viewer:
+            raise HTTPException(403, detail={"error": "forbidden", "message": "no dashboard group"})
+        return who
+
+    def render(request: Request, who: Identity, template: str, title: str, active: str, **ctx: Any) -> HTMLResponse:
+        csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+        summary = ctx.pop("summary", None)
+        ctx.setdefault("as_of", (summary or {}).get("as_of"))
+        ctx.setdefault("run_id", (summary or {}).get("run_id"))
+        body = _env.get_template(template).render(title=title, nav=NAV, active=active, who=who, csrf=csrf,
+                                                  flash=ctx.pop("flash", None), **ctx)
+        response = HTMLResponse(body)
+        if CSRF_COOKIE not in request.cookies:
+            response.set_cookie(CSRF_COOKIE, csrf, httponly=False, samesite="strict", secure=secure_cookies, path="/")
+        return response
+
+    def page(path: str, **kwargs: Any):
+        def wrap(fn):
+            app.get(path, include_in_schema=False, response_class=HTMLResponse, **kwargs)(fn)
+            return fn
+        return wrap
+
+    @page("/")
+    @page("/signals")
+    def signals(request: Request):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        summary = reads.latest_summary(lake)
+        return render(request, who, "signals.html", "Signals", "/", summary=summary, **signals_page(settings, summary))
+
+    @page("/ranges")
+    def ranges(request: Request):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        summary = reads.latest_summary(lake)
+        return render(request, who, "ranges.html", "Ranges", "/ranges", summary=summary,
+                      **ranges_page(lake, horizons, summary))
+
+    @page("/coin")
+    def coin_search(request: Request, coin: str = ""):
+        target = coin.strip().upper()
+        if not target.isalnum() or len(target) > 15:
+            return RedirectResponse("/ranges", status_code=303)
+        return RedirectResponse(f"/coins/{target}", status_code=303)
+
+    @page("/coins/{coin}")
+    def coin(request: Request, coin: str, horizon: str | None = None):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        if not coin.isascii() or not coin.isalnum() or len(coin) > 15 or (horizon and horizon not in horizons):
+            raise HTTPException(404, detail={"error": "unknown_coin", "message": "no such coin or horizon"})
+        summary = reads.latest_summary(lake)
+        chosen = horizon or next((h for h in ("24h", *horizons) if h in horizons), horizons[0])
+        ctx = coin_page(lake, settings, horizons, coin, chosen, summary)
+        if ctx is None:
+            raise HTTPException(404, detail={"error": "unknown_coin", "message": f"no forecast for {coin}"})
+        if chosen not in ctx["horizon_tabs"]:
+            ctx["horizon_tabs"].append(chosen)
+        return render(request, who, "coin.html", coin, "", summary=summary, coin=coin, **ctx)
+
+    @page("/performance")
+    def performance(request: Request):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        summary = reads.latest_summary(lake)
+        return render(request, who, "performance.html", "Performance", "/performance", summary=summary,
+                      **performance_page(lake, horizons, summary))
+
+    @page("/runs")
+    def runs(request: Request, offset: int = 0, started: str | None = None):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        flash = f"Started {started}." if started and reads.RUN_ID.match(started.rsplit(":", 1)[-1]) else None
+        return render(request, who, "runs.html", "Runs", "/runs", all_horizons=horizons, flash=flash,
+                      summary=reads.latest_summary(lake), **runs_page(lake, max(0, min(offset, 10_000_000))))
+
+    @page("/runs/{run_id}")
+    def run(request: Request, run_id: str):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        doc = reads.summary(lake, run_id) if reads.RUN_ID.match(run_id) else None
+        if doc is None:
+            raise HTTPException(404, detail={"error": "unknown_run", "message": "no such run"})
+        return render(request, who, "run.html", f"Run {run_id}", "/runs", as_of=doc["as_of"], run_id=None,
+                      **run_page(doc, horizons))
+
+    @page("/quality")
+    def quality(request: Request):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        return render(request, who, "quality.html", "Data quality", "/quality", **quality_page(reads.quality(lake)))
+
+    @page("/models")
+    def models(request: Request):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        return render(request, who, "models.html", "Models", "/models", **models_page(lake, horizons))
+
+    @page("/models/{horizon}/{version}")
+    def card(request: Request, horizon: str, version: str):
+        who = who_or_login(request)
+        if isinstance(who, Response):
+            return who
+        text = (reads.model_card(lake, horizon, version)
+                if horizon in horizons and reads.RUN_ID.match(version) else None)
+        if text is None:
+            raise HTTPException(404, detail={"error": "unknown_model", "message": "no such model version"})
+        return render(request, who, "card.html", f"Model {horizon} {version}", "/models", card=text)
+
+    def _operator_form(request: Request, csrf: str) -> Identity:
+        who = identify(request)  # a missing or bad token answers 401 with its code
+        expected = request.cookies.get(CSRF_COOKIE, "")
+        if not expected or not secrets.compare_digest(csrf, expected):
+            raise HTTPException(403, detail={"error": "csrf", "message": "missing or wrong CSRF token"})
+        if not who.is_operator:
+            raise HTTPException(403, detail={"error": "forbidden", "message": "operators only"})
+        return who
+
+    @app.post("/actions/run", include_in_schema=False)
+    def start_run(request: Request, csrf: str = Form("", max_length=128)):
+        who = _operator_form(request, csrf)
+        started = act(who, "start_run", {})
+        return RedirectResponse(f"/runs?started={quote(started, safe='')}", status_code=303)
+
+    @app.post("/actions/retrain", include_in_schema=False)
+    def retrain(request: Request, horizon: str = Form(max_length=8), csrf: str = Form("", max_length=128)):
+        who = _operator_form(request, csrf)
+        started = act(who, "retrain", {"horizon": horizon})
+        return RedirectResponse(f"/runs?started={quote(started, safe='')}", status_code=303)
+
+    @app.get("/static/vendor/chart.umd.min.js", include_in_schema=False)
+    def chart_js():
+        if not CHART_JS.is_file():
+            return JSONResponse({"error": "charts_not_installed", "message": "run npm ci --prefix services/api"},
+                                status_code=404)
+        return FileResponse(CHART_JS, media_type="text/javascript")
