@@ -7,7 +7,7 @@ LAKE ?= ./lake
 AS_OF ?=
 AS_OF_ARG := $(if $(AS_OF),--as-of $(AS_OF),)
 
-.PHONY: run test bench deploy synth clean
+.PHONY: run test bench deploy synth clean serve browser charts
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,13 +22,35 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[training,dev,infra,api]"
 	touch $@ $(VENV)/.installed-run
 
+# The dashboard's charting library (Chart.js, pinned by services/api/package-lock.json), from the npm registry.
+CHARTS := services/api/node_modules/.package-lock.json
+$(CHARTS): services/api/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix services/api --no-audit --no-fund --loglevel=error; \
+	else echo "!!! make: npm is missing: the dashboard's charts cannot be installed (apt-get install nodejs npm)" >&2; fi
+charts: $(CHARTS)
+
+# The browser tests need Debian's Chromium and its driver (same version). Installed when missing and we can.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing chromium and chromium-driver (apt-get, about a minute)"; \
+		(apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)) || \
+		echo "!!! make: apt-get could not install chromium chromium-driver: the browser tests will be SKIPPED" >&2; \
+	else echo "!!! make: Chromium is missing and this user cannot install it: run" \
+		"'sudo apt-get install chromium chromium-driver', or the browser tests will be SKIPPED" >&2; fi
+
 run: $(VENV)/.installed-run
 	$(BIN)/cst run --source $(SOURCE) --lake $(LAKE) $(AS_OF_ARG)
 
 # pytest exits 5 when it collects no tests: that is a broken suite here, not a pass.
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(CHARTS) browser
 	$(BIN)/python -m pytest --cov --cov-report=term-missing; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose" >&2; exit 1; fi; exit $$rc
+
+# The dashboard and API on http://127.0.0.1:8080 (users: `.venv/bin/cst users add NAME --group viewer|operator`).
+serve: $(VENV)/.installed-test $(CHARTS)
+	$(BIN)/cst serve --lake $(LAKE)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks
@@ -43,4 +65,4 @@ deploy: $(VENV)/.installed-test
 	npx --yes aws-cdk@2 deploy --context env=$(ENV) --require-approval broadening
 
 clean:
-	rm -rf $(VENV) .pytest_cache .coverage htmlcov
+	rm -rf $(VENV) .pytest_cache .coverage htmlcov services/api/node_modules

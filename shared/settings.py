@@ -326,11 +326,20 @@ class RunSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    """Who the API trusts: in the cloud the Cognito user pool's issuer URL and the dashboard client (the CDK app sets
-    both); locally the development issuer stands in and these stay empty."""
+    """Who the API trusts and what it starts: in the cloud the Cognito user pool's issuer URL, the dashboard client,
+    the pool's sign-in domain, the site's own URL and the pipeline's state machine (the CDK app sets them all); locally
+    the development issuer and the runner stand in and these stay empty."""
 
     issuer: str = ""
     client_id: str = ""
+    # The user pool's managed sign-in pages (https://<prefix>.auth.<region>.amazoncognito.com): browsers sign in there.
+    login_domain: str = ""
+    # The site as browsers reach it (the HTTP API's endpoint): Cognito sends them back to <public_url>/auth/callback.
+    public_url: str = ""
+    # Operators' runs and retrains start executions of this state machine.
+    state_machine_arn: str = ""
+    # Where an operator's run reads its data: "live" (the exchanges and feeds), or locally a folder of recorded files.
+    run_source: str = "live"
 
 
 class RiskSettings(BaseModel):

@@ -119,19 +119,24 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
         return JSONResponse({"error": "internal_error", "message": "the request could not be answered"},
                             status_code=500)
 
-    def identity(request: Request) -> Identity:
+    def token_identity(request: Request) -> Identity:
+        """Who sent the request, from the bearer token or the session cookie (no CSRF check: pages do their own)."""
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             return verifier.verify(auth[7:].strip())
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
-            who = verifier.verify(cookie)
-            if request.method not in ("GET", "HEAD", "OPTIONS"):
-                sent, expected = request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")
-                if not expected or not secrets.compare_digest(sent, expected):
-                    raise HTTPException(403, detail={"error": "csrf", "message": "missing or wrong CSRF token"})
-            return who
+            return verifier.verify(cookie)
         raise Unauthorized("no_token", "sign in first")
+
+    def identity(request: Request) -> Identity:
+        who = token_identity(request)
+        cookie_only = not request.headers.get("authorization", "").lower().startswith("bearer ")
+        if cookie_only and request.method not in ("GET", "HEAD", "OPTIONS"):
+            sent, expected = request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")
+            if not expected or not secrets.compare_digest(sent, expected):
+                raise HTTPException(403, detail={"error": "csrf", "message": "missing or wrong CSRF token"})
+        return who
 
     def viewer(who: Annotated[Identity, Depends(identity)]) -> Identity:
         if not who.is_viewer:
@@ -251,8 +256,9 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
             raise HTTPException(404, detail={"error": "unknown_horizon", "message": f"horizons: {horizons}"})
         if actions is None:
             raise HTTPException(503, detail={"error": "no_runner", "message": "runs cannot be started here"})
-        request = ({"source": "live", "retrain": True, "retrain_only": [detail["horizon"]]} if action == "retrain"
-                   else {"source": "live"})
+        request = {"source": settings.api.run_source}
+        if action == "retrain":
+            request.update(retrain=True, retrain_only=[detail["horizon"]])
         try:
             started = actions.start_run(request)
         except Exception as exc:
@@ -269,7 +275,7 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
     def retrain(body: RetrainRequest, who: Annotated[Identity, Depends(operator)]) -> dict:
         return {"started": act(who, "retrain", {"horizon": body.horizon})}
 
-    add_pages(app, settings, lake, horizons, identity, act, secure_cookies=secure_cookies)
+    add_pages(app, settings, lake, horizons, token_identity, act, secure_cookies=secure_cookies)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(HTTPException)

@@ -1,0 +1,222 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Selenium through /usr/bin/chromedriver, against
+`cst serve` on loopback over a lake written by real runs. A viewer reads every page; an operator starts a run and a
+retrain with the buttons; a viewer sees no buttons and is refused when posting anyway. Screenshots of every page are
+written to build/screenshots/ (or $CST_SCREENSHOTS) for people to look at."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("torch")
+selenium = pytest.importorskip("selenium")
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from tests.conftest import daily_source  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ROOT = Path(__file__).resolve().parents[2]
+COINS = ("BTC", "ETH", "XRP", "LTC", "ADA")
+TINY = {"folds": 2, "trials": {"lr": 1, "gbt": 1, "gru": 1}, "timeout_s": 120, "epochs": 1, "gbt_max_estimators": 50}
+PASSWORD = "correct horse battery staple"
+AS_OFS = ("2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z", "2024-05-03T00:00:00Z", "2024-05-10T00:00:00Z")
+PAGES = {"/": "Signals", "/ranges": "Ranges", "/coins/BTC": "BTC", "/performance": "Performance", "/runs": "Runs",
+         "/quality": "Data quality", "/models": "Models"}
+CHARTED = {"/ranges", "/coins/BTC", "/performance", "/runs"}
+
+if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    pytest.skip("Chromium and its driver are not installed: `apt-get install chromium chromium-driver` "
+                "(make test does it when it can)", allow_module_level=True)
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CST_")}
+    env.update(CST_HORIZONS='["24h","7d"]', CST_TRAINING__BUDGETS=json.dumps({"quick": TINY}),
+               CST_TRAINING__CALIBRATION_GRID="64")
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def site(shared_data, tmp_path_factory):
+    """Four daily runs on five real coins, a viewer and an operator, and `cst serve` over that lake."""
+    src = daily_source(shared_data, tmp_path_factory.mktemp("src") / "data", COINS)
+    lake = tmp_path_factory.mktemp("lake")
+    cst = [sys.executable, "-m", "services.cli"]
+    env = _env()
+    for as_of in AS_OFS:
+        subprocess.run([*cst, "run", "--source", str(src), "--lake", str(lake), "--as-of", as_of], env=env,
+                       check=True, capture_output=True, cwd=ROOT)
+    for name, group in (("vera", "viewer"), ("otto", "operator")):
+        subprocess.run([*cst, "users", "add", name, "--group", group, "--password-stdin", "--lake", str(lake)],
+                       input=PASSWORD + "\n", text=True, env=env, check=True, capture_output=True, cwd=ROOT)
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    server = subprocess.Popen([*cst, "serve", "--lake", str(lake), "--port", str(port)], cwd=ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, env={**env, "CST_API__RUN_SOURCE": str(src)})
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        pytest.fail("cst serve did not answer /health")
+    yield {"base": base, "lake": lake, "src": src}
+    server.terminate()
+    server.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def shots() -> Path:
+    out = Path(os.environ.get("CST_SCREENSHOTS", ROOT / "build" / "screenshots"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1400"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def sign_in(driver, site, user: str, page: str = "/") -> None:
+    driver.get(site["base"] + page)
+    assert "/login" in driver.current_url  # no session: sent to the sign-in form
+    driver.find_element(By.ID, "username").send_keys(user)
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "sign-in").click()
+    WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.ID, "who")))
+    assert driver.current_url == site["base"] + page  # back where the browser was going
+
+
+def charts_drawn(driver) -> int:
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.body.dataset.charts") is not None)
+    return int(driver.execute_script("return document.body.dataset.charts"))
+
+
+def errors_in_console(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+
+
+def post_from_page(driver, path: str) -> int:
+    """A form POST made by this page's own script, with the page's CSRF cookie: what a hand-made request would do."""
+    return driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const csrf = document.cookie.split('; ').find(c => c.startsWith('cst_csrf=')).split('=')[1];
+        fetch(arguments[0], {method: 'POST', body: new URLSearchParams({csrf: csrf, horizon: '24h'}),
+                             redirect: 'manual'}).then(r => done(r.status));""", path)
+
+
+def audit_entries(lake: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(lake.glob("audit/date=*/*.json"))]
+
+
+def test_a_viewer_reads_every_page_with_its_charts_and_no_buttons(site, browser, shots):
+    sign_in(browser, site, "vera")
+    assert browser.find_element(By.ID, "who").text.startswith("vera") and "viewer" in browser.find_element(
+        By.ID, "who").text
+    for path, title in PAGES.items():
+        browser.get(site["base"] + path)
+        assert browser.find_element(By.TAG_NAME, "h1").text == title, path
+        drawn = charts_drawn(browser)
+        if path in CHARTED:
+            assert drawn >= 1, path
+            assert browser.execute_script(
+                "return [...document.querySelectorAll('canvas[data-chart]')].every(c => c.dataset.drawn === '1')")
+        assert not browser.find_elements(By.ID, "start-run") and not browser.find_elements(By.ID, "retrain")
+        assert errors_in_console(browser) == [], path
+        browser.save_screenshot(str(shots / f"viewer_{path.strip('/').replace('/', '_') or 'signals'}.png"))
+    # What the pages say, from the lake the runs wrote.
+    browser.get(site["base"] + "/")
+    assert "No signals in this run" in browser.find_element(By.ID, "no-signals").text
+    assert "24h:" in browser.find_element(By.ID, "no-signals").text
+    browser.get(site["base"] + "/ranges")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#ranges-24h tbody tr")) == len(COINS)
+    browser.get(site["base"] + "/coins/BTC?horizon=24h")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#latest .card")) == 2
+    assert browser.find_elements(By.ID, "price-chart") and browser.find_elements(By.ID, "shap-chart")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#outcomes tbody tr")) >= 1
+    browser.get(site["base"] + "/runs")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) >= len(AS_OFS)
+    browser.find_element(By.CSS_SELECTOR, "#runs tbody tr a").click()
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("Run ")
+    browser.save_screenshot(str(shots / "viewer_run.png"))
+    browser.get(site["base"] + "/models")
+    browser.find_element(By.CSS_SELECTOR, "#models-24h tbody a").click()
+    assert "Skill" in browser.find_element(By.ID, "model-card").text
+
+
+def test_a_viewer_who_posts_an_action_anyway_is_refused(site, browser):
+    sign_in(browser, site, "vera", "/runs")
+    before = audit_entries(site["lake"])
+    assert post_from_page(browser, "/actions/run") == 403
+    assert post_from_page(browser, "/actions/retrain") == 403
+    assert audit_entries(site["lake"]) == before
+
+
+def test_an_operator_starts_a_run_and_a_retrain_from_the_runs_page(site, browser, shots):
+    sign_in(browser, site, "otto", "/runs")
+    runs_before = set(site["lake"].glob("runs/*/summary.json"))
+    browser.find_element(By.ID, "start-run").click()
+    flash = WebDriverWait(browser, 10).until(ec.presence_of_element_located((By.ID, "flash"))).text
+    assert flash.startswith("Started ")
+    run_id = flash.removeprefix("Started ").rstrip(".")
+    browser.save_screenshot(str(shots / "operator_runs.png"))
+    # The local runner ran the whole cycle: its summary landed in the lake.
+    deadline = time.time() + 120
+    while time.time() < deadline and not (site["lake"] / f"runs/run_id={run_id}/summary.json").exists():
+        time.sleep(0.5)
+    assert (site["lake"] / f"runs/run_id={run_id}/summary.json").exists()
+    assert set(site["lake"].glob("runs/*/summary.json")) > runs_before
+    browser.find_element(By.ID, "retrain-horizon").send_keys("7d")
+    browser.find_element(By.ID, "retrain").click()
+    assert WebDriverWait(browser, 10).until(ec.presence_of_element_located((By.ID, "flash"))).text.startswith(
+        "Started ")
+    entries = audit_entries(site["lake"])
+    assert [(e["who"], e["action"], e["detail"]) for e in entries[-2:]] == [
+        ("otto", "start_run", {}), ("otto", "retrain", {"horizon": "7d"})]
+    assert entries[-2]["result"] == run_id
+    # Signing out ends the session: pages send the browser back to the sign-in form.
+    browser.find_element(By.ID, "logout").click()
+    browser.get(site["base"] + "/runs")
+    assert "/login" in browser.current_url
+
+
+def test_the_charting_library_is_served_by_the_app_itself(site, browser):
+    sign_in(browser, site, "vera", "/ranges")
+    sources = browser.execute_script("return [...document.scripts].map(s => s.src)")
+    assert sources and all(s.startswith(site["base"] + "/static/") for s in sources)
+    assert browser.execute_script("return typeof Chart") == "function"
