@@ -202,6 +202,42 @@ def test_an_operators_retrain_asks_only_for_its_horizon_and_the_schedule_for_all
     assert sorted(drift(ctx, ref.model_copy(update={"retrain": True})).retrain) == ["24h", "7d"]
 
 
+def test_calibration_drift_is_judged_on_the_serving_models_own_outcomes(source, lake_dir, env, monkeypatch, tmp_path):
+    """Outcomes of a replaced model must not retrain its successor again and again."""
+    from services.predict import logbook
+    from services.predict.steps import drift
+    from services.runner import make_ref
+    from shared.contracts import iso_to_ms
+    from shared.pipeline import StepContext
+    from shared.registry import current_version
+    from shared.settings import Settings
+    from shared.storage import LocalLake
+
+    lake_copy = tmp_path / "lake"
+    shutil.copytree(lake_dir, lake_copy)
+    monkeypatch.setenv("CST_RUN__MIN_OUTCOMES", "20")
+    settings = Settings()
+    lake = LocalLake(lake_copy)
+    serving = current_version(lake, "24h")
+    # Confident forecasts that all went the other way: ECE 0.9, far above any threshold.
+    wrong = [{"run_id": "r", "coin": f"C{i}", "horizon": "24h", "decision_ts": 1_700_000_000_000 + i, "matured_ts": 0,
+              "recorded_as_of": "", "recorded_by": "r", "realized_return": -0.01, "direction": 1, "hit": False,
+              "p_up": 0.9, "confidence": 0.9, "actionable": False, "model_version": "an-older-model"}
+             for i in range(40)]
+    logbook.absorb(lake, "24h", "older", wrong, per_coin=60, overall=2000)
+    ctx = StepContext(settings, lake)
+    ref = make_ref(settings, str(source), iso_to_ms("2024-05-02T00:00:00Z"))
+    report = drift(ctx, ref).report["24h"]
+    own = report["outcomes_of_this_model"]  # what the earlier runs of this module recorded
+    assert own < 20 and report["outcomes"] == own + 40
+    assert "ece_recent" not in report and not report["retrain"]
+    mine = [{**w, "coin": f"D{i}", "model_version": serving} for i, w in enumerate(wrong)]
+    logbook.absorb(lake, "24h", "newer", mine, per_coin=60, overall=2000)
+    report = drift(ctx, ref).report["24h"]
+    assert report["outcomes_of_this_model"] == own + 40 and report["retrain"]
+    assert any(r.startswith("calibration drift") for r in report["reasons"])
+
+
 def copy_models(src: Path, dest: Path) -> None:
     shutil.copytree(src / "models", dest / "models")
 
