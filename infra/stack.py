@@ -27,9 +27,10 @@ class CstStack(Stack):
             "Exchange and data-vendor API keys are issued and rotated at the exchange by the account owner; "
                    "no rotation function can mint new ones.")
         lake_uri = f"s3://{self.lake.bucket.bucket_name}"
-        environment = {"CST_LAKE__URI": lake_uri, "CST_SECRETS_MANAGER_ID": self.secret.secret_arn,
-                       "CST_AWS_REGION": self.region, "CST_ENV": env_name}
-        self.steps = StepFunctions(self, "Steps", lake=self.lake, secret=self.secret, environment=environment,
+        # The API reads no secret: only the steps are told where it is.
+        environment = {"CST_LAKE__URI": lake_uri, "CST_AWS_REGION": self.region, "CST_ENV": env_name}
+        self.steps = StepFunctions(self, "Steps", lake=self.lake, secret=self.secret,
+                                   environment={**environment, "CST_SECRETS_MANAGER_ID": self.secret.secret_arn},
                                    timeout_minutes=int(config["lambda_timeout_minutes"]))
         self.pipeline = Pipeline(self, "Pipeline", lake=self.lake, functions=self.steps.functions,
                                  training=config["training"], lake_uri=lake_uri)
@@ -37,9 +38,14 @@ class CstStack(Stack):
                                    hourly=config["schedule_hourly"], weekly=config["schedule_weekly_retrain"])
         self.alarms = Alarms(self, "Alarms", state_machine=self.pipeline.state_machine,
                              functions=self.steps.functions)
-        self.users = Users(self, "Users", retain=retain)
-        self.api = Api(self, "Api", pool=self.users.pool, client=self.users.client)
+        # The HTTP API exists first: its URL is the user pool client's callback, and the client is the authorizer's
+        # audience and the API function's.
+        self.api = Api(self, "Api")
+        self.users = Users(self, "Users", retain=retain, site_url=self.api.url)
+        self.api.serve(users=self.users, lake=self.lake, state_machine=self.pipeline.state_machine,
+                       environment=environment)
         CfnOutput(self, "LakeBucket", value=self.lake.bucket.bucket_name)
         CfnOutput(self, "StateMachineArn", value=self.pipeline.state_machine.state_machine_arn)
-        CfnOutput(self, "ApiUrl", value=self.api.http_api.api_endpoint)
+        CfnOutput(self, "ApiUrl", value=self.api.url)
+        CfnOutput(self, "SignInDomain", value=self.users.domain.base_url())
         CfnOutput(self, "AlarmTopic", value=self.alarms.topic.topic_arn)

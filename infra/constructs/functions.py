@@ -19,9 +19,17 @@ from shared.pipeline import PIPELINE, START
 ROOT = Path(__file__).resolve().parents[2]
 # What the serving image's build context holds: the project's code and its dependency list, nothing else.
 IMAGE_EXCLUDE = [".venv", ".git", "cdk.out", "lake", "tests", "benchmarks", "infra", "**/__pycache__",
-                 ".ci", ".pytest_cache", "htmlcov"]
+                 ".ci", ".pytest_cache", "htmlcov", "build", "**/node_modules"]
 # Steps whose work is network-bound fetching or small bookkeeping get less memory than the array-heavy ones.
 MEMORY_MB = {"ingest": 2048, "validate": 3008, "features": 3008, "predict": 3008}
+
+
+def serving_image(handler: str, extras: str = "") -> lambda_.DockerImageCode:
+    """The serving image with `handler` (a dotted path) as the function's command; functions with the same `extras`
+    (the project's optional dependencies, e.g. "[api]") share one build."""
+    return lambda_.DockerImageCode.from_image_asset(str(ROOT), file="infra/docker/serving.Dockerfile",
+                                                    exclude=IMAGE_EXCLUDE, cmd=[handler],
+                                                    build_args={"EXTRAS": extras} if extras else None)
 
 
 class StepFunctions(Construct):
@@ -39,9 +47,7 @@ class StepFunctions(Construct):
             log_group.grant_write(role)
             fn = lambda_.DockerImageFunction(
                 self, name, role=role, log_group=log_group,
-                code=lambda_.DockerImageCode.from_image_asset(
-                    str(ROOT), file="infra/docker/serving.Dockerfile", exclude=IMAGE_EXCLUDE,
-                    cmd=[f"services.handlers.{name}"]),
+                code=serving_image(f"services.handlers.{name}"),
                 memory_size=MEMORY_MB.get(name, 1024), timeout=Duration.minutes(timeout_minutes),
                 tracing=lambda_.Tracing.ACTIVE,
                 environment={**environment, "POWERTOOLS_SERVICE_NAME": "cst", "POWERTOOLS_METRICS_NAMESPACE": "cst"})

@@ -22,7 +22,9 @@ from jwt.algorithms import RSAAlgorithm
 from shared.errors import CstError
 
 ALGORITHM = "RS256"
-GROUPS = ("viewer", "operator")
+# The user pool's groups (the CDK app creates exactly these): viewers read, operators also start runs and retrains.
+VIEWER, OPERATOR = "viewer", "operator"
+GROUPS = (VIEWER, OPERATOR)
 
 
 class Unauthorized(CstError):
@@ -38,7 +40,7 @@ class Identity:
 
     @property
     def is_operator(self) -> bool:
-        return "operator" in self.groups
+        return OPERATOR in self.groups
 
     @property
     def is_viewer(self) -> bool:

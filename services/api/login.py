@@ -48,6 +48,19 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def set_csrf_cookie(response, token: str, *, secure: bool):
+    """The double-submit CSRF cookie: readable by the page (it copies it into a header or a form field)."""
+    response.set_cookie(CSRF_COOKIE, token, httponly=False, samesite="strict", secure=secure, path="/")
+    return response
+
+
+def set_session_cookie(response, token: str, *, max_age: int, secure: bool):
+    """The session: the signed token itself, HttpOnly, sent only on same-site requests, for the token's lifetime."""
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=secure, max_age=max_age,
+                        path="/")
+    return response
+
+
 def _form(next_path: str, csrf: str, message: str = "") -> str:
     note = f'<p class="error">{html.escape(message)}</p>' if message else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>cst: sign in</title>
@@ -69,8 +82,7 @@ def add_login(app: FastAPI, issuer: DevIssuer, *, secure_cookies: bool, throttle
         return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
 
     def _with_csrf(response, token: str):
-        response.set_cookie(CSRF_COOKIE, token, httponly=False, samesite="strict", secure=secure_cookies, path="/")
-        return response
+        return set_csrf_cookie(response, token, secure=secure_cookies)
 
     @app.get("/login", include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:  # noqa: A002 - the query's name
@@ -93,8 +105,7 @@ def add_login(app: FastAPI, issuer: DevIssuer, *, secure_cookies: bool, throttle
             throttle.failed(*keys)
             return _with_csrf(HTMLResponse(_form(safe_next(next), expected, exc.message), status_code=401), expected)
         response = RedirectResponse(safe_next(next), status_code=303)
-        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies,
-                            max_age=TOKEN_SECONDS, path="/")
+        set_session_cookie(response, token, max_age=TOKEN_SECONDS, secure=secure_cookies)
         # A fresh CSRF token with every session.
         return _with_csrf(response, secrets.token_urlsafe(24))
 

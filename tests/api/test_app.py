@@ -212,3 +212,63 @@ def test_cross_origin_requests_get_no_cors_grant(served):
     pre = served["client"].options("/api/actions/run", headers={"Origin": "https://evil.example",
                                                                 "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in {k.lower() for k in pre.headers}
+
+
+LEAKS = ("Traceback", 'File "', "BEGIN RSA", "BEGIN PRIVATE", "$argon2", PASSWORD)
+
+
+def test_every_hostile_token_is_refused_over_http_as_bearer_and_as_cookie_without_leaks(served):
+    from tests.api.test_auth import _hostile
+
+    cases = _hostile(served["issuer"])
+    assert len(cases) >= 20
+    c = TestClient(served["app"], follow_redirects=False)
+    for name, (token, code) in cases.items():
+        if not token:
+            continue  # an empty bearer is "no token"
+        r = c.get("/api/signals", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401 and r.json()["error"] == code, name
+        c.cookies.set(SESSION_COOKIE, token)
+        page = c.get("/runs")  # a page sends a browser with a bad session back to the sign-in form
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/runs", name
+        c.cookies.clear()
+        for answer in (r, page):
+            assert not any(leak in answer.text for leak in LEAKS), name
+
+
+def test_page_attacks_are_refused_and_lake_content_is_escaped(served, tmp_path):
+    c = TestClient(served["app"], follow_redirects=False)
+    token = served["issuer"].login("otto", PASSWORD)
+    # A token in the query string is never read.
+    assert c.get("/runs", params={"token": token}).status_code == 303
+    c.cookies.set(SESSION_COOKIE, token)
+    c.cookies.set(CSRF_COOKIE, "t0k3n")
+    # Forms without the CSRF field, or with another value, are refused; so is a viewer who posts anyway.
+    assert c.post("/actions/run").status_code == 403
+    assert c.post("/actions/run", data={"csrf": "forged"}).status_code == 403
+    assert c.post("/actions/retrain", data={"csrf": "t0k3n", "horizon": "../../x"}).status_code == 404
+    c.cookies.set(SESSION_COOKIE, served["issuer"].login("vera", PASSWORD))
+    r = c.post("/actions/run", data={"csrf": "t0k3n"})
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    # Hostile path parts answer 404 and are not reflected.
+    for path in ("/coins/%3Cscript%3Ealert(1)%3C%2Fscript%3E", "/runs/..%2F..%2Fauth%2Fusers.json",
+                 "/models/24h/..%2F..%2Fauth", "/coins/BTC?horizon=%3Cscript%3E"):
+        r = c.get(path)
+        assert r.status_code == 404 and "<script>" not in r.text, path
+    assert c.get("/coin", params={"coin": "<script>"}).headers["location"] == "/ranges"
+    # What the lake holds is shown as text, never as markup.
+    lake = LocalLake(served["lake"])
+    version = c.get("/api/models", headers=bearer(served, "vera")).json()["24h"]["current"]
+    key = f"models/horizon=24h/version={version}/MODEL_CARD.md"
+    original = lake.get(key)
+    try:
+        lake.put(key, original + b"\n<script>alert('card')</script>\n")
+        page = c.get(f"/models/24h/{version}")
+        assert page.status_code == 200 and "<script>alert" not in page.text
+        assert "&lt;script&gt;alert(&#39;card&#39;)&lt;/script&gt;" in page.text
+    finally:
+        lake.put(key, original)
+    # Pages carry the same security headers as the API, and no CORS grant.
+    page = c.get("/", headers={"Origin": "https://evil.example"})
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert "access-control-allow-origin" not in {k.lower() for k in page.headers}
