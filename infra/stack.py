@@ -36,14 +36,14 @@ class CstStack(Stack):
                                  training=config["training"], lake_uri=lake_uri)
         self.schedules = Schedules(self, "Schedules", state_machine=self.pipeline.state_machine,
                                    hourly=config["schedule_hourly"], weekly=config["schedule_weekly_retrain"])
-        self.alarms = Alarms(self, "Alarms", state_machine=self.pipeline.state_machine,
-                             functions=self.steps.functions)
         # The HTTP API exists first: its URL is the user pool client's callback, and the client is the authorizer's
         # audience and the API function's.
         self.api = Api(self, "Api")
         self.users = Users(self, "Users", retain=retain, site_url=self.api.url)
         self.api.serve(users=self.users, lake=self.lake, state_machine=self.pipeline.state_machine,
                        environment=environment)
+        self.alarms = Alarms(self, "Alarms", state_machine=self.pipeline.state_machine,
+                             functions={**self.steps.functions, "api": self.api.function})
         CfnOutput(self, "LakeBucket", value=self.lake.bucket.bucket_name)
         CfnOutput(self, "StateMachineArn", value=self.pipeline.state_machine.state_machine_arn)
         CfnOutput(self, "ApiUrl", value=self.api.url)

@@ -1,4 +1,4 @@
-"""Alarms to one SNS topic: failed executions of the pipeline and errors of any step function."""
+"""Alarms to one SNS topic: failed executions of the pipeline and errors of any step function or of the API."""
 
 from __future__ import annotations
 
