@@ -5,19 +5,29 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from shared.errors import CstError, LakeKeyNotFound
 from shared.logging import redact
 
 
 def _check_key(key: str) -> str:
-    parts = PurePosixPath(key).parts
-    if not key or key.startswith("/") or ".." in parts or "\\" in key or key.endswith("/"):
+    # String tests, not a path object: every lake operation and every request's stamps pass here.
+    if not key or key.startswith("/") or ".." in key.split("/") or "\\" in key or key.endswith("/"):
         raise CstError("lake_bad_key", f"lake keys are relative paths without '..': {key!r}")
     return key
+
+
+class Stamp(NamedTuple):
+    """What a key holds now, told without reading it: equal stamps, equal contents (see Lake.stamp)."""
+
+    identity: tuple
+    # False while a second write could still leave the same identity (the clock of the store has not moved on
+    # since the last write): a reader may use it to notice a change, never to keep what it read.
+    settled: bool
 
 
 class Lake(ABC):
@@ -39,6 +49,18 @@ class Lake(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Keys under prefix, sorted."""
 
+    def folders(self, prefix: str) -> list[str]:
+        """Names of the folders directly under `prefix` (which ends with '/'), sorted: a dataset's partition values
+        without listing the keys inside them."""
+        names = {k[len(prefix):].split("/", 1)[0] for k in self.list(prefix) if "/" in k[len(prefix):]}
+        return sorted(names)
+
+    def stamp(self, key: str) -> Stamp | None:
+        """A stamp of what `key` holds now (a key, or a folder when it ends with '/'), changing with every write to
+        the key or, for a folder, into the folder itself; None when the key is absent or the store cannot tell
+        cheaply (then a reader reads again). Readers keep what they parsed only while a settled stamp holds."""
+        return None
+
     def put_json(self, key: str, obj: Any, *, if_absent: bool = False) -> bool:
         text = json.dumps(obj, indent=2, sort_keys=True, default=str)
         # The lake never stores a configured secret, whatever a caller hands it.
@@ -49,6 +71,11 @@ class Lake(ABC):
 
 
 class LocalLake(Lake):
+    # A file's or folder's modification time moves with the kernel's clock tick (a few ms; 2 s on FAT): two writes
+    # within one tick leave the same time. A stamp is settled only once its time is this much in the past, so a
+    # write can never hide behind an unchanged stamp (the "racy" rule of git's index).
+    SETTLE_NS = 2_000_000_000
+
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()
         self.uri = str(self.root)
@@ -88,6 +115,22 @@ class LocalLake(Lake):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def folders(self, prefix: str) -> list[str]:
+        try:
+            with os.scandir(self.root / _check_key(prefix.rstrip("/")) if prefix else self.root) as entries:
+                return sorted(e.name for e in entries if e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def stamp(self, key: str) -> Stamp | None:
+        # Every write through the lake creates its temporary file beside the key and renames it over the key, so
+        # a folder's own time changes with every write into it, and a key's inode with every write to it.
+        try:
+            st = os.stat(os.path.join(self.uri, _check_key(key.rstrip("/"))))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return Stamp((st.st_ino, st.st_mtime_ns, st.st_size), time.time_ns() - st.st_mtime_ns >= self.SETTLE_NS)
 
     def list(self, prefix: str = "") -> list[str]:
         # Walk only the folder the prefix names (its last part may be a partial name): the cost follows
@@ -165,6 +208,14 @@ class S3Lake(Lake):
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
+
+    def folders(self, prefix: str) -> list[str]:
+        full = (f"{self.prefix}/" if self.prefix else "") + prefix
+        names: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
+                                                                          Delimiter="/"):
+            names.extend(p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", []))
+        return sorted(names)
 
 
 def open_lake(uri: str, *, client: Any | None = None, region: str | None = None) -> Lake:

@@ -208,6 +208,21 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
             "certified": h not in doc.get("uncertified_horizons", {}),
             "why_not_certified": doc.get("uncertified_horizons", {}).get(h)} for h, r in latest.items()}}
 
+    @app.get("/api/performance")
+    def performance(_: Annotated[Identity, Depends(viewer)],
+                    horizon: Annotated[str | None, Query(pattern=r"^[0-9]{1,3}[hdw]$")] = None) -> dict:
+        """Per horizon: each coin's hit rate, Brier and ECE over its recent outcomes, the reliability of the recent
+        outcomes (mean P(up) against the realized up-rate per bin) and the latest drift verdict."""
+        if horizon is not None and horizon not in horizons:
+            raise HTTPException(404, detail={"error": "unknown_horizon", "message": f"horizons: {horizons}"})
+        drift = (reads.latest_summary(lake) or {}).get("drift", {})
+        out = {}
+        for h in [horizon] if horizon else horizons:
+            recent = reads.recent_outcomes(lake, h)
+            out[h] = {"outcomes": len(recent), "reliability": reads.reliability(recent),
+                      "coins": reads.latest_performance(lake, h), "drift": drift.get(h)}
+        return out
+
     @app.get("/api/runs")
     def runs(_: Annotated[Identity, Depends(viewer)], limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
              offset: Annotated[int, Query(ge=0)] = 0) -> dict:

@@ -210,10 +210,7 @@ def performance_page(lake: Lake, horizons: list[str], summary: dict | None) -> d
             y = np.array([1.0 if r["realized_return"] > 0 else 0.0 for r in rows])
             entry.update(hit=pct(float(np.mean([r["hit"] for r in rows]))), brier=num(float(np.mean((p - y) ** 2))),
                          mean_p=pct(float(p.mean())), up_rate=pct(float(y.mean())))
-            edges = np.linspace(0, 1, 11)
-            idx = np.clip(np.digitize(p, edges) - 1, 0, 9)
-            pts = [{"x": round(float(p[idx == b].mean()), 4), "y": round(float(y[idx == b].mean()), 4)}
-                   for b in range(10) if (idx == b).sum() >= 5]
+            pts = [{"x": round(b["mean_p"], 4), "y": round(b["up_rate"], 4)} for b in reads.reliability(rows)]
             entry["reliability"] = _chart("scatter", [], [
                 {"label": "realized up-rate per P(up) bin (≥5 outcomes)", "data": pts, "backgroundColor": COLORS[0],
                  "pointRadius": 5, "showLine": True, "borderColor": COLORS[0]},

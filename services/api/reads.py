@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 import re
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, TypeVar
 
 from services.predict import logbook
 from shared.datasets import get_table
@@ -14,24 +19,135 @@ from shared.storage import Lake
 
 RUN_ID = re.compile(r"^[0-9A-Za-z.\-_]{1,80}$")
 _RUN_IN_KEY = re.compile(r"runs/run_id=([^/]+)/summary\.json$")
-_VERSION_IN_KEY = re.compile(r"models/horizon=[^/]+/version=([^/]+)/metadata\.json$")
+_T = TypeVar("_T")
+
+
+# --- what was parsed from the lake, kept while the lake's stamp of its key holds ----------------------------------
+# A request must not list every run, re-read a summary or parse a day of Parquet files: a serving process keeps
+# what it parsed, keyed on the lake's stamp of the key (Lake.stamp: it changes with every write), so a run that
+# lands is seen by the next request. A store that cannot stamp cheaply (S3) is read as before, on every request.
+
+
+class _LakeCache:
+    """Values built from lake keys, each kept while the key's settled stamp is unchanged; least recently used out
+    first once the entries' weights pass `capacity`. Shared by the server's threads: two threads may build the same
+    value at once, and the second simply replaces the first."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, str, str], tuple[tuple, Any, int]] = OrderedDict()
+        self._weight = 0
+        self._lock = threading.Lock()
+
+    def get(self, lake: Lake, kind: str, key: str, build: Callable[[], _T],
+            weight: Callable[[_T], int] = lambda _value: 1) -> _T:
+        stamp = lake.stamp(key)  # taken before reading: a write after it changes the stamp, never hides behind it
+        if stamp is None or not stamp.settled:
+            return build()
+        ident = (lake.uri, kind, key)
+        with self._lock:
+            hit = self._entries.get(ident)
+            if hit is not None and hit[0] == stamp.identity:
+                self._entries.move_to_end(ident)
+                return hit[1]
+        value = build()
+        w = weight(value)
+        with self._lock:
+            old = self._entries.pop(ident, None)
+            self._weight -= old[2] if old is not None else 0
+            if w <= self.capacity:
+                self._entries[ident] = (stamp.identity, value, w)
+                self._weight += w
+            while self._weight > self.capacity:
+                self._weight -= self._entries.popitem(last=False)[1][2]
+        return value
+
+
+# Per serving process: documents and folder listings weighed in kB (~32 MB); prediction rows counted once in their
+# file and once in their partition, so ~50,000 rows are kept (~1.5 kB each: ~75 MB, three weeks of hourly runs for
+# 100 coins).
+_DOCS = _LakeCache(32_768)
+_ROWS = _LakeCache(100_000)
+
+
+def _folders(lake: Lake, prefix: str) -> list[str]:
+    """The folder names directly under prefix, sorted (shared between callers: never changed)."""
+    return _DOCS.get(lake, "folders", prefix, lambda: lake.folders(prefix), lambda names: 1 + len(names) // 16)
+
+
+def _json(lake: Lake, key: str) -> Any | None:
+    """A JSON document of the lake, None when absent. Each caller gets its own copy (unpickling the parsed document
+    costs less than half of parsing the JSON again), so no caller can change what the next one reads."""
+    def build() -> bytes | None:
+        try:
+            return pickle.dumps(lake.get_json(key), pickle.HIGHEST_PROTOCOL)
+        except LakeKeyNotFound:
+            return None
+
+    blob = _DOCS.get(lake, "json", key, build, lambda b: 1 + len(b or b"") // 1024)
+    return None if blob is None else pickle.loads(blob)  # our own pickle of a document parsed from the lake
+
+
+def _has_summary(lake: Lake, run_id: str) -> bool:
+    return _DOCS.get(lake, "has_summary", f"runs/run_id={run_id}/", lambda: lake.exists(summary_key(run_id)))
+
+
+def _runs_with_summary(lake: Lake) -> Iterator[str]:
+    """Runs that wrote a summary, newest first, found lazily: the newest costs a question per run folder above it."""
+    if lake.stamp("runs/") is None:
+        # Nothing to keep (S3, or no runs yet): one listing answers, cheaper there than a question per run.
+        yield from sorted((m[1] for k in lake.list("runs/") if (m := _RUN_IN_KEY.search(k))), reverse=True)
+        return
+    for name in reversed(_folders(lake, "runs/")):
+        if name.startswith("run_id=") and _has_summary(lake, name[7:]):
+            yield name[7:]
+
+
+class _Partition(NamedTuple):
+    """One date partition of the prediction log: its Parquet keys (sorted), their rows, and each coin's rows in key
+    then row order (the order a scan of the keys meets them)."""
+
+    keys: list[str]
+    rows_by_key: dict[str, list[dict]]
+    by_coin: dict[str, list[dict]]
+
+
+def _file_rows(lake: Lake, key: str) -> list[dict]:
+    return _ROWS.get(lake, "rows", key, lambda: get_table(lake, key).to_pylist(), len)
+
+
+def _prediction_partition(lake: Lake, horizon: str, day: str) -> _Partition:
+    prefix = f"predictions/horizon={horizon}/date={day}/"
+
+    def build() -> _Partition:
+        # A file that landed since the last build is the only one parsed: the others' rows are kept by key.
+        keys = [k for k in lake.list(prefix) if k.endswith(".parquet")]
+        rows_by_key = {k: _file_rows(lake, k) for k in keys}
+        by_coin: dict[str, list[dict]] = defaultdict(list)
+        for k in keys:
+            for r in rows_by_key[k]:
+                by_coin[r["coin"]].append(r)
+        return _Partition(keys, rows_by_key, dict(by_coin))
+
+    return _ROWS.get(lake, "partition", prefix, build, lambda p: sum(map(len, p.rows_by_key.values())))
+
+
+def _prediction_days(lake: Lake, horizon: str) -> list[str]:
+    """The horizon's date partitions, oldest first."""
+    return [n[5:] for n in _folders(lake, f"predictions/horizon={horizon}/") if n.startswith("date=")]
 
 
 def run_ids(lake: Lake) -> list[str]:
     """Runs that wrote a summary, newest first (run ids begin with their as-of)."""
-    ids = [m[1] for k in lake.list("runs/") if (m := _RUN_IN_KEY.search(k))]
-    return sorted(ids, reverse=True)
+    return list(_runs_with_summary(lake))
 
 
 def summary(lake: Lake, run_id: str) -> dict | None:
-    try:
-        return lake.get_json(summary_key(run_id))
-    except LakeKeyNotFound:
-        return None
+    return _json(lake, summary_key(run_id))
 
 
 def latest_summary(lake: Lake) -> dict | None:
-    for run_id in run_ids(lake):
+    for run_id in _runs_with_summary(lake):
         doc = summary(lake, run_id)
         if doc is not None:
             return doc
@@ -50,25 +166,23 @@ def _days(since_ms: int | None, until_ms: int | None) -> list[str] | None:
 
 def predictions(lake: Lake, horizons: list[str], *, coin: str | None = None, run_id: str | None = None,
                 since_ms: int | None = None, until_ms: int | None = None) -> list[dict]:
-    """Logged predictions matching the filters, newest decision first. A time range reads only its date partitions."""
+    """Logged predictions matching the filters, newest decision first. A time range reads only its date partitions,
+    and a partition's files are parsed once per serving process (again only when the partition changes)."""
     days = _days(since_ms, until_ms)
+    lo = since_ms if since_ms is not None else -2**63
+    hi = until_ms if until_ms is not None else 2**63
     rows: list[dict] = []
     for h in horizons:
-        if days is not None:
-            keys = [k for d in days for k in lake.list(f"predictions/horizon={h}/date={d}/")]
-        else:
-            keys = lake.list(f"predictions/horizon={h}/")
-        for key in keys:
-            if run_id is not None and not key.endswith(f"/run_id={run_id}.parquet"):
-                continue
-            for r in get_table(lake, key).to_pylist():
-                if coin is not None and r["coin"] != coin:
-                    continue
-                if since_ms is not None and r["decision_ts"] < since_ms:
-                    continue
-                if until_ms is not None and r["decision_ts"] > until_ms:
-                    continue
-                rows.append(r)
+        for day in days if days is not None else _prediction_days(lake, h):
+            part = _prediction_partition(lake, h, day)
+            if run_id is not None:
+                found = [r for k in part.keys if k.endswith(f"/run_id={run_id}.parquet") for r in part.rows_by_key[k]]
+            elif coin is not None:
+                found = part.by_coin.get(coin, [])
+            else:
+                found = [r for k in part.keys for r in part.rows_by_key[k]]
+            # Copies: the kept rows serve the next request too.
+            rows.extend(r.copy() for r in found if lo <= r["decision_ts"] <= hi and (coin is None or r["coin"] == coin))
     rows.sort(key=lambda r: (-r["decision_ts"], r["horizon"], r["coin"]))
     return rows
 
@@ -77,12 +191,10 @@ def latest_per_horizon(lake: Lake, horizons: list[str], coin: str) -> dict[str, 
     """A coin's most recent logged prediction per horizon (the newest date partition that holds it)."""
     out = {}
     for h in horizons:
-        for day in sorted({k.split("/date=")[1].split("/")[0] for k in lake.list(f"predictions/horizon={h}/")},
-                          reverse=True):
-            found = [r for k in lake.list(f"predictions/horizon={h}/date={day}/")
-                     for r in logbook.read_predictions(lake, k) if r["coin"] == coin]
+        for day in reversed(_prediction_days(lake, h)):
+            found = _prediction_partition(lake, h, day).by_coin.get(coin)
             if found:
-                out[h] = max(found, key=lambda r: r["decision_ts"])
+                out[h] = max(found, key=lambda r: r["decision_ts"]).copy()
                 break
     return out
 
@@ -90,12 +202,13 @@ def latest_per_horizon(lake: Lake, horizons: list[str], coin: str) -> dict[str, 
 def models(lake: Lake, horizons: list[str]) -> dict[str, dict]:
     out = {}
     for h in horizons:
-        versions = sorted((m[1] for k in lake.list(f"models/horizon={h}/") if (m := _VERSION_IN_KEY.search(k))),
-                          reverse=True)
+        versions = [n[8:] for n in reversed(_folders(lake, f"models/horizon={h}/")) if n.startswith("version=")]
         current = current_version(lake, h)
         entries = []
         for v in versions:
-            meta = lake.get_json(model_prefix(h, v) + "metadata.json")
+            meta = _json(lake, model_prefix(h, v) + "metadata.json")
+            if meta is None:
+                continue  # a version still being written: its metadata lands after its models
             metrics = meta.get("metrics", {})
             entries.append({"version": v, "current": v == current, "created": meta.get("created"),
                             "training_window": meta.get("training_window"), "skill": meta.get("skill"),
@@ -113,11 +226,10 @@ def model_card(lake: Lake, horizon: str, version: str) -> str | None:
 
 
 def quality(lake: Lake) -> dict | None:
-    for run_id in run_ids(lake):
-        try:
-            return {"run_id": run_id, **lake.get_json(quality_key(run_id))}
-        except LakeKeyNotFound:
-            continue
+    for run_id in _runs_with_summary(lake):
+        doc = _json(lake, quality_key(run_id))
+        if doc is not None:
+            return {"run_id": run_id, **doc}
     return None
 
 
@@ -131,12 +243,11 @@ def _dates(lake: Lake, prefix: str) -> list[str]:
 
 def latest_rows(lake: Lake, horizon: str) -> list[dict]:
     """Every coin's prediction at the newest logged decision time of a horizon, by coin."""
-    for day in _dates(lake, f"predictions/horizon={horizon}/"):
-        rows = [r for k in lake.list(f"predictions/horizon={horizon}/date={day}/")
-                for r in logbook.read_predictions(lake, k)]
+    for day in reversed(_prediction_days(lake, horizon)):
+        rows = [r for rs in _prediction_partition(lake, horizon, day).by_coin.values() for r in rs]
         if rows:
             newest = max(r["decision_ts"] for r in rows)
-            return sorted((r for r in rows if r["decision_ts"] == newest), key=lambda r: r["coin"])
+            return sorted((r.copy() for r in rows if r["decision_ts"] == newest), key=lambda r: r["coin"])
     return []
 
 
@@ -157,3 +268,16 @@ def latest_performance(lake: Lake, horizon: str) -> list[dict]:
 
 def recent_outcomes(lake: Lake, horizon: str) -> list[dict]:
     return logbook.recent_outcomes(lake, horizon)[0]
+
+
+def reliability(outcomes: list[dict], bins: int = 10, min_count: int = 5) -> list[dict]:
+    """Mean forecast P(up) and realized up-rate per equal-width bin holding at least `min_count` outcomes."""
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [o for o in outcomes if lo <= o["p_up"] < hi or (b == bins - 1 and o["p_up"] == 1.0)]
+        if len(inside) >= min_count:
+            out.append({"bin": [lo, hi], "n": len(inside),
+                        "mean_p": sum(o["p_up"] for o in inside) / len(inside),
+                        "up_rate": sum(o["realized_return"] > 0 for o in inside) / len(inside)})
+    return out

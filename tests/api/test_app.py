@@ -94,6 +94,25 @@ def test_operator_actions_are_refused_to_viewers_and_audited_for_operators(serve
         ("otto", "retrain", {"horizon": "7d"}, r.json()["started"])]
 
 
+def test_performance_per_coin_and_horizon_with_reliability_and_drift(served):
+    from services.api.reads import reliability
+
+    c, h = served["client"], bearer(served, "vera")
+    perf = c.get("/api/performance", headers=h).json()
+    assert set(perf) == {"24h", "7d"}
+    day = perf["24h"]  # the second run recorded the first run's 24h outcomes: one per coin
+    assert day["outcomes"] == len(COINS) and {r["coin"] for r in day["coins"]} == set(COINS)
+    assert all(r["window"] == 1 and r["hit_rate"] in (0.0, 1.0) for r in day["coins"])
+    assert day["drift"]["outcomes"] == len(COINS) and perf["7d"]["outcomes"] == 0
+    assert c.get("/api/performance", params={"horizon": "7d"}, headers=h).json().keys() == {"7d"}
+    assert c.get("/api/performance", params={"horizon": "2h"}, headers=h).status_code == 404
+    # Reliability bins: equal width, only bins with enough outcomes, the realized rate of the outcomes inside.
+    rows = [{"p_up": 0.55, "realized_return": r} for r in (0.1, -0.1, 0.2, 0.3, -0.2)] + [{"p_up": 0.95,
+                                                                                            "realized_return": 1.0}]
+    assert reliability(rows) == [{"bin": [0.5, 0.6], "n": 5, "mean_p": 0.55, "up_rate": 0.6}]
+    assert reliability(rows, min_count=1)[-1] == {"bin": [0.9, 1.0], "n": 1, "mean_p": 0.95, "up_rate": 1.0}
+
+
 def test_feedback_is_stored_beside_the_outcomes_by_coin_horizon_and_run(served):
     c, h = served["client"], bearer(served, "vera")
     run_id = c.get("/api/runs", headers=h).json()["items"][0]["run_id"]

@@ -64,8 +64,9 @@ def site(shared_data, tmp_path_factory):
     cst = [sys.executable, "-m", "services.cli"]
     env = _env()
     for as_of in AS_OFS:
-        subprocess.run([*cst, "run", "--source", str(src), "--lake", str(lake), "--as-of", as_of], env=env,
-                       check=True, capture_output=True, cwd=ROOT)
+        done = subprocess.run([*cst, "run", "--source", str(src), "--lake", str(lake), "--as-of", as_of], env=env,
+                              capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, f"cst run {as_of} exited {done.returncode}: {done.stderr[-3000:]}"
     for name, group in (("vera", "viewer"), ("otto", "operator")):
         subprocess.run([*cst, "users", "add", name, "--group", group, "--password-stdin", "--lake", str(lake)],
                        input=PASSWORD + "\n", text=True, env=env, check=True, capture_output=True, cwd=ROOT)
@@ -201,6 +202,8 @@ def test_an_operator_starts_a_run_and_a_retrain_from_the_runs_page(site, browser
         time.sleep(0.5)
     assert (site["lake"] / f"runs/run_id={run_id}/summary.json").exists()
     assert set(site["lake"].glob("runs/*/summary.json")) > runs_before
+    browser.get(site["base"] + "/runs")
+    assert not browser.find_elements(By.ID, "flash")
     browser.find_element(By.ID, "retrain-horizon").send_keys("7d")
     browser.find_element(By.ID, "retrain").click()
     assert WebDriverWait(browser, 10).until(ec.presence_of_element_located((By.ID, "flash"))).text.startswith(
