@@ -573,5 +573,23 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
+def entry() -> None:
+    """The `cst` command: main(), then leave without tearing down native thread pools.
+
+    Once a command has returned, everything it wrote is closed; what remains are the worker threads of the native
+    libraries (ONNX Runtime, PyTorch, LightGBM's OpenMP). About one exit in sixteen after a training run, one of them
+    was still joinable while the interpreter tore down, and the C++ runtime aborted the finished process (exit 134,
+    "terminate called without an active exception"), so a complete run read as a crash. Streams and log handlers
+    are flushed here, then the process ends with the command's own exit code."""
+    import logging
+    import os
+
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
