@@ -402,6 +402,7 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
         if doc is None:
             raise HTTPException(404, detail={"error": "unknown_run", "message": "no such run"})
         return render(request, who, "run.html", f"Run {run_id}", "/runs", as_of=doc["as_of"], run_id=None,
+                      as_of_label="Judged at",
                       **run_page(doc, horizons))
 
     @page("/quality")
