@@ -18,6 +18,8 @@ MEMBER_FILES = {"lr": "lr.onnx", "gbt": "gbt.onnx", "gru": "gru.onnx"}
 OTHER_FILES = {"meta": "meta.onnx", "calibrator": "calibrator.onnx", "q10": "q10.onnx", "q50": "q50.onnx",
                "q90": "q90.onnx", "background": "background.npz"}
 ALL_FILES = {**MEMBER_FILES, **OTHER_FILES}
+# Exported since issue 16 (exact SHAP); a model trained before it has none and is explained by permutation.
+EXPLAIN_FILE = "explain.npz"
 
 
 def _session(blob: bytes, threads: int) -> ort.InferenceSession:
@@ -60,6 +62,8 @@ class HorizonModel:
         self.sessions = {name: _session(blobs[f], threads) for name, f in ALL_FILES.items() if f.endswith(".onnx")}
         bg = np.load(io.BytesIO(blobs["background.npz"]))
         self.bg_X, self.bg_S = bg["X"].astype(np.float32), bg["S"].astype(np.float32)
+        self._explain_blob = blobs.get(EXPLAIN_FILE)
+        self._explainer = None
 
     @classmethod
     def load(cls, lake: Lake, horizon: str, version: str | None = None, threads: int = 1) -> HorizonModel:
@@ -69,7 +73,7 @@ class HorizonModel:
         prefix = model_prefix(horizon, version)
         meta = json.loads(lake.get(prefix + "metadata.json"))
         blobs = {}
-        for f in ALL_FILES.values():
+        for f in [*ALL_FILES.values(), EXPLAIN_FILE]:
             try:
                 blobs[f] = lake.get(prefix + f)
             except LakeKeyNotFound:
@@ -85,8 +89,7 @@ class HorizonModel:
         S = np.ascontiguousarray(S, dtype=np.float32)
         lr = logit(self._run("lr", X)[1][:, 1])
         gbt = logit(self._run("gbt", X)[1][:, 1])
-        gru = self._run("gru", S)[0].astype(np.float64).reshape(-1)
-        return np.column_stack([lr, gbt, gru])
+        return np.column_stack([lr, gbt, self.sequence_logit(S)])
 
     def meta_logit(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
         z = self.member_logits(X, S).astype(np.float32)
@@ -112,14 +115,23 @@ class HorizonModel:
         return Predictions(p, low, high, direction, confidence, q, score)
 
     def explain(self, X: np.ndarray, S: np.ndarray, *, permutations: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Permutation SHAP of the meta-learner's logit against the stored background rows.
+        """SHAP of the meta-learner's logit against the stored background rows: (phi (n, F), base (n,)).
 
-        Returns (phi (n, F), base (n,)); for every row sum(phi) + base == meta_logit(row) exactly
-        (each permutation's contributions telescope from the background to the row).
+        With the exported explain arrays: exact for the logistic and tree members, permutation (these
+        permutations, this seed) for the sequence network, combined through the meta-learner's weights. Without
+        them (a model trained before they were exported): permutation SHAP of the whole stack. Either way
+        sum(phi) + base == meta_logit(row), up to float32 rounding in the served graphs.
         """
-        from services.predict.explain import permutation_shap
+        from services.predict.explain import StackExplainer, permutation_shap
 
-        return permutation_shap(self.meta_logit, X, S, self.bg_X, self.bg_S, permutations=permutations, seed=seed)
+        if self._explain_blob is None:
+            return permutation_shap(self.meta_logit, X, S, self.bg_X, self.bg_S, permutations=permutations, seed=seed)
+        if self._explainer is None:  # built on first use: predicting alone never pays for the tables
+            self._explainer = StackExplainer(dict(np.load(io.BytesIO(self._explain_blob))), self.bg_X, self.bg_S)
+        return self._explainer.explain(X, S, self.sequence_logit, permutations=permutations, seed=seed)
+
+    def sequence_logit(self, S: np.ndarray) -> np.ndarray:
+        return self._run("gru", np.ascontiguousarray(S, dtype=np.float32))[0].astype(np.float64).reshape(-1)
 
 
 def top_features(phi: np.ndarray, names: list[str], k: int) -> list[list[dict]]:

@@ -216,6 +216,14 @@ def export(t: Trained, ds: Dataset) -> dict[str, bytes]:
     buf = io.BytesIO()
     np.savez(buf, X=t.background["X"], S=t.background["S"])
     blobs["background.npz"] = buf.getvalue()
+    # What exact SHAP needs at serving (services/predict/explain.py): the meta-learner's and the logistic member's
+    # weights and the trees as arrays.
+    coef, intercept = t.members["lr"].linear()
+    trees = {f"gbt_{k}": v for k, v in t.members["gbt"].tree_arrays().items()}
+    buf = io.BytesIO()
+    np.savez(buf, meta_coef=t.meta.coef_.reshape(-1), meta_intercept=t.meta.intercept_.reshape(-1),
+             lr_coef=coef, lr_intercept=np.asarray([intercept]), **trees)
+    blobs["explain.npz"] = buf.getvalue()
     return blobs
 
 

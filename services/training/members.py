@@ -54,6 +54,12 @@ class LogisticMember:
     def logit(self, ds: Dataset) -> np.ndarray:
         return self.model.decision_function(ds.X)
 
+    def linear(self) -> tuple[np.ndarray, float]:
+        """(coef, intercept) with the scaler folded in: logit = X @ coef + intercept (for exact SHAP at serving)."""
+        scaler, clf = self.model.steps[0][1], self.model.steps[-1][1]
+        coef = clf.coef_.reshape(-1) / scaler.scale_
+        return coef, float(clf.intercept_[0] - coef @ scaler.mean_)
+
     def to_onnx(self, n_features: int) -> bytes:
         from skl2onnx import to_onnx
 
@@ -110,6 +116,37 @@ class GbtMember:
         onx = convert_lightgbm(self.model, initial_types=[("x", FloatTensorType([None, n_features]))],
                                zipmap=False, target_opset=OPSET, name="gbt")
         return onx.SerializeToString()
+
+    def tree_arrays(self) -> dict[str, np.ndarray]:
+        """Every node of every tree as flat arrays (TreeSHAP at serving needs no LightGBM): split feature (-1 on a
+        leaf), threshold as float32 (as the ONNX graph compares), default-left, missing type (0 none, 1 zero, 2 NaN),
+        children, leaf value, and each tree's root."""
+        cols: dict[str, list] = {k: [] for k in ("feature", "threshold", "default_left", "missing", "left", "right",
+                                                 "value")}
+        roots = []
+        missing = {"None": 0, "Zero": 1, "NaN": 2}
+
+        def add(node: dict) -> int:
+            i = len(cols["feature"])
+            for col in cols.values():
+                col.append(0)
+            cols["feature"][i], cols["left"][i], cols["right"][i] = -1, -1, -1
+            if "leaf_value" in node:
+                cols["value"][i] = node["leaf_value"]
+                return i
+            if node["decision_type"] != "<=":
+                raise ValueError(f"split {node['decision_type']!r} is not exported (only numerical '<=' splits)")
+            cols["feature"][i], cols["threshold"][i] = node["split_feature"], node["threshold"]
+            cols["default_left"][i], cols["missing"][i] = node["default_left"], missing[node["missing_type"]]
+            cols["left"][i] = add(node["left_child"])
+            cols["right"][i] = add(node["right_child"])
+            return i
+
+        for tree in self.model.booster_.dump_model()["tree_info"]:
+            roots.append(add(tree["tree_structure"]))
+        dtypes = {"feature": np.int32, "threshold": np.float32, "default_left": bool, "missing": np.int8,
+                  "left": np.int32, "right": np.int32, "value": np.float64}
+        return {**{k: np.asarray(v, dtypes[k]) for k, v in cols.items()}, "roots": np.asarray(roots, np.int32)}
 
 
 def _gru_module(n_features: int, hidden: int, dropout: float, mean: np.ndarray, std: np.ndarray):
