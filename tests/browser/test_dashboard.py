@@ -214,6 +214,7 @@ def test_an_operator_starts_a_run_and_a_retrain_from_the_runs_page(site, browser
     assert entries[-2]["result"] == run_id
     # Signing out ends the session: pages send the browser back to the sign-in form.
     browser.find_element(By.ID, "logout").click()
+    WebDriverWait(browser, 10).until(lambda d: "/login" in d.current_url)  # the sign-out answered
     browser.get(site["base"] + "/runs")
     assert "/login" in browser.current_url
 
