@@ -88,3 +88,22 @@ def daily_source(shared_data: Path, dest: Path, coins: tuple[str, ...] = DAILY_C
         shutil.copy(shared_data / "ohlcv" / "1d" / f"{coin}-USD.csv", dest / "ohlcv" / "1d")
     shutil.copytree(shared_data / "sentiment", dest / "sentiment")
     return dest
+
+
+@pytest.fixture(params=["local", "s3"])
+def lake(request, tmp_path, monkeypatch):
+    """The lake contract's two implementations: a local folder, and S3 under moto (a bucket with a key prefix)."""
+    from shared.storage import LocalLake, S3Lake
+
+    if request.param == "local":
+        yield LocalLake(tmp_path / "lake")
+        return
+    import boto3
+    from moto import mock_aws
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(var, "testing")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="cst-test-lake")
+        yield S3Lake("cst-test-lake", "prefix/under", client=client)

@@ -1,5 +1,5 @@
 """Browser sign-in in the cloud: the user pool's managed login pages through the OAuth 2.0 authorization-code grant
-with PKCE, ending in the same session and CSRF cookies as the local sign-in.
+with PKCE; the session and CSRF cookies are those of the local sign-in.
 
 `/login` sends the browser to `{domain}/oauth2/authorize` with a fresh `state` and an S256 code challenge; the state,
 the code verifier and the page to return to wait in a short-lived HttpOnly cookie that only `/auth/callback` sees

@@ -1,5 +1,5 @@
-"""Browser sign-in to the local dashboard: a login form, an HttpOnly session cookie, a CSRF cookie, and a rate limit
-on failed attempts, with users from `cst users add`. (In the cloud, browsers sign in through the Cognito user pool.)"""
+"""Browser sign-in to the dashboard on one machine: a login form for the users of `cst users add`, an HttpOnly
+session cookie, a CSRF cookie, and a rate limit on failed attempts. (In the cloud: services/api/hosted_login.py.)"""
 
 import html
 import secrets

@@ -12,12 +12,12 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, Form, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from services.api import reads
@@ -306,15 +306,26 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
               secure_cookies: bool = True) -> None:
     """The page routes. `identify` verifies the request's token; `act` starts a run or a retrain and audits it."""
 
-    def who_or_login(request: Request) -> Identity | RedirectResponse:
+    class SignIn(Exception):
+        """A page asked without a valid session: the browser goes to the sign-in form and comes back."""
+
+        def __init__(self, target: str):
+            self.target = target
+
+    @app.exception_handler(SignIn)
+    async def sign_in(_request: Request, exc: SignIn) -> RedirectResponse:
+        return RedirectResponse(f"/login?next={quote(exc.target, safe='/')}", status_code=303)
+
+    def page_viewer(request: Request) -> Identity:
         try:
             who = identify(request)
         except (Unauthorized, HTTPException):
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
+            raise SignIn(request.url.path + (f"?{request.url.query}" if request.url.query else "")) from None
         if not who.is_viewer:
             raise HTTPException(403, detail={"error": "forbidden", "message": "no dashboard group"})
         return who
+
+    Viewer = Annotated[Identity, Depends(page_viewer)]
 
     def render(request: Request, who: Identity, template: str, title: str, active: str, **ctx: Any) -> HTMLResponse:
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
@@ -336,18 +347,12 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
 
     @page("/")
     @page("/signals")
-    def signals(request: Request):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def signals(request: Request, who: Viewer):
         summary = reads.latest_summary(lake)
         return render(request, who, "signals.html", "Signals", "/", summary=summary, **signals_page(settings, summary))
 
     @page("/ranges")
-    def ranges(request: Request):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def ranges(request: Request, who: Viewer):
         summary = reads.latest_summary(lake)
         return render(request, who, "ranges.html", "Ranges", "/ranges", summary=summary,
                       **ranges_page(lake, horizons, summary))
@@ -360,10 +365,7 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
         return RedirectResponse(f"/coins/{target}", status_code=303)
 
     @page("/coins/{coin}")
-    def coin(request: Request, coin: str, horizon: str | None = None):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def coin(request: Request, who: Viewer, coin: str, horizon: str | None = None):
         if not coin.isascii() or not coin.isalnum() or len(coin) > 15 or (horizon and horizon not in horizons):
             raise HTTPException(404, detail={"error": "unknown_coin", "message": "no such coin or horizon"})
         summary = reads.latest_summary(lake)
@@ -376,28 +378,19 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
         return render(request, who, "coin.html", coin, "", summary=summary, coin=coin, **ctx)
 
     @page("/performance")
-    def performance(request: Request):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def performance(request: Request, who: Viewer):
         summary = reads.latest_summary(lake)
         return render(request, who, "performance.html", "Performance", "/performance", summary=summary,
                       **performance_page(lake, horizons, summary))
 
     @page("/runs")
-    def runs(request: Request, offset: int = 0, started: str | None = None):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def runs(request: Request, who: Viewer, offset: int = 0, started: str | None = None):
         flash = f"Started {started}." if started and reads.RUN_ID.match(started.rsplit(":", 1)[-1]) else None
         return render(request, who, "runs.html", "Runs", "/runs", all_horizons=horizons, flash=flash,
                       summary=reads.latest_summary(lake), **runs_page(lake, max(0, min(offset, 10_000_000))))
 
     @page("/runs/{run_id}")
-    def run(request: Request, run_id: str):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def run(request: Request, who: Viewer, run_id: str):
         doc = reads.summary(lake, run_id) if reads.RUN_ID.match(run_id) else None
         if doc is None:
             raise HTTPException(404, detail={"error": "unknown_run", "message": "no such run"})
@@ -406,24 +399,15 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
                       **run_page(doc, horizons))
 
     @page("/quality")
-    def quality(request: Request):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def quality(request: Request, who: Viewer):
         return render(request, who, "quality.html", "Data quality", "/quality", **quality_page(reads.quality(lake)))
 
     @page("/models")
-    def models(request: Request):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def models(request: Request, who: Viewer):
         return render(request, who, "models.html", "Models", "/models", **models_page(lake, horizons))
 
     @page("/models/{horizon}/{version}")
-    def card(request: Request, horizon: str, version: str):
-        who = who_or_login(request)
-        if isinstance(who, Response):
-            return who
+    def card(request: Request, who: Viewer, horizon: str, version: str):
         text = (reads.model_card(lake, horizon, version)
                 if horizon in horizons and reads.RUN_ID.match(version) else None)
         if text is None:

@@ -9,16 +9,14 @@ import threading
 import time
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from services.api import reads
 from services.ingest.logic import run_id_for
 from services.predict import logbook
 from shared.datasets import get_table
 from shared.pipeline import summary_key
-from shared.storage import LocalLake, S3Lake
+from shared.storage import LocalLake
 
 HOUR = 3_600_000
 T0 = 1_714_521_600_000  # 2024-05-01T00:00:00Z
@@ -61,19 +59,6 @@ def scan_predictions(lake, horizons: list[str], coin: str | None = None, lo: int
 @pytest.fixture
 def local(tmp_path):
     return LocalLake(tmp_path / "lake")
-
-
-@pytest.fixture(params=["local", "s3"])
-def lake(request, tmp_path, monkeypatch):
-    if request.param == "local":
-        yield LocalLake(tmp_path / "lake")
-        return
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(var, "testing")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="cst-test-reads")
-        yield S3Lake("cst-test-reads", "p", client=client)
 
 
 def test_answers_equal_a_fresh_scan_of_the_files(lake):

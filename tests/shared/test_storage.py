@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import boto3
 import pytest
 from hypothesis import given
 from hypothesis import settings as hyp_settings
@@ -13,21 +12,6 @@ from moto import mock_aws
 
 from shared.errors import CstError, LakeKeyNotFound
 from shared.storage import LocalLake, S3Lake, open_lake
-
-BUCKET = "cst-test-lake"
-
-
-@pytest.fixture(params=["local", "s3"])
-def lake(request, tmp_path, monkeypatch):
-    if request.param == "local":
-        yield LocalLake(tmp_path / "lake")
-        return
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(var, "testing")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield S3Lake(BUCKET, "prefix/under", client=client)
 
 
 def test_put_get_roundtrip_and_overwrite(lake):
