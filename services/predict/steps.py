@@ -335,6 +335,17 @@ def _metadata(lake: Lake, horizon: str) -> dict | None:
         return None
 
 
+def _recent_frame(lake: Lake, tf: str, since_ms: int, until_ms: int, window: int):
+    """Feature rows of the last `window` decision times in [since, until]: the span of `window` bars first (what
+    an unbroken store holds), the whole span only when gaps leave fewer times in it. The cost stays that of the
+    window however long the model has served."""
+    start = max(since_ms, until_ms - (window - 1) * timeframe_ms(tf))
+    frame = read_frame(lake, tf, since_ms=start, until_ms=until_ms)
+    if start > since_ms and (frame is None or np.unique(frame.ts).size < window):
+        frame = read_frame(lake, tf, since_ms=since_ms, until_ms=until_ms)
+    return frame
+
+
 def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
     settings, lake = ctx.settings, ctx.lake
     as_of = iso_to_ms(ref.as_of)
@@ -347,11 +358,11 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         tf = spec.timeframe
         # Only rows the model never saw can drift from what it saw: after its last label window.
         seen = iso_to_ms(meta["training_window"]["last"]) + spec.length_ms
-        frame = read_frame(lake, tf, since_ms=seen + 1, until_ms=as_of)
+        window = settings.run.drift_window[tf]
+        frame = _recent_frame(lake, tf, seen + 1, as_of, window)
         if frame is None or len(frame) == 0:
             out.report[h] = {"retrain": False, "reasons": [], "note": f"no {tf} rows at this as-of"}
             continue
-        window = settings.run.drift_window[tf]
         times = np.unique(frame.ts)[-window:]
         # Slow features (30-day volatility, sentiment level) barely move within a few weeks: a window
         # shorter than the configured one would compare one regime snapshot with a year and always "drift".

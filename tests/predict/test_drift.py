@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from services.predict.drift import judge
 from shared.settings import RunSettings
@@ -20,3 +21,32 @@ def test_a_model_older_than_the_cadence_is_retrained_without_any_drift():
     assert old["retrain"] and old["reasons"] == ["cadence: training data ended 30.0 days ago >= 30"]
     # Without an age the cadence is not judged (and nothing else here drifts).
     assert not judge(["f"], ref, X, [], 0.25, cfg)["retrain"]
+
+
+@pytest.mark.parametrize("gap_bars", [0, 5])
+def test_drift_reads_only_the_recent_window_and_reaches_back_over_gaps(tmp_path, gap_bars):
+    """The rows drift compares are the last `window` decision times the model never saw, whether the store is
+    unbroken or has a gap inside the window; reading them does not touch partitions outside what is needed."""
+    from services.features.frame import FeatureFrame
+    from services.features.store import read_frame, write_frame
+    from services.predict.steps import _recent_frame
+    from shared.storage import LocalLake
+
+    lake = LocalLake(tmp_path)
+    hour, window = 3_600_000, 6
+    times = np.arange(40) * hour
+    if gap_bars:  # a gap of `gap_bars` hours just before the last two decision times
+        times = np.concatenate([times[:-2], times[-2:] + gap_bars * hour])
+    coins = np.array(["AAA", "BBB"], dtype=object)
+    ts = np.repeat(times, 2)
+    frame = FeatureFrame("1h", ts, np.tile(coins, len(times)), np.arange(len(ts) * 2, dtype=np.float32).reshape(-1, 2),
+                         ["f0", "f1"])
+    write_frame(lake, frame)
+    since, until = 3 * hour, int(times[-1])
+    got = _recent_frame(lake, "1h", since, until, window)
+    full = read_frame(lake, "1h", since_ms=since, until_ms=until)
+    expected = np.unique(full.ts)[-window:]
+    assert np.array_equal(np.unique(got.ts)[-window:], expected)
+    assert got.ts.min() <= expected.min()
+    if not gap_bars:  # an unbroken store: exactly the window's rows, not the whole span since the model's training
+        assert np.array_equal(np.unique(got.ts), expected)
