@@ -48,11 +48,11 @@ def source_id(source: str) -> str:
 
 
 def build_sources(source: str, settings: Settings, now_ms: int,
-                  trades_since: dict[str, int] | None = None) -> list[Source]:
+                  trades_since: dict[str, int] | None = None, known_files: dict[str, dict] | None = None) -> list[Source]:
     """'live' -> exchange + sentiment + on-chain adapters; a directory -> file import. `trades_since`: per coin,
-    where the trades already collected end."""
+    where the trades already collected end; `known_files`: what earlier imports of the directory landed."""
     if source != "live":
-        return [FileSource(source)]
+        return [FileSource(source, known_files)]
     coins = settings.universe
     chain_assets = [a for a in settings.sources.coinmetrics_assets if a in coins]
     timeout = settings.http.timeout_s

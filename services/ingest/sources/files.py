@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -137,8 +138,10 @@ def _parse_plain(lines: list[str], header: list[str], fmt: CsvFormat
     return ts, values, list(body)
 
 
-def parse_csv(text: str, fmt: CsvFormat, *, layer: str, timeframe: str, symbol: str, source: str) -> Series:
-    """Parse every line; a line that cannot be parsed becomes a parse_error row, never a guessed value."""
+def parse_csv(text: str, fmt: CsvFormat, *, layer: str, timeframe: str, symbol: str, source: str,
+              lines_before: int = 0) -> Series:
+    """Parse every line; a line that cannot be parsed becomes a parse_error row, never a guessed value.
+    `lines_before`: data lines of the file before this text's first (a file's new tail), for the line numbers."""
     lines = _lines(text)
     try:
         header = _cells(lines[0]) if lines else None
@@ -173,7 +176,7 @@ def parse_csv(text: str, fmt: CsvFormat, *, layer: str, timeframe: str, symbol: 
                 if any(not np.isfinite(v) for v in parsed.values()):
                     raise ValueError("non-finite number")
             except (ValueError, IndexError, OverflowError, csv.Error) as exc:
-                errors.append(RejectedRow("parse_error", line, None, f"line {n + 1}: {exc}"))
+                errors.append(RejectedRow("parse_error", line, None, f"line {n + 1 + lines_before}: {exc}"))
                 continue
             ts.append(t)
             for f, v in parsed.items():
@@ -237,41 +240,87 @@ def discover(root: Path) -> tuple[list[FileSpec], dict[str, str]]:
     return specs, ignored
 
 
+def file_state_key(root: Path) -> str:
+    """Where the lake keeps what it holds of each file under `root`: the next import reads only what is new."""
+    return f"state/files/root={hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]}.json"
+
+
 class FileSource(Source):
-    """Reads a directory in the formats of ../shared/data; each file is one task and one raw record."""
+    """Reads a directory in the formats of ../shared/data; each file is one task and one raw record.
+
+    `known` (relative path -> {"size", "sha256", ...}) is what an earlier import of this directory landed. A file
+    with the same content is not parsed again (`unchanged`); a file that only grew after its known bytes (the
+    known bytes unchanged, ending at a line break) has only its new lines parsed and landed (`tails`), to be
+    joined to the series the lake already holds; any other change parses the whole file again.
+    """
 
     name = "files"
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, known: dict[str, dict] | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise CstError("source_unreadable", f"source directory {str(self.root)!r} does not exist or is not a directory")
         self.specs, self.ignored = discover(self.root)
+        self.known = dict(known or {})
+        self.read: dict[str, dict] = {}  # relative path -> {"size", "sha256"} of what this import read
+        self.unchanged: set[str] = set()
+        self.tails: dict[str, Series] = {}
+
+    def rel(self, spec: FileSpec) -> str:
+        return spec.path.relative_to(self.root).as_posix()
 
     def tasks(self) -> list[FetchTask]:
-        return [FetchTask(spec.source, spec.path.relative_to(self.root).as_posix(), self._reader(spec)) for spec in self.specs]
+        return [FetchTask(spec.source, self.rel(spec), self._reader(spec)) for spec in self.specs]
+
+    def _grown_from(self, rel: str, data: bytes) -> int:
+        """The byte where the new part of a file that only grew begins; 0 when it must be read whole."""
+        prev = self.known.get(rel)
+        size = int(prev["size"]) if prev else 0
+        if not (0 < size < len(data)) or data[size - 1:size] != b"\n":
+            return 0
+        return size if hashlib.sha256(data[:size]).hexdigest() == prev["sha256"] else 0
 
     def _reader(self, spec: FileSpec):
+        rel = self.rel(spec)
+
         async def run(_: Fetcher) -> FetchResult:
             try:
-                # Bytes that are not UTF-8 spoil their own line (a parse_error), not the whole file.
-                text = spec.path.read_bytes().decode("utf-8", errors="surrogateescape")
+                data = spec.path.read_bytes()
             except OSError as exc:
                 raise CstError("source_unreadable", f"cannot read {spec.path}: {exc}") from None
+            digest = hashlib.sha256(data).hexdigest()
+            if self.known.get(rel, {}).get("sha256") == digest:
+                self.read[rel] = {"size": len(data), "sha256": digest}
+                self.unchanged.add(rel)
+                return FetchResult()
+            start = self._grown_from(rel, data)
+            # Bytes that are not UTF-8 spoil their own line (a parse_error), not the whole file.
+            text = data[start:].decode("utf-8", errors="surrogateescape")
+            parse = {"fmt": spec.fmt, "layer": spec.layer, "timeframe": spec.timeframe, "symbol": spec.symbol,
+                     "source": spec.source}
+            tail = None
+            if start:
+                before = _lines(data[:start].decode("utf-8", errors="surrogateescape"))
+                try:
+                    header = _cells(before[0])
+                except csv.Error:
+                    header = []
+                if all(c in header for c in (spec.fmt.time_column, *spec.fmt.fields.values())):
+                    tail = parse_csv(f"{before[0]}\n{text}", lines_before=len(before) - 1, **parse)
+            if tail is None:  # read whole: the known bytes changed, or the header never held the columns
+                start, text = 0, data.decode("utf-8", errors="surrogateescape")
+            request = {"file": rel, "format": spec.fmt.name, **({"from_byte": start} if start else {})}
             record = RawRecord(
-                provenance=Provenance(
-                    source=spec.source,
-                    request={"file": spec.path.relative_to(self.root).as_posix(), "format": spec.fmt.name},
-                    fetched_at=utcnow(),
-                ),
+                provenance=Provenance(source=spec.source, request=request, fetched_at=utcnow()),
                 layer=spec.layer,  # type: ignore[arg-type]
                 symbol=spec.symbol,
                 timeframe=spec.timeframe,
                 body=text,
             )
-            series = parse_csv(
-                text, spec.fmt, layer=spec.layer, timeframe=spec.timeframe, symbol=spec.symbol, source=spec.source
-            )
-            return FetchResult([record], [series])
+            self.read[rel] = {"size": len(data), "sha256": digest}
+            if tail is not None:
+                self.tails[rel] = tail
+                return FetchResult([record], [])
+            return FetchResult([record], [parse_csv(text, **parse)])
 
         return run
