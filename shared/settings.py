@@ -63,8 +63,12 @@ class HttpSettings(BaseModel):
     backoff_max_s: float = 8.0
     # Requests in flight across all sources.
     concurrency: int = 16
-    # Requests per second per source (a source absent here uses default_rate_per_s).
-    rate_per_s: dict[str, float] = {"exchange": 10.0, "fear_greed": 2.0, "blockchain": 2.0, "coinmetrics": 1.5}
+    # Requests per second per source (a source absent here uses default_rate_per_s). "exchange" is Kraken's public
+    # REST limit, which is per IP and shared by every process behind it: about 1 request/s (Kraken's support
+    # article, quoted by ccxt's kraken `rateLimit: 1000`), and ccxt spaces OHLC/Depth/Trades at 1.2 s because 1 s
+    # trips "EGeneral:Too many requests"; 0.8/s stays under both. Another exchange id needs its own figure (ccxt's
+    # `rateLimit` for it; a rate above that is warned about).
+    rate_per_s: dict[str, float] = {"exchange": 0.8, "fear_greed": 2.0, "blockchain": 2.0, "coinmetrics": 1.5}
     default_rate_per_s: float = 5.0
 
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
-from services.ingest.fetch import Fetcher
+from services.ingest.fetch import Fetcher, pace_request
 from services.ingest.sources.base import FetchResult, FetchTask, Source
 from shared.contracts import Provenance, RawRecord, Series, utcnow
 from shared.errors import CstError
 from shared.settings import ExchangeSettings, timeframe_ms
 
 RATE_KEY = "exchange"
+
+log = logging.getLogger(__name__)
 
 
 def _strict_json_hook(exchange: Any):
@@ -42,8 +45,10 @@ def make_exchange(settings: ExchangeSettings, timeout_s: float) -> Any:
     except AttributeError:
         raise CstError("unknown_exchange", f"ccxt has no exchange {settings.id!r}") from None
     config: dict[str, Any] = {
-        # Our Fetcher owns rate limiting and retries, so ccxt's own throttle would only serialize requests.
-        "enableRateLimit": False,
+        # ccxt runs its throttle hook before every HTTP request it makes; the hook is replaced below by the
+        # Fetcher's pacing, so ccxt's own token bucket never runs and an operation that makes several requests
+        # (load_markets) still spaces each of them.
+        "enableRateLimit": True,
         "timeout": int(timeout_s * 1000),
     }
     if settings.api_key is not None:
@@ -57,7 +62,14 @@ def make_exchange(settings: ExchangeSettings, timeout_s: float) -> Any:
         # Which market lists load_markets asks for (e.g. Binance spot only, never its futures hosts).
         exchange.options["fetchMarkets"] = {"types": list(settings.market_types)}
     exchange.on_rest_response = _strict_json_hook(exchange)
+    exchange.throttle = _fetcher_pacing
     return exchange
+
+
+async def _fetcher_pacing(cost: float | None = None) -> None:
+    """ccxt's per-request throttle hook: the Fetcher's rate limit. ccxt's per-endpoint `cost` is not used, the rate
+    counts every request alike (hence Kraken's default sits under its costliest endpoint's pace, see settings)."""
+    await pace_request()
 
 
 def redirect_urls(urls: Any, base_url: str) -> Any:
@@ -177,6 +189,7 @@ class ExchangeSource(Source):
             if self._markets_error is not None:
                 raise self._markets_error
             if not self.exchange.markets:
+                self._check_rate(fetcher)
                 try:
                     await fetcher.call(RATE_KEY, "load_markets", self.exchange.load_markets)
                     if not self.exchange.markets:
@@ -185,6 +198,17 @@ class ExchangeSource(Source):
                 except Exception as exc:
                     self._markets_error = exc
                     raise
+
+    def _check_rate(self, fetcher: Fetcher) -> None:
+        """Warn when the configured rate is above what ccxt publishes for the exchange (its `rateLimit`, the
+        milliseconds between two requests): the exchange would answer rate-limit errors. Skipped with `base_url`:
+        that host (a proxy, a fake) has limits of its own."""
+        published_s = float(getattr(self.exchange, "rateLimit", 0) or 0) / 1000
+        interval = fetcher.limiter(RATE_KEY).interval
+        if self.settings.base_url is None and published_s > 0 and interval < published_s:
+            log.warning("http.rate_per_s[%r] = %.2f/s is above %s's published limit of %.2f requests/s (ccxt "
+                        "rateLimit %d ms): expect rate-limit errors", RATE_KEY, 1 / interval if interval else
+                        float("inf"), self.exchange.id, 1 / published_s, self.exchange.rateLimit)
 
     def _record(self, layer: str, coin: str, tf: str, request: dict, body: Any) -> RawRecord:
         return RawRecord(
@@ -214,7 +238,10 @@ class ExchangeSource(Source):
                 records.append(self.ohlcv_record(coin, tf, since, page))
                 candles.extend(fresh)
                 since = fresh[-1][0] + step
-                if since > now:
+                # A candle opening at `since` or later is still forming at `now` and would be dropped below: asking
+                # for it would spend a request of the rate limit on nothing (a whole request per series and run
+                # when a page ends at the last closed candle).
+                if since + step > now:
                     break
             if not candles:
                 raise CstError("no_data", f"{self.source_id} returned no {tf} candles for {symbol}")

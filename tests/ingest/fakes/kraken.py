@@ -1,12 +1,15 @@
-"""A fake of Kraken's public REST API (the endpoints ccxt's kraken calls), with per-coin faults and request counts."""
+"""A fake of Kraken's public REST API (the endpoints ccxt's kraken calls), with per-coin faults, request counts and
+Kraken's per-IP rate limit."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
@@ -95,6 +98,43 @@ TRADES: list[list[Any]] = [
 TRUNCATED_BODY = '{"error": [], "result": {"XXBTZUSD": [[1704067200, "42000.0", '
 
 
+# Kraken's answer to a client calling its public endpoints too fast: HTTP 200 with the error in the body, like every
+# Kraken API error (ccxt maps it to DDoSProtection; seen in the wild e.g. ccxt/ccxt#20648).
+TOO_MANY_REQUESTS = "EGeneral:Too many requests"
+
+
+@dataclass
+class RateLimit:
+    """Kraken's public-endpoint limit (per client IP), modelled on the call counter its docs describe for the REST
+    API: every request adds 1, the counter drains at `per_s`, and a request that takes it above `burst` is
+    refused with TOO_MANY_REQUESTS (and still counts, so hammering on keeps the client locked out).
+
+    A client that starts its requests at `per_s` never takes the counter above 1 but for arrival jitter and its
+    own catch-up after a pause; `burst` allows for both, while any sustained excess fills it within seconds.
+    Kraken's own allowance is deeper (ccxt/ccxt#20648: about a hundred calls at 1/s before the first refusal),
+    so passing here is the stricter check.
+    """
+
+    per_s: float
+    burst: float = 4.0
+    counter: float = 0.0
+    last: float = 0.0
+    # Monotonic arrival times (time.monotonic, the clock asyncio's loop.time() reads in every thread).
+    arrivals: list[float] = field(default_factory=list)
+    refused: int = 0
+    peak: float = 0.0
+
+    def admit(self, now: float) -> bool:
+        self.arrivals.append(now)
+        self.counter = max(0.0, self.counter - (now - self.last) * self.per_s) + 1.0
+        self.last = now
+        self.peak = max(self.peak, self.counter)
+        if self.counter > self.burst:
+            self.refused += 1
+            return False
+        return True
+
+
 @dataclass
 class Fault:
     """How the fake answers one coin's market-data requests (OHLC, Depth, Trades)."""
@@ -117,8 +157,10 @@ class FakeKraken:
     """
 
     def __init__(self, coins: list[str], *, now_s: int = NOW_S, page_size: int = 720, latency_s: float = 0.0,
-                 seed: int = 7):
+                 seed: int = 7, rate_limit: RateLimit | None = None):
         self.coins = list(coins)
+        # None: no limit (most tests); a RateLimit: every endpoint counts against it, as Kraken counts per IP.
+        self.rate_limit = rate_limit
         self.now_s = now_s
         self.page_size = page_size
         self.latency_s = latency_s
@@ -152,6 +194,10 @@ class FakeKraken:
     def __exit__(self, *exc: object) -> None:
         self._server.stop()
 
+    def snapshot(self) -> dict[str, Any]:
+        """What a run left behind, as plain data (what a ChildProcess hands back to its parent)."""
+        return {"requests": Counter(self.requests), "rate_limit": self.rate_limit}
+
     def pair_id(self, coin: str) -> str:
         return self._pairs[coin]["id"]
 
@@ -162,8 +208,7 @@ class FakeKraken:
     def level(self, coin: str, step_s: int, t: int) -> float:
         """The close of the candle opening at t: a slow cycle (period 2*pi*24 candles) plus seeded noise in [-1, 1]."""
         k = t // step_s
-        noise = random.Random(f"{self.seed}:{coin}:{step_s}:{k}").uniform(-1.0, 1.0)
-        return round(100.0 + 5.0 * math.sin(k / 24) + noise, 2)
+        return round(100.0 + 5.0 * math.sin(k / 24) + _noise(self.seed, coin, step_s, k), 2)
 
     def candle(self, coin: str, step_s: int, t: int) -> list[Any]:
         """Kraken's OHLC row [time, open, high, low, close, vwap, volume, count]; open is the previous close."""
@@ -232,6 +277,9 @@ class FakeKraken:
     async def _answer(self, endpoint: str, coin: str, result: Callable[[], Any]) -> web.Response:
         self.requests[(endpoint, coin)] += 1
         seen = self.requests[(endpoint, coin)]
+        if self.rate_limit is not None and not self.rate_limit.admit(asyncio.get_running_loop().time()):
+            await self._pauses.sleep(self.latency_s)
+            return web.json_response({"error": [TOO_MANY_REQUESTS]})
         await self._pauses.sleep(self.latency_s)
         fault = self.faults.get(coin)
         if fault is not None and seen > fault.after and (fault.times is None or seen <= fault.after + fault.times):
@@ -243,6 +291,13 @@ class FakeKraken:
                 return web.Response(status=200, text=TRUNCATED_BODY, content_type="application/json")
             await self._pauses.sleep(fault.delay_s)
         return web.json_response({"error": [], "result": result()})
+
+
+@functools.lru_cache(maxsize=4096)
+def _noise(seed: int, coin: str, step_s: int, k: int) -> float:
+    # Seeding a generator is most of a page's cost, and each candle's open is the previous candle's close: the
+    # cache halves it, which keeps the fake's own pauses (it shares the GIL with the client) short at high rates.
+    return random.Random(f"{seed}:{coin}:{step_s}:{k}").uniform(-1.0, 1.0)
 
 
 def _unknown_pair() -> web.Response:

@@ -1,12 +1,17 @@
-"""Runs an aiohttp app on 127.0.0.1 (ephemeral port) in a thread of its own, so sync code like ingest() can call it."""
+"""Runs an aiohttp app on 127.0.0.1 (ephemeral port) in a thread of its own, so sync code like ingest() can call it;
+or a whole fake in a child process, when the fake's own work must not share the client's GIL."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import socket
 import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -80,3 +85,56 @@ class Pauses:
         # Timing out is the normal case: the pause ran its full length.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _serve_in_child(conn: Connection, factory: Callable[[], Any]) -> None:
+    with factory() as fake:
+        conn.send(fake.url)
+        conn.recv()  # the parent's stop
+        conn.send(fake.snapshot())
+    conn.close()
+
+
+class ChildProcess:
+    """A fake (a context manager with `.url` and `.snapshot()`) served from a spawned process of its own.
+
+    In a thread, the fake shares the client's GIL: while one side builds or parses a large body the other's
+    event loop stalls, and requests sent on time reach the fake's handlers in bunches. A rate limit measured
+    at the fake then reports the client's CPU, not its pacing. In a process of its own, the fake sees requests
+    when they arrive. `factory` must pickle (a class or functools.partial of one); after exit, `snapshot` holds
+    what the fake's `snapshot()` returned when it stopped.
+    """
+
+    def __init__(self, factory: Callable[[], Any], start_timeout_s: float = 30.0):
+        self._factory = factory
+        self._timeout = start_timeout_s
+        self._ctx = multiprocessing.get_context("spawn")
+        self._conn: Connection | None = None
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self.url = ""
+        self.snapshot: Any = None
+
+    def __enter__(self) -> ChildProcess:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_serve_in_child, args=(child, self._factory), daemon=True,
+                                       name="loopback-fake")
+        self._proc.start()
+        child.close()
+        if not parent.poll(self._timeout):
+            self._proc.kill()
+            raise RuntimeError(f"the fake's process did not start within {self._timeout:.0f} s")
+        self._conn = parent
+        self.url = parent.recv()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self._conn is not None and self._proc is not None
+        try:
+            self._conn.send("stop")
+            if self._conn.poll(self._timeout):
+                self.snapshot = self._conn.recv()
+        finally:
+            self._conn.close()
+            self._proc.join(timeout=self._timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
