@@ -61,7 +61,7 @@ def stage_files(lake: Lake, source: FileSource, fresh: list[Series]) -> list[str
         rels = [source.rel(spec) for spec in specs]
         old = [r for r in rels if r in source.unchanged or r in source.tails]
         parts = sorted({source.known[r]["part"] for r in old})
-        same = (len(old) == len(rels) and not source.tails.keys() & set(rels) and len(parts) == 1
+        same = (all(r in source.unchanged for r in rels) and len(parts) == 1
                 and sorted(r for r, f in source.known.items() if f["part"] == parts[0]) == sorted(rels))
         if same:
             key = parts[0]
@@ -92,16 +92,13 @@ def ingest(ctx: StepContext, ref: RunRef) -> IngestOutput:
     sources = logic.build_sources(ref.source, settings, iso_to_ms(ref.as_of),
                                   trades_since=_trades_since(lake, settings) if live else None,
                                   known_files=None if live else _known_files(lake, ref.source))
-    ignored = getattr(sources[0], "ignored", {}) if ref.source != "live" else {}
+    ignored = {} if live else sources[0].ignored
     fetched = asyncio.run(logic.fetch_sources(sources, settings, *(ctx.fetch_progress or (None, None))))
     if not fetched.results and fetched.unreachable:
         raise logic.unreachable_error(fetched)
     landed, present = logic.land(lake, fetched)
     series = [s for _, r in fetched.results for s in r.series]
-    if isinstance(sources[0], FileSource):
-        staged = stage_files(lake, sources[0], series)
-    else:
-        staged = put_series(lake, STAGING, series, content_addressed=True)
+    staged = put_series(lake, STAGING, series, content_addressed=True) if live else stage_files(lake, sources[0], series)
     for src in sources:
         # Only after the trades landed: the next run continues from the end of what this one covered.
         for coin, (_, covered_to) in getattr(src, "coverage", {}).items():
