@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.bench_pipeline import _settings as _pipeline_settings
 from benchmarks.tiles import DATA, tiled_source
 
@@ -161,6 +163,7 @@ def month_case(cfg, models: Path, coins: int, runs: int, marks: tuple[int, ...])
 
     rows: dict[int, dict] = {}
     walls: list[float] = []
+    steps: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         src = DATA if coins == 12 else tiled_source(Path(tmp) / "src", coins)
         lake_dir = Path(tmp) / "lake"
@@ -175,21 +178,26 @@ def month_case(cfg, models: Path, coins: int, runs: int, marks: tuple[int, ...])
             walls.append(time.perf_counter() - t)
             if result.status != "complete":
                 raise RuntimeError(f"run {k} at {as_of}: {result.status}")
+            doc = lake.get_json(f"runs/run_id={ref.run_id}/summary.json")
+            steps.append({s: round(v, 3) for s, v in doc["timings"].items()})
             if k in marks:
-                doc = lake.get_json(f"runs/run_id={ref.run_id}/summary.json")
-                rows[k] = {"as_of": as_of, "wall_s": round(walls[-1], 2),
-                           "steps_s": {s: round(v, 3) for s, v in doc["timings"].items()},
-                           "outcomes_recorded": doc["outcomes_recorded"],
-                           "lake_files": sum(1 for p in lake_dir.rglob("*") if p.is_file())}
+                files = [p for p in lake_dir.rglob("*") if p.is_file()]
+                rows[k] = {"as_of": as_of, "wall_s": round(walls[-1], 2), "steps_s": steps[-1],
+                           "outcomes_recorded": doc["outcomes_recorded"], "lake_files": len(files),
+                           "lake_mb": round(sum(p.stat().st_size for p in files) / 2**20, 1)}
                 print(json.dumps({"run": k, **rows[k]}), flush=True)
     tenth = max(1, runs // 72)
     first, last = sum(walls[:tenth]) / tenth, sum(walls[-tenth:]) / tenth
     # Run 1 alone imports every file cold; from run 2 on a run reads only what is new: the steady cost.
     warm = sum(walls[1:tenth + 1]) / len(walls[1:tenth + 1]) if runs > 1 else first
-    return {"coins": coins, "runs": runs, "marks": rows, "walls": [round(w, 3) for w in walls],
+    # Medians of the first 50 warm runs and the last 50: a busy machine's spikes move a mean of ten, not these.
+    fifty = max(1, min(50, (runs - 1) // 2))
+    med = [float(np.median(walls[1:fifty + 1])), float(np.median(walls[-fifty:]))]
+    return {"coins": coins, "runs": runs, "marks": rows, "walls": [round(w, 3) for w in walls], "steps": steps,
             "mean_wall_first_last": [round(first, 3), round(last, 3)], "mean_wall_from_run_2": round(warm, 3),
             "window": tenth, "last_over_first": round(last / first, 3), "last_over_run_2_on": round(last / warm, 3),
-            "total_s": round(sum(walls), 1)}
+            "median_wall_warm_last": [round(m, 3) for m in med], "median_window": fifty,
+            "median_last_over_warm": round(med[1] / med[0], 3), "total_s": round(sum(walls), 1)}
 
 
 PLOT = ROOT / "build" / "bench_scale_month.png"
@@ -204,8 +212,14 @@ def plot_month(month: dict, path: Path = PLOT) -> Path:
 
     walls = month["walls"]
     warm = month["mean_wall_from_run_2"]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(range(1, len(walls) + 1), walls, lw=0.8, color="#1f77b4", label="wall per run")
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    x = range(1, len(walls) + 1)
+    ax.plot(x, walls, lw=0.8, color="#1f77b4", label="wall per run")
+    # The steps that cost most, each on its own line: where any growth would come from.
+    names = sorted({n for s in month.get("steps", []) for n in s},
+                   key=lambda n: -sum(s.get(n, 0.0) for s in month["steps"]))[:4]
+    for name, color in zip(names, ("#ff7f0e", "#9467bd", "#8c564b", "#e377c2"), strict=False):
+        ax.plot(x, [s.get(name, 0.0) for s in month["steps"]], lw=0.6, color=color, label=f"step {name}")
     ax.axhspan(0.8 * warm, 1.2 * warm, color="#2ca02c", alpha=0.15, label="runs 2-11 mean +-20%")
     ax.axhline(warm, color="#2ca02c", lw=1)
     ax.set_ylim(0, max(2 * warm, 1.05 * sorted(walls)[int(0.99 * (len(walls) - 1))]))
@@ -236,12 +250,16 @@ def _tables(scale: dict, month: dict | None) -> dict[str, str]:
                         f"total {month['total_s']} s; mean wall of the first vs last {month['window']} runs: "
                         f"{month['mean_wall_first_last'][0]} / {month['mean_wall_first_last'][1]} s "
                         f"(x{month['last_over_first']}); runs 2-{month['window'] + 1} (after the cold import) "
-                        f"{month['mean_wall_from_run_2']} s (last x{month['last_over_run_2_on']})")
+                        f"{month['mean_wall_from_run_2']} s (last x{month['last_over_run_2_on']}); median wall of "
+                        f"runs 2-{month['median_window'] + 1} vs the last {month['median_window']}: "
+                        f"{month['median_wall_warm_last'][0]} / {month['median_wall_warm_last'][1]} s "
+                        f"(x{month['median_last_over_warm']})")
         out["month plot"] = f"`{PLOT.relative_to(ROOT)}` (every run's wall)"
         for k, r in month["marks"].items():
             steps = ", ".join(f"{n} {v}" for n, v in r["steps_s"].items())
             out[f"month run {k}"] = (f"{r['as_of']}: wall {r['wall_s']} s, outcomes recorded "
-                                     f"{r['outcomes_recorded']}, lake files {r['lake_files']}; steps s: {steps}")
+                                     f"{r['outcomes_recorded']}, lake files {r['lake_files']} "
+                                     f"({r['lake_mb']} MB); steps s: {steps}")
     return out
 
 

@@ -122,6 +122,7 @@ class SeriesReport(BaseModel):
     last: str | None = None
     unavailable_fields: list[str] = []
     after_as_of: int = Field(0, description="rows not yet published at as-of (not read)")
+    before_span: int = Field(0, description="rows older than the run's span (not read: earlier runs judged them)")
     examples: dict[str, list[IssueExample]] = {}
 
 

@@ -41,7 +41,9 @@ class ExchangeSettings(BaseModel):
     api_key: SecretStr | None = None
     api_secret: SecretStr | None = None
     ohlcv_page_limit: int = 720
-    # How far back paginated OHLCV history starts, per timeframe.
+    # A run's span per timeframe: how far back a live run's paginated OHLCV starts, and the history every run (live
+    # or file import) judges and builds features over, so a run's cost stays flat as the lake's history grows.
+    # A series of any other timeframe (order-book snapshots) is read over the longest span. Training reads all.
     history: dict[str, timedelta] = {"1h": timedelta(days=30), "1d": timedelta(days=720)}
     orderbook_levels: int = 25
     # A book observed at most this long after the run's as-of is the book as of the run: a live run's as-of is
@@ -160,6 +162,11 @@ class FeatureSettings(BaseModel):
     onchain_growth: list[int] = [7, 30]
     # Network metrics used as market-wide features when the onchain layer is declared (series symbols).
     onchain_series: list[str] = ["BTC.hash-rate", "BTC.n-transactions-total", "BTC.transaction-fees", "BTC.output-volume"]
+    # A run writes feature rows only this many bars after the start of its span: the recursive indicators (RSI,
+    # ATR, MACD: exponential smoothing) forget their start by then to below float32 rounding ((25/27)^400 ~ 1e-13
+    # for MACD's 26-bar EMA), so a run's rows equal a build over the whole history. Earlier rows of its span are
+    # the ones earlier runs wrote.
+    settle_bars: int = 400
     sets: dict[str, FeatureSet] = {
         "1d": FeatureSet(
             layers=["price", "volume", "sentiment", "cross"],
@@ -409,6 +416,22 @@ class Settings(BaseSettings):
         for tf in value:
             timeframe_ms(tf)
         return value
+
+    def run_span_ms(self, timeframe: str) -> int:
+        """How far before its as-of a run reads a series of this timeframe (`exchange.history`)."""
+        spans = self.exchange.history
+        span = spans.get(timeframe) or max(spans.values(), default=timedelta(0))
+        return int(span.total_seconds() * 1000)
+
+    def settled_from_ms(self, timeframe: str, as_of_ms: int) -> int:
+        """The first decision time whose features a run at as_of writes: `features.settle_bars` into its span."""
+        step = timeframe_ms(timeframe)
+        span = self.run_span_ms(timeframe)
+        if span // step <= self.features.settle_bars:
+            raise CstError("span_too_short", f"exchange.history[{timeframe!r}] is {span // step} bars: a run's span "
+                                             f"must exceed features.settle_bars ({self.features.settle_bars}) or it "
+                                             "writes no feature rows; lengthen the history or lower settle_bars")
+        return as_of_ms - span + self.features.settle_bars * step
 
     def secret_values(self) -> list[str]:
         """Every configured secret's plain value: the redaction filter's list."""

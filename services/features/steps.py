@@ -41,7 +41,9 @@ def staged_series(lake: Lake, run_id: str) -> list[Series]:
 def validate(ctx: StepContext, ref: RunRef) -> ValidateOutput:
     settings, lake = ctx.settings, ctx.lake
     ingested = ctx.output(ref.run_id, "ingest")
-    outcome = run_gate(staged_series(lake, ref.run_id), iso_to_ms(ref.as_of), settings.quality)
+    # Over the run's span only (what a live run fetches): a run's cost stays flat as the history grows.
+    outcome = run_gate(staged_series(lake, ref.run_id), iso_to_ms(ref.as_of), settings.quality,
+                       span_ms=settings.run_span_ms)
     outcome.report.files_ignored = dict(ingested.files_ignored) if ingested else {}
     for key, doc in quarantine_documents(outcome).items():
         lake.put_json(key, doc, if_absent=True)
@@ -73,8 +75,11 @@ def features(ctx: StepContext, ref: RunRef) -> FeaturesOutput:
             log.warning("no feature set declared for timeframe %s: no features built for it", tf)
             continue
         frame = build_frame(clean, unavailable, tf, settings)
-        out.written += write_frame(lake, frame)
-        out.written += write_panel(lake, build_panel(clean, unavailable, tf, settings))
+        # The span's first rows carry the truncated start of recursive indicators: only settled rows are written
+        # (earlier runs wrote the rest); candles have no memory and are written from the span's start.
+        as_of = iso_to_ms(ref.as_of)
+        out.written += write_frame(lake, frame, settings.settled_from_ms(tf, as_of))
+        out.written += write_panel(lake, build_panel(clean, unavailable, tf, settings), as_of - settings.run_span_ms(tf))
         out.frames[tf] = FrameSummary(rows=len(frame), coins=len(frame.rows_per_coin), features=len(frame.names),
                                       excluded=dict(sorted(frame.excluded.items())),
                                       excluded_layers=sorted(frame.declared["excluded_layers"]))

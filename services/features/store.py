@@ -56,8 +56,11 @@ def table_to_frame(table: pa.Table) -> FeatureFrame:
     )
 
 
-def _write_partitions(lake: Lake, dataset: str, timeframe: str, ts: np.ndarray, table: pa.Table) -> int:
-    """Write each date partition of `table` whose bytes differ from the stored one; returns how many were written."""
+def _write_partitions(lake: Lake, dataset: str, timeframe: str, ts: np.ndarray, table: pa.Table,
+                      from_ms: int | None = None) -> int:
+    """Write each date partition of `table` whose bytes differ from the stored one; returns how many were written.
+    With `from_ms`, only partitions that start at or after it: one starting earlier holds rows `table` lacks or
+    has not settled, and keeps what the lake holds."""
     manifest_key = f"{dataset}/timeframe={timeframe}/_manifest.json"
     try:
         manifest = lake.get_json(manifest_key)
@@ -71,6 +74,8 @@ def _write_partitions(lake: Lake, dataset: str, timeframe: str, ts: np.ndarray, 
         if idx.size == 0:
             continue
         date = str(part[idx[0]])
+        if from_ms is not None and part[idx[0]].astype("datetime64[ms]").astype(np.int64) < from_ms:
+            continue
         piece = table.take(pa.array(idx))
         digest = arrow_digest(piece)  # an unchanged partition costs no Parquet encoding and no write
         if manifest.get(date) == digest:
@@ -96,10 +101,11 @@ def _partition_keys(lake: Lake, dataset: str, timeframe: str, since_ms: int | No
     return keys
 
 
-def write_frame(lake: Lake, frame: FeatureFrame) -> int:
+def write_frame(lake: Lake, frame: FeatureFrame, from_ms: int | None = None) -> int:
+    """The frame's date partitions (those starting at or after `from_ms`, when given) that changed."""
     if len(frame) == 0:
         return 0
-    return _write_partitions(lake, "features", frame.timeframe, frame.ts, frame_to_table(frame))
+    return _write_partitions(lake, "features", frame.timeframe, frame.ts, frame_to_table(frame), from_ms)
 
 
 def read_frame(lake: Lake, timeframe: str, since_ms: int | None = None, until_ms: int | None = None) -> FeatureFrame | None:
@@ -119,8 +125,9 @@ def read_frame(lake: Lake, timeframe: str, since_ms: int | None = None, until_ms
     return frame
 
 
-def write_panel(lake: Lake, panel: Panel) -> int:
-    """Cells with any value, long format; the coin list, unusable fields and notes ride in the metadata."""
+def write_panel(lake: Lake, panel: Panel, from_ms: int | None = None) -> int:
+    """Cells with any value, long format; the coin list, unusable fields and notes ride in the metadata. Only
+    partitions starting at or after `from_ms`, when given."""
     if not panel.open_ts.size or not panel.coins:
         return 0
     T, N = panel.fields["close"].shape
@@ -135,7 +142,7 @@ def write_panel(lake: Lake, panel: Panel) -> int:
         "coin": pa.array(np.asarray(panel.coins, dtype=object)[cols].astype(str), pa.string()),
         **{f: pa.array(panel.fields[f][rows, cols], pa.float64()) for f in (*PRICE, "volume")},
     }).replace_schema_metadata({"cst": json.dumps(meta)})
-    return _write_partitions(lake, "panels", panel.timeframe, panel.open_ts[rows], table)
+    return _write_partitions(lake, "panels", panel.timeframe, panel.open_ts[rows], table, from_ms)
 
 
 def read_panel(lake: Lake, timeframe: str, since_ms: int | None = None, until_ms: int | None = None) -> Panel | None:

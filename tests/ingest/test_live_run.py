@@ -86,6 +86,7 @@ def test_a_live_run_trains_on_backfilled_history_beyond_its_own_fetch(live_env, 
     first = NOW_S // HOUR * HOUR
     # The run fetches (and the empty lake's automatic backfill lands) two days of hourly candles: too few rows.
     monkeypatch.setenv("CST_EXCHANGE__HISTORY", '{"1h": "P2D"}')
+    monkeypatch.setenv("CST_FEATURES__SETTLE_BARS", "0")  # a two-day span settles no indicator: write every row
     assert cli.main(["run", "--source", "live", "--lake", str(lake), "--as-of", ms_to_iso(first * 1000)]) == 0
     s = summary(lake, first)
     assert "too_few_rows" in s["trained"]["1h"] and s["predictions"] == 0 and s["horizons_without_model"]
@@ -109,7 +110,7 @@ def test_the_liquidity_layer_reaches_the_features_on_live_path_data(tmp_path):
     from services import runner
     from services.features.store import read_frame
     from shared.pipeline import StepContext
-    from shared.settings import ExchangeSettings, Settings, SourceSettings
+    from shared.settings import ExchangeSettings, FeatureSettings, Settings, SourceSettings
     from shared.storage import LocalLake
     from tests.ingest.fakes.config import fast_http
 
@@ -124,7 +125,8 @@ def test_the_liquidity_layer_reaches_the_features_on_live_path_data(tmp_path):
                        exchange=ExchangeSettings(base_url=kraken.url, history={"1h": timedelta(days=3)}),
                        sources=SourceSettings(fear_greed_url=market.fear_greed_url, blockchain_url=market.blockchain_url,
                                               coinmetrics_url=market.coinmetrics_url, blockchain_metrics=["hash-rate"],
-                                              coinmetrics_assets=[]))
+                                              coinmetrics_assets=[]),
+                       features=FeatureSettings(settle_bars=0))  # three days settle nothing: every row is written
         fs = cfg.features.sets["1h"]
         cfg.features.sets["1h"] = fs.model_copy(update={
             "layers": [*fs.layers, "liquidity"],

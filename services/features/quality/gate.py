@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,9 +43,10 @@ def publication_lag_ms(layer: str, timeframe: str, settings: QualitySettings) ->
     return timeframe_ms(lag)
 
 
-def judge(series: Series, as_of_ms: int, settings: QualitySettings,
-          skip: frozenset[str] = frozenset()) -> tuple[SeriesReport, GateState, int]:
-    """Run the configured rules on one series as it was visible at as_of."""
+def judge(series: Series, as_of_ms: int, settings: QualitySettings, skip: frozenset[str] = frozenset(),
+          since_ms: int | None = None) -> tuple[SeriesReport, GateState, int]:
+    """Run the configured rules on one series as it was visible at as_of, over its rows from `since_ms` on (a run's
+    span; None: the whole history)."""
     state = GateState(series=series, settings=settings, as_of_ms=as_of_ms, tf_ms=_period_ms(series.timeframe))
     for row in series.parse_errors:
         state.rejected.append(row)
@@ -53,7 +55,12 @@ def judge(series: Series, as_of_ms: int, settings: QualitySettings,
     lag = publication_lag_ms(series.layer, series.timeframe, settings)
     visible = series.ts + lag <= as_of_ms
     after = int((~visible).sum())
-    if after:
+    before = 0
+    if since_ms is not None:
+        older = series.ts < since_ms
+        before = int(older.sum())
+        visible &= ~older
+    if after or before:
         state.series = series.take(np.flatnonzero(visible))
     for name in (r for r in settings.rules if r not in skip):
         try:
@@ -64,7 +71,7 @@ def judge(series: Series, as_of_ms: int, settings: QualitySettings,
             rule.check(state)
     clean = state.series
     if len(clean) == 0:
-        detail = "no rows published by as-of" if after else "no usable rows"
+        detail = "no rows published by as-of" if after else "no rows in the run's span" if before else "no usable rows"
         state.exclude("no_data", 1, detail)
     if state.excluded_by:
         status = "excluded"
@@ -83,20 +90,23 @@ def judge(series: Series, as_of_ms: int, settings: QualitySettings,
         unavailable_fields=sorted(set(state.unavailable_fields)),
         examples={k: v for k, v in sorted(state.examples.items()) if v},
         after_as_of=after,
+        before_span=before,
     )
     return report, state, after
 
 
-def run_gate(series: list[Series], as_of_ms: int, settings: QualitySettings,
-             skip: frozenset[str] = frozenset()) -> GateOutcome:
+def run_gate(series: list[Series], as_of_ms: int, settings: QualitySettings, skip: frozenset[str] = frozenset(),
+             span_ms: Callable[[str], int] | None = None) -> GateOutcome:
     """Judge every series at as_of. `skip` names rules not to run: training on history skips `stale`,
-    which guards live serving (a feed that stopped), not the use of a finished past."""
+    which guards live serving (a feed that stopped), not the use of a finished past. `span_ms`: how far before
+    as_of a series of a timeframe is read (a run's span); None reads every row."""
     if len({s.key for s in series}) != len(series):
         dupes = sorted({s.key for s in series if sum(t.key == s.key for t in series) > 1})
         raise CstError("series_key_clash", f"two inputs map to the same series: {dupes}")
     outcome = GateOutcome(report=QualityReport(as_of=ms_to_iso(as_of_ms), series={}))
     for s in sorted(series, key=lambda x: x.key):
-        report, state, _ = judge(s, as_of_ms, settings, skip)
+        since = None if span_ms is None else as_of_ms - span_ms(s.timeframe)
+        report, state, _ = judge(s, as_of_ms, settings, skip, since)
         outcome.report.series[s.key] = report
         if report.status != "excluded":
             outcome.clean[s.key] = state.series

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from shared.settings import ExchangeSettings, HttpSettings, Settings, SourceSettings
+from shared.settings import ExchangeSettings, FeatureSettings, HttpSettings, Settings, SourceSettings
 from tests.ingest.fakes.market import FakeMarketApis
 
 
@@ -19,7 +19,9 @@ def fast_http(**overrides: Any) -> HttpSettings:
 def loopback_settings(kraken_url: str, market: FakeMarketApis | None = None, *, coins: list[str],
                       history: timedelta = timedelta(hours=48), http: HttpSettings | None = None,
                       **exchange: Any) -> Settings:
-    """One hourly timeframe, `history` of it, and (with `market`) the sentiment / on-chain sources on loopback."""
+    """One hourly timeframe, `history` of it, and (with `market`) the sentiment / on-chain sources on loopback. The
+    fakes serve days, not the months the recursive indicators need to settle: every feature row of a run's span is
+    written (tests/features/test_run_span.py checks the settling on the recorded files)."""
     sources = SourceSettings()
     if market is not None:
         sources = SourceSettings(fear_greed_url=market.fear_greed_url, blockchain_url=market.blockchain_url,
@@ -31,4 +33,5 @@ def loopback_settings(kraken_url: str, market: FakeMarketApis | None = None, *, 
         http=http or fast_http(),
         exchange=ExchangeSettings(base_url=kraken_url, history={"1h": history}, **exchange),
         sources=sources,
+        features=FeatureSettings(settle_bars=0),
     )
