@@ -154,8 +154,8 @@ def scale_case(cfg, models: Path, coins: int, whole: bool) -> dict:
     return out
 
 
-def month_case(cfg, models: Path, coins: int, runs: int, marks: tuple[int, ...]) -> dict:
-    """`runs` consecutive hourly runs into one lake, in process; the cost of the runs numbered in `marks`."""
+def month_case(cfg, models: Path, coins: int, runs: int, marks: tuple[int, ...], start: datetime = MONTH_START) -> dict:
+    """`runs` consecutive hourly runs from `start` into one lake, in process; the cost of the runs in `marks`."""
     from services import runner
     from shared.contracts import iso_to_ms
     from shared.pipeline import StepContext
@@ -170,7 +170,7 @@ def month_case(cfg, models: Path, coins: int, runs: int, marks: tuple[int, ...])
         shutil.copytree(models / "models", lake_dir / "models")
         lake = LocalLake(lake_dir)
         for k in range(1, runs + 1):
-            as_of = _iso(MONTH_START + timedelta(hours=k - 1))
+            as_of = _iso(start + timedelta(hours=k - 1))
             ref = runner.make_ref(cfg, str(src), iso_to_ms(as_of))
             t = time.perf_counter()
             runner.save_ref(lake, ref)
@@ -193,7 +193,7 @@ def month_case(cfg, models: Path, coins: int, runs: int, marks: tuple[int, ...])
     # Medians of the first 50 warm runs and the last 50: a busy machine's spikes move a mean of ten, not these.
     fifty = max(1, min(50, (runs - 1) // 2))
     med = [float(np.median(walls[1:fifty + 1])), float(np.median(walls[-fifty:]))]
-    return {"coins": coins, "runs": runs, "marks": rows, "walls": [round(w, 3) for w in walls], "steps": steps,
+    return {"coins": coins, "runs": runs, "start": _iso(start), "marks": rows, "walls": [round(w, 3) for w in walls], "steps": steps,
             "mean_wall_first_last": [round(first, 3), round(last, 3)], "mean_wall_from_run_2": round(warm, 3),
             "window": tenth, "last_over_first": round(last / first, 3), "last_over_run_2_on": round(last / warm, 3),
             "median_wall_warm_last": [round(m, 3) for m in med], "median_window": fifty,
@@ -246,7 +246,7 @@ def _tables(scale: dict, month: dict | None) -> dict[str, str]:
             out[f"{coins} coins {label} ({r['as_of']})"] = (
                 f"wall {r['wall_s']} s (steps {r['steps_s_sum']} s), peak {r['peak_mb_max']} MB{whole}; per step: {steps}")
     if month:
-        out["month"] = (f"{month['coins']} coins, {month['runs']} consecutive hourly runs from {_iso(MONTH_START)}, "
+        out["month"] = (f"{month['coins']} coins, {month['runs']} consecutive hourly runs from {month['start']}, "
                         f"total {month['total_s']} s; mean wall of the first vs last {month['window']} runs: "
                         f"{month['mean_wall_first_last'][0]} / {month['mean_wall_first_last'][1]} s "
                         f"(x{month['last_over_first']}); runs 2-{month['window'] + 1} (after the cold import) "

@@ -139,7 +139,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
     runner.save_ref(lake, ref)
     with _step_progress(settings, lake, f"ingesting from {args.source}") as (ctx, _):
-        runner.run_step(ctx, "ingest", ref)
+        runner.run_ingest(ctx, ref)
         runner.run_step(ctx, "validate", ref)
     _print_ingest(ctx, ref)
     return 0
@@ -151,7 +151,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
     runner.save_ref(lake, ref)
     with _step_progress(settings, lake, f"importing {args.source}") as (ctx, _):
-        out = runner.run_step(ctx, "ingest", ref)
+        out = runner.run_ingest(ctx, ref)
     console.print(f"imported {args.source} as run {ref.run_id}: {out.landed} raw records landed "
                   f"({out.already_present} already present), {len(out.staged)} staged parts, "
                   f"{len(out.failures)} read failures; train with: cst train --run-id {ref.run_id} --lake {lake.uri}")
@@ -309,7 +309,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         ref = runner.make_ref(settings, args.source, iso_to_ms(args.until) if args.until else _as_of(None))
         runner.save_ref(lake, ref)
         with _step_progress(settings, lake, f"importing {args.source}") as (ctx, _):
-            runner.run_step(ctx, "ingest", ref)
+            runner.run_ingest(ctx, ref)
         run_id = ref.run_id
     else:
         raise CstError("train_needs_data", "give --source DIR (imported into the lake first) or --run-id of a run")

@@ -36,8 +36,10 @@ class TransientStepError(Exception):
 assert TransientStepError.__name__ == TRANSIENT_ERROR
 
 
-def _context() -> StepContext:
-    settings = get_settings()
+def _context(secrets: bool = False) -> StepContext:
+    """Settings from the environment; the source credentials only for a step that calls the sources (only its role
+    may read the secret)."""
+    settings = get_settings(secrets)
     return StepContext(settings, open_lake(settings.lake.uri, region=settings.aws_region))
 
 
@@ -69,7 +71,7 @@ def make_handler(name: str) -> Callable[[dict, Any], dict]:
         logger.set_correlation_id(ref.run_id)
         logger.append_keys(step=name, item=ref.item)
         try:
-            out = run_step(_context(), name, ref, ref.item)
+            out = run_step(_context(step.secrets), name, ref, ref.item)
         except CstError as exc:
             logger.warning("step failed", extra={"code": exc.code})
             if exc.code in step.retry.codes:

@@ -31,8 +31,10 @@ def make_ref(settings: Settings, source: str, as_of_ms: int) -> RunRef:
     from services.ingest.logic import run_id_for, source_id
 
     sid = source_id(source)
+    n = settings.exchange.batch_symbols
+    batches = [str(i) for i in range(-(-len(settings.universe) // n))] if sid == "live" else []
     return RunRef(run_id=run_id_for(sid, as_of_ms), as_of=ms_to_iso(as_of_ms), source=sid,
-                  horizons=[h for h in settings.horizons if h in settings.training.horizons])
+                  horizons=[h for h in settings.horizons if h in settings.training.horizons], batches=batches)
 
 
 def ref_key(run_id: str) -> str:
@@ -65,7 +67,21 @@ def resolve(entry: str) -> Callable[[StepContext, RunRef], StepOutput]:
 
 
 def items_of(step: Step, ref: RunRef) -> list[str | None]:
-    return list(ref.horizons) if step.map_over == "horizons" else [None]
+    return list(getattr(ref, step.map_over)) if step.map_over else [None]
+
+
+def run_ingest(ctx: StepContext, ref: RunRef) -> StepOutput:
+    """The run's staged series as the pipeline makes them: a live run's fetch batches, one after another, then the
+    ingest step that joins them (a file import is the ingest step alone). A failed batch is in the ingest output's
+    failures; the other batches' coins go on."""
+    items = items_of(STEPS["fetch"], ref)
+    errors = [_attempt(ctx, STEPS["fetch"], ref, item) for item in items]
+    for item, exc in zip(items, errors, strict=True):
+        if exc is not None:
+            log.warning("fetch batch %s failed: %s", item, exc)
+    if items and all(errors):
+        raise errors[0]  # nothing was fetched: the first batch's error says why (e.g. which hosts are unreachable)
+    return run_step(ctx, "ingest", ref)
 
 
 def should_run(ctx: StepContext, step: Step, ref: RunRef) -> bool:
@@ -139,8 +155,9 @@ def run_pipeline(ctx: StepContext, ref: RunRef, on_step: Callable[[str], None] |
             on_step(step.name)
         items = items_of(step, ref)
         if step.map_over:
-            # A Map's items run side by side (ONNX and SHAP release the GIL), as the state machine's Map runs them.
-            workers = max(1, min(len(items), ctx.settings.run.horizon_workers))
+            # A Map's items run side by side (ONNX and SHAP release the GIL), as the state machine's Map runs them,
+            # at most the step's concurrency.
+            workers = max(1, min(len(items), step.max_concurrency or ctx.settings.run.horizon_workers))
             with ThreadPoolExecutor(workers) as pool:
                 errors = list(pool.map(_attempt, [ctx] * len(items), [step] * len(items), [ref] * len(items), items))
         else:

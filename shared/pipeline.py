@@ -51,6 +51,7 @@ class RunRef(BaseModel):
     as_of: str
     source: str
     horizons: list[str]
+    batches: list[str] = Field([], description="a live run's symbol batches (the fetch Map's items); none for files")
     item: str | None = None
     retrain: bool = False  # every horizon is retrained by this run (a scheduled full retrain)
     retrain_only: list[str] = []  # with retrain: only these horizons (an operator asked for one)
@@ -212,7 +213,10 @@ class Step(BaseModel):
     input: str = "RunRef"
     output: str
     runtime: Runtime = "lambda"
-    map_over: Literal["horizons"] | None = Field(None, description="run once per element of the run's list")
+    map_over: Literal["horizons", "batches"] | None = Field(None, description="run once per element of the run's list")
+    max_concurrency: int = Field(0, description="a Map's items at once (0: no limit)")
+    secrets: bool = Field(False, description="reads the source credentials (Secrets Manager): only the steps that "
+                                             "call exchanges and data vendors")
     when: str | None = Field(None, description="'<step>.<field>': run only when that earlier output is non-empty")
     retry: Retry = Retry()
     # A step that only reads and reports runs again whenever its run is run (a crash may have lost its key).
@@ -224,8 +228,11 @@ class Step(BaseModel):
 
 
 PIPELINE: tuple[Step, ...] = (
+    Step(name="fetch", entry="services.ingest.steps:fetch", output="IngestOutput", runtime="map", map_over="batches",
+         max_concurrency=1, secrets=True, doc="a live run's sources, one batch of symbols per task (the market-wide sources with the "
+                                "first), one batch after another: land raw responses, stage the parsed series"),
     Step(name="ingest", entry="services.ingest.steps:ingest", output="IngestOutput",
-         doc="fetch every source (or read the files), land raw responses, stage the parsed series"),
+         doc="the run's staged series: the fetch batches' joined (live), or the files read, landed and staged"),
     Step(name="validate", entry="services.features.steps:validate", output="ValidateOutput",
          doc="quality gate at the run's as-of: report, quarantine, clean series"),
     Step(name="features", entry="services.features.steps:features", output="FeaturesOutput",
@@ -368,6 +375,7 @@ def state_machine(resources: dict[str, Any] | None = None) -> dict:
                                  "horizons.$": "$.horizons", "item.$": "$$.Map.Item.Value"},
                 # One item failing must not lose the others: the item's error is its result, and the summary reads
                 # the failed items from `items.<step>`.
+                **({"MaxConcurrency": step.max_concurrency} if step.max_concurrency else {}),
                 "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": step.name,
                                   "States": {step.name: {**inner, "Catch": [{"ErrorEquals": ["States.ALL"],
                                                                              "ResultPath": "$.caught",

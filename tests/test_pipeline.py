@@ -29,7 +29,8 @@ def test_runner_handlers_cli_and_state_machine_name_the_same_steps_in_the_same_o
 
     from shared.settings import Settings
 
-    runner.run_pipeline(SimpleNamespace(settings=Settings(_env_file=None)), RunRef(run_id="r", as_of="2024-05-01T00:00:00Z", source="x", horizons=["24h", "7d"]),
+    runner.run_pipeline(SimpleNamespace(settings=Settings(_env_file=None)), RunRef(run_id="r", as_of="2024-05-01T00:00:00Z", source="x", horizons=["24h", "7d"],
+                                                                              batches=["0", "1"]),
                         on_step=visited.append)
     assert visited == names
     assert list(dict.fromkeys(calls)) == names
@@ -68,6 +69,10 @@ def test_state_machine_shape():
     d = state_machine({"predict": "arn:aws:lambda:eu-west-1:123456789012:function:predict"})
     states = d["States"]
     assert states["predict"]["Type"] == "Map" and states["predict"]["ItemsPath"] == "$.horizons"
+    assert "MaxConcurrency" not in states["predict"]  # horizons side by side
+    # A live run's symbol batches one after another: the exchange's rate limit is per client.
+    assert states["fetch"]["Type"] == "Map" and states["fetch"]["ItemsPath"] == "$.batches"
+    assert states["fetch"]["MaxConcurrency"] == 1 and states["fetch"]["Next"] == "ingest"
     inner = states["predict"]["ItemProcessor"]["States"]["predict"]
     assert inner["Parameters"]["FunctionName"].endswith(":function:predict")
     # Conditional retraining: a Choice on the drift step's output, skipping to the summary otherwise.
@@ -89,7 +94,33 @@ def test_handlers_raise_retryable_codes_as_the_transient_error(monkeypatch, code
         raise CstError(code, "x")
 
     monkeypatch.setattr(handlers, "run_step", boom)
-    monkeypatch.setattr(handlers, "_context", lambda: None)
+    monkeypatch.setattr(handlers, "_context", lambda _secrets=False: None)
     event = {"run_id": "r", "as_of": "2024-05-01T00:00:00Z", "source": "x", "horizons": ["24h"]}
     with pytest.raises(handlers.TransientStepError if transient else CstError):
         handlers.HANDLERS["ingest"](event, lambda_context)
+
+
+def test_the_runner_runs_fetch_batches_one_at_a_time_and_horizons_side_by_side(monkeypatch):
+    import threading
+    import time as clock
+    from types import SimpleNamespace
+
+    from shared.settings import Settings
+
+    lock, running, most = threading.Lock(), {}, {}
+
+    def record(ctx, name, ref, item=None):
+        with lock:
+            running[name] = running.get(name, 0) + 1
+            most[name] = max(most.get(name, 0), running[name])
+        clock.sleep(0.05)
+        with lock:
+            running[name] -= 1
+        return STEPS[name].output_model()(run_id=ref.run_id, horizon=item or "", quality_key="")
+
+    monkeypatch.setattr(runner, "run_step", record)
+    monkeypatch.setattr(runner, "should_run", lambda ctx, step, ref: True)
+    ref = RunRef(run_id="r", as_of="2024-05-01T00:00:00Z", source="live", horizons=["1h", "24h"],
+                 batches=["0", "1", "2", "3"])
+    runner.run_pipeline(SimpleNamespace(settings=Settings(_env_file=None)), ref)
+    assert most["fetch"] == 1 and most["predict"] == 2

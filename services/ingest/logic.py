@@ -47,22 +47,25 @@ def source_id(source: str) -> str:
     return source if source == "live" else str(Path(source).resolve())
 
 
-def build_sources(source: str, settings: Settings, now_ms: int,
-                  trades_since: dict[str, int] | None = None, known_files: dict[str, dict] | None = None) -> list[Source]:
+def build_sources(source: str, settings: Settings, now_ms: int, trades_since: dict[str, int] | None = None,
+                  known_files: dict[str, dict] | None = None, coins: list[str] | None = None,
+                  market: bool = True) -> list[Source]:
     """'live' -> exchange + sentiment + on-chain adapters; a directory -> file import. `trades_since`: per coin,
-    where the trades already collected end; `known_files`: what earlier imports of the directory landed."""
+    where the trades already collected end; `known_files`: what earlier imports of the directory landed; `coins`:
+    the exchange's symbols (the universe unless given); `market`: with the market-wide sources (sentiment,
+    on-chain: one batch of a run fetches them)."""
     if source != "live":
         return [FileSource(source, known_files)]
-    coins = settings.universe
-    chain_assets = [a for a in settings.sources.coinmetrics_assets if a in coins]
+    universe = settings.universe
+    coins = universe if coins is None else coins
     timeout = settings.http.timeout_s
-    return [
-        ExchangeSource(settings.exchange, coins, settings.timeframes, timeout, now_ms=now_ms,
-                       trades_since=trades_since),
-        FearGreedSource(settings.sources),
-        BlockchainSource(settings.sources),
-        CoinMetricsSource(settings.sources, chain_assets, now_ms=now_ms),
-    ]
+    sources: list[Source] = [ExchangeSource(settings.exchange, coins, settings.timeframes, timeout, now_ms=now_ms,
+                                            trades_since=trades_since)]
+    if market:
+        chain_assets = [a for a in settings.sources.coinmetrics_assets if a in universe]
+        sources += [FearGreedSource(settings.sources), BlockchainSource(settings.sources),
+                    CoinMetricsSource(settings.sources, chain_assets, now_ms=now_ms)]
+    return sources
 
 
 async def fetch_all(tasks: list[FetchTask], fetcher: Fetcher, on_done: Callable[[FetchTask], None] | None = None) -> Fetched:

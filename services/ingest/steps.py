@@ -10,9 +10,9 @@ import numpy as np
 
 from services.ingest import logic
 from services.ingest.sources.files import FileSource, FileSpec, file_state_key
-from shared.contracts import Series, iso_to_ms
+from shared.contracts import FetchFailure, Series, iso_to_ms
 from shared.datasets import get_table, put_series, table_to_series
-from shared.errors import LakeKeyNotFound
+from shared.errors import CstError, LakeKeyNotFound
 from shared.pipeline import STAGING, IngestOutput, RunRef, StepContext
 from shared.settings import Settings
 from shared.storage import Lake
@@ -22,10 +22,10 @@ def trades_state_key(exchange: str, coin: str) -> str:
     return f"state/trades/source={exchange}/coin={coin}.json"
 
 
-def _trades_since(lake: Lake, settings: Settings) -> dict[str, int]:
+def _trades_since(lake: Lake, settings: Settings, coins: list[str]) -> dict[str, int]:
     """Per coin, where the trades collected by earlier runs end: this run continues from there."""
     found = {}
-    for coin in settings.universe:
+    for coin in coins:
         try:
             found[coin] = int(lake.get_json(trades_state_key(settings.exchange.id, coin))["covered_to_ms"])
         except LakeKeyNotFound:
@@ -86,22 +86,62 @@ def join_series(head: Series, tail: Series) -> Series:
                   [*head.origin, *tail.origin], [*head.parse_errors, *tail.parse_errors])
 
 
-def ingest(ctx: StepContext, ref: RunRef) -> IngestOutput:
+def batch_coins(settings: Settings, item: str) -> list[str]:
+    """The universe's symbols in fetch batch `item` (batches of `exchange.batch_symbols`, in universe order)."""
+    n = settings.exchange.batch_symbols
+    return settings.universe[int(item) * n:(int(item) + 1) * n]
+
+
+def fetch(ctx: StepContext, ref: RunRef) -> IngestOutput:
+    """One batch of a live run's symbols (the first batch also fetches the market-wide sources): fetched, landed,
+    staged; the trades' coverage recorded once they landed."""
     settings, lake = ctx.settings, ctx.lake
-    live = ref.source == "live"
-    sources = logic.build_sources(ref.source, settings, iso_to_ms(ref.as_of),
-                                  trades_since=_trades_since(lake, settings) if live else None,
-                                  known_files=None if live else _known_files(lake, ref.source))
-    ignored = {} if live else sources[0].ignored
+    if ref.item is None or not ref.item.isdigit():
+        raise CstError("step_needs_item", f"the fetch step runs once per symbol batch (0, 1, ...), not {ref.item!r}")
+    coins = batch_coins(settings, ref.item)
+    sources = logic.build_sources("live", settings, iso_to_ms(ref.as_of), trades_since=_trades_since(lake, settings, coins),
+                                  coins=coins, market=ref.item == "0")
     fetched = asyncio.run(logic.fetch_sources(sources, settings, *(ctx.fetch_progress or (None, None))))
     if not fetched.results and fetched.unreachable:
         raise logic.unreachable_error(fetched)
     landed, present = logic.land(lake, fetched)
-    series = [s for _, r in fetched.results for s in r.series]
-    staged = put_series(lake, STAGING, series, content_addressed=True) if live else stage_files(lake, sources[0], series)
+    staged = put_series(lake, STAGING, [s for _, r in fetched.results for s in r.series], content_addressed=True)
     for src in sources:
         # Only after the trades landed: the next run continues from the end of what this one covered.
         for coin, (_, covered_to) in getattr(src, "coverage", {}).items():
             lake.put_json(trades_state_key(settings.exchange.id, coin), {"covered_to_ms": covered_to, "run_id": ref.run_id})
     return IngestOutput(run_id=ref.run_id, landed=landed, already_present=present, failures=fetched.failures,
-                        files_ignored=dict(ignored), staged=staged)
+                        staged=staged)
+
+
+def ingest(ctx: StepContext, ref: RunRef) -> IngestOutput:
+    """The run's staged series: a live run's fetch batches joined (a batch without output is a failure, its coins
+    missing from the run); a file import read, landed and staged here."""
+    settings, lake = ctx.settings, ctx.lake
+    if ref.source == "live":
+        out = IngestOutput(run_id=ref.run_id)
+        for item in ref.batches:
+            batch = ctx.output(ref.run_id, "fetch", item)
+            if batch is None:
+                coins = batch_coins(settings, item)
+                out.failures.append(FetchFailure(
+                    source=settings.exchange.id, task=f"batch {item}", code="batch_failed", attempts=1,
+                    message=f"fetch batch {item} ({len(coins)} symbols, {coins[0]}..{coins[-1]}) has no output: it "
+                            "failed (the run's failures say why); its symbols are missing from this run"))
+                continue
+            out.landed += batch.landed
+            out.already_present += batch.already_present
+            out.failures += batch.failures
+            out.staged += batch.staged
+        if not out.staged:
+            raise CstError("sources_unreachable", f"no fetch batch of run {ref.run_id} staged anything; nothing was "
+                                                  f"ingested.\n  {logic.OFFLINE_HINT}")
+        return out
+    source = logic.build_sources(ref.source, settings, iso_to_ms(ref.as_of), known_files=_known_files(lake, ref.source))[0]
+    fetched = asyncio.run(logic.fetch_sources([source], settings, *(ctx.fetch_progress or (None, None))))
+    if not fetched.results and fetched.unreachable:
+        raise logic.unreachable_error(fetched)
+    landed, present = logic.land(lake, fetched)
+    staged = stage_files(lake, source, [s for _, r in fetched.results for s in r.series])
+    return IngestOutput(run_id=ref.run_id, landed=landed, already_present=present, failures=fetched.failures,
+                        files_ignored=dict(source.ignored), staged=staged)

@@ -70,14 +70,14 @@ def test_one_image_function_per_lambda_step_each_with_its_own_role(synthesized):
         assert p["Timeout"] == 900 and set(p["Environment"]["Variables"]) >= {"CST_LAKE__URI", "CST_SECRETS_MANAGER_ID"}
 
 
-def test_only_ingest_reads_the_secret_and_no_step_may_delete_from_the_lake(synthesized):
+def test_only_the_fetch_step_reads_the_secret_and_no_step_may_delete_from_the_lake(synthesized):
     _, t = synthesized
     fns = resources(t, "AWS::Lambda::Function")
     for name, lid in function_ids(t).items():
         role_id = fns[lid]["Properties"]["Role"]["Fn::GetAtt"][0]
         acts = actions_of(role_statements(t, role_id))
         reads_secret = any(a.startswith("secretsmanager:") for a in acts)
-        assert reads_secret == (name == "ingest"), name
+        assert reads_secret == (name == "fetch"), name
         assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= acts
         assert not any(a.startswith("s3:Delete") or a in ("s3:*", "*") for a in acts), (name, acts)
 

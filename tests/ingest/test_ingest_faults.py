@@ -50,7 +50,7 @@ def ingest(settings: Settings, lake: LocalLake, now_ms: int):
     """The pipeline's ingest and validate steps of a live run at `now_ms`: their outputs and the quality report."""
     ctx = StepContext(settings, lake)
     ref = runner.make_ref(settings, "live", now_ms)
-    ingested = runner.run_step(ctx, "ingest", ref)
+    ingested = runner.run_ingest(ctx, ref)
     validated = runner.run_step(ctx, "validate", ref)
     return ingested, validated, quality_report(ctx, ref.run_id)
 
