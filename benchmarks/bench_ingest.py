@@ -132,6 +132,9 @@ def rate_limited_case() -> dict[str, float | int | str]:
     hourly = LIMITED_SYMBOLS * per_symbol + market_load
     real_floor = hourly / real_rate
     per_lambda = floor((LAMBDA_LIMIT_S * LAMBDA_BUDGET * real_rate - market_load) / per_symbol)
+    # The fetch step's Map as configured: batches of `exchange.batch_symbols`, one after another.
+    batch = Settings().exchange.batch_symbols
+    batch_s = (batch * per_symbol + market_load) / real_rate
     print(f"{LIMITED_SYMBOLS} symbols x {per_symbol:g} requests + {market_load} at {LIMITED_RATE_PER_S:g}/s, "
           f"{LIMITED_LATENCY_S * 1000:.0f} ms: fetch {fetch_wall:.2f} s vs floor {floor_s:.2f} s "
           f"(x{fetch_wall / floor_s:.3f}), {enforced.refused} refused (peak counter {enforced.peak:.1f} of "
@@ -139,7 +142,8 @@ def rate_limited_case() -> dict[str, float | int | str]:
           f"{total_wall - fetch_wall:.2f} s")
     print(f"at Kraken's {real_rate:g}/s: {hourly:.0f} requests per hourly cycle = {real_floor:.0f} s "
           f"({real_floor / 3600:.2f} h); one Lambda ({LAMBDA_LIMIT_S} s, {LAMBDA_BUDGET:.0%} planned) fits "
-          f"{per_lambda} symbols: {ceil(LIMITED_SYMBOLS / per_lambda)} batches in sequence")
+          f"{per_lambda} symbols; the fetch Map's batches of {batch}: {ceil(LIMITED_SYMBOLS / batch)} in sequence, "
+          f"{batch_s:.0f} s each ({batch_s / LAMBDA_LIMIT_S:.0%} of a Lambda's limit)")
     return {
         "limited_symbols": LIMITED_SYMBOLS,
         "limited_tasks_per_symbol": tasks_per_symbol,
@@ -166,6 +170,9 @@ def rate_limited_case() -> dict[str, float | int | str]:
         "real_max_symbols_per_hour": floor((3600 * real_rate - market_load) / per_symbol),
         "real_symbols_per_lambda": per_lambda,
         "real_lambda_batches": ceil(LIMITED_SYMBOLS / per_lambda),
+        "fetch_batch_symbols": batch,
+        "fetch_batches": ceil(LIMITED_SYMBOLS / batch),
+        "fetch_batch_s_at_real_rate": round(batch_s),
     }
 
 
