@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from services.ingest import logic
+from services.ingest.sources.base import Source
 from services.ingest.sources.files import FileSource, FileSpec, file_state_key
 from shared.contracts import FetchFailure, Series, iso_to_ms
 from shared.datasets import get_table, put_series, table_to_series
@@ -86,6 +87,15 @@ def join_series(head: Series, tail: Series) -> Series:
                   [*head.origin, *tail.origin], [*head.parse_errors, *tail.parse_errors])
 
 
+def _fetch_and_land(ctx: StepContext, sources: list[Source]) -> tuple[logic.Fetched, int, int]:
+    """Every task of the sources, then the raw records of those that succeeded; nothing reachable is an error."""
+    fetched = asyncio.run(logic.fetch_sources(sources, ctx.settings, *(ctx.fetch_progress or (None, None))))
+    if not fetched.results and fetched.unreachable:
+        raise logic.unreachable_error(fetched)
+    landed, present = logic.land(ctx.lake, fetched)
+    return fetched, landed, present
+
+
 def batch_coins(settings: Settings, item: str) -> list[str]:
     """The universe's symbols in fetch batch `item` (batches of `exchange.batch_symbols`, in universe order)."""
     n = settings.exchange.batch_symbols
@@ -101,10 +111,7 @@ def fetch(ctx: StepContext, ref: RunRef) -> IngestOutput:
     coins = batch_coins(settings, ref.item)
     sources = logic.build_sources("live", settings, iso_to_ms(ref.as_of), trades_since=_trades_since(lake, settings, coins),
                                   coins=coins, market=ref.item == "0")
-    fetched = asyncio.run(logic.fetch_sources(sources, settings, *(ctx.fetch_progress or (None, None))))
-    if not fetched.results and fetched.unreachable:
-        raise logic.unreachable_error(fetched)
-    landed, present = logic.land(lake, fetched)
+    fetched, landed, present = _fetch_and_land(ctx, sources)
     staged = put_series(lake, STAGING, [s for _, r in fetched.results for s in r.series], content_addressed=True)
     for src in sources:
         # Only after the trades landed: the next run continues from the end of what this one covered.
@@ -138,10 +145,7 @@ def ingest(ctx: StepContext, ref: RunRef) -> IngestOutput:
                                                   f"ingested.\n  {logic.OFFLINE_HINT}")
         return out
     source = logic.build_sources(ref.source, settings, iso_to_ms(ref.as_of), known_files=_known_files(lake, ref.source))[0]
-    fetched = asyncio.run(logic.fetch_sources([source], settings, *(ctx.fetch_progress or (None, None))))
-    if not fetched.results and fetched.unreachable:
-        raise logic.unreachable_error(fetched)
-    landed, present = logic.land(lake, fetched)
+    fetched, landed, present = _fetch_and_land(ctx, [source])
     staged = stage_files(lake, source, [s for _, r in fetched.results for s in r.series])
     return IngestOutput(run_id=ref.run_id, landed=landed, already_present=present, failures=fetched.failures,
                         files_ignored=dict(source.ignored), staged=staged)
