@@ -28,13 +28,12 @@ log = logging.getLogger(__name__)
 
 def make_ref(settings: Settings, source: str, as_of_ms: int) -> RunRef:
     """A run is identified by its source and as-of: the same cycle always writes the same keys."""
-    from services.ingest.logic import run_id_for, source_id
+    from services.ingest.logic import fetch_batches, run_id_for, source_id
 
     sid = source_id(source)
-    n = settings.exchange.batch_symbols
-    batches = [str(i) for i in range(-(-len(settings.universe) // n))] if sid == "live" else []
     return RunRef(run_id=run_id_for(sid, as_of_ms), as_of=ms_to_iso(as_of_ms), source=sid,
-                  horizons=[h for h in settings.horizons if h in settings.training.horizons], batches=batches)
+                  horizons=[h for h in settings.horizons if h in settings.training.horizons],
+                  batches=fetch_batches(settings) if sid == "live" else [])
 
 
 def ref_key(run_id: str) -> str:
@@ -75,7 +74,7 @@ def run_ingest(ctx: StepContext, ref: RunRef) -> StepOutput:
     ingest step that joins them (a file import is the ingest step alone). A failed batch is in the ingest output's
     failures; the other batches' coins go on."""
     items = items_of(STEPS["fetch"], ref)
-    errors = [_attempt(ctx, STEPS["fetch"], ref, item) for item in items]
+    errors = _run_items(ctx, STEPS["fetch"], ref, items)
     for item, exc in zip(items, errors, strict=True):
         if exc is not None:
             log.warning("fetch batch %s failed: %s", item, exc)
@@ -143,6 +142,16 @@ def _attempt(ctx: StepContext, step: Step, ref: RunRef, item: str | None) -> Exc
     return None
 
 
+def _run_items(ctx: StepContext, step: Step, ref: RunRef, items: list[str | None]) -> list[Exception | None]:
+    """Each item's error (None when it ran). A Map's items run side by side (ONNX and SHAP release the GIL), as the
+    state machine's Map runs them, at most the step's concurrency."""
+    if not step.map_over:
+        return [_attempt(ctx, step, ref, None)]
+    workers = max(1, min(len(items), step.max_concurrency or ctx.settings.run.horizon_workers))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(_attempt, [ctx] * len(items), [step] * len(items), [ref] * len(items), items))
+
+
 def run_pipeline(ctx: StepContext, ref: RunRef, on_step: Callable[[str], None] | None = None) -> StepOutput:
     """Every step in the definition's order. A failed Map item leaves the other items running; any other
     failed step stops the run there. The summary step always runs and names every failure."""
@@ -154,14 +163,7 @@ def run_pipeline(ctx: StepContext, ref: RunRef, on_step: Callable[[str], None] |
         if on_step is not None:
             on_step(step.name)
         items = items_of(step, ref)
-        if step.map_over:
-            # A Map's items run side by side (ONNX and SHAP release the GIL), as the state machine's Map runs them,
-            # at most the step's concurrency.
-            workers = max(1, min(len(items), step.max_concurrency or ctx.settings.run.horizon_workers))
-            with ThreadPoolExecutor(workers) as pool:
-                errors = list(pool.map(_attempt, [ctx] * len(items), [step] * len(items), [ref] * len(items), items))
-        else:
-            errors = [_attempt(ctx, step, ref, None)]
+        errors = _run_items(ctx, step, ref, items)
         failed = [(item, exc) for item, exc in zip(items, errors, strict=True) if exc is not None]
         failures.extend(_failure(step.name, item, exc) for item, exc in failed)
         if failed and step.map_over is None:

@@ -70,6 +70,7 @@ def features(ctx: StepContext, ref: RunRef) -> FeaturesOutput:
     clean = {s.key: s for s in get_series(lake, validated.clean)}
     unavailable = {k: v.unavailable_fields for k, v in report.series.items() if v.unavailable_fields}
     out = FeaturesOutput(run_id=ref.run_id)
+    as_of = iso_to_ms(ref.as_of)
     for tf in settings.timeframes:
         if tf not in settings.features.sets:
             log.warning("no feature set declared for timeframe %s: no features built for it", tf)
@@ -77,7 +78,6 @@ def features(ctx: StepContext, ref: RunRef) -> FeaturesOutput:
         frame = build_frame(clean, unavailable, tf, settings)
         # The span's first rows carry the truncated start of recursive indicators: only settled rows are written
         # (earlier runs wrote the rest); candles have no memory and are written from the span's start.
-        as_of = iso_to_ms(ref.as_of)
         out.written += write_frame(lake, frame, settings.settled_from_ms(tf, as_of))
         out.written += write_panel(lake, build_panel(clean, unavailable, tf, settings), as_of - settings.run_span_ms(tf))
         out.frames[tf] = FrameSummary(rows=len(frame), coins=len(frame.rows_per_coin), features=len(frame.names),

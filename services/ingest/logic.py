@@ -47,6 +47,17 @@ def source_id(source: str) -> str:
     return source if source == "live" else str(Path(source).resolve())
 
 
+def fetch_batches(settings: Settings) -> list[str]:
+    """A live run's fetch batches ("0", "1", ...): the universe in order, `exchange.batch_symbols` symbols each."""
+    return [str(i) for i in range(-(-len(settings.universe) // settings.exchange.batch_symbols))]
+
+
+def batch_coins(settings: Settings, item: str) -> list[str]:
+    """The universe's symbols in fetch batch `item`."""
+    n = settings.exchange.batch_symbols
+    return settings.universe[int(item) * n:(int(item) + 1) * n]
+
+
 def build_sources(source: str, settings: Settings, now_ms: int, trades_since: dict[str, int] | None = None,
                   known_files: dict[str, dict] | None = None, coins: list[str] | None = None,
                   market: bool = True) -> list[Source]:

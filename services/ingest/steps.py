@@ -96,19 +96,13 @@ def _fetch_and_land(ctx: StepContext, sources: list[Source]) -> tuple[logic.Fetc
     return fetched, landed, present
 
 
-def batch_coins(settings: Settings, item: str) -> list[str]:
-    """The universe's symbols in fetch batch `item` (batches of `exchange.batch_symbols`, in universe order)."""
-    n = settings.exchange.batch_symbols
-    return settings.universe[int(item) * n:(int(item) + 1) * n]
-
-
 def fetch(ctx: StepContext, ref: RunRef) -> IngestOutput:
     """One batch of a live run's symbols (the first batch also fetches the market-wide sources): fetched, landed,
     staged; the trades' coverage recorded once they landed."""
     settings, lake = ctx.settings, ctx.lake
     if ref.item is None or not ref.item.isdigit():
         raise CstError("step_needs_item", f"the fetch step runs once per symbol batch (0, 1, ...), not {ref.item!r}")
-    coins = batch_coins(settings, ref.item)
+    coins = logic.batch_coins(settings, ref.item)
     sources = logic.build_sources("live", settings, iso_to_ms(ref.as_of), trades_since=_trades_since(lake, settings, coins),
                                   coins=coins, market=ref.item == "0")
     fetched, landed, present = _fetch_and_land(ctx, sources)
@@ -130,7 +124,7 @@ def ingest(ctx: StepContext, ref: RunRef) -> IngestOutput:
         for item in ref.batches:
             batch = ctx.output(ref.run_id, "fetch", item)
             if batch is None:
-                coins = batch_coins(settings, item)
+                coins = logic.batch_coins(settings, item)
                 out.failures.append(FetchFailure(
                     source=settings.exchange.id, task=f"batch {item}", code="batch_failed", attempts=1,
                     message=f"fetch batch {item} ({len(coins)} symbols, {coins[0]}..{coins[-1]}) has no output: it "
