@@ -29,6 +29,12 @@ $(CHARTS): services/api/package-lock.json
 	else echo "!!! make: npm is missing: the dashboard's charts cannot be installed (apt-get install nodejs npm)" >&2; fi
 charts: $(CHARTS)
 
+# asl-validator (pinned by infra/asl/package-lock.json) checks the generated state machine in the tests.
+ASL := infra/asl/node_modules/.package-lock.json
+$(ASL): infra/asl/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix infra/asl --no-audit --no-fund --loglevel=error; \
+	else echo "!!! make: npm is missing: the state machine's States Language check will be SKIPPED (apt-get install nodejs npm)" >&2; fi
+
 # The browser tests need Debian's Chromium and its driver (same version). Installed when missing and we can.
 browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
@@ -44,7 +50,7 @@ run: $(VENV)/.installed-run
 	$(BIN)/cst run --source $(SOURCE) --lake $(LAKE) $(AS_OF_ARG)
 
 # pytest exits 5 when it collects no tests: that is a broken suite here, not a pass.
-test: $(VENV)/.installed-test $(CHARTS) browser
+test: $(VENV)/.installed-test $(CHARTS) $(ASL) browser
 	$(BIN)/python -m pytest --cov --cov-report=term-missing; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose" >&2; exit 1; fi; exit $$rc
 
@@ -58,11 +64,12 @@ bench: $(VENV)/.installed-test
 # The cloud: `make synth` writes cdk.out (offline); `make deploy ENV=dev|prod` needs an AWS account, Docker and
 # `npx cdk` (aws-cdk CLI), and builds the container images on the way.
 ENV ?= dev
+CDK_OUT ?= cdk.out
 synth: $(VENV)/.installed-test
-	$(BIN)/python -m infra.app
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=1 $(BIN)/python -m infra.app -c env=$(ENV) --outdir $(CDK_OUT)
 
 deploy: $(VENV)/.installed-test
 	npx --yes aws-cdk@2 deploy --context env=$(ENV) --require-approval broadening
 
 clean:
-	rm -rf $(VENV) .pytest_cache .coverage htmlcov services/api/node_modules
+	rm -rf $(VENV) .pytest_cache .coverage htmlcov services/api/node_modules infra/asl/node_modules cdk.out

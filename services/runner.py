@@ -97,7 +97,8 @@ def run_step(ctx: StepContext, name: str, ref: RunRef, item: str | None = None) 
     if step is None:
         raise CstError("unknown_step", f"no pipeline step {name!r}; steps: {', '.join(STEPS)}")
     if step.map_over and item is None:
-        raise CstError("step_needs_item", f"step {name} runs once per {step.map_over[:-1]}: give one (e.g. --item 24h)")
+        raise CstError("step_needs_item", f"step {name} runs once per {step.item_noun}: give one (e.g. --item "
+                                            f"{'24h' if step.map_over == 'horizons' else '0'})")
     done = None if step.rerun else ctx.output(ref.run_id, name, item)
     if done is not None and getattr(done, "complete", True):
         return done

@@ -223,6 +223,11 @@ class Step(BaseModel):
     rerun: bool = False
     doc: str = ""
 
+    @property
+    def item_noun(self) -> str | None:
+        """What one element of a Map step is: "horizon", "batch"."""
+        return {"horizons": "horizon", "batches": "batch"}[self.map_over] if self.map_over else None
+
     def output_model(self) -> type[StepOutput]:
         return CONTRACTS[self.output]  # type: ignore[return-value]
 
@@ -347,6 +352,12 @@ def _failure_state(step: str, next_state: str | None, item: bool = False) -> dic
     return state
 
 
+def item_state(step: Step) -> str:
+    """The task inside a Map step's item processor: "fetch batch", "predict horizon". State names are unique across
+    the whole machine, nested ones included (Step Functions refuses a definition that repeats one)."""
+    return f"{step.name} {step.item_noun}" if step.map_over else step.name
+
+
 def state_machine(resources: dict[str, Any] | None = None) -> dict:
     """Amazon States Language for the pipeline: a prologue that makes the run's reference from the schedule's event,
     then one state per step in the definition's order, a Map over the run's horizons for Map steps, a Choice before
@@ -376,11 +387,11 @@ def state_machine(resources: dict[str, Any] | None = None) -> dict:
                 # One item failing must not lose the others: the item's error is its result, and the summary reads
                 # the failed items from `items.<step>`.
                 **({"MaxConcurrency": step.max_concurrency} if step.max_concurrency else {}),
-                "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": step.name,
-                                  "States": {step.name: {**inner, "Catch": [{"ErrorEquals": ["States.ALL"],
-                                                                             "ResultPath": "$.caught",
-                                                                             "Next": f"{step.name} item failed"}]},
-                                             f"{step.name} item failed": _failure_state(step.name, None, item=True)}},
+                "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": item_state(step),
+                                  "States": {item_state(step): {**inner, "Catch": [{"ErrorEquals": ["States.ALL"],
+                                                                                    "ResultPath": "$.caught",
+                                                                                    "Next": f"{item_state(step)} failed"}]},
+                                             f"{item_state(step)} failed": _failure_state(step.name, None, item=True)}},
                 "ResultPath": f"$.items.{step.name}", "Next": nxt}
         else:
             # Outputs a later Choice reads stay in the execution's state; the rest live in the lake only.

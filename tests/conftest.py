@@ -65,10 +65,9 @@ def synthesized(tmp_path_factory):
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     from aws_cdk import App
 
-    from infra.app import build
+    from infra.app import build, file_context
 
-    root = Path(__file__).resolve().parents[1]
-    context = json.loads((root / "cdk.json").read_text())["context"]
+    context = file_context()
     # Container images are only staged at synth; nothing here needs Docker.
     app = App(outdir=str(tmp_path_factory.mktemp("cdk.out")), context={**context, "aws:cdk:bundling-stacks": []})
     stack = build(app)

@@ -73,7 +73,7 @@ def test_state_machine_shape():
     # A live run's symbol batches one after another: the exchange's rate limit is per client.
     assert states["fetch"]["Type"] == "Map" and states["fetch"]["ItemsPath"] == "$.batches"
     assert states["fetch"]["MaxConcurrency"] == 1 and states["fetch"]["Next"] == "ingest"
-    inner = states["predict"]["ItemProcessor"]["States"]["predict"]
+    inner = states["predict"]["ItemProcessor"]["States"]["predict horizon"]
     assert inner["Parameters"]["FunctionName"].endswith(":function:predict")
     # Conditional retraining: a Choice on the drift step's output, skipping to the summary otherwise.
     assert states["drift"]["Next"] == "retrain?" and states["drift"]["ResultPath"] == "$.run.drift"
