@@ -54,22 +54,23 @@ def coins(n: int) -> list[str]:
     return (real + [f"T{i:04d}" for i in range(max(0, n - len(real)))])[:n]
 
 
-def _row(coin: str, horizon: str, run_id: str, as_of: str, decision_ts: int, i: int) -> dict:
+def _row(coin: str, horizon: str, run_id: str, as_of: str, decision_ts: int, i: int):
+    from shared.records import Prediction
+
     p = 0.45 + (i % 10) / 100  # varied so the columns are not constant; the values mean nothing
-    return {"run_id": run_id, "coin": coin, "horizon": horizon, "as_of": as_of, "decision_ts": decision_ts,
-            "p_up": p, "p_low": p - 0.05, "p_high": p + 0.05, "direction": 1 if p >= 0.5 else -1,
-            "confidence": max(p, 1 - p), "q10": -0.01, "q50": 0.0, "q90": 0.01, "model_version": PLACEHOLDER,
-            "actionable": False, "shap_base": 0.5, "top_features": json.dumps([[PLACEHOLDER, 0.0]] * 5),
-            "range_low": -0.012, "range_high": 0.012, "skill": PLACEHOLDER}
+    return Prediction(run_id=run_id, coin=coin, horizon=horizon, as_of=as_of, decision_ts=decision_ts,
+                      p_up=p, p_low=p - 0.05, p_high=p + 0.05, direction=1 if p >= 0.5 else -1,
+                      confidence=max(p, 1 - p), q10=-0.01, q50=0.0, q90=0.01, model_version=PLACEHOLDER,
+                      actionable=False, shap_base=0.5, top_features=json.dumps([[PLACEHOLDER, 0.0]] * 5),
+                      range_low=-0.012, range_high=0.012, skill=PLACEHOLDER)
 
 
 def build_lake(root: Path, n_coins: int = 100, hours: int = 720, now: datetime | None = None) -> dict:
     """A lake with the structure of `hours` hourly runs ending at the current hour, through the product's writers."""
-    from services.ingest.logic import run_id_for
     from services.predict import logbook
     from shared.contracts import ms_to_iso
-    from shared.pipeline import quality_key, summary_key
     from shared.registry import current_key, model_prefix
+    from shared.runs import quality_key, run_id_for, summary_key
     from shared.storage import LocalLake
 
     lake = LocalLake(root)
@@ -81,7 +82,8 @@ def build_lake(root: Path, n_coins: int = 100, hours: int = 720, now: datetime |
         prefix = model_prefix(h, "v-placeholder")
         lake.put_json(prefix + "metadata.json", {"created": ms_to_iso(end_ms), "placeholder": PLACEHOLDER,
                                                  "training_window": {"first": None, "last": None},
-                                                 "skill": PLACEHOLDER, "metrics": {}, "gate": {"promote": True}})
+                                                 "skill": {"verdict": PLACEHOLDER, "demonstrated": False}, "metrics": {},
+                                                 "gate": {"promote": True}})
         lake.put(prefix + "MODEL_CARD.md", f"# Model card\n\n{PLACEHOLDER}\n".encode())
         lake.put(current_key(h), b"v-placeholder")
     for k in range(hours):
@@ -96,8 +98,7 @@ def build_lake(root: Path, n_coins: int = 100, hours: int = 720, now: datetime |
                                             "series": {f"ohlcv/1h/{c}": {"status": "ok", "rows": 720}
                                                        for c in names}})
         signals = [{"coin": c, "direction": "up", "horizons": ["24h", "7d"], "min_confidence": 0.8,
-                    "p_up": {"24h": 0.81, "7d": 0.82}, "q": {}, "decision_ts": {"24h": as_of_ms}, "tradable": False,
-                    "placeholder": PLACEHOLDER} for c in names[:5]]
+                    "p_up": {"24h": 0.81, "7d": 0.82}, "q": {}, "decision_ts": {"24h": as_of_ms}, "tradable": False} for c in names[:5]]
         lake.put_json(summary_key(run_id), {
             "run_id": run_id, "as_of": as_of, "source": "bench-api-speed-test", "status": "complete", "failures": [],
             "coins_total": len(names), "coins_predicted": len(names), "excluded": {}, "partially_excluded": {},

@@ -2,7 +2,7 @@
 
 The environment is built the way the serving image is (`pip install .`, the core dependencies, no extras) in a
 throw-away virtualenv; each handler is imported in a fresh interpreter (the Lambda cold start's import phase:
-`services.handlers` and the step's logic module), five times, and the median is kept. The run also records which
+`services.orchestrator.handlers` and the step's service module, which its entry imports), five times, and the median is kept. The run also records which
 heavy modules the import pulled in: scikit-learn, torch, shap and pandas must be absent. Goal: <= 0.8 s.
 """
 
@@ -23,11 +23,14 @@ FORBIDDEN = ("sklearn", "torch", "shap", "pandas", "lightgbm", "optuna", "matplo
 PROBE = """
 import importlib, json, sys, time
 t = time.perf_counter()
-import services.handlers as h
-from shared.pipeline import STEPS, START
+import ast, inspect
+import services.orchestrator.handlers as h
+from services.orchestrator.entries import ENTRIES
+from shared.pipeline.asl import START
 name = sys.argv[1]
 if name != START:
-    importlib.import_module(STEPS[name].entry.split(":")[0])
+    src = ast.parse(inspect.getsource(ENTRIES[name]))
+    importlib.import_module(next(n.module for n in ast.walk(src) if isinstance(n, ast.ImportFrom)))
 elapsed = time.perf_counter() - t
 print(json.dumps({"seconds": elapsed, "loaded": sorted(m for m in %r if m in sys.modules)}))
 """ % (FORBIDDEN,)
@@ -45,7 +48,8 @@ def main() -> dict:
     started = time.perf_counter()
     python = serving_env()
     setup_s = time.perf_counter() - started
-    from shared.pipeline import PIPELINE, START
+    from shared.pipeline.asl import START
+    from shared.pipeline.definition import PIPELINE
 
     names = [START] + [s.name for s in PIPELINE if s.runtime != "sagemaker"]
     figures: dict[str, object] = {"environment": f"{VENV} (pip install . : core dependencies only)",

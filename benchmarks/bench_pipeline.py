@@ -58,8 +58,8 @@ class HandoffClock:
     def __enter__(self):
         import importlib
 
-        from services import runner
-        from shared.pipeline import StepContext
+        from services.orchestrator import runner
+        from shared.pipeline.context import StepContext
 
         for mod_name, names in HANDOFF.items():
             mod = importlib.import_module(mod_name)
@@ -91,33 +91,35 @@ def _settings():
 
 
 def _train_models(cfg, lake_dir: Path) -> None:
-    from services import runner
+    from services.orchestrator import runner
     from services.training.train import train
-    from shared.pipeline import StepContext
+    from shared import runs
+    from shared.pipeline.context import StepContext
     from shared.storage import LocalLake
 
     lake = LocalLake(lake_dir)
     for until in ("2024-05-01T00:00:00Z", "2025-01-05T00:00:00Z"):
         from shared.contracts import iso_to_ms
 
-        ref = runner.make_ref(cfg, str(DATA), iso_to_ms(until))
+        ref = runs.new_ref(cfg, str(DATA), iso_to_ms(until))
         runner.run_step(StepContext(cfg, lake), "ingest", ref)
         hs = ["1h"] if until.startswith("2025") else ["24h", "7d", "30d"]
         train(cfg, lake, ref.run_id, until=until, horizons=hs, budget="bench")
 
 
 def _run(cfg, lake_dir: Path, source: Path, as_of: str) -> dict:
-    from services import runner
+    from services.orchestrator import runner
+    from shared import runs
     from shared.contracts import iso_to_ms
-    from shared.pipeline import StepContext
+    from shared.pipeline.context import StepContext
     from shared.storage import LocalLake
 
     lake = LocalLake(lake_dir)
-    ref = runner.make_ref(cfg, str(source), iso_to_ms(as_of))
+    ref = runs.new_ref(cfg, str(source), iso_to_ms(as_of))
     before = {p: p.stat().st_mtime_ns for p in lake_dir.rglob("*") if p.is_file()}
     with HandoffClock() as clock:
         t = time.perf_counter()
-        runner.save_ref(lake, ref)
+        runs.save_ref(lake, ref)
         result = runner.run_pipeline(StepContext(cfg, lake), ref)
         wall = time.perf_counter() - t
     after = {p: p.stat().st_mtime_ns for p in lake_dir.rglob("*") if p.is_file()}

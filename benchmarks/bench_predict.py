@@ -42,11 +42,12 @@ def cold_import_seconds(module: str, repeats: int = 5) -> float:
 
 def inference(n_coins: int = 1000) -> dict:
     import services.training.train as train_mod
-    from services import runner
+    from services.orchestrator import runner
     from services.predict.model import HorizonModel
     from services.training.ensemble import native_p_up
+    from shared import runs
     from shared.contracts import utcnow
-    from shared.pipeline import StepContext
+    from shared.pipeline.context import StepContext
     from shared.settings import Budget, Settings
     from shared.storage import LocalLake
 
@@ -58,7 +59,7 @@ def inference(n_coins: int = 1000) -> dict:
     horizons = ["24h", "7d", "30d", "1h"]
     with tempfile.TemporaryDirectory() as tmp:
         lake = LocalLake(tmp)
-        ref = runner.make_ref(cfg, str(DATA), int(utcnow().timestamp() * 1000))
+        ref = runs.new_ref(cfg, str(DATA), int(utcnow().timestamp() * 1000))
         runner.run_step(StepContext(cfg, lake), "ingest", ref)  # the files reach training through the lake
         train_mod.train(cfg, lake, ref.run_id, horizons=horizons, budget="bench",
                         on_trained=lambda t: kept.__setitem__(t.horizon, t))

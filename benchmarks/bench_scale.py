@@ -54,16 +54,17 @@ def _iso(ts: datetime) -> str:
 
 def train_models(cfg, lake_dir: Path) -> float:
     """Daily horizons trained on data before the daily as-of, 1h before the month: none sees its test period."""
-    from services import runner
+    from services.orchestrator import runner
     from services.training.train import train
+    from shared import runs
     from shared.contracts import iso_to_ms
-    from shared.pipeline import StepContext
+    from shared.pipeline.context import StepContext
     from shared.storage import LocalLake
 
     lake = LocalLake(lake_dir)
     t = time.perf_counter()
     for until, horizons in ((DAILY_AS_OF, ["24h", "7d", "30d"]), (_iso(MONTH_START), ["1h"])):
-        ref = runner.make_ref(cfg, str(DATA), iso_to_ms(until))
+        ref = runs.new_ref(cfg, str(DATA), iso_to_ms(until))
         runner.run_step(StepContext(cfg, lake), "ingest", ref)
         train(cfg, lake, ref.run_id, until=until, horizons=horizons, budget="bench")
     return round(time.perf_counter() - t, 1)
@@ -103,15 +104,18 @@ def _step_process(lake: Path, name: str, run_id: str, item: str | None, env: dic
 
 def stepwise_run(cfg, lake_dir: Path, source: Path, as_of: str) -> dict:
     """The pipeline's steps in order, each in its own process; a Map step runs one process per item."""
-    from services import runner
+    from services.orchestrator import runner
+    from shared import runs
     from shared.contracts import iso_to_ms
-    from shared.pipeline import PIPELINE, StepContext, step_output_key
+    from shared.pipeline.context import StepContext
+    from shared.pipeline.definition import PIPELINE
+    from shared.runs import step_output_key
     from shared.storage import LocalLake
 
     lake = LocalLake(lake_dir)
     ctx = StepContext(cfg, lake)
-    ref = runner.make_ref(cfg, str(source), iso_to_ms(as_of))
-    runner.save_ref(lake, ref)
+    ref = runs.new_ref(cfg, str(source), iso_to_ms(as_of))
+    runs.save_ref(lake, ref)
     env = {**os.environ, **STEP_ENV}
     steps: dict[str, dict] = {}
     t = time.perf_counter()
@@ -156,9 +160,10 @@ def scale_case(cfg, models: Path, coins: int, whole: bool) -> dict:
 
 def month_case(cfg, models: Path, coins: int, runs: int, marks: tuple[int, ...], start: datetime = MONTH_START) -> dict:
     """`runs` consecutive hourly runs from `start` into one lake, in process; the cost of the runs in `marks`."""
-    from services import runner
+    from services.orchestrator import runner
+    from shared import runs
     from shared.contracts import iso_to_ms
-    from shared.pipeline import StepContext
+    from shared.pipeline.context import StepContext
     from shared.storage import LocalLake
 
     rows: dict[int, dict] = {}
@@ -171,9 +176,9 @@ def month_case(cfg, models: Path, coins: int, runs: int, marks: tuple[int, ...],
         lake = LocalLake(lake_dir)
         for k in range(1, runs + 1):
             as_of = _iso(start + timedelta(hours=k - 1))
-            ref = runner.make_ref(cfg, str(src), iso_to_ms(as_of))
+            ref = runs.new_ref(cfg, str(src), iso_to_ms(as_of))
             t = time.perf_counter()
-            runner.save_ref(lake, ref)
+            runs.save_ref(lake, ref)
             result = runner.run_pipeline(StepContext(cfg, lake), ref)
             walls.append(time.perf_counter() - t)
             if result.status != "complete":

@@ -20,12 +20,13 @@ def main(n_coins: int = 1000) -> dict:
     if not DATA.is_dir():
         return {"skipped": f"{DATA} absent"}
     import services.training.train as train_mod
-    from services import runner
+    from services.orchestrator import runner
     from services.predict.explain import permutation_shap
     from services.predict.model import HorizonModel
     from services.predict.pool import explain_rows
+    from shared import runs
     from shared.contracts import utcnow
-    from shared.pipeline import StepContext
+    from shared.pipeline.context import StepContext
     from shared.settings import Budget, Settings
     from shared.storage import LocalLake
 
@@ -38,7 +39,7 @@ def main(n_coins: int = 1000) -> dict:
     kept = {}
     with tempfile.TemporaryDirectory() as tmp:
         lake = LocalLake(tmp)
-        ref = runner.make_ref(cfg, str(DATA), int(utcnow().timestamp() * 1000))
+        ref = runs.new_ref(cfg, str(DATA), int(utcnow().timestamp() * 1000))
         runner.run_step(StepContext(cfg, lake), "ingest", ref)
         train_mod.train(cfg, lake, ref.run_id, horizons=horizons, budget="bench",
                         on_trained=lambda t: kept.__setitem__(t.horizon, t))

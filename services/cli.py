@@ -21,14 +21,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from services import runner
 from services.features.quality.gate import quarantine_documents
 from services.ingest import logic
-from shared.contracts import QualityReport, iso_to_ms, ms_to_iso, utcnow
+from services.orchestrator import runner, usecases
+from shared import runs
+from shared.contracts import QualityReport, iso_to_ms, ms_to_iso
 from shared.errors import CstError
 from shared.logging import configure_logging, redact
-from shared.pipeline import STEPS, RunRef, StepContext
-from shared.settings import Settings, resolve_secrets, timeframe_ms
+from shared.pipeline.context import StepContext
+from shared.pipeline.contracts import RunRef
+from shared.pipeline.definition import STEPS
+from shared.records import Prediction, Signal
+from shared.settings import Settings, resolve_secrets
 from shared.storage import open_lake
 
 # Piped output (CI logs, files) gets a wide fixed width instead of 80 columns of wrapped tables.
@@ -36,15 +40,10 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 
-def _as_of(text: str | None, settings: Settings | None = None) -> int:
-    """The given time, or now; a live run without one takes the close of the latest candle of its shortest
-    timeframe, so a retried run within the same candle is the same run."""
+def _as_of(text: str | None) -> int | None:
+    """The time given with --as-of, or None for now (the run's identity floors either to its cycle)."""
     if not text:
-        now = int(utcnow().timestamp() * 1000)
-        if settings is None:
-            return now
-        step = min(timeframe_ms(tf) for tf in settings.timeframes)
-        return now // step * step
+        return None
     try:
         return iso_to_ms(text)
     except ValueError:
@@ -80,7 +79,7 @@ def _summary_line(report: QualityReport) -> str:
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    as_of = _as_of(args.as_of)
+    as_of = runs.cycle_as_of(settings, _as_of(args.as_of))
     from services.ingest.sources.files import FileSource
 
     source = FileSource(args.source)
@@ -136,8 +135,7 @@ def _print_ingest(ctx: StepContext, ref: RunRef) -> None:
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     lake = _lake(args, settings)
-    ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
-    runner.save_ref(lake, ref)
+    ref = usecases.open_run(settings, lake, args.source, _as_of(args.as_of))
     with _step_progress(settings, lake, f"ingesting from {args.source}") as (ctx, _):
         runner.run_ingest(ctx, ref)
         runner.run_step(ctx, "validate", ref)
@@ -148,8 +146,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     """Recorded files into the lake as a run's staged series, the history training reads."""
     lake = _lake(args, settings)
-    ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
-    runner.save_ref(lake, ref)
+    ref = usecases.open_run(settings, lake, args.source, _as_of(args.as_of))
     with _step_progress(settings, lake, f"importing {args.source}") as (ctx, _):
         out = runner.run_ingest(ctx, ref)
     console.print(f"imported {args.source} as run {ref.run_id}: {out.landed} raw records landed "
@@ -160,75 +157,71 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def signals_table(predictions: list[dict], signals: list[dict]) -> Table:
+def signals_table(predictions: list[Prediction], signals: list[Signal]) -> Table:
     table = Table(title="actionable predictions (confidence >= threshold) and consensus signals")
     for col in ("coin", "horizon", "direction", "p_up", "interval", "confidence", "q10 / q50 / q90", "top features", "signal"):
         table.add_column(col)
-    signalled = {s["coin"]: s for s in signals}
-    for p in sorted((p for p in predictions if p["actionable"]), key=lambda p: (p["coin"], p["horizon"])):
-        tops = ", ".join(f"{t['feature']} {t['contribution']:+.2f}" for t in json.loads(p["top_features"])[:3])
-        sig = signalled.get(p["coin"])
-        table.add_row(p["coin"], p["horizon"], "up" if p["direction"] == 1 else "down", f"{p['p_up']:.3f}",
-                      f"[{p['p_low']:.3f}, {p['p_high']:.3f}]", f"{p['confidence']:.3f}",
-                      f"{p['q10']:+.3f} / {p['q50']:+.3f} / {p['q90']:+.3f}", tops,
-                      _signal_cell(sig))
+    signalled = {s.coin: s for s in signals}
+    for p in sorted((p for p in predictions if p.actionable), key=lambda p: (p.coin, p.horizon)):
+        tops = ", ".join(f"{t.feature} {t.contribution:+.2f}" for t in p.tops()[:3])
+        table.add_row(p.coin, p.horizon, "up" if p.direction == 1 else "down", f"{p.p_up:.3f}",
+                      f"[{p.p_low:.3f}, {p.p_high:.3f}]", f"{p.confidence:.3f}",
+                      f"{p.q10:+.3f} / {p.q50:+.3f} / {p.q90:+.3f}", tops, _signal_cell(signalled.get(p.coin)))
     return table
 
 
-def _signal_cell(sig: dict | None) -> str:
+def _signal_cell(sig: Signal | None) -> str:
     if not sig:
         return ""
-    head = f"[bold]{sig['direction']} ({', '.join(sig['horizons'])})[/]"
-    risk = sig.get("risk")
+    head = f"[bold]{sig.direction} ({', '.join(sig.horizons)})[/]"
+    risk = sig.risk
     if risk is None:
         return head
-    if risk["allow"]:
-        return f"{head} size {risk['size_fraction']:.1%} of equity, cost {risk['cost_bps']:.1f} bps"
-    why = next((d["reason"] for d in risk["decisions"] if not d["allow"]), "refused")
-    return f"{head} [red]not traded[/]: {why}"
+    if risk.allow:
+        return f"{head} size {risk.size_fraction:.1%} of equity, cost {risk.cost_bps:.1f} bps"
+    return f"{head} [red]not traded[/]: {risk.refusal}"
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from services.predict.steps import served_predictions
-    from shared.pipeline import summary_key
-
     lake = _lake(args, settings)
-    ref = runner.make_ref(settings, args.source, _as_of(args.as_of, settings if args.source == "live" else None))
-    done = runner.complete_summary(lake, ref.run_id)
+    ref = runs.new_ref(settings, args.source, _as_of(args.as_of))
+    done = runs.complete_summary(lake, ref.run_id)
     if done is not None:
-        console.print(f"run {ref.run_id} (as-of {done['as_of']}) is already complete; nothing changed. "
-                      f"{done['predictions']} predictions, {done['actionable']} actionable, {len(done['signals'])} signals.")
+        console.print(f"run {ref.run_id} (as-of {done.as_of}) is already complete; nothing changed. "
+                      f"{done.predictions} predictions, {done.actionable} actionable, {len(done.signals)} signals.")
         return 0
-    if args.source == "live" and _empty_lake(lake, ref.horizons):
+    if usecases.needs_history(lake, ref):
         # Nothing to train on yet: the history training needs comes first, saying how much and how long.
         now = iso_to_ms(ref.as_of)
-        console.print(f"empty lake: backfilling the history training needs ({ms_to_iso(_default_since(settings, now))} "
-                      f"to {ref.as_of}) before the first run")
-        _backfill(settings, lake, _default_since(settings, now), now)
-    runner.save_ref(lake, ref)
+        since = usecases.history_start(settings, now)
+        console.print(f"empty lake: backfilling the history training needs ({ms_to_iso(since)} to {ref.as_of}) "
+                      "before the first run")
+        _backfill(settings, lake, since, now)
+    runs.save_ref(lake, ref)
     with _step_progress(settings, lake, "running") as (ctx, on_step):
         result = runner.run_pipeline(ctx, ref, on_step=on_step)
-    doc = lake.get_json(summary_key(ref.run_id))
+    doc = runs.load_summary(lake, ref.run_id)
     if ctx.output(ref.run_id, "validate") is not None:
         _print_ingest(ctx, ref)
     if ctx.output(ref.run_id, "risk") is not None:
-        console.print(signals_table(served_predictions(ctx, ref), doc["signals"]))
+        console.print(signals_table(served_predictions(ctx, ref), doc.signals))
         drift = ctx.output(ref.run_id, "drift")
         retrain = drift.retrain if drift is not None else []
-        console.print(f"run {ref.run_id}: as-of {doc['as_of']}, {doc['coins_predicted']}/{doc['coins_total']} coins "
-                      f"predicted, {doc['predictions']} predictions ({doc['new_predictions']} new), {doc['actionable']} "
-                      f"actionable, {len(doc['signals'])} signals ({doc['tradable_signals']} past the risk gate), "
-                      f"{doc['outcomes_recorded']} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
-                      f"summary {summary_key(ref.run_id)}")
-    for h, why in doc["uncertified_horizons"].items():
+        console.print(f"run {ref.run_id}: as-of {doc.as_of}, {doc.coins_predicted}/{doc.coins_total} coins "
+                      f"predicted, {doc.predictions} predictions ({doc.new_predictions} new), {doc.actionable} "
+                      f"actionable, {len(doc.signals)} signals ({doc.tradable_signals} past the risk gate), "
+                      f"{doc.outcomes_recorded} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
+                      f"summary {runs.summary_key(ref.run_id)}")
+    for h, why in doc.uncertified_horizons.items():
         console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {escape(why)}")
-    for h, why in doc["horizons_without_model"].items():
+    for h, why in doc.horizons_without_model.items():
         console.print(f"[yellow]{h} has no model[/]: {escape(why)}")
     if result.status != "complete":
-        for f in doc["failures"]:
-            where = f["step"] + (f"[{f['item']}]" if f.get("item") else "")
-            console.print(f"[red]step {escape(where)} failed[/]: {escape('[' + f['code'] + '] ' + f['message'])}")
-        console.print(f"run {ref.run_id} is not complete (summary {summary_key(ref.run_id)}); running the same "
+        for f in doc.failures:
+            where = f.step + (f"[{f.item}]" if f.item else "")
+            console.print(f"[red]step {escape(where)} failed[/]: {escape('[' + f.code + '] ' + f.message)}")
+        console.print(f"run {ref.run_id} is not complete (summary {runs.summary_key(ref.run_id)}); running the same "
                       "command again finishes it, keeping every step that landed")
         return 1
     return 0
@@ -260,35 +253,21 @@ def _backfill(settings: Settings, lake, since_ms: int, now_ms: int) -> int:
     return len(report.failures)
 
 
-def _default_since(settings: Settings, now_ms: int) -> int:
-    """The start of the history training needs: the deepest `exchange.history` of the run's timeframes."""
-    depth = max(settings.exchange.history[tf] for tf in settings.timeframes if tf in settings.exchange.history)
-    return now_ms - int(depth.total_seconds() * 1000)
-
-
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     """Real history into the lake, page by page; an interrupted backfill continues where it stopped."""
     lake = _lake(args, settings)
-    now = _as_of(None, settings)
-    since = iso_to_ms(args.since) if args.since else _default_since(settings, now)
+    now = runs.cycle_as_of(settings)
+    since = iso_to_ms(args.since) if args.since else usecases.history_start(settings, now)
     return 1 if _backfill(settings, lake, since, now) else 0
-
-
-def _empty_lake(lake, horizons: list[str]) -> bool:
-    from services.predict.model import current_version
-    from shared.datasets import history_parts
-
-    return not history_parts(lake) and all(current_version(lake, h) is None for h in horizons)
 
 
 def cmd_step(args: argparse.Namespace, settings: Settings) -> int:
     """One pipeline step alone, from what the lake holds: the call a Lambda handler makes."""
     lake = _lake(args, settings)
     if args.run_id:
-        ref = runner.load_ref(lake, args.run_id)
+        ref = runs.load_ref(lake, args.run_id)
     elif args.source:
-        ref = runner.make_ref(settings, args.source, _as_of(args.as_of))
-        runner.save_ref(lake, ref)
+        ref = usecases.open_run(settings, lake, args.source, _as_of(args.as_of))
     else:
         raise CstError("step_needs_run", "give --run-id of a stored run, or --source (and --as-of) to start one")
     with _step_progress(settings, lake, f"step {args.name}") as (ctx, _):
@@ -306,8 +285,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         run_id = args.run_id
     elif args.source:
         # Files reach training through the lake: imported as a run's staged series, then read from there.
-        ref = runner.make_ref(settings, args.source, iso_to_ms(args.until) if args.until else _as_of(None))
-        runner.save_ref(lake, ref)
+        ref = usecases.open_run(settings, lake, args.source, iso_to_ms(args.until) if args.until else None)
         with _step_progress(settings, lake, f"importing {args.source}") as (ctx, _):
             runner.run_ingest(ctx, ref)
         run_id = ref.run_id

@@ -16,6 +16,8 @@ Status = Literal["ok", "excluded", "quarantined"]
 
 # Which fields hold prices (must be > 0) per layer; the rest are non-negative quantities.
 PRICE_FIELDS = ("open", "high", "low", "close")
+# Raw responses as fetched, immutable, one file per fetch (the lake's audit trail; aged out by the bucket's rules).
+RAW = "raw/"
 
 
 def utcnow() -> datetime:
@@ -58,7 +60,7 @@ class RawRecord(BaseModel):
 
     def lake_key(self) -> str:
         sym = self.symbol.replace("/", "-")
-        return f"raw/source={self.provenance.source}/symbol={sym}/timeframe={self.timeframe}/{self.fetch_id()}.json"
+        return f"{RAW}source={self.provenance.source}/symbol={sym}/timeframe={self.timeframe}/{self.fetch_id()}.json"
 
 
 @dataclass

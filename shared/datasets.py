@@ -13,8 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.contracts import RejectedRow, Series
-from shared.pipeline import HISTORY_PARTS
 from shared.storage import Lake
+
+# Parsed series as fetched, content-addressed (the ingest step's hand-off to validation and training; a run's
+# ingest output lists its parts, so identical imports are stored once).
+STAGING = "staging/"
+# The staged parts backfills landed (lake-wide history that every run's training reads with the run's own fetch):
+# one small marker per part under this prefix, so recording a page costs one write whatever the history's size.
+HISTORY_PARTS = "state/history/parts/"
 
 
 def put_table(lake: Lake, key: str, table: pa.Table, *, if_absent: bool = False) -> bool:
@@ -53,6 +59,11 @@ def days_between(lo_ms: int, hi_ms: int) -> list[str]:
         out.append(d.isoformat())
         d += timedelta(days=1)
     return out
+
+
+def partition_dates(lake: Lake, prefix: str) -> list[str]:
+    """The date partitions (YYYY-MM-DD) under a dataset prefix, newest first."""
+    return sorted({k.split("/date=")[1].split("/")[0] for k in lake.list(prefix) if "/date=" in k}, reverse=True)
 
 
 def keys_in_days(lake: Lake, prefix: str, lo_ms: int, hi_ms: int) -> list[str]:

@@ -1,4 +1,5 @@
-"""Where model versions live in the lake: each horizon's version folders and its CURRENT pointer."""
+"""The models store: where model versions live in the lake (each horizon's version folders, its CURRENT pointer and
+its tuning studies), and the only module that spells those keys."""
 
 from __future__ import annotations
 
@@ -6,12 +7,21 @@ from shared.errors import LakeKeyNotFound
 from shared.storage import Lake
 
 
+def horizon_prefix(horizon: str) -> str:
+    return f"models/horizon={horizon}/"
+
+
 def model_prefix(horizon: str, version: str) -> str:
-    return f"models/horizon={horizon}/version={version}/"
+    return horizon_prefix(horizon) + f"version={version}/"
 
 
 def current_key(horizon: str) -> str:
-    return f"models/horizon={horizon}/CURRENT"
+    return horizon_prefix(horizon) + "CURRENT"
+
+
+def tuning_journal_key(horizon: str, member: str) -> str:
+    """A member's Optuna studies of every training window (the journal a retrain learns from)."""
+    return horizon_prefix(horizon) + f"optuna/{member}.journal"
 
 
 def current_version(lake: Lake, horizon: str) -> str | None:
@@ -19,3 +29,8 @@ def current_version(lake: Lake, horizon: str) -> str | None:
         return lake.get(current_key(horizon)).decode().strip()
     except LakeKeyNotFound:
         return None
+
+
+def set_current(lake: Lake, horizon: str, version: str) -> None:
+    """Move the horizon's pointer (one atomic put: the version's files must all be in place before)."""
+    lake.put(current_key(horizon), version.encode())

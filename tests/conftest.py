@@ -59,7 +59,6 @@ def synthesized(tmp_path_factory):
     """The CDK app synthesized once per session (the first synth in a process costs seconds, later ones a fraction):
     (stack, template). cdk-nag AwsSolutions is registered, so synth fails on any unacknowledged finding."""
     pytest.importorskip("aws_cdk")
-    import json
     import os
 
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")

@@ -132,7 +132,15 @@ def test_run_replays_the_real_files_into_the_lake_and_again_lands_nothing(shared
     assert main(argv) == 0
     first = text(capsys)
     keys = lake_keys(lake)
-    csvs = sorted(p for p in shared_data.rglob("*.csv"))
+    # What the file import does not read yet (the Binance USDT-M perpetuals' export, the newer Fear & Greed export
+    # in epoch seconds: the wide-universe issue) is named as ignored in the ingest output, never half-read.
+    (ingested,) = [k for k in keys if k.endswith("/steps/ingest.json")]
+    ignored = json.loads((lake / ingested).read_text())["files_ignored"]
+    rel = {p: p.relative_to(shared_data).as_posix() for p in shared_data.rglob("*.csv")}
+    unread = {r: ignored[r] for r in rel.values() if r in ignored}
+    assert all(why.startswith("layout not recognized") and r.split("/")[0] in ("binance-futures", "sentiment")
+               for r, why in unread.items()), unread
+    csvs = sorted(p for p, r in rel.items() if r not in unread)
 
     raw = [k for k in keys if k.startswith("raw/")]
     assert len(raw) == len(csvs) == 32

@@ -1,5 +1,9 @@
 """The dependency rules of the design, read from the source (ast, nothing imported): every import of every module
-under services/ and shared/, at module level or inside a function, points down the layers and closes no circle."""
+under services/ and shared/, at module level or inside a function, points down the layers and closes no circle.
+
+The layers, top down: the faces (the CLI, the API) -> the orchestrator (the local runner, the Lambda handlers, the
+SageMaker entry point, the use cases the faces share) -> the services (evaluation -> training / predict / risk ->
+features -> ingest) -> shared."""
 
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = ("services.predict", "services.features", "services.risk")
+SERVICES = ("services.ingest", "services.features", "services.training", "services.predict", "services.risk",
+            "services.evaluation")
+FACES = ("services.cli", "services.api")
+ORCHESTRATOR = "services.orchestrator"
 TRAINING_ONLY_LIBS = ("sklearn", "torch", "shap", "lightgbm", "matplotlib")
 # What risk may import besides shared and itself: it ships inside the serving task.
 RISK_THIRD_PARTY = ("numpy",)
@@ -89,15 +97,32 @@ def test_imports_point_down(source, banned):
     assert not bad, f"{source} must not import {', '.join(banned)}:\n" + "\n".join(bad)
 
 
+@pytest.mark.parametrize("source", ["shared", *SERVICES])
+def test_no_service_imports_the_orchestrator_or_a_face(source):
+    """The runner, the handlers, the CLI and the API sit on top: a service that imported them could not run as a step."""
+    bad = _violations(source, lambda t: any(_within(t, top) for top in (ORCHESTRATOR, *FACES)))
+    assert not bad, f"{source} must not import the orchestrator, the CLI or the API:\n" + "\n".join(bad)
+
+
+def test_the_orchestrator_imports_no_face():
+    bad = _violations(ORCHESTRATOR, lambda t: any(_within(t, face) for face in FACES))
+    assert not bad, "the orchestrator serves the CLI and the API; it must not import them:\n" + "\n".join(bad)
+
+
 def test_risk_imports_only_shared_numpy_and_the_standard_library():
+    """Risk's logic (sizing, guards, the gate) ships inside the serving task and is shared with the backtest. Its step
+    module alone reads the run's served predictions and the daily panel through their owners (predict, features)."""
     def outside(t: str) -> bool:
         top = t.split(".")[0]
         if top in ("services", "shared"):
             return not (_within(t, "shared") or _within(t, "services.risk"))
         return top not in sys.stdlib_module_names and top != "__future__" and top not in RISK_THIRD_PARTY
 
-    bad = _violations("services.risk", outside)
+    bad = [v for v in _violations("services.risk", outside) if not v.startswith("services.risk.steps ")]
     assert not bad, "services.risk may import only shared, numpy and the standard library:\n" + "\n".join(bad)
+    step_reads = {t for t, _ in GRAPH["services.risk.steps"] if outside(t)}
+    assert step_reads <= {"services.features.frame", "services.features.store", "services.predict.signals",
+                          "services.predict.steps"}, step_reads
 
 
 @pytest.mark.parametrize("package", SERVING)
@@ -160,6 +185,9 @@ def test_the_checks_can_fail():
         GRAPH["shared.settings"] = saved["shared.settings"] + [("services.risk.gate", 1)]
         assert any("shared.settings" in c and "services.risk.gate" in c for c in _cycles())
         assert _violations("shared", lambda t: _within(t, "services"))
+        # a service reaching up to the runner is named
+        GRAPH["services.predict.steps"] = saved["services.predict.steps"] + [("services.orchestrator.runner", 1)]
+        assert _violations("services.predict", lambda t: _within(t, ORCHESTRATOR))
     finally:
         GRAPH.clear()
         GRAPH.update(saved)

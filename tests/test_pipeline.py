@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from services import cli, handlers, runner
-from shared.pipeline import PIPELINE, STEPS, RunRef, state_machine, state_order
+from services import cli
+from services.orchestrator import handlers, runner
+from services.orchestrator.entries import ENTRIES
+from shared.pipeline.asl import state_machine, state_order
+from shared.pipeline.contracts import RunRef
+from shared.pipeline.definition import PIPELINE, STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,19 +47,32 @@ def test_runner_handlers_cli_and_state_machine_name_the_same_steps_in_the_same_o
     assert list(step_cmd.choices) == names
 
 
-def test_every_entry_resolves_to_a_function_of_its_service():
+def test_every_step_has_its_function_in_its_service():
+    """The entries table binds each step of the definition, and only those, to the function of the service that owns
+    it; each entry imports that function when the step runs (read from its source, then imported here)."""
+    import importlib
+    import inspect
+
+    assert list(ENTRIES) == [s.name for s in PIPELINE]
+    owner = {"fetch": "services.ingest", "ingest": "services.ingest", "validate": "services.features",
+             "features": "services.features", "train": "services.training", "predict": "services.predict",
+             "risk": "services.risk", "outcomes": "services.predict", "performance": "services.predict",
+             "drift": "services.predict", "retrain": "services.training", "summary": "services.orchestrator.summary"}
     for step in PIPELINE:
-        fn = runner.resolve(step.entry)
-        assert callable(fn) and fn.__name__ == step.entry.split(":")[1]
+        (imp,) = [n for n in ast.walk(ast.parse(inspect.getsource(ENTRIES[step.name])))
+                  if isinstance(n, ast.ImportFrom)]
+        fn = getattr(importlib.import_module(imp.module), imp.names[0].name)
+        assert callable(fn) and fn.__module__.startswith(owner[step.name]), (step.name, fn.__module__)
         assert step.output_model().__name__ == step.output
 
 
 def test_no_second_list_of_steps_in_the_code():
-    """Only shared/pipeline.py spells the order of the steps; the rest reads PIPELINE."""
+    """Only the definition spells the order of the steps; the rest reads PIPELINE (the entries table binds names to
+    functions and is checked against PIPELINE above)."""
     names = [s.name for s in PIPELINE]
     offenders = []
     for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("shared/**/*.py")]:
-        if path.name == "pipeline.py" and path.parent.name == "shared":
+        if path == ROOT / "shared" / "pipeline" / "definition.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.List, ast.Tuple)):
@@ -93,7 +110,7 @@ def test_handlers_raise_retryable_codes_as_the_transient_error(monkeypatch, code
     def boom(*_a, **_k):
         raise CstError(code, "x")
 
-    monkeypatch.setattr(handlers, "run_step", boom)
+    monkeypatch.setattr(handlers, "execute", boom)
     monkeypatch.setattr(handlers, "_context", lambda _secrets=False: None)
     event = {"run_id": "r", "as_of": "2024-05-01T00:00:00Z", "source": "x", "horizons": ["24h"]}
     with pytest.raises(handlers.TransientStepError if transient else CstError):
@@ -124,3 +141,38 @@ def test_the_runner_runs_fetch_batches_one_at_a_time_and_horizons_side_by_side(m
                  batches=["0", "1", "2", "3"])
     runner.run_pipeline(SimpleNamespace(settings=Settings(_env_file=None)), ref)
     assert most["fetch"] == 1 and most["predict"] == 2
+
+
+def test_retries_live_in_one_layer_per_runtime(monkeypatch, lambda_context):
+    """Locally the runner retries a transient failure (sleeping between attempts); a Lambda handler makes one attempt
+    and leaves the retry to Step Functions, which the state machine's Retry declares for the same step."""
+    from types import SimpleNamespace
+
+    from shared.errors import CstError
+    from shared.settings import Settings
+
+    calls = {"n": 0}
+
+    def flaky(ctx, ref):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise CstError("server_error", "the exchange answered 502")
+        return STEPS["ingest"].output_model()(run_id=ref.run_id)
+
+    monkeypatch.setitem(ENTRIES, "ingest", flaky)
+    slept: list[float] = []
+    monkeypatch.setattr(runner.time, "sleep", slept.append)
+    monkeypatch.setattr(runner.runs, "store_output", lambda lake, out: None)
+    ctx = SimpleNamespace(settings=Settings(_env_file=None), output=lambda *a: None, lake=None)
+    ref = RunRef(run_id="r", as_of="2024-05-01T00:00:00Z", source="x", horizons=["24h"])
+    runner.run_step(ctx, "ingest", ref)
+    assert calls["n"] == 2 and slept == [STEPS["ingest"].retry.interval_s]
+
+    calls["n"] = 0
+    monkeypatch.setattr(handlers, "_context", lambda _secrets=False: ctx)
+    with pytest.raises(handlers.TransientStepError):
+        handlers.HANDLERS["ingest"](ref.model_dump(mode="json"), lambda_context)
+    assert calls["n"] == 1 and slept == [STEPS["ingest"].retry.interval_s]  # one attempt, no sleep in the Lambda
+    retry = state_machine()["States"]["ingest"]["Retry"][0]
+    assert retry["ErrorEquals"][0] == handlers.TransientStepError.__name__
+    assert retry["MaxAttempts"] == STEPS["ingest"].retry.max_attempts - 1

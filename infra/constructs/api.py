@@ -4,22 +4,27 @@ and browser sign-in on `$default`, where the app checks the session cookie itsel
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack
-from aws_cdk import aws_apigatewayv2 as apigw
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
-from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import (
+    Duration,
+    RemovalPolicy,
+    Stack,
+    aws_apigatewayv2 as apigw,
+    aws_iam as iam,
+    aws_lambda as lambda_,
+    aws_logs as logs,
+    aws_stepfunctions as sfn,
+)
 from constructs import Construct
 
 from infra.constructs import acknowledge, logical_ref
 from infra.constructs.functions import serving_image
 from infra.constructs.lake import LakeBucket
 from infra.constructs.users import Users
+from shared.audit import AUDIT, FEEDBACK
 
 HANDLER = "services.api.lambda_handler.handler"
 # The lake keys the API writes: operators' actions and users' feedback. Everything else it only reads.
-WRITES = ("audit/*", "feedback/*")
+WRITES = (AUDIT + "*", FEEDBACK + "*")
 # API Gateway gives an integration at most 30 s.
 TIMEOUT_S = 29
 

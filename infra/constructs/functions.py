@@ -5,16 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy, Stack
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
-from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import (
+    Duration,
+    RemovalPolicy,
+    Stack,
+    aws_iam as iam,
+    aws_lambda as lambda_,
+    aws_logs as logs,
+    aws_secretsmanager as secretsmanager,
+)
 from constructs import Construct
 
 from infra.constructs import acknowledge
 from infra.constructs.lake import LakeBucket
-from shared.pipeline import PIPELINE, START, STEPS
+from shared.pipeline.asl import START
+from shared.pipeline.definition import PIPELINE, STEPS
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the serving image's build context holds: the project's code and its dependency list, nothing else.
@@ -48,7 +53,7 @@ class StepFunctions(Construct):
             log_group.grant_write(role)
             fn = lambda_.DockerImageFunction(
                 self, name, role=role, log_group=log_group,
-                code=serving_image(f"services.handlers.{name}"),
+                code=serving_image(f"services.orchestrator.handlers.{name}"),
                 memory_size=MEMORY_MB.get(name, 1024), timeout=Duration.minutes(timeout_minutes),
                 tracing=lambda_.Tracing.ACTIVE,
                 environment={**environment, "POWERTOOLS_SERVICE_NAME": "cst", "POWERTOOLS_METRICS_NAMESPACE": "cst"})

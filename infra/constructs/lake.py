@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_s3 as s3
+from aws_cdk import Duration, RemovalPolicy, aws_iam as iam, aws_s3 as s3
 from constructs import Construct
 
 from infra.constructs import acknowledge, logical_ref
+from shared.contracts import RAW
 
 
 class LakeBucket(Construct):
@@ -25,7 +24,7 @@ class LakeBucket(Construct):
             server_access_logs_bucket=self.access_logs, server_access_logs_prefix="lake/",
             lifecycle_rules=[
                 # Raw responses are kept for audit and re-parsing, then expire; everything derived stays.
-                s3.LifecycleRule(id="raw", prefix="raw/", transitions=[s3.Transition(
+                s3.LifecycleRule(id="raw", prefix=RAW, transitions=[s3.Transition(
                     storage_class=s3.StorageClass.INFREQUENT_ACCESS, transition_after=Duration.days(30))],
                     expiration=Duration.days(raw_days)),
                 # Overwritten objects (CURRENT pointers, states) keep their earlier versions for 30 days.

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 
-from aws_cdk import Aws, RemovalPolicy, Stack
-from aws_cdk import aws_ecr_assets as ecr_assets
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
-from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import (
+    Aws,
+    RemovalPolicy,
+    Stack,
+    aws_ecr_assets as ecr_assets,
+    aws_iam as iam,
+    aws_lambda as lambda_,
+    aws_logs as logs,
+    aws_stepfunctions as sfn,
+)
 from constructs import Construct
 
 from infra.constructs import acknowledge, logical_ref
 from infra.constructs.functions import IMAGE_EXCLUDE, ROOT
 from infra.constructs.lake import LakeBucket
-from shared.pipeline import PIPELINE, state_machine
+from shared.pipeline.asl import state_machine
+from shared.pipeline.definition import PIPELINE
 
 
 class Pipeline(Construct):

@@ -1,7 +1,7 @@
 # The serving image: every Lambda step (and the run's start) with the project's core dependencies only
 # (numpy, onnxruntime, pyarrow, TA-Lib, pydantic, boto3, ccxt, Powertools): no scikit-learn, torch, shap or pandas.
 # The API function builds it with EXTRAS="[api]" (FastAPI, Mangum, PyJWT, Jinja2) and the dashboard's Chart.js.
-# The function's CMD names its handler (services.handlers.<step>, services.api.lambda_handler.handler).
+# The function's CMD names its handler (services.orchestrator.handlers.<step>, services.api.lambda_handler.handler).
 FROM public.ecr.aws/docker/library/node:20-slim AS charts
 COPY services/api/package.json services/api/package-lock.json /charts/
 RUN npm ci --prefix /charts --no-audit --no-fund --omit=dev

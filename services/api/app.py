@@ -12,24 +12,42 @@ site. Errors answer `{"error": code, "message": ...}` and never a stack trace.
 import json
 import logging
 import secrets
-import threading
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import reads
 from services.api.auth import Identity, Unauthorized, Verifier
 from services.api.issuer import DevIssuer
 from services.api.login import CSRF_COOKIE, SESSION_COOKIE, add_login
+from services.api.models import (
+    CoinForecast,
+    HorizonForecast,
+    HorizonModels,
+    HorizonPerformance,
+    Me,
+    ModelCard,
+    PredictionPage,
+    QualityView,
+    RunPage,
+    RunRow,
+    SignalsView,
+    Started,
+    Stored,
+    errors,
+)
 from services.api.pages import add_pages
-from shared.contracts import iso_to_ms
+from shared.audit import audit_key, feedback_key
 from shared.errors import CstError
+from shared.pipeline.contracts import RunStart
+from shared.records import RunSummary
 from shared.settings import Settings
 from shared.storage import Lake
 
@@ -37,6 +55,7 @@ log = logging.getLogger(__name__)
 CSRF_HEADER = "x-csrf-token"
 STATIC = FilePath(__file__).resolve().parent / "static"
 COIN = r"^[A-Z0-9]{1,15}$"
+HORIZON = r"^[0-9]{1,3}[hdw]$"
 MAX_PAGE = 500
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
@@ -45,18 +64,32 @@ SECURITY_HEADERS = {
 }
 
 
+def _json_integer(value: Any) -> Any:
+    """A JSON integer: 6465 or 6465.0 (JSON Schema's integer), never a string or a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class Feedback(BaseModel):
-    horizon: str = Field(pattern=r"^[0-9]{1,3}[hdw]$")
+    # A flag is a boolean (not 0.0 or "yes"), a time a JSON integer; nothing the schema does not name.
+    model_config = ConfigDict(extra="forbid")
+
+    horizon: str = Field(pattern=HORIZON)
     coin: str = Field(pattern=COIN)
     run_id: str = Field(pattern=reads.RUN_ID.pattern)
-    decision_ts: int = Field(ge=0)
-    useful: bool | None = None
-    traded: bool | None = None
+    decision_ts: Annotated[int, BeforeValidator(_json_integer)] = Field(ge=0)
+    useful: StrictBool | None = None
+    traded: StrictBool | None = None
     note: str = Field("", max_length=2000)
 
 
 class RetrainRequest(BaseModel):
-    horizon: str = Field(pattern=r"^[0-9]{1,3}[hdw]$")
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    horizon: str = Field(pattern=HORIZON)
 
 
 class Actions:
@@ -67,26 +100,10 @@ class Actions:
 
 
 def local_actions(settings: Settings, lake: Lake) -> Actions:
-    def start(request: dict) -> str:
-        from services import runner
-        from shared.contracts import utcnow
-        from shared.pipeline import StepContext
+    """Runs and retrains on this machine: the orchestrator's run of the current cycle, in a thread."""
+    from services.orchestrator.usecases import start_in_background
 
-        ref = runner.make_ref(settings, request.get("source", "live"), int(utcnow().timestamp() * 1000))
-        ref = ref.model_copy(update={"retrain": bool(request.get("retrain")),
-                                     "retrain_only": list(request.get("retrain_only") or [])})
-        runner.save_ref(lake, ref)
-
-        def work() -> None:
-            try:
-                runner.run_pipeline(StepContext(settings, lake), ref)
-            except Exception:  # noqa: BLE001 - a background run's failure is in its summary and the log
-                log.exception("run %s failed", ref.run_id)
-
-        threading.Thread(target=work, name=ref.run_id, daemon=True).start()
-        return ref.run_id
-
-    return Actions(start)
+    return Actions(lambda request: start_in_background(settings, lake, RunStart.model_validate(request)))
 
 
 def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Actions | None = None,
@@ -150,67 +167,65 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
 
     def audit(who: Identity, action: str, detail: dict, result: str) -> None:
         at = now()
-        lake.put_json(f"audit/date={at.date().isoformat()}/{at.strftime('%H%M%S%f')}-{uuid.uuid4().hex[:8]}.json",
+        lake.put_json(audit_key(at),
                       {"who": who.username, "subject": who.subject, "groups": sorted(who.groups), "action": action,
                        "detail": detail, "result": result, "at": at.isoformat()})
 
-    def _ms(value: str | None, name: str) -> int | None:
+    def _ms(value: datetime | None) -> int | None:
+        """An ISO time's epoch milliseconds; a time without a zone is UTC (every cst time is)."""
         if value is None:
             return None
-        try:
-            return iso_to_ms(value)
-        except (CstError, ValueError):
-            raise HTTPException(422, detail={"error": "bad_time", "message": f"{name} is not an ISO time"}) from None
+        return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/api/me")
-    def me(who: Annotated[Identity, Depends(viewer)]) -> dict:
-        return {"username": who.username, "groups": sorted(who.groups), "operator": who.is_operator}
+    @app.get("/api/me", responses=errors())
+    def me(who: Annotated[Identity, Depends(viewer)]) -> Me:
+        return Me(username=who.username, groups=sorted(who.groups), operator=who.is_operator)
 
-    @app.get("/api/signals")
-    def signals(_: Annotated[Identity, Depends(viewer)]) -> dict:
+    @app.get("/api/signals", responses=errors())
+    def signals(_: Annotated[Identity, Depends(viewer)]) -> SignalsView:
         doc = reads.latest_summary(lake)
         if doc is None:
-            return {"run_id": None, "signals": [], "why_none": {"all": "no run has completed yet"}}
+            return SignalsView(run_id=None, signals=[], why_none={"all": "no run has completed yet"})
         why = {h: reason for h, reason in doc.get("uncertified_horizons", {}).items()}
-        return {"run_id": doc["run_id"], "as_of": doc["as_of"], "signals": doc.get("signals", []),
-                "why_none": why if not doc.get("signals") else {}}
+        return SignalsView(run_id=doc["run_id"], as_of=doc["as_of"], signals=doc.get("signals", []),
+                           why_none=why if not doc.get("signals") else {})
 
-    @app.get("/api/predictions")
+    @app.get("/api/predictions", responses=errors(404))
     def predictions(_: Annotated[Identity, Depends(viewer)],
                     coin: Annotated[str | None, Query(pattern=COIN)] = None,
-                    horizon: Annotated[str | None, Query(pattern=r"^[0-9]{1,3}[hdw]$")] = None,
+                    horizon: Annotated[str | None, Query(pattern=HORIZON)] = None,
                     run_id: Annotated[str | None, Query(pattern=reads.RUN_ID.pattern)] = None,
-                    since: Annotated[str | None, Query(max_length=40)] = None,
-                    until: Annotated[str | None, Query(max_length=40)] = None,
+                    since: Annotated[datetime | None, Query(description="decision times from (ISO time; UTC if no zone)")] = None,
+                    until: Annotated[datetime | None, Query(description="decision times up to (ISO time)")] = None,
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-                    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> dict:
+                    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> PredictionPage:
         if horizon is not None and horizon not in horizons:
             raise HTTPException(404, detail={"error": "unknown_horizon", "message": f"horizons: {horizons}"})
         rows = reads.predictions(lake, [horizon] if horizon else horizons, coin=coin, run_id=run_id,
-                                 since_ms=_ms(since, "since"), until_ms=_ms(until, "until"))
-        return {"total": len(rows), "offset": offset, "limit": limit, "items": rows[offset:offset + limit]}
+                                 since_ms=_ms(since), until_ms=_ms(until))
+        return PredictionPage(total=len(rows), offset=offset, limit=limit, items=rows[offset:offset + limit])
 
-    @app.get("/api/coins/{coin}")
-    def coin_forecast(coin: Annotated[str, Path(pattern=COIN)], _: Annotated[Identity, Depends(viewer)]) -> dict:
+    @app.get("/api/coins/{coin}", responses=errors(404))
+    def coin_forecast(coin: Annotated[str, Path(pattern=COIN)], _: Annotated[Identity, Depends(viewer)]) -> CoinForecast:
         latest = reads.latest_per_horizon(lake, horizons, coin)
         if not latest:
             raise HTTPException(404, detail={"error": "unknown_coin", "message": f"no forecast for {coin}"})
         doc = reads.latest_summary(lake) or {}
-        return {"coin": coin, "horizons": {h: {
-            "p_up": r["p_up"], "interval": [r["p_low"], r["p_high"]], "direction": r["direction"],
-            "confidence": r["confidence"], "range_80": [r.get("range_low"), r.get("range_high")],
-            "top_features": json.loads(r["top_features"] or "[]"), "skill": r.get("skill"),
-            "decision_ts": r["decision_ts"], "model_version": r["model_version"],
-            "certified": h not in doc.get("uncertified_horizons", {}),
-            "why_not_certified": doc.get("uncertified_horizons", {}).get(h)} for h, r in latest.items()}}
+        return CoinForecast(coin=coin, horizons={h: HorizonForecast(
+            p_up=r["p_up"], interval=[r["p_low"], r["p_high"]], direction=r["direction"],
+            confidence=r["confidence"], range_80=[r.get("range_low"), r.get("range_high")],
+            top_features=json.loads(r["top_features"] or "[]"), skill=r.get("skill"),
+            decision_ts=r["decision_ts"], model_version=r["model_version"],
+            certified=h not in doc.get("uncertified_horizons", {}),
+            why_not_certified=doc.get("uncertified_horizons", {}).get(h)) for h, r in latest.items()})
 
-    @app.get("/api/performance")
+    @app.get("/api/performance", responses=errors(404))
     def performance(_: Annotated[Identity, Depends(viewer)],
-                    horizon: Annotated[str | None, Query(pattern=r"^[0-9]{1,3}[hdw]$")] = None) -> dict:
+                    horizon: Annotated[str | None, Query(pattern=HORIZON)] = None) -> dict[str, HorizonPerformance]:
         """Per horizon: each coin's hit rate, Brier and ECE over its recent outcomes, the reliability of the recent
         outcomes (mean P(up) against the realized up-rate per bin) and the latest drift verdict."""
         if horizon is not None and horizon not in horizons:
@@ -219,51 +234,49 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
         out = {}
         for h in [horizon] if horizon else horizons:
             recent = reads.recent_outcomes(lake, h)
-            out[h] = {"outcomes": len(recent), "reliability": reads.reliability(recent),
-                      "coins": reads.latest_performance(lake, h), "drift": drift.get(h)}
+            out[h] = HorizonPerformance(outcomes=len(recent), reliability=reads.reliability(recent),
+                                        coins=reads.latest_performance(lake, h), drift=drift.get(h))
         return out
 
-    @app.get("/api/runs")
+    @app.get("/api/runs", responses=errors())
     def runs(_: Annotated[Identity, Depends(viewer)], limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-             offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+             offset: Annotated[int, Query(ge=0)] = 0) -> RunPage:
         ids = reads.run_ids(lake)
-        page = [reads.summary(lake, r) for r in ids[offset:offset + limit]]
-        return {"total": len(ids), "items": [{k: d.get(k) for k in ("run_id", "as_of", "status", "coins_predicted",
-                                                                   "predictions", "actionable", "failures")}
-                                             for d in page if d]}
+        page = [RunSummary.model_validate(d) for d in (reads.summary(lake, r) for r in ids[offset:offset + limit]) if d]
+        return RunPage(total=len(ids), items=[RunRow(**d.model_dump(include=set(RunRow.model_fields))) for d in page])
 
-    @app.get("/api/runs/{run_id}")
-    def run(run_id: str, _: Annotated[Identity, Depends(viewer)]) -> dict:
-        doc = reads.summary(lake, run_id) if reads.RUN_ID.match(run_id) else None
+    @app.get("/api/runs/{run_id}", responses=errors(404))
+    def run(run_id: Annotated[str, Path(pattern=reads.RUN_ID.pattern)],
+            _: Annotated[Identity, Depends(viewer)]) -> RunSummary:
+        doc = reads.summary(lake, run_id)
         if doc is None:
             raise HTTPException(404, detail={"error": "unknown_run", "message": "no such run"})
         return doc
 
-    @app.get("/api/models")
-    def model_list(_: Annotated[Identity, Depends(viewer)]) -> dict:
+    @app.get("/api/models", responses=errors())
+    def model_list(_: Annotated[Identity, Depends(viewer)]) -> dict[str, HorizonModels]:
         return reads.models(lake, horizons)
 
-    @app.get("/api/models/{horizon}/{version}/card")
-    def card(horizon: str, version: str, _: Annotated[Identity, Depends(viewer)]) -> dict:
-        text = (reads.model_card(lake, horizon, version)
-                if horizon in horizons and reads.RUN_ID.match(version) else None)
+    @app.get("/api/models/{horizon}/{version}/card", responses=errors(404))
+    def card(horizon: Annotated[str, Path(pattern=HORIZON)], version: Annotated[str, Path(pattern=reads.RUN_ID.pattern)],
+             _: Annotated[Identity, Depends(viewer)]) -> ModelCard:
+        text = reads.model_card(lake, horizon, version) if horizon in horizons else None
         if text is None:
             raise HTTPException(404, detail={"error": "unknown_model", "message": "no such model version"})
-        return {"horizon": horizon, "version": version, "card": text}
+        return ModelCard(horizon=horizon, version=version, card=text)
 
-    @app.get("/api/quality")
-    def quality(_: Annotated[Identity, Depends(viewer)]) -> dict:
+    @app.get("/api/quality", responses=errors(404))
+    def quality(_: Annotated[Identity, Depends(viewer)]) -> QualityView:
         doc = reads.quality(lake)
         if doc is None:
             raise HTTPException(404, detail={"error": "no_quality_report", "message": "no run has been validated"})
         return doc
 
-    @app.post("/api/feedback", status_code=201)
-    def feedback(body: Feedback, who: Annotated[Identity, Depends(viewer)]) -> dict:
-        key = (f"feedback/horizon={body.horizon}/coin={body.coin}/run_id={body.run_id}/"
-               f"{now().strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.json")
+    @app.post("/api/feedback", status_code=201, responses=errors())
+    def feedback(body: Feedback, who: Annotated[Identity, Depends(viewer)]) -> Stored:
+        key = feedback_key(body.horizon, body.coin, body.run_id, now())
         lake.put_json(key, {**body.model_dump(), "by": who.username, "at": now().isoformat()})
-        return {"stored": key}
+        return Stored(stored=key)
 
     def act(who: Identity, action: str, detail: dict) -> str:
         """Start a run or a horizon's retrain for an operator, and write it to the audit log."""
@@ -282,21 +295,32 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
         audit(who, action, detail, started)
         return started
 
-    @app.post("/api/actions/run", status_code=202)
-    def start_run(who: Annotated[Identity, Depends(operator)]) -> dict:
-        return {"started": act(who, "start_run", {})}
+    @app.post("/api/actions/run", status_code=202, responses=errors(503))
+    def start_run(who: Annotated[Identity, Depends(operator)]) -> Started:
+        return Started(started=act(who, "start_run", {}))
 
-    @app.post("/api/actions/retrain", status_code=202)
-    def retrain(body: RetrainRequest, who: Annotated[Identity, Depends(operator)]) -> dict:
-        return {"started": act(who, "retrain", {"horizon": body.horizon})}
+    @app.post("/api/actions/retrain", status_code=202, responses=errors(404, 503))
+    def retrain(body: RetrainRequest, who: Annotated[Identity, Depends(operator)]) -> Started:
+        return Started(started=act(who, "retrain", {"horizon": body.horizon}))
 
     add_pages(app, settings, lake, horizons, token_identity, act, secure_cookies=secure_cookies)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
+    # Starlette's own (an unknown path, a method a path does not take) and FastAPI's alike: one error shape.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
         detail: Any = exc.detail
-        body = detail if isinstance(detail, dict) else {"error": "http_error", "message": str(detail)}
+        if isinstance(detail, dict):
+            body = detail
+        else:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+            body = {"error": code, "message": str(detail)}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError):
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:5])
+        return JSONResponse({"error": "bad_request", "message": where or "the request cannot be read"},
+                            status_code=422)
 
     return app

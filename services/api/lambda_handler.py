@@ -17,7 +17,7 @@ from mangum import Mangum
 from services.api.app import Actions, create_app
 from services.api.auth import KeySet, Verifier
 from services.api.hosted_login import CALLBACK_PATH, LOGIN_PATH, add_hosted_login
-from shared.pipeline import RunStart
+from shared.pipeline.contracts import RunStart
 from shared.settings import get_settings
 from shared.storage import open_lake
 

@@ -127,7 +127,7 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
     tf, step = spec.timeframe, spec.length_ms // max(1, spec.bars)
     preds = [r for r in reads.predictions(lake, [horizon], coin=coin)][:120][::-1]
     outcomes = reads.coin_outcomes(lake, horizon, coin)
-    by_decision = {o["decision_ts"]: o for o in outcomes}
+    by_decision = {o.decision_ts: o for o in outcomes}
     page: dict[str, Any] = {"forecasts": forecasts, "horizon_tabs": list(latest), "horizon": horizon,
                             "price_chart": None, "p_chart": None, "shap_chart": None, "shap_note": ""}
     if preds:
@@ -153,7 +153,7 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
                 o = by_decision.get(p["decision_ts"])
                 if o is not None and np.isfinite(close[k1]):
                     reached[k1] = _finite(close[k1])
-                    colors[k1] = UP if o.get("in_range") else DOWN
+                    colors[k1] = UP if o.in_range else DOWN
             labels = [day(int(t), tf) for t in grid]
             page["price_chart"] = _chart("line", labels, [
                 {"label": "close", "data": [_finite(c) for c in close], "borderColor": "#1d2330", "pointRadius": 0,
@@ -206,9 +206,9 @@ def performance_page(lake: Lake, horizons: list[str], summary: dict | None) -> d
                           ("retrain: " + "; ".join(d.get("reasons", [])) if d.get("retrain")
                            else "stable" + (f" ({d['psi_note']})" if d.get("psi_note") else "")))
         if rows:
-            p = np.array([r["p_up"] for r in rows])
-            y = np.array([1.0 if r["realized_return"] > 0 else 0.0 for r in rows])
-            entry.update(hit=pct(float(np.mean([r["hit"] for r in rows]))), brier=num(float(np.mean((p - y) ** 2))),
+            p = np.array([r.p_up for r in rows])
+            y = np.array([1.0 if r.realized_return > 0 else 0.0 for r in rows])
+            entry.update(hit=pct(float(np.mean([r.hit for r in rows]))), brier=num(float(np.mean((p - y) ** 2))),
                          mean_p=pct(float(p.mean())), up_rate=pct(float(y.mean())))
             pts = [{"x": round(b["mean_p"], 4), "y": round(b["up_rate"], 4)} for b in reads.reliability(rows)]
             entry["reliability"] = _chart("scatter", [], [

@@ -11,14 +11,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 from services.predict import logbook
-from shared.datasets import get_table
+from shared.datasets import get_table, partition_dates
 from shared.errors import LakeKeyNotFound
-from shared.pipeline import quality_key, summary_key
-from shared.registry import current_version, model_prefix
+from shared.records import Outcome
+from shared.registry import current_version, horizon_prefix, model_prefix
+from shared.runs import RUNS, SUMMARY_KEY, quality_key, run_prefix, summary_key
 from shared.storage import Lake
 
 RUN_ID = re.compile(r"^[0-9A-Za-z.\-_]{1,80}$")
-_RUN_IN_KEY = re.compile(r"runs/run_id=([^/]+)/summary\.json$")
 _T = TypeVar("_T")
 
 
@@ -89,16 +89,16 @@ def _json(lake: Lake, key: str) -> Any | None:
 
 
 def _has_summary(lake: Lake, run_id: str) -> bool:
-    return _DOCS.get(lake, "has_summary", f"runs/run_id={run_id}/", lambda: lake.exists(summary_key(run_id)))
+    return _DOCS.get(lake, "has_summary", run_prefix(run_id), lambda: lake.exists(summary_key(run_id)))
 
 
 def _runs_with_summary(lake: Lake) -> Iterator[str]:
     """Runs that wrote a summary, newest first, found lazily: the newest costs a question per run folder above it."""
-    if lake.stamp("runs/") is None:
+    if lake.stamp(RUNS) is None:
         # Nothing to keep (S3, or no runs yet): one listing answers, cheaper there than a question per run.
-        yield from sorted((m[1] for k in lake.list("runs/") if (m := _RUN_IN_KEY.search(k))), reverse=True)
+        yield from sorted((m[1] for k in lake.list(RUNS) if (m := SUMMARY_KEY.search(k))), reverse=True)
         return
-    for name in reversed(_folders(lake, "runs/")):
+    for name in reversed(_folders(lake, RUNS)):
         if name.startswith("run_id=") and _has_summary(lake, name[7:]):
             yield name[7:]
 
@@ -117,7 +117,7 @@ def _file_rows(lake: Lake, key: str) -> list[dict]:
 
 
 def _prediction_partition(lake: Lake, horizon: str, day: str) -> _Partition:
-    prefix = f"predictions/horizon={horizon}/date={day}/"
+    prefix = logbook.predictions_prefix(horizon, day)
 
     def build() -> _Partition:
         # A file that landed since the last build is the only one parsed: the others' rows are kept by key.
@@ -134,7 +134,7 @@ def _prediction_partition(lake: Lake, horizon: str, day: str) -> _Partition:
 
 def _prediction_days(lake: Lake, horizon: str) -> list[str]:
     """The horizon's date partitions, oldest first."""
-    return [n[5:] for n in _folders(lake, f"predictions/horizon={horizon}/") if n.startswith("date=")]
+    return [n[5:] for n in _folders(lake, logbook.predictions_prefix(horizon)) if n.startswith("date=")]
 
 
 def run_ids(lake: Lake) -> list[str]:
@@ -154,9 +154,14 @@ def latest_summary(lake: Lake) -> dict | None:
     return None
 
 
+# The times a date partition can name; a filter beyond them (year 1, year 9999 in another zone) is clamped to them.
+_FIRST_MS, _LAST_MS = 0, 253_402_214_400_000  # 1970-01-01, 9999-12-31
+
+
 def _days(since_ms: int | None, until_ms: int | None) -> list[str] | None:
     if since_ms is None or until_ms is None:
         return None
+    since_ms, until_ms = (min(max(t, _FIRST_MS), _LAST_MS) for t in (since_ms, until_ms))
     start = datetime.fromtimestamp(since_ms / 1000, UTC).date()
     end = datetime.fromtimestamp(until_ms / 1000, UTC).date()
     if (end - start).days > 366:
@@ -176,7 +181,7 @@ def predictions(lake: Lake, horizons: list[str], *, coin: str | None = None, run
         for day in days if days is not None else _prediction_days(lake, h):
             part = _prediction_partition(lake, h, day)
             if run_id is not None:
-                found = [r for k in part.keys if k.endswith(f"/run_id={run_id}.parquet") for r in part.rows_by_key[k]]
+                found = [r for k in part.keys if logbook.run_of(k) == run_id for r in part.rows_by_key[k]]
             elif coin is not None:
                 found = part.by_coin.get(coin, [])
             else:
@@ -202,7 +207,7 @@ def latest_per_horizon(lake: Lake, horizons: list[str], coin: str) -> dict[str, 
 def models(lake: Lake, horizons: list[str]) -> dict[str, dict]:
     out = {}
     for h in horizons:
-        versions = [n[8:] for n in reversed(_folders(lake, f"models/horizon={h}/")) if n.startswith("version=")]
+        versions = [n[8:] for n in reversed(_folders(lake, horizon_prefix(h))) if n.startswith("version=")]
         current = current_version(lake, h)
         entries = []
         for v in versions:
@@ -236,11 +241,6 @@ def quality(lake: Lake) -> dict | None:
 # --- what the dashboard pages read beyond the JSON endpoints ------------------------------------------------------
 
 
-def _dates(lake: Lake, prefix: str) -> list[str]:
-    """The date partitions under a dataset prefix, newest first."""
-    return sorted({k.split("/date=")[1].split("/")[0] for k in lake.list(prefix) if "/date=" in k}, reverse=True)
-
-
 def latest_rows(lake: Lake, horizon: str) -> list[dict]:
     """Every coin's prediction at the newest logged decision time of a horizon, by coin."""
     for day in reversed(_prediction_days(lake, horizon)):
@@ -251,33 +251,33 @@ def latest_rows(lake: Lake, horizon: str) -> list[dict]:
     return []
 
 
-def coin_outcomes(lake: Lake, horizon: str, coin: str) -> list[dict]:
+def coin_outcomes(lake: Lake, horizon: str, coin: str) -> list[Outcome]:
     """A coin's recent matured predictions of a horizon (the rolling state performance reads), oldest first."""
     rows, _meta = logbook.recent_outcomes(lake, horizon)
-    return [r for r in rows if r["coin"] == coin]
+    return [r for r in rows if r.coin == coin]
 
 
 def latest_performance(lake: Lake, horizon: str) -> list[dict]:
     """The newest per-coin performance table of a horizon (hit rate, Brier, ECE over each coin's recent window)."""
-    for day in _dates(lake, f"performance/horizon={horizon}/"):
-        keys = sorted(lake.list(f"performance/horizon={horizon}/date={day}/"))
+    for day in partition_dates(lake, logbook.performance_prefix(horizon)):
+        keys = sorted(lake.list(logbook.performance_prefix(horizon, day)))
         if keys:
             return sorted(get_table(lake, keys[-1]).to_pylist(), key=lambda r: r["coin"])
     return []
 
 
-def recent_outcomes(lake: Lake, horizon: str) -> list[dict]:
+def recent_outcomes(lake: Lake, horizon: str) -> list[Outcome]:
     return logbook.recent_outcomes(lake, horizon)[0]
 
 
-def reliability(outcomes: list[dict], bins: int = 10, min_count: int = 5) -> list[dict]:
+def reliability(outcomes: list[Outcome], bins: int = 10, min_count: int = 5) -> list[dict]:
     """Mean forecast P(up) and realized up-rate per equal-width bin holding at least `min_count` outcomes."""
     out = []
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins
-        inside = [o for o in outcomes if lo <= o["p_up"] < hi or (b == bins - 1 and o["p_up"] == 1.0)]
+        inside = [o for o in outcomes if lo <= o.p_up < hi or (b == bins - 1 and o.p_up == 1.0)]
         if len(inside) >= min_count:
             out.append({"bin": [lo, hi], "n": len(inside),
-                        "mean_p": sum(o["p_up"] for o in inside) / len(inside),
-                        "up_rate": sum(o["realized_return"] > 0 for o in inside) / len(inside)})
+                        "mean_p": sum(o.p_up for o in inside) / len(inside),
+                        "up_rate": sum(o.realized_return > 0 for o in inside) / len(inside)})
     return out

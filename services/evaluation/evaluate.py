@@ -27,15 +27,15 @@ from services.evaluation.backtest import (
 )
 from services.evaluation.reference import PlainReference, naive_ranges, reference_for
 from services.features.sequences import sequences
+from services.ingest.steps import import_files
 from services.predict import conformal
 from services.predict.model import HorizonModel, current_version
 from services.predict.signals import consensus
 from services.risk.history import price_history_from_panel
 from services.risk.orders import orders_from_signals
-from services.runner import make_ref, run_step
 from services.training.ensemble import Trained
 from services.training.train import History, load_history, train
-from shared.contracts import iso_to_ms, ms_to_iso, utcnow
+from shared.contracts import iso_to_ms, ms_to_iso
 from shared.errors import CstError
 from shared.metrics import (
     block_bootstrap,
@@ -45,8 +45,10 @@ from shared.metrics import (
     log_loss,
     wilson_low,
 )
-from shared.pipeline import StepContext
+from shared.pipeline.context import StepContext
 from shared.provenance import directory_digest, provenance
+from shared.records import Signal
+from shared.runs import new_ref
 from shared.settings import SECRET_FIELDS, Settings, timeframe_ms
 from shared.storage import LocalLake
 
@@ -248,36 +250,56 @@ def score_shift(t: HorizonTest) -> dict | None:
             "served_outside_calibration_range": float(np.mean((s < r[:, 0]) | (s > r[:, 1])))}
 
 
-def consensus_signals(tests: dict[str, HorizonTest], threshold: float, min_horizons: int) -> list[dict]:
-    """The main job's consensus rule replayed at every test decision time; each signal carries the realized
-    forward return of every agreeing horizon."""
-    by_ts: dict[int, list[dict]] = defaultdict(list)
+@dataclass(frozen=True)
+class ReplayedVote:
+    """A test row as consensus reads a served prediction, with its realized forward return."""
+
+    coin: str
+    horizon: str
+    direction: int
+    confidence: float
+    p_up: float
+    actionable: bool
+    q10: float
+    q50: float
+    q90: float
+    decision_ts: int
+    fwd: float
+
+
+class ReplayedSignal(Signal):
+    """A consensus signal at a test decision time, with the realized forward return of every agreeing horizon."""
+
+    ts: int
+    fwd: dict[str, float]
+
+
+def consensus_signals(tests: dict[str, HorizonTest], threshold: float, min_horizons: int) -> list[ReplayedSignal]:
+    """The main job's consensus rule replayed at every test decision time."""
+    by_ts: dict[int, list[ReplayedVote]] = defaultdict(list)
     for h, t in tests.items():
         for i in range(t.ts.size):
             q10, q50, q90 = t.quantiles[i].tolist()
-            by_ts[int(t.ts[i])].append({
-                "coin": str(t.coin[i]), "horizon": h, "direction": int(t.direction[i]),
-                "confidence": float(t.confidence[i]), "p_up": float(t.p_up[i]),
-                "actionable": bool(t.confidence[i] >= threshold), "fwd": float(t.fwd[i]),
-                "q10": q10, "q50": q50, "q90": q90, "decision_ts": int(t.ts[i]),
-            })
+            by_ts[int(t.ts[i])].append(ReplayedVote(
+                coin=str(t.coin[i]), horizon=h, direction=int(t.direction[i]), confidence=float(t.confidence[i]),
+                p_up=float(t.p_up[i]), actionable=bool(t.confidence[i] >= threshold), q10=q10, q50=q50, q90=q90,
+                decision_ts=int(t.ts[i]), fwd=float(t.fwd[i])))
     signals = []
     for ts in sorted(by_ts):
-        preds = by_ts[ts]
-        for s in consensus(preds, min_horizons):
-            agreeing = [p for p in preds if p["coin"] == s["coin"] and p["horizon"] in s["horizons"]]
-            s.update(ts=ts, fwd={p["horizon"]: p["fwd"] for p in agreeing})
-            signals.append(s)
+        votes = by_ts[ts]
+        for s in consensus(votes, min_horizons):
+            agreeing = [v for v in votes if v.coin == s.coin and v.horizon in s.horizons]
+            signals.append(ReplayedSignal(**s.model_dump(), ts=ts, fwd={v.horizon: v.fwd for v in agreeing}))
     return signals
 
 
-def consensus_metrics(settings: Settings, signals: list[dict]) -> dict:
+def consensus_metrics(settings: Settings, signals: list[ReplayedSignal]) -> dict:
     """A signal is a hit when its direction came true over the shortest agreeing horizon (its first exit)."""
     hits = []
     for s in signals:
-        shortest = min(s["horizons"], key=lambda h: settings.training.horizons[h].length_ms)
-        sign = 1 if s["direction"] == "up" else -1
-        hits.append(sign * s["fwd"][shortest] > 0)
+        shortest = min(s.horizons, key=lambda h: settings.training.horizons[h].length_ms)
+        sign = 1 if s.direction == "up" else -1
+        hits.append(sign * s.fwd[shortest] > 0)
     return {"min_horizons": settings.consensus_min_horizons, "threshold": settings.confidence_threshold,
             "rule": "hit = direction came true over the shortest agreeing horizon", **_rate(np.asarray(hits, bool))}
 
@@ -369,9 +391,9 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     (out / "experiment.json").write_text(json.dumps(experiment, indent=2))
     lake = LocalLake(out / "lake")
     # The files reach training as they reach every run: imported into the lake, then read from there.
-    now = int(utcnow().timestamp() * 1000)
-    ref = make_ref(settings, str(source), now)
-    run_step(StepContext(settings, lake), "ingest", ref)
+    ref = new_ref(settings, str(source))
+    import_files(StepContext(settings, lake), ref)
+    now = iso_to_ms(ref.as_of)
     # The whole recording for the test rows (features look only back, labels only forward from each row).
     market = load_history(settings, lake, ref.run_id, {settings.training.horizons[h].timeframe for h in horizons}, now)
     tests, failures = walk_forward_tests(settings, lake, ref.run_id, market, splits, cadence, budget, tick)

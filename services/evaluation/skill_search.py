@@ -23,12 +23,13 @@ import numpy as np
 
 from services.evaluation.reference import plain_gbt
 from services.features.frame import FeatureFrame
-from services.runner import make_ref, run_step
+from services.ingest.steps import import_files
 from services.training.labels import direction_labels
 from services.training.train import History, load_history
-from shared.contracts import iso_to_ms, utcnow
+from shared.contracts import iso_to_ms
 from shared.metrics import block_bootstrap, brier, horizon_windows
-from shared.pipeline import StepContext
+from shared.pipeline.context import StepContext
+from shared.runs import new_ref
 from shared.settings import Settings, timeframe_ms
 from shared.storage import LocalLake
 
@@ -148,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lake = LocalLake(out / "lake")
-    now = int(utcnow().timestamp() * 1000)
-    ref = make_ref(settings, str(args.source), now)
-    run_step(StepContext(settings, lake), "ingest", ref)
+    ref = new_ref(settings, str(args.source))
+    import_files(StepContext(settings, lake), ref)
+    now = iso_to_ms(ref.as_of)
     market = load_history(settings, lake, ref.run_id, {"1d"}, now)
     every = timeframe_ms(args.retrain_every)
     results = []

@@ -11,18 +11,16 @@ from services.features.store import write_frame, write_panel
 from shared.contracts import QualityReport, Series, iso_to_ms
 from shared.datasets import get_series, put_series
 from shared.errors import CstError, LakeKeyNotFound
-from shared.pipeline import (
+from shared.pipeline.context import StepContext
+from shared.pipeline.contracts import (
     FeaturesOutput,
     FrameSummary,
     IngestOutput,
     RunRef,
-    StepContext,
     ValidateOutput,
-    clean_prefix,
-    quality_key,
-    step_output_key,
 )
 from shared.registry import current_version
+from shared.runs import clean_prefix, quality_key, step_output_key
 from shared.storage import Lake
 
 log = logging.getLogger(__name__)

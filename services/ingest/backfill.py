@@ -21,9 +21,8 @@ from services.ingest.sources.market import (
     FearGreedSource,
 )
 from shared.contracts import FetchFailure
-from shared.datasets import add_history_parts, put_series
+from shared.datasets import STAGING, add_history_parts, put_series
 from shared.errors import CstError, FetchError, LakeKeyNotFound
-from shared.pipeline import STAGING
 from shared.settings import Settings, timeframe_ms
 from shared.storage import Lake
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from services.features.quality.gate import GateOutcome, run_gate
 from services.ingest.fetch import Fetcher
 from services.ingest.sources.base import FetchResult, FetchTask, Source
 from services.ingest.sources.exchange import ExchangeSource
 from services.ingest.sources.files import FileSource
-from services.ingest.sources.market import BlockchainSource, CoinMetricsSource, FearGreedSource
-from shared.contracts import FetchFailure, ms_to_iso
+from services.ingest.sources.market import (
+    BlockchainSource,
+    CoinMetricsSource,
+    FearGreedSource,
+)
+from shared.contracts import FetchFailure
 from shared.errors import CstError, FetchError
 from shared.settings import Settings
 from shared.storage import Lake
@@ -35,27 +37,6 @@ class Fetched:
         # asyncio.run() formats its finished main task, result included, when it restores the SIGINT handler
         # (signal.getsignal -> enum ValueError message): a full repr would format every array and body fetched.
         return f"Fetched(results={len(self.results)}, failures={len(self.failures)}, unreachable={sorted(self.unreachable)})"
-
-
-def run_id_for(source: str, as_of_ms: int) -> str:
-    """Deterministic per (source, as-of): re-running the same cycle writes the same keys."""
-    stamp = ms_to_iso(as_of_ms).replace("-", "").replace(":", "")
-    return f"{stamp}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
-
-
-def source_id(source: str) -> str:
-    return source if source == "live" else str(Path(source).resolve())
-
-
-def fetch_batches(settings: Settings) -> list[str]:
-    """A live run's fetch batches ("0", "1", ...): the universe in order, `exchange.batch_symbols` symbols each."""
-    return [str(i) for i in range(-(-len(settings.universe) // settings.exchange.batch_symbols))]
-
-
-def batch_coins(settings: Settings, item: str) -> list[str]:
-    """The universe's symbols in fetch batch `item`."""
-    n = settings.exchange.batch_symbols
-    return settings.universe[int(item) * n:(int(item) + 1) * n]
 
 
 def build_sources(source: str, settings: Settings, now_ms: int, trades_since: dict[str, int] | None = None,

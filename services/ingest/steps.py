@@ -12,9 +12,11 @@ from services.ingest import logic
 from services.ingest.sources.base import Source
 from services.ingest.sources.files import FileSource, FileSpec, file_state_key
 from shared.contracts import FetchFailure, Series, iso_to_ms
-from shared.datasets import get_table, put_series, table_to_series
+from shared.datasets import STAGING, get_table, put_series, table_to_series
 from shared.errors import CstError, LakeKeyNotFound
-from shared.pipeline import STAGING, IngestOutput, RunRef, StepContext
+from shared.pipeline.context import StepContext
+from shared.pipeline.contracts import IngestOutput, RunRef
+from shared.runs import batch_coins, store_output
 from shared.settings import Settings
 from shared.storage import Lake
 
@@ -102,7 +104,7 @@ def fetch(ctx: StepContext, ref: RunRef) -> IngestOutput:
     settings, lake = ctx.settings, ctx.lake
     if ref.item is None or not ref.item.isdigit():
         raise CstError("step_needs_item", f"the fetch step runs once per symbol batch (0, 1, ...), not {ref.item!r}")
-    coins = logic.batch_coins(settings, ref.item)
+    coins = batch_coins(settings, ref.item)
     sources = logic.build_sources("live", settings, iso_to_ms(ref.as_of), trades_since=_trades_since(lake, settings, coins),
                                   coins=coins, market=ref.item == "0")
     fetched, landed, present = _fetch_and_land(ctx, sources)
@@ -124,7 +126,7 @@ def ingest(ctx: StepContext, ref: RunRef) -> IngestOutput:
         for item in ref.batches:
             batch = ctx.output(ref.run_id, "fetch", item)
             if batch is None:
-                coins = logic.batch_coins(settings, item)
+                coins = batch_coins(settings, item)
                 out.failures.append(FetchFailure(
                     source=settings.exchange.id, task=f"batch {item}", code="batch_failed", attempts=1,
                     message=f"fetch batch {item} ({len(coins)} symbols, {coins[0]}..{coins[-1]}) has no output: it "
@@ -143,3 +145,12 @@ def ingest(ctx: StepContext, ref: RunRef) -> IngestOutput:
     staged = stage_files(lake, source, [s for _, r in fetched.results for s in r.series])
     return IngestOutput(run_id=ref.run_id, landed=landed, already_present=present, failures=fetched.failures,
                         files_ignored=dict(source.ignored), staged=staged)
+
+
+def import_files(ctx: StepContext, ref: RunRef) -> IngestOutput:
+    """A folder of files landed and staged as the run's ingest output, outside a pipeline run (an evaluation's
+    history): stored where the run's readers of staged series look for it."""
+    out = ingest(ctx, ref)
+    out.step = "ingest"
+    store_output(ctx.lake, out)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.metrics import ece
+from shared.records import Outcome
 from shared.settings import RunSettings
 
 
@@ -21,7 +22,7 @@ def psi(reference: dict, X: np.ndarray, floor: float = 1e-4) -> np.ndarray:
     return out
 
 
-def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: list[dict], cv_brier: float,
+def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: list[Outcome], cv_brier: float,
           cfg: RunSettings, *, age_ms: int | None = None, max_age_ms: int | None = None) -> dict:
     """The drift report of one horizon; `retrain` says whether any drift crossed its threshold or the model's
     data is older than the production cadence (`age_ms` since its training data ended)."""
@@ -43,8 +44,8 @@ def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: lis
             reasons.append(f"feature drift: {len(drifting)}/{len(names)} features PSI > {cfg.psi_threshold}")
     recent = outcomes[-cfg.recent_outcomes:]
     if len(recent) >= cfg.min_outcomes:
-        p = np.array([o["p_up"] for o in recent])
-        y = np.array([1.0 if o["realized_return"] > 0 else 0.0 for o in recent])
+        p = np.array([o.p_up for o in recent])
+        y = np.array([1.0 if o.realized_return > 0 else 0.0 for o in recent])
         report["ece_recent"] = ece(p, y)
         report["brier_recent"] = float(np.mean((p - y) ** 2))
         if report["ece_recent"] > cfg.ece_threshold:

@@ -16,8 +16,7 @@ import numpy as np
 from services.features.frame import Panel, coin_of
 from services.features.sequences import sequence_index, sequences
 from services.features.store import read_frame, read_panel
-from services.predict import conformal, logbook
-from services.predict import drift as drift_mod
+from services.predict import conformal, drift as drift_mod, logbook
 from services.predict.model import (
     HorizonModel,
     current_version,
@@ -25,25 +24,20 @@ from services.predict.model import (
     top_features,
 )
 from services.predict.pool import explain_rows
-from services.predict.signals import actionable, consensus
-from services.risk.gate import live_gate
-from services.risk.history import price_history_from_panel
-from services.risk.orders import orders_from_signals
+from services.predict.signals import actionable
 from shared.contracts import QualityReport, iso_to_ms, ms_to_iso
 from shared.errors import CstError, LakeKeyNotFound
 from shared.metrics import brier, ece
-from shared.pipeline import (
+from shared.pipeline.context import StepContext
+from shared.pipeline.contracts import (
     DriftOutput,
     OutcomesOutput,
     PerformanceOutput,
     PredictOutput,
-    RiskOutput,
     RunRef,
-    StepContext,
-    SummaryOutput,
-    quality_key,
-    summary_key,
 )
+from shared.records import CoinPerformance, Outcome, Prediction
+from shared.runs import quality_key
 from shared.settings import Settings, timeframe_ms
 from shared.storage import Lake
 
@@ -95,7 +89,7 @@ class QualityIndex:
         return "sequence window incomplete (a missing row among the last L)"
 
 
-def _quality(ctx: StepContext, run_id: str) -> QualityIndex:
+def quality_index(ctx: StepContext, run_id: str) -> QualityIndex:
     return QualityIndex(QualityReport.model_validate(ctx.lake.get_json(quality_key(run_id))))
 
 
@@ -125,8 +119,8 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
         by, key, rows = done
         earlier = ctx.output(by, "predict", h)
         out.predicted_by, out.log_key, out.predictions = by, key, len(rows)
-        out.model_version = rows[0]["model_version"]
-        out.coins = sorted(r["coin"] for r in rows)
+        out.model_version = rows[0].model_version
+        out.coins = sorted(r.coin for r in rows)
         if earlier is not None:
             out.excluded, out.uncertified = earlier.excluded, earlier.uncertified
         return out
@@ -135,7 +129,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
     out.model_version = version
     thr = settings.confidence_threshold
     out.uncertified = certification(model.metadata, thr, settings.run.certify_min_n)
-    quality = _quality(ctx, ref.run_id)
+    quality = quality_index(ctx, ref.run_id)
     frame = read_frame(lake, tf, since_ms=t_now - (spec.sequence_length - 1) * step, until_ms=t_now)
     panel = functools.cache(lambda: read_panel(lake, tf, since_ms=t_now - step, until_ms=t_now - step))
     if frame is None or len(frame) == 0:
@@ -163,26 +157,26 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
     records = []
     for k, i in enumerate(rows):
         served = ranges.served(float(pred.quantiles[k, 0]), float(pred.quantiles[k, 2]))
-        records.append({
-            "run_id": ref.run_id, "coin": str(frame.coin[i]), "horizon": h, "as_of": ref.as_of,
-            "decision_ts": int(frame.ts[i]), "p_up": float(pred.p_up[k]), "p_low": float(pred.low[k]),
-            "p_high": float(pred.high[k]), "direction": int(pred.direction[k]),
-            "confidence": float(pred.confidence[k]), "q10": float(pred.quantiles[k, 0]),
-            "q50": float(pred.quantiles[k, 1]), "q90": float(pred.quantiles[k, 2]),
-            "model_version": model.version,
-            "actionable": out.uncertified is None and actionable(float(pred.confidence[k]), thr),
-            "shap_base": float(base[k]), "top_features": json.dumps(tops[k]),
-            "range_low": served[0] if served else None, "range_high": served[1] if served else None,
-            "skill": verdict,
-        })
+        records.append(Prediction(
+            run_id=ref.run_id, coin=str(frame.coin[i]), horizon=h, as_of=ref.as_of,
+            decision_ts=int(frame.ts[i]), p_up=float(pred.p_up[k]), p_low=float(pred.low[k]),
+            p_high=float(pred.high[k]), direction=int(pred.direction[k]),
+            confidence=float(pred.confidence[k]), q10=float(pred.quantiles[k, 0]),
+            q50=float(pred.quantiles[k, 1]), q90=float(pred.quantiles[k, 2]),
+            model_version=model.version,
+            actionable=out.uncertified is None and actionable(float(pred.confidence[k]), thr),
+            shap_base=float(base[k]), top_features=json.dumps(tops[k]),
+            range_low=served[0] if served else None, range_high=served[1] if served else None,
+            skill=verdict,
+        ))
     out.log_key = logbook.write_predictions(lake, ref.run_id, h, t_now, records)
     out.predictions = out.new = len(records)
     out.predicted_by = ref.run_id
-    out.coins = sorted(r["coin"] for r in records)
+    out.coins = sorted(r.coin for r in records)
     return out
 
 
-def served_predictions(ctx: StepContext, ref: RunRef) -> list[dict]:
+def served_predictions(ctx: StepContext, ref: RunRef) -> list[Prediction]:
     """The predictions this run serves: each horizon's current decision time, whichever run logged it."""
     out = []
     for h in ref.horizons:
@@ -190,39 +184,6 @@ def served_predictions(ctx: StepContext, ref: RunRef) -> list[dict]:
         if p is not None and p.log_key:
             out.extend(logbook.read_predictions(ctx.lake, p.log_key, p.decision_ts))
     return out
-
-
-def gate_signals(settings: Settings, panel: Panel | None, signals: list[dict]) -> None:
-    """Size and guard each consensus signal as the backtest enters it; the outcome rides on the signal.
-
-    A signal is tradable only when its risk entry allows it; every guard decision is kept with its reason.
-    """
-    orders = orders_from_signals(signals, settings.training.horizons)
-    gated = {}
-    if panel is not None and panel.open_ts.size and orders:
-        for o, g in zip(orders, live_gate(price_history_from_panel(panel), orders, settings.risk), strict=True):
-            gated[o.coin] = g
-    for sig in signals:
-        sig["risk"] = gated.get(sig["coin"]) or {
-            "coin": sig["coin"], "allow": False, "size_fraction": 0.0, "notional": 0.0, "cost_bps": None,
-            "decisions": [{"guard": "risk", "allow": False, "scale": 0.0,
-                           "reason": "no daily horizon or no daily prices: the order cannot be sized"}]}
-        sig["tradable"] = bool(sig["risk"]["allow"])
-
-
-def risk(ctx: StepContext, ref: RunRef) -> RiskOutput:
-    """Consensus over the served horizons, then each signal sized and guarded exactly as the backtest enters it."""
-    settings = ctx.settings
-    preds = served_predictions(ctx, ref)
-    signals = consensus(preds, settings.consensus_min_horizons)
-    if signals:
-        as_of = iso_to_ms(ref.as_of)
-        rcfg = settings.risk
-        need = max(rcfg.vol_window, rcfg.corr_window, rcfg.adv_window) + 2
-        panel = read_panel(ctx.lake, "1d", since_ms=as_of - need * timeframe_ms("1d"), until_ms=as_of)
-        gate_signals(settings, panel, signals)
-    return RiskOutput(run_id=ref.run_id, predictions=len(preds), actionable=sum(p["actionable"] for p in preds),
-                      signals=signals, tradable=sum(bool(s.get("tradable")) for s in signals))
 
 
 def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
@@ -241,23 +202,22 @@ def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
         preds = logbook.maturing(lake, h, lo, as_of - length)
         records = []
         if preds:
-            first = min(p["decision_ts"] for p in preds)
+            first = min(p.decision_ts for p in preds)
             panel = read_panel(lake, tf, since_ms=first - step, until_ms=as_of)
             column = {c: j for j, c in enumerate(panel.coins)} if panel is not None else {}
             for row in preds:
                 r = _realized(panel, column, row, step, spec.bars)
                 if r is None:
                     continue
-                records.append({
-                    "run_id": row["run_id"], "coin": row["coin"], "horizon": h, "decision_ts": row["decision_ts"],
-                    "matured_ts": int(row["decision_ts"] + length), "recorded_as_of": ref.as_of,
-                    "recorded_by": ref.run_id, "realized_return": r, "direction": row["direction"],
-                    "hit": bool((r > 0 and row["direction"] == 1) or (r < 0 and row["direction"] == -1)),
-                    "p_up": row["p_up"], "confidence": row["confidence"], "actionable": row["actionable"],
-                    "model_version": row["model_version"], "q10": row["q10"], "q90": row["q90"],
-                    "range_low": row.get("range_low"), "range_high": row.get("range_high"),
-                    "in_range": (None if row.get("range_low") is None
-                                 else bool(row["range_low"] <= r <= row["range_high"]))})
+                records.append(Outcome(
+                    run_id=row.run_id, coin=row.coin, horizon=h, decision_ts=row.decision_ts,
+                    matured_ts=int(row.decision_ts + length), recorded_as_of=ref.as_of,
+                    recorded_by=ref.run_id, realized_return=r, direction=row.direction,
+                    hit=bool((r > 0 and row.direction == 1) or (r < 0 and row.direction == -1)),
+                    p_up=row.p_up, confidence=row.confidence, actionable=row.actionable,
+                    model_version=row.model_version, q10=row.q10, q90=row.q90,
+                    range_low=row.range_low, range_high=row.range_high,
+                    in_range=(None if row.range_low is None else bool(row.range_low <= r <= row.range_high))))
         if records:
             _absorb_ranges(ctx, ref, h, records)
             out.keys.append(logbook.write_outcomes(lake, h, as_of, ref.run_id, records))
@@ -266,25 +226,25 @@ def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
     return out
 
 
-def _absorb_ranges(ctx: StepContext, ref: RunRef, horizon: str, records: list[dict]) -> None:
+def _absorb_ranges(ctx: StepContext, ref: RunRef, horizon: str, records: list[Outcome]) -> None:
     """The horizon's adaptive range learns from this run's matured outcomes, in decision order, once per run."""
     cfg = ctx.settings.run
     state = conformal.load(ctx.lake, horizon, cfg.range_alpha)
     if state.last_run == ref.run_id:
         return
-    for rec in sorted(records, key=lambda d: (d["decision_ts"], d["coin"])):
-        served = (rec["range_low"], rec["range_high"]) if rec["range_low"] is not None else None
-        state.update(rec["q10"], rec["q90"], rec["realized_return"], cfg.range_alpha, cfg.range_gamma,
+    for rec in sorted(records, key=lambda d: (d.decision_ts, d.coin)):
+        served = (rec.range_low, rec.range_high) if rec.range_low is not None else None
+        state.update(rec.q10, rec.q90, rec.realized_return, cfg.range_alpha, cfg.range_gamma,
                      cfg.range_window, served)
     state.last_run = ref.run_id
     ctx.lake.put_json(conformal.state_key(horizon), state.to_json())
 
 
-def _realized(panel: Panel | None, column: dict[str, int], row: dict, step: int, bars: int) -> float | None:
-    if panel is None or row["coin"] not in column or not panel.open_ts.size:
+def _realized(panel: Panel | None, column: dict[str, int], row: Prediction, step: int, bars: int) -> float | None:
+    if panel is None or row.coin not in column or not panel.open_ts.size:
         return None
-    j = column[row["coin"]]
-    a = (row["decision_ts"] - step - panel.open_ts[0]) // step
+    j = column[row.coin]
+    a = (row.decision_ts - step - panel.open_ts[0]) // step
     b = a + bars
     if a < 0 or b >= panel.open_ts.size:
         return None
@@ -303,23 +263,24 @@ def performance(ctx: StepContext, ref: RunRef) -> PerformanceOutput:
     if recorded is None:
         return out
     w = settings.run.performance_window
-    by_h: dict[str, list[dict]] = defaultdict(list)
+    by_h: dict[str, list[Outcome]] = defaultdict(list)
     for r in logbook.read_outcomes(lake, recorded.keys):
-        by_h[r["horizon"]].append(r)
+        by_h[r.horizon].append(r)
     for h, new in sorted(by_h.items()):
         state = logbook.absorb(lake, h, ref.run_id, new, w, settings.run.recent_outcomes)
-        by_coin: dict[str, list[dict]] = defaultdict(list)
+        by_coin: dict[str, list[Outcome]] = defaultdict(list)
         for d in state:  # in decision order: each coin's list ends with its latest outcomes
-            by_coin[d["coin"]].append(d)
+            by_coin[d.coin].append(d)
         rows = []
-        for c in sorted({r["coin"] for r in new}):
+        for c in sorted({r.coin for r in new}):
             docs = by_coin[c][-w:]
-            p = np.array([d["p_up"] for d in docs])
-            y = np.array([1.0 if d["realized_return"] > 0 else 0.0 for d in docs])
-            rows.append({"horizon": h, "coin": c, "run_id": ref.run_id, "window": len(docs),
-                         "hit_rate": float(np.mean([d["hit"] for d in docs])), "brier": brier(p, y), "ece": ece(p, y),
-                         "actionable_hit_rate": (float(np.mean([d["hit"] for d in docs if d["actionable"]]))
-                                                 if any(d["actionable"] for d in docs) else None)})
+            p = np.array([d.p_up for d in docs])
+            y = np.array([1.0 if d.realized_return > 0 else 0.0 for d in docs])
+            rows.append(CoinPerformance(
+                horizon=h, coin=c, run_id=ref.run_id, window=len(docs),
+                hit_rate=float(np.mean([d.hit for d in docs])), brier=brier(p, y), ece=ece(p, y),
+                actionable_hit_rate=(float(np.mean([d.hit for d in docs if d.actionable]))
+                                     if any(d.actionable for d in docs) else None)))
         out.keys.append(logbook.write_performance(lake, h, iso_to_ms(ref.as_of), ref.run_id, rows))
         out.coins[h] = len(rows)
     return out
@@ -370,7 +331,7 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         state, info = logbook.recent_outcomes(lake, h)
         # Calibration and decay are judged on the serving model's own outcomes: outcomes of a model it replaced say
         # nothing about it (and would retrain it again on every run until they age out).
-        overall = [r for r in state if r["model_version"] == meta["version"]][-settings.run.recent_outcomes:]
+        overall = [r for r in state if r.model_version == meta["version"]][-settings.run.recent_outcomes:]
         report = drift_mod.judge(meta["features"], meta["drift_reference"], recent, overall,
                                  float(meta["metrics"]["cv_brier"]), settings.run, age_ms=as_of - seen,
                                  max_age_ms=timeframe_ms(settings.run.retrain_every[tf]))
@@ -388,53 +349,3 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
                                                else "scheduled full retrain")
     out.retrain = [h for h, d in out.report.items() if d.get("retrain")]
     return out
-
-
-def summary(ctx: StepContext, ref: RunRef) -> SummaryOutput:
-    """What ran, what was excluded and why, the signals and every failure, in runs/run_id=<id>/summary.json."""
-    run = ref.run_id
-    o = {name: ctx.output(run, name) for name in ("ingest", "validate", "features", "train", "risk", "outcomes",
-                                                   "performance", "drift", "retrain")}
-    preds = {h: ctx.output(run, "predict", h) for h in ref.horizons}
-    predicted = sorted({c for p in preds.values() if p for c in p.coins})
-    excluded_by_coin: dict[str, dict[str, str]] = defaultdict(dict)
-    for h, p in preds.items():
-        for c, why in (p.excluded if p else {}).items():
-            excluded_by_coin[c][h] = why
-    coins_total = sorted(set(predicted) | set(excluded_by_coin))
-    try:
-        coins_total = _quality(ctx, run).coins or coins_total
-    except LakeKeyNotFound:
-        pass
-    risk_out, drift_out = o["risk"], o["drift"]
-    timings = {name: out.seconds for name, out in o.items() if out is not None}
-    timings["predict"] = round(sum(p.seconds for p in preds.values() if p), 3)
-    failures = list(ref.failures) + [
-        {"step": name, "item": h, **f} for name in ("train", "retrain") if o[name] is not None
-        for h, f in sorted(o[name].failed.items())]
-    status = "failed" if failures else "complete"
-    doc = {
-        "run_id": run, "as_of": ref.as_of, "source": ref.source, "status": status, "failures": failures,
-        "coins_total": len(coins_total), "coins_predicted": len(predicted),
-        "excluded": {c: "; ".join(f"{h}: {why}" for h, why in sorted(hs.items()))
-                     for c, hs in sorted(excluded_by_coin.items()) if c not in predicted},
-        "partially_excluded": {c: hs for c, hs in sorted(excluded_by_coin.items()) if c in predicted},
-        "predictions": risk_out.predictions if risk_out else sum(p.predictions for p in preds.values() if p),
-        "new_predictions": sum(p.new for p in preds.values() if p),
-        "served_from_earlier_runs": {h: p.predicted_by for h, p in preds.items()
-                                     if p and p.predicted_by and p.predicted_by != run},
-        "actionable": risk_out.actionable if risk_out else 0,
-        "uncertified_horizons": {h: p.uncertified for h, p in preds.items() if p and p.uncertified},
-        "signals": risk_out.signals if risk_out else [], "tradable_signals": risk_out.tradable if risk_out else 0,
-        "outcomes_recorded": sum(o["outcomes"].recorded.values()) if o["outcomes"] else 0,
-        "drift": drift_out.report if drift_out else {},
-        "trained": o["train"].trained if o["train"] else {},
-        "retrained": o["retrain"].results if o["retrain"] else {},
-        "horizons_without_model": {h: p.no_model for h, p in preds.items() if p and p.no_model},
-        "quality_key": o["validate"].quality_key if o["validate"] else None,
-        "fetch_failures": len(o["ingest"].failures) if o["ingest"] else None,
-        "timings": timings,
-    }
-    key = summary_key(run)
-    ctx.lake.put_json(key, doc)
-    return SummaryOutput(run_id=run, status=status, summary_key=key)

@@ -32,6 +32,7 @@ from services.risk.sizing import (
     vol_target_scale,
 )
 from shared.errors import CstError
+from shared.records import GuardDecision, RiskDecision
 from shared.rolling import log_return, rolling_mean, rolling_std
 from shared.settings import RiskSettings
 
@@ -200,7 +201,7 @@ class Portfolio:
         return equity - fee - slip, gross + notional
 
 
-def live_gate(history: PriceHistory, orders: list[Order], cfg: RiskSettings) -> list[dict]:
+def live_gate(history: PriceHistory, orders: list[Order], cfg: RiskSettings) -> list[RiskDecision]:
     """The main job's risk gate: today's orders sized and guarded exactly as the backtest enters them.
 
     cst holds no executed positions, so the book starts empty at `cfg.initial_equity`; orders of the same run
@@ -228,10 +229,10 @@ def live_gate(history: PriceHistory, orders: list[Order], cfg: RiskSettings) -> 
                                        fraction=alloc.get(id(o)))
         pos = book.open.get(o.coin)
         taken = pos is not None and pos.order is o
-        out.append({"coin": o.coin, "allow": taken,
-                    "size_fraction": float(pos.entry_notional / cfg.initial_equity) if taken else 0.0,
-                    "notional": float(pos.entry_notional) if taken else 0.0,
-                    "cost_bps": float(pos.entry_impact_bps + cfg.fee_bps) if taken else None,
-                    "decisions": [{k: d[k] for k in ("guard", "allow", "scale", "reason")}
-                                  for d in book.decisions[before:]]})
+        out.append(RiskDecision(
+            coin=o.coin, allow=taken, size_fraction=float(pos.entry_notional / cfg.initial_equity) if taken else 0.0,
+            notional=float(pos.entry_notional) if taken else 0.0,
+            cost_bps=float(pos.entry_impact_bps + cfg.fee_bps) if taken else None,
+            decisions=[GuardDecision(**{k: d[k] for k in ("guard", "allow", "scale", "reason")})
+                       for d in book.decisions[before:]]))
     return out

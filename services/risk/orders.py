@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.records import Signal
 from shared.settings import HorizonSpec
 
 
@@ -22,16 +23,16 @@ class Order:
     horizon_days: int
 
 
-def orders_from_signals(signals: list[dict], horizons: dict[str, HorizonSpec]) -> list[Order]:
+def orders_from_signals(signals: list[Signal], horizons: dict[str, HorizonSpec]) -> list[Order]:
     """Consensus signals as orders for the risk gate and the backtest: sized and held by the shortest agreeing
     daily horizon (its probability, quantiles and decision time); signals without a daily horizon are left out."""
     out = []
     for s in signals:
-        daily = [h for h in s["horizons"] if horizons[h].timeframe == "1d" and h in s["q"]]
+        daily = [h for h in s.horizons if horizons[h].timeframe == "1d" and h in s.q]
         if not daily:
             continue
         h = min(daily, key=lambda k: horizons[k].bars)
-        q10, q50, q90 = s["q"][h]
-        out.append(Order(int(s["decision_ts"][h]), s["coin"], 1 if s["direction"] == "up" else -1,
-                         float(s["p_up"][h]), float(q10), float(q50), float(q90), horizons[h].bars))
+        q10, q50, q90 = s.q[h]
+        out.append(Order(int(s.decision_ts[h]), s.coin, 1 if s.direction == "up" else -1,
+                         float(s.p_up[h]), float(q10), float(q50), float(q90), horizons[h].bars))
     return out

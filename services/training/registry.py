@@ -15,6 +15,7 @@ from services.training.ensemble import Trained, native_p_up
 from services.training.members import Dataset
 from shared.contracts import iso_to_ms, ms_to_iso
 from shared.provenance import provenance
+from shared.registry import set_current
 from shared.settings import HorizonSpec, Settings
 from shared.storage import Lake
 
@@ -206,7 +207,7 @@ def publish(t: Trained, declared: dict, lake: Lake, settings: Settings) -> dict:
     lake.put(prefix + "MODEL_CARD.md", model_card(meta).encode())
     if decision["promote"]:
         # The version's files are all in place before the pointer moves (one atomic put).
-        lake.put(f"models/horizon={t.horizon}/CURRENT", version.encode())
+        set_current(lake, t.horizon, version)
     else:
         log.warning("horizon %s: version %s kept out of CURRENT (%s); %s stays", t.horizon, version,
                     decision["reason"], decision.get("previous"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from services.predict.model import current_version
 from services.training.train import train
-from shared.pipeline import RunRef, StepContext, TrainOutput
+from shared.pipeline.context import StepContext
+from shared.pipeline.contracts import RunRef, TrainOutput
 
 
 def train_missing(ctx: StepContext, ref: RunRef) -> TrainOutput:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from services.features.frame import FeatureFrame, Panel, build_frame, build_panel
 from services.features.quality.gate import run_gate
@@ -19,7 +16,7 @@ from shared.contracts import iso_to_ms, utcnow
 from shared.datasets import get_series, history_parts, merge_series
 from shared.errors import CstError
 from shared.settings import Settings
-from shared.storage import Lake, open_lake
+from shared.storage import Lake
 
 log = logging.getLogger(__name__)
 
@@ -89,39 +86,3 @@ def train(settings: Settings, lake: Lake, run_id: str, *, until: str | None = No
         meta["wall_seconds"] = round(time.perf_counter() - started, 1)
         results[h] = meta
     return results
-
-
-def sagemaker_main() -> int:
-    """SageMaker training job: the lake's URI and the run whose stored series to train on come as hyperparameters;
-    versions are published through the gate of that lake's registry. Metrics go to SM_OUTPUT_DATA_DIR."""
-    hps = json.loads(os.environ.get("SM_HPS", "{}") or "{}")
-    hp_file = Path(os.environ.get("SM_INPUT_CONFIG_DIR", "/opt/ml/input/config")) / "hyperparameters.json"
-    if not hps and hp_file.is_file():
-        hps = json.loads(hp_file.read_text())
-    if not hps.get("run_id"):
-        raise CstError("missing_hyperparameter", "the training job needs hyperparameter run_id (the run whose "
-                                                 "stored series to train on) and lake (its URI)")
-    settings = Settings()
-    lake = open_lake(str(hps.get("lake") or settings.lake.uri), region=settings.aws_region)
-    out = Path(os.environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
-    out.mkdir(parents=True, exist_ok=True)
-    if hps.get("step"):
-        # Started by the state machine: the pipeline's training step for the stored run, exactly as `cst step`
-        # runs it (its output lands in the lake where the next steps read it).
-        from services.runner import load_ref, run_step
-        from shared.pipeline import StepContext
-
-        ref = load_ref(lake, str(hps["run_id"]))
-        result = run_step(StepContext(settings, lake), str(hps["step"]), ref)
-        (out / "metrics.json").write_text(result.model_dump_json(indent=2))
-        return 0
-    horizons = [h for h in str(hps.get("horizons", "")).split(",") if h] or None
-    results = train(settings, lake, str(hps["run_id"]), until=hps.get("until") or None, horizons=horizons,
-                    budget=str(hps.get("budget", "quick")))
-    (out / "metrics.json").write_text(json.dumps({h: m.get("metrics", m) for h, m in results.items()}, indent=2,
-                                                 default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(sagemaker_main())

@@ -29,6 +29,7 @@ from services.training.members import (
 )
 from shared.errors import LakeKeyNotFound
 from shared.metrics import sigmoid
+from shared.registry import tuning_journal_key
 from shared.settings import Budget
 from shared.storage import Lake
 
@@ -115,7 +116,7 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    key = f"models/horizon={horizon}/optuna/{member}.journal"
+    key = tuning_journal_key(horizon, member)
     requested = budget.trials.get(member, 1)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "journal.log"

@@ -14,7 +14,13 @@ pytest.importorskip("torch")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from services.api.app import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Actions, create_app  # noqa: E402
+from services.api.app import (  # noqa: E402
+    CSRF_COOKIE,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Actions,
+    create_app,
+)
 from services.api.issuer import DevIssuer  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import LocalLake  # noqa: E402
@@ -107,8 +113,10 @@ def test_performance_per_coin_and_horizon_with_reliability_and_drift(served):
     assert c.get("/api/performance", params={"horizon": "7d"}, headers=h).json().keys() == {"7d"}
     assert c.get("/api/performance", params={"horizon": "2h"}, headers=h).status_code == 404
     # Reliability bins: equal width, only bins with enough outcomes, the realized rate of the outcomes inside.
-    rows = [{"p_up": 0.55, "realized_return": r} for r in (0.1, -0.1, 0.2, 0.3, -0.2)] + [{"p_up": 0.95,
-                                                                                            "realized_return": 1.0}]
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(p_up=0.55, realized_return=r) for r in (0.1, -0.1, 0.2, 0.3, -0.2)] + [
+        SimpleNamespace(p_up=0.95, realized_return=1.0)]
     assert reliability(rows) == [{"bin": [0.5, 0.6], "n": 5, "mean_p": 0.55, "up_rate": 0.6}]
     assert reliability(rows, min_count=1)[-1] == {"bin": [0.9, 1.0], "n": 1, "mean_p": 0.95, "up_rate": 1.0}
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from services.api import reads
-from services.ingest.logic import run_id_for
 from services.predict import logbook
 from shared.datasets import get_table
-from shared.pipeline import summary_key
+from shared.records import Prediction
+from shared.runs import run_id_for, summary_key
 from shared.storage import LocalLake
 
 HOUR = 3_600_000
@@ -31,8 +31,10 @@ def land(lake, hour: int, coins=COINS, status: str = "complete") -> str:
     horizons = ["1h"] + (["24h"] if as_of % (24 * HOUR) == 0 else [])
     for h in horizons:
         logbook.write_predictions(lake, run_id, h, as_of, [
-            {"run_id": run_id, "coin": c, "horizon": h, "decision_ts": as_of, "p_up": hour / 1000 + i / 10,
-             "top_features": "[]", "model_version": "v1"} for i, c in enumerate(coins)])
+            Prediction(run_id=run_id, coin=c, horizon=h, as_of=str(as_of), decision_ts=as_of,
+                       p_up=hour / 1000 + i / 10, p_low=0.0, p_high=1.0, direction=1, confidence=0.0, q10=0.0,
+                       q50=0.0, q90=0.0, model_version="v1", actionable=False, shap_base=0.0, top_features="[]")
+            for i, c in enumerate(coins)])
     lake.put_json(summary_key(run_id), {"run_id": run_id, "as_of": str(as_of), "status": status, "signals": []})
     return run_id
 

@@ -4,7 +4,7 @@ the synthesized CDK template (the JSON that deploys) against moto S3, every Lamb
 moto (pinned) executes Task/Choice/Map/Retry/Catch for real; its Lambda backend only echoes, so its one `invoke`
 method is replaced to call our handlers (a test below fails if that method's signature changes). moto's interpreter
 rejects `createTrainingJob.sync` and its SageMaker only records jobs: the training states are pointed at a stand-in
-function that runs the training job's own entry point (`sagemaker_main`) in process on the moto lake, with the
+function that runs the training job's own entry point (`services.orchestrator.sagemaker.main`) in process on the moto lake, with the
 hyperparameters the state machine passes. Afterwards the lake must hold what `cst run` writes for the same as-of.
 """
 
@@ -61,7 +61,7 @@ def sagemaker_local(event: dict, context) -> dict:
     """Stand-in for the SageMaker training job: its entry point, in process, with the state's hyperparameters."""
     import os
 
-    from services.training.train import sagemaker_main
+    from services.orchestrator.sagemaker import main as sagemaker_main
 
     os.environ["SM_HPS"] = json.dumps(event["HyperParameters"])
     os.environ["SM_OUTPUT_DATA_DIR"] = os.environ["CST_TEST_SM_OUT"]
@@ -76,7 +76,7 @@ class Machine:
     """moto's Step Functions with our handlers behind its Lambda invoke; `faults` wrap handlers per test."""
 
     def __init__(self, faults: dict | None = None):
-        from services import handlers
+        from services.orchestrator import handlers
 
         self.functions = {"start": handlers.start, **handlers.HANDLERS, "sagemaker-local": sagemaker_local}
         self.calls: dict[str, int] = {}
@@ -100,9 +100,9 @@ class Machine:
 def definition_for(template: dict, arns: dict[str, str]) -> dict:
     """The state machine exactly as the synthesized template deploys it, its substitutions resolved: each step
     function's ARN to the moto function of the same handler; the training states to the local stand-in."""
-    from shared.pipeline import SAGEMAKER_SYNC
+    from shared.pipeline.asl import SAGEMAKER_SYNC
 
-    handler_of = {lid: res["Properties"]["ImageConfig"]["Command"][0].removeprefix("services.handlers.")
+    handler_of = {lid: res["Properties"]["ImageConfig"]["Command"][0].removeprefix("services.orchestrator.handlers.")
                   for lid, res in template["Resources"].items() if res["Type"] == "AWS::Lambda::Function"}
     (machine,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
 
@@ -166,7 +166,7 @@ def cloud(monkeypatch, tmp_path, synthesized):
                     arns[name] = lam.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
                 except lam.exceptions.ResourceNotFoundException:
                     arns[name] = lam.create_function(
-                        FunctionName=name, Runtime="python3.12", Role=role, Handler=f"services.handlers.{name}",
+                        FunctionName=name, Runtime="python3.12", Role=role, Handler=f"services.orchestrator.handlers.{name}",
                         Code={"ZipFile": b"code is in process"})["FunctionArn"]
             sfn = boto3.client("stepfunctions", region_name=REGION)
             machine.arn = sfn.create_state_machine(
@@ -252,7 +252,7 @@ def test_the_state_machine_writes_what_cst_run_writes(cloud, shared_data, tmp_pa
 
 
 def test_a_transient_error_is_retried_and_a_failed_horizon_does_not_stop_the_others(cloud, shared_data, tmp_path):
-    from services.handlers import TransientStepError
+    from services.orchestrator.handlers import TransientStepError
     from shared.errors import CstError
 
     src = slice_source(shared_data, tmp_path / "data")

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
 
 from services.evaluation.backtest import (
@@ -334,40 +333,42 @@ def test_live_gate_sizes_today_and_judges_later_orders_against_earlier_ones():
     assert run_backtest(m, sigs, RiskSettings(vol_window=4, adv_window=4, corr_window=20)).skipped["beyond_data"] == 3
     a, b, c = live_gate(m, sigs, RiskSettings(vol_window=4, adv_window=4, corr_window=20))
     # A: Kelly caps at 10% of equity; the vol scale is 1 (daily vol < 2%).
-    assert a["allow"] and a["size_fraction"] == pytest.approx(0.10)
+    assert a.allow and a.size_fraction == pytest.approx(0.10)
     # B is judged against A, entered just before it: scaled down by the correlation guard, and sized on the
     # equity left after A's entry fee and impact.
-    corr = next(d for d in b["decisions"] if d["guard"] == "correlation")
-    equity_after_a = 1e5 - a["notional"] * a["cost_bps"] / 1e4
-    assert b["allow"] and corr["scale"] < 1
-    assert b["notional"] == pytest.approx(equity_after_a * 0.10 * corr["scale"], rel=1e-9)
+    corr = next(d for d in b.decisions if d.guard == "correlation")
+    equity_after_a = 1e5 - a.notional * a.cost_bps / 1e4
+    assert b.allow and corr.scale < 1
+    assert b.notional == pytest.approx(equity_after_a * 0.10 * corr.scale, rel=1e-9)
     # C has no volume: the liquidity guard refuses it, with its reason.
-    assert not c["allow"] and c["size_fraction"] == 0.0
-    assert any(d["guard"] == "liquidity" and "volume unavailable" in d["reason"] for d in c["decisions"])
+    assert not c.allow and c.size_fraction == 0.0
+    assert any(d.guard == "liquidity" and "volume unavailable" in d.reason for d in c.decisions)
 
 
 def test_risk_step_gate_attaches_the_decision_to_each_signal():
     from services.features.frame import Panel
-    from services.predict.steps import gate_signals
+    from services.risk.steps import gate_signals
     from shared.settings import Settings
 
     closes = (CALM * 8)[:40]
     panel = Panel("1d", T0 + DAY_MS * np.arange(40), ["A", "B"],
                   {"close": np.array([closes, closes]).T, "volume": np.full((40, 2), ADV)}, {"B": {"volume"}})
     now = int(T0 + DAY_MS * 40)  # the last candle's close
+    from types import SimpleNamespace
+
     pred = {"direction": 1, "confidence": 0.9, "actionable": True, "p_up": 0.6, "q10": -0.05, "q50": 0.0,
             "q90": 0.05, "decision_ts": now}
-    preds = [{**pred, "coin": c, "horizon": h} for c in ("A", "B") for h in ("24h", "7d")]
+    preds = [SimpleNamespace(**pred, coin=c, horizon=h) for c in ("A", "B") for h in ("24h", "7d")]
     from services.predict.signals import consensus
 
     signals = consensus(preds, 2)
     cfg = Settings(_env_file=None)
     cfg.risk.vol_window, cfg.risk.adv_window = 4, 4
     gate_signals(cfg, panel, signals)
-    by = {s["coin"]: s for s in signals}
-    assert by["A"]["tradable"] and by["A"]["risk"]["size_fraction"] == pytest.approx(0.10)
+    by = {s.coin: s for s in signals}
+    assert by["A"].tradable and by["A"].risk.size_fraction == pytest.approx(0.10)
     # B's volume was declared unavailable by the quality gate: not tradable, never assumed liquid.
-    assert not by["B"]["tradable"]
+    assert not by["B"].tradable and by["B"].risk.refusal
 
 
 def test_mean_variance_allocation_sizes_the_days_orders_together():

@@ -109,10 +109,16 @@ def test_horizon_metrics_by_hand():
 
 def test_consensus_hit_is_judged_over_the_shortest_agreeing_horizon():
     cfg = Settings(_env_file=None)
+    from services.evaluation.evaluate import ReplayedSignal
+
+    def signal(direction, fwd):
+        return ReplayedSignal(coin="A", direction=direction, horizons=sorted(fwd), min_confidence=0.9,
+                              p_up=dict.fromkeys(fwd, 0.9), ts=0, fwd=fwd)
+
     signals = [
-        {"direction": "up", "horizons": ["24h", "7d"], "fwd": {"24h": 0.02, "7d": -0.05}},  # hit on 24h
-        {"direction": "down", "horizons": ["7d", "30d"], "fwd": {"7d": 0.01, "30d": -0.2}},  # miss on 7d
-        {"direction": "down", "horizons": ["24h", "30d"], "fwd": {"24h": -0.01, "30d": 0.3}},  # hit on 24h
+        signal("up", {"24h": 0.02, "7d": -0.05}),  # hit on 24h
+        signal("down", {"7d": 0.01, "30d": -0.2}),  # miss on 7d
+        signal("down", {"24h": -0.01, "30d": 0.3}),  # hit on 24h
     ]
     m = consensus_metrics(cfg, signals)
     assert m["n"] == 3 and m["hit_rate"] == pytest.approx(2 / 3)
@@ -137,14 +143,17 @@ def test_backtest_command_trades_the_daily_horizons_only(shared_data, tmp_path, 
 
 def test_signal_cell_says_size_or_why_not():
     from services.cli import _signal_cell
+    from shared.records import Signal
 
-    base = {"direction": "up", "horizons": ["24h", "7d"]}
+    base = {"coin": "A", "direction": "up", "horizons": ["24h", "7d"], "min_confidence": 0.9, "p_up": {}}
     assert _signal_cell(None) == ""
-    ok = _signal_cell({**base, "risk": {"allow": True, "size_fraction": 0.042, "cost_bps": 15.2, "decisions": []}})
+    ok = _signal_cell(Signal.model_validate({**base, "risk": {
+        "coin": "A", "allow": True, "size_fraction": 0.042, "notional": 4200.0, "cost_bps": 15.2, "decisions": []}}))
     assert "size 4.2% of equity, cost 15.2 bps" in ok
-    no = _signal_cell({**base, "risk": {"allow": False, "size_fraction": 0.0, "cost_bps": None, "decisions": [
-        {"guard": "drawdown", "allow": True, "scale": 1.0, "reason": ""},
-        {"guard": "liquidity", "allow": False, "scale": 0.0, "reason": "volume unavailable: not tradable"}]}})
+    no = _signal_cell(Signal.model_validate({**base, "risk": {
+        "coin": "A", "allow": False, "size_fraction": 0.0, "notional": 0.0, "cost_bps": None, "decisions": [
+            {"guard": "drawdown", "allow": True, "scale": 1.0, "reason": ""},
+            {"guard": "liquidity", "allow": False, "scale": 0.0, "reason": "volume unavailable: not tradable"}]}}))
     assert "not traded" in no and "volume unavailable" in no
 
 

@@ -59,11 +59,16 @@ def test_every_file_is_a_series_or_ignored_with_a_reason(shared_data, daily):
     files = sorted(p.relative_to(shared_data).as_posix() for p in shared_data.rglob("*") if p.is_file())
     expected_keys = sorted([*DAILY, *HOURLY, *ONCHAIN, SENTIMENT])
     assert sorted(daily.quality["series"]) == expected_keys
-    assert daily.quality["files_ignored"] == {"README.md": "not a CSV data file"}
+    ignored = dict(daily.quality["files_ignored"])
+    assert ignored.pop("README.md") == "not a CSV data file"
+    # The layouts the file import does not read yet (the Binance USDT-M perpetuals' export, the newer Fear & Greed
+    # export in epoch seconds: the wide-universe issue) are each named with the reason, never half-read.
+    assert all(why.startswith("layout not recognized") and f.split("/")[0] in ("binance-futures", "sentiment")
+               for f, why in ignored.items()), ignored
     assert daily.quality["read_failures"] == []
     # Each series stands for exactly one file, so series + ignored files account for every file.
     assert sorted(file_of(k, shared_data).relative_to(shared_data).as_posix() for k in expected_keys) == sorted(
-        set(files) - {"README.md"}
+        set(files) - {"README.md"} - set(ignored)
     )
 
 

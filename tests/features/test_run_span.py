@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services import runner
 from services.features.frame import build_frame
 from services.features.quality.gate import judge, run_gate
 from services.features.steps import quality_report, staged_series
 from services.features.store import read_frame
+from services.orchestrator import runner
+from shared import runs
 from shared.contracts import Series, iso_to_ms
 from shared.errors import CstError
-from shared.pipeline import StepContext
+from shared.pipeline.context import StepContext
 from shared.settings import QualitySettings, Settings
 from shared.storage import LocalLake
 
@@ -21,8 +22,8 @@ HOUR = 3_600_000
 
 
 def _steps(ctx: StepContext, source: str, as_of: str):
-    ref = runner.make_ref(ctx.settings, source, iso_to_ms(as_of))
-    runner.save_ref(ctx.lake, ref)
+    ref = runs.new_ref(ctx.settings, source, iso_to_ms(as_of))
+    runs.save_ref(ctx.lake, ref)
     return ref, [runner.run_step(ctx, name, ref) for name in ("ingest", "validate", "features")]
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.pipeline import PIPELINE, state_machine
+from shared.pipeline.asl import state_machine
+from shared.pipeline.definition import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATOR = ROOT / "infra" / "asl" / "node_modules" / ".bin" / "asl-validator"

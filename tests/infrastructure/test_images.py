@@ -25,9 +25,9 @@ def test_the_serving_image_installs_the_core_dependencies_only():
     assert not core & TRAINING_ONLY
 
 
-def test_the_training_image_runs_the_cst_train_entry_point():
+def test_the_training_image_runs_the_orchestrators_sagemaker_entry_point():
     dockerfile = (ROOT / "infra" / "docker" / "training.Dockerfile").read_text()
-    assert '".[training]"' in dockerfile and "python -m services.training.train" in dockerfile
+    assert '".[training]"' in dockerfile and "python -m services.orchestrator.sagemaker" in dockerfile
 
 
 def test_only_the_api_function_builds_the_image_with_the_api_extra(synthesized):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from shared.pipeline import PIPELINE, START, state_order
+from shared.pipeline.asl import START, state_order
+from shared.pipeline.definition import PIPELINE
 
 LAMBDA_STEPS = [START] + [s.name for s in PIPELINE if s.runtime != "sagemaker"]
 
@@ -20,8 +21,8 @@ def function_ids(template: dict) -> dict[str, str]:
     out = {}
     for lid, res in resources(template, "AWS::Lambda::Function").items():
         cmd = res["Properties"]["ImageConfig"]["Command"]
-        if cmd[0].startswith("services.handlers."):  # the API function is checked in test_api_stack.py
-            out[cmd[0].removeprefix("services.handlers.")] = lid
+        if cmd[0].startswith("services.orchestrator.handlers."):  # the API function is checked in test_api_stack.py
+            out[cmd[0].removeprefix("services.orchestrator.handlers.")] = lid
     return out
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services import runner
 from services.features.steps import quality_report
-from shared.pipeline import StepContext
+from services.orchestrator import runner
+from shared import runs
+from shared.pipeline.context import StepContext
 from shared.storage import LocalLake
 from tests.ingest.fakes.config import loopback_settings
 from tests.ingest.fakes.kraken import NOW_S, FakeKraken
@@ -33,7 +34,7 @@ def test_batches_split_the_universe_and_the_ingest_step_joins_them(tmp_path: Pat
     with FakeKraken(COINS) as kraken:
         cfg = loopback_settings(kraken.url, market_apis, coins=COINS, batch_symbols=2)
         ctx = StepContext(cfg, LocalLake(tmp_path / "lake"))
-        ref = runner.make_ref(cfg, "live", NOW_MS)
+        ref = runs.new_ref(cfg, "live", NOW_MS)
         assert ref.batches == ["0", "1", "2"]  # 2 + 2 + 1 symbols
         out = runner.run_ingest(ctx, ref)
         batches = {b: ctx.output(ref.run_id, "fetch", b) for b in ref.batches}
@@ -61,7 +62,7 @@ def test_a_batch_without_output_is_a_named_failure_and_the_others_go_on(tmp_path
     with FakeKraken(COINS) as kraken:
         cfg = loopback_settings(kraken.url, market_apis, coins=COINS, batch_symbols=2)
         ctx = StepContext(cfg, LocalLake(tmp_path / "lake"))
-        ref = runner.make_ref(cfg, "live", NOW_MS)
+        ref = runs.new_ref(cfg, "live", NOW_MS)
         for item in ("0", "2"):  # batch 1 failed (its Lambda timed out, say): no output under the run
             runner.run_step(ctx, "fetch", ref, item)
         out = runner.run_step(ctx, "ingest", ref)
@@ -76,6 +77,6 @@ def test_a_batch_without_output_is_a_named_failure_and_the_others_go_on(tmp_path
 def test_a_file_import_has_no_fetch_batches():
     from shared.settings import Settings
 
-    assert runner.make_ref(Settings(), "/tmp", NOW_MS).batches == []
-    assert runner.make_ref(Settings(universe=[f"C{i}" for i in range(1000)]), "live", NOW_MS).batches == \
+    assert runs.new_ref(Settings(), "/tmp", NOW_MS).batches == []
+    assert runs.new_ref(Settings(universe=[f"C{i}" for i in range(1000)]), "live", NOW_MS).batches == \
         [str(i) for i in range(10)]  # 100 symbols a batch by default

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from services import runner
 from services.ingest.sources.files import file_state_key
+from services.orchestrator import runner
+from shared import runs
 from shared.contracts import iso_to_ms
 from shared.datasets import get_series
-from shared.pipeline import StepContext
+from shared.pipeline.context import StepContext
 from shared.settings import Settings
 from shared.storage import LocalLake
 
@@ -24,13 +25,14 @@ def _copy(shared_data: Path, dest: Path) -> Path:
         (dest / "ohlcv" / tf).mkdir(parents=True)
         for coin in COINS:
             shutil.copy(shared_data / "ohlcv" / tf / f"{coin}-USD.csv", dest / "ohlcv" / tf)
-    shutil.copytree(shared_data / "sentiment", dest / "sentiment")
+    (dest / "sentiment").mkdir()
+    shutil.copy(shared_data / "sentiment" / "fear_greed.csv", dest / "sentiment")
     return dest
 
 
 def _ingest(lake: LocalLake, src: Path, as_of: int):
     cfg = Settings(_env_file=None)
-    ref = runner.make_ref(cfg, str(src), as_of)
+    ref = runs.new_ref(cfg, str(src), as_of)
     return runner.run_step(StepContext(cfg, lake), "ingest", ref)
 
 

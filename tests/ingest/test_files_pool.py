@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from services import runner
 from services.ingest.sources import files
+from services.orchestrator import runner
+from shared import runs
 from shared.contracts import iso_to_ms
 from shared.datasets import get_series
-from shared.pipeline import StepContext
+from shared.pipeline.context import StepContext
 from shared.settings import Settings
 from shared.storage import LocalLake
 
@@ -25,7 +26,7 @@ two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="with one core 
 
 def _ingest(lake: LocalLake, src: Path, as_of: int = AS_OF[0]):
     cfg = Settings(_env_file=None)
-    return runner.run_step(StepContext(cfg, lake), "ingest", runner.make_ref(cfg, str(src), as_of))
+    return runner.run_step(StepContext(cfg, lake), "ingest", runs.new_ref(cfg, str(src), as_of))
 
 
 def _force_pool(mp: pytest.MonkeyPatch) -> list[str]:

@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services import runner
 from services.features.steps import quality_report
 from services.ingest.logic import Fetched, fetch_sources
 from services.ingest.sources.base import FetchResult, FetchTask
 from services.ingest.sources.exchange import ExchangeSource
+from services.orchestrator import runner
+from shared import runs
 from shared.contracts import Series
 from shared.errors import CstError
+from shared.pipeline.context import StepContext
 from shared.settings import ExchangeSettings, Settings, SourceSettings
-from shared.pipeline import StepContext
 from shared.storage import LocalLake
 from tests.ingest.fakes.config import fast_http, loopback_settings
 from tests.ingest.fakes.kraken import NOW_S, FakeKraken, Fault
@@ -49,7 +50,7 @@ def faulty_kraken() -> Iterator[FakeKraken]:
 def ingest(settings: Settings, lake: LocalLake, now_ms: int):
     """The pipeline's ingest and validate steps of a live run at `now_ms`: their outputs and the quality report."""
     ctx = StepContext(settings, lake)
-    ref = runner.make_ref(settings, "live", now_ms)
+    ref = runs.new_ref(settings, "live", now_ms)
     ingested = runner.run_ingest(ctx, ref)
     validated = runner.run_step(ctx, "validate", ref)
     return ingested, validated, quality_report(ctx, ref.run_id)
@@ -111,7 +112,9 @@ def test_a_second_identical_run_lands_nothing_new(faulty_kraken: FakeKraken, mar
     # The landing itself is content-addressed: the same raw records land once whichever run brings them.
     from services.ingest import logic
 
-    fetched = asyncio.run(fetch_sources(logic.build_sources("live", settings, NOW_MS), settings))
+    # At the run's as-of: its cycle, the close of the hour (13:00), not the moment it was started (13:45).
+    fetched = asyncio.run(fetch_sources(logic.build_sources("live", settings, runs.cycle_as_of(settings, NOW_MS)),
+                                        settings))
     assert logic.land(lake, fetched) == (0, first.landed)
 
 

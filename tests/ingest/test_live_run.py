@@ -107,10 +107,16 @@ def test_a_live_run_trains_on_backfilled_history_beyond_its_own_fetch(live_env, 
 
 def test_the_liquidity_layer_reaches_the_features_on_live_path_data(tmp_path):
     """Whale buckets and order books fetched live, stamped as of the run, fused into the run's feature rows."""
-    from services import runner
     from services.features.store import read_frame
-    from shared.pipeline import StepContext
-    from shared.settings import ExchangeSettings, FeatureSettings, Settings, SourceSettings
+    from services.orchestrator import runner
+    from shared import runs
+    from shared.pipeline.context import StepContext
+    from shared.settings import (
+        ExchangeSettings,
+        FeatureSettings,
+        Settings,
+        SourceSettings,
+    )
     from shared.storage import LocalLake
     from tests.ingest.fakes.config import fast_http
 
@@ -133,7 +139,7 @@ def test_the_liquidity_layer_reaches_the_features_on_live_path_data(tmp_path):
             "excluded_layers": {k: v for k, v in fs.excluded_layers.items() if k != "liquidity"}})
         lake = LocalLake(tmp_path / "lake")
         ctx = StepContext(cfg, lake)
-        ref = runner.make_ref(cfg, "live", as_of_s * 1000)
+        ref = runs.new_ref(cfg, "live", as_of_s * 1000)
         runner.run_ingest(ctx, ref)
         for step in ("validate", "features"):
             runner.run_step(ctx, step, ref)

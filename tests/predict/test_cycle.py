@@ -138,8 +138,11 @@ def test_later_run_records_matured_outcomes_exactly_once(source, lake_dir, env):
 
 
 def test_consensus_needs_agreeing_actionable_horizons():
+    from types import SimpleNamespace
+
     def p(coin, h, direction, act, conf=0.85):
-        return {"coin": coin, "horizon": h, "direction": direction, "actionable": act, "confidence": conf, "p_up": 0.9}
+        return SimpleNamespace(coin=coin, horizon=h, direction=direction, actionable=act, confidence=conf, p_up=0.9,
+                               q10=-0.01, q50=0.0, q90=0.01, decision_ts=0)
 
     preds = [
         p("A", "24h", 1, True), p("A", "7d", 1, True), p("A", "30d", -1, False),  # 2 agree, the dissent is not actionable
@@ -147,7 +150,7 @@ def test_consensus_needs_agreeing_actionable_horizons():
         p("C", "24h", -1, True), p("C", "7d", 1, False),  # only one actionable
     ]
     got = consensus(preds, 2)
-    assert [s["coin"] for s in got] == ["A"] and got[0]["direction"] == "up" and got[0]["horizons"] == ["24h", "7d"]
+    assert [s.coin for s in got] == ["A"] and got[0].direction == "up" and got[0].horizons == ["24h", "7d"]
     assert consensus(preds, 3) == []
 
 
@@ -186,15 +189,15 @@ def test_uncertified_horizons_are_named_in_the_summary(lake_dir):
 
 def test_an_operators_retrain_asks_only_for_its_horizon_and_the_schedule_for_all(source, lake_dir, env):
     from services.predict.steps import drift
-    from services.runner import make_ref
     from shared.contracts import iso_to_ms
-    from shared.pipeline import StepContext
+    from shared.pipeline.context import StepContext
+    from shared.runs import new_ref
     from shared.settings import Settings
     from shared.storage import LocalLake
 
     settings = Settings()
     ctx = StepContext(settings, LocalLake(lake_dir))
-    ref = make_ref(settings, str(source), iso_to_ms("2024-05-02T00:00:00Z"))
+    ref = new_ref(settings, str(source), iso_to_ms("2024-05-02T00:00:00Z"))
     assert drift(ctx, ref).retrain == []  # drift off in this module: nothing asks
     one = drift(ctx, ref.model_copy(update={"retrain": True, "retrain_only": ["7d"]}))
     assert one.retrain == ["7d"] and "retrain asked by an operator" in one.report["7d"]["reasons"]
@@ -206,10 +209,11 @@ def test_calibration_drift_is_judged_on_the_serving_models_own_outcomes(source, 
     """Outcomes of a replaced model must not retrain its successor again and again."""
     from services.predict import logbook
     from services.predict.steps import drift
-    from services.runner import make_ref
     from shared.contracts import iso_to_ms
-    from shared.pipeline import StepContext
+    from shared.pipeline.context import StepContext
+    from shared.records import Outcome
     from shared.registry import current_version
+    from shared.runs import new_ref
     from shared.settings import Settings
     from shared.storage import LocalLake
 
@@ -220,18 +224,18 @@ def test_calibration_drift_is_judged_on_the_serving_models_own_outcomes(source, 
     lake = LocalLake(lake_copy)
     serving = current_version(lake, "24h")
     # Confident forecasts that all went the other way: ECE 0.9, far above any threshold.
-    wrong = [{"run_id": "r", "coin": f"C{i}", "horizon": "24h", "decision_ts": 1_700_000_000_000 + i, "matured_ts": 0,
-              "recorded_as_of": "", "recorded_by": "r", "realized_return": -0.01, "direction": 1, "hit": False,
-              "p_up": 0.9, "confidence": 0.9, "actionable": False, "model_version": "an-older-model"}
+    wrong = [Outcome(run_id="r", coin=f"C{i}", horizon="24h", decision_ts=1_700_000_000_000 + i, matured_ts=0,
+                     recorded_as_of="", recorded_by="r", realized_return=-0.01, direction=1, hit=False, p_up=0.9,
+                     confidence=0.9, actionable=False, model_version="an-older-model", q10=-0.02, q90=0.02)
              for i in range(40)]
     logbook.absorb(lake, "24h", "older", wrong, per_coin=60, overall=2000)
     ctx = StepContext(settings, lake)
-    ref = make_ref(settings, str(source), iso_to_ms("2024-05-02T00:00:00Z"))
+    ref = new_ref(settings, str(source), iso_to_ms("2024-05-02T00:00:00Z"))
     report = drift(ctx, ref).report["24h"]
     own = report["outcomes_of_this_model"]  # what the earlier runs of this module recorded
     assert own < 20 and report["outcomes"] == own + 40
     assert "ece_recent" not in report and not report["retrain"]
-    mine = [{**w, "coin": f"D{i}", "model_version": serving} for i, w in enumerate(wrong)]
+    mine = [w.model_copy(update={"coin": f"D{i}", "model_version": serving}) for i, w in enumerate(wrong)]
     logbook.absorb(lake, "24h", "newer", mine, per_coin=60, overall=2000)
     report = drift(ctx, ref).report["24h"]
     assert report["outcomes_of_this_model"] == own + 40 and report["retrain"]
@@ -250,7 +254,7 @@ def predictions_of(lake: Path) -> dict[tuple, dict]:
 
 
 def test_each_step_runs_alone_from_what_the_previous_step_stored(source, lake_dir, env, tmp_path, capsys):
-    from shared.pipeline import PIPELINE
+    from shared.pipeline.definition import PIPELINE
 
     alone, whole = tmp_path / "alone", tmp_path / "whole"
     copy_models(lake_dir, alone)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.risk.orders import Order, orders_from_signals
+from shared.records import Signal
 from shared.settings import Settings
 
 T = 1_719_792_000_000  # 2024-07-01 00:00 UTC
@@ -23,6 +24,7 @@ def test_the_shortest_daily_horizon_sizes_and_holds_the_order():
         {"coin": "XRP", "direction": "up", "horizons": ["1h"], "p_up": {"1h": 0.9}, "q": {"1h": [-0.01, 0.0, 0.01]},
          "decision_ts": {"1h": T}},
     ]
+    signals = [Signal(min_confidence=0.9, **s) for s in signals]
     assert orders_from_signals(signals, horizons) == [
         Order(T, "BTC", 1, 0.7, -0.02, 0.01, 0.03, 1),
         Order(T, "ETH", -1, 0.2, -0.1, -0.03, 0.02, 7),

@@ -40,11 +40,12 @@ def small_source(shared_data: Path, dest: Path) -> Path:
 
 def import_files(cfg, lake, src) -> str:
     """The files into the lake as a run's staged series (training reads the lake, never files); its run id."""
-    from services import runner
+    from services.orchestrator import runner
+    from shared import runs
     from shared.contracts import iso_to_ms
-    from shared.pipeline import StepContext
+    from shared.pipeline.context import StepContext
 
-    ref = runner.make_ref(cfg, str(src), iso_to_ms(UNTIL))
+    ref = runs.new_ref(cfg, str(src), iso_to_ms(UNTIL))
     runner.run_step(StepContext(cfg, lake), "ingest", ref)
     return ref.run_id
 
@@ -206,7 +207,7 @@ def test_gate_refuses_a_worse_model(trained, monkeypatch):
 def test_sagemaker_entrypoint_reads_the_lake_and_publishes_through_its_gate(shared_data, tmp_path, monkeypatch):
     """The training job gets the lake's URI and a run id; it trains on that run's stored series and its versions
     go through the gate of the real registry (a second job is compared with the first's CURRENT)."""
-    from services.training import train as train_mod
+    from services.orchestrator import sagemaker as train_mod
 
     ml = tmp_path / "opt" / "ml"
     lake = LocalLake(tmp_path / "lake")
@@ -218,12 +219,12 @@ def test_sagemaker_entrypoint_reads_the_lake_and_publishes_through_its_gate(shar
     monkeypatch.setenv("SM_OUTPUT_DATA_DIR", str(ml / "output" / "data"))
     monkeypatch.setenv("SM_INPUT_CONFIG_DIR", str(ml / "input" / "config"))
     monkeypatch.setattr(train_mod, "Settings", tiny_settings)
-    assert train_mod.sagemaker_main() == 0
+    assert train_mod.main() == 0
     first = current_version(lake, "24h")
     assert first is not None
     metrics = json.loads((ml / "output" / "data" / "metrics.json").read_text())
     assert set(metrics) == {"24h"} and metrics["24h"]["cv_brier"] > 0
-    assert train_mod.sagemaker_main() == 0
+    assert train_mod.main() == 0
     versions = sorted(k.split("/")[2] for k in lake.list("models/horizon=24h/version=") if k.endswith("metadata.json"))
     assert len(versions) == 2
     second = lake.get_json(f"models/horizon=24h/{versions[-1]}/metadata.json")
@@ -231,12 +232,12 @@ def test_sagemaker_entrypoint_reads_the_lake_and_publishes_through_its_gate(shar
 
 
 def test_sagemaker_entrypoint_without_a_run_says_what_it_needs(tmp_path, monkeypatch):
-    from services.training import train as train_mod
+    from services.orchestrator import sagemaker as train_mod
 
     (tmp_path / "hyperparameters.json").write_text(json.dumps({"budget": "tiny"}))
     monkeypatch.setenv("SM_INPUT_CONFIG_DIR", str(tmp_path))
     with pytest.raises(CstError, match="run_id"):
-        train_mod.sagemaker_main()
+        train_mod.main()
 
 
 def test_purged_folds_never_overlap_labels():

@@ -3,8 +3,9 @@
 Each handler has the cookbook's shape: Powertools Logger (JSON, the run id as correlation id), Metrics (EMF:
 the step's duration and counts, from its output contract) and Tracer around one call: the event (the state
 machine's task input) parsed into the step's input contract, the step run exactly as `cst step` runs it, the step's
-output contract returned. A retryable error code is raised as the transient error type the state machine retries;
-any other error reaches its Catch and the run's summary. Settings come from the environment and secrets from
+output contract returned. A handler makes one attempt: a retryable error code is raised as the transient error type
+the state machine retries (retries live there, never sleeping inside a Lambda); any other error reaches its Catch and
+the run's summary. Settings come from the environment and secrets from
 Secrets Manager through the settings tree.
 """
 
@@ -16,10 +17,14 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from services.runner import make_ref, run_step, save_ref
-from shared.contracts import iso_to_ms, utcnow
+from services.orchestrator.runner import execute
+from shared.contracts import iso_to_ms
 from shared.errors import CstError
-from shared.pipeline import PIPELINE, START, STEPS, TRANSIENT_ERROR, RunRef, RunStart, StepContext
+from shared.pipeline.asl import START, TRANSIENT_ERROR
+from shared.pipeline.context import StepContext
+from shared.pipeline.contracts import RunRef, RunStart
+from shared.pipeline.definition import PIPELINE, STEPS
+from shared.runs import new_ref, save_ref
 from shared.settings import get_settings
 from shared.storage import open_lake
 
@@ -50,9 +55,8 @@ def start(event: dict, context: Any = None) -> dict:
     """EventBridge Scheduler -> the run's reference (stored in the lake, then the state every step receives)."""
     req = RunStart.model_validate(event)
     ctx = _context()
-    as_of = iso_to_ms(req.as_of) if req.as_of else int(utcnow().timestamp() * 1000)
-    ref = make_ref(ctx.settings, req.source, as_of).model_copy(update={"retrain": req.retrain,
-                                                                       "retrain_only": req.retrain_only})
+    ref = new_ref(ctx.settings, req.source, iso_to_ms(req.as_of) if req.as_of else None, retrain=req.retrain,
+                  retrain_only=req.retrain_only)
     logger.set_correlation_id(ref.run_id)
     save_ref(ctx.lake, ref)
     metrics.add_dimension(name="step", value=START)
@@ -71,7 +75,7 @@ def make_handler(name: str) -> Callable[[dict, Any], dict]:
         logger.set_correlation_id(ref.run_id)
         logger.append_keys(step=name, item=ref.item)
         try:
-            out = run_step(_context(step.secrets), name, ref, ref.item)
+            out = execute(_context(step.secrets), name, ref, ref.item)
         except CstError as exc:
             logger.warning("step failed", extra={"code": exc.code})
             if exc.code in step.retry.codes:
@@ -89,4 +93,4 @@ def make_handler(name: str) -> Callable[[dict, Any], dict]:
 
 HANDLERS: dict[str, Callable[[dict, Any], dict]] = {s.name: make_handler(s.name) for s in PIPELINE
                                                     if s.runtime != "sagemaker"}
-globals().update(HANDLERS)  # services.handlers.<step> is each function's handler setting
+globals().update(HANDLERS)  # services.orchestrator.handlers.<step> is each function's handler setting

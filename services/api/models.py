@@ -1,0 +1,142 @@
+"""What the JSON API answers, as response models: the OpenAPI document describes every answer, errors included.
+
+The domain's records (`shared.records`: a prediction, a signal, a run's summary, a coin's performance) are answered
+as they are stored; the models here are the views the routes put together around them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.contracts import QualityReport
+from shared.records import CoinPerformance, Failure, Prediction, Signal, TopFeature
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers: a code a client can act on, and a message for people."""
+
+    error: str = Field(examples=["unknown_horizon"])
+    message: str
+
+
+ERRORS = {400: {"model": ErrorBody, "description": "a request the service refuses (the code says why)"},
+          401: {"model": ErrorBody, "description": "no valid token"},
+          403: {"model": ErrorBody, "description": "the token's groups do not allow this"},
+          422: {"model": ErrorBody, "description": "a parameter or body that cannot be read"}}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route: authentication, bad input, and the route's own (404: not found)."""
+    described = {404: "not found", 409: "conflicts with what is already running", 503: "not available here"}
+    out: dict[int | str, dict[str, Any]] = dict(ERRORS)
+    out.update({c: {"model": ErrorBody, "description": described[c]} for c in codes})
+    return out
+
+
+class Me(BaseModel):
+    username: str
+    groups: list[str]
+    operator: bool
+
+
+class SignalsView(BaseModel):
+    """The latest complete run's signals, or why there are none (per horizon, or "all")."""
+
+    run_id: str | None
+    as_of: str | None = None
+    signals: list[Signal]
+    why_none: dict[str, str]
+
+
+class PredictionPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[Prediction]
+
+
+class HorizonForecast(BaseModel):
+    p_up: float
+    interval: list[float] = Field(description="Venn-Abers interval of p_up")
+    direction: int
+    confidence: float
+    range_80: list[float | None] = Field(description="the served 80% range of the forward log return (null until "
+                                                     "the horizon has outcomes)")
+    top_features: list[TopFeature]
+    skill: str | None
+    decision_ts: int
+    model_version: str
+    certified: bool
+    why_not_certified: str | None
+
+
+class CoinForecast(BaseModel):
+    coin: str
+    horizons: dict[str, HorizonForecast]
+
+
+class ReliabilityBin(BaseModel):
+    bin: list[float]
+    n: int
+    mean_p: float
+    up_rate: float
+
+
+class HorizonPerformance(BaseModel):
+    outcomes: int
+    reliability: list[ReliabilityBin]
+    coins: list[CoinPerformance]
+    drift: dict[str, Any] | None
+
+
+class RunRow(BaseModel):
+    run_id: str
+    as_of: str
+    status: str
+    coins_predicted: int
+    predictions: int
+    actionable: int
+    failures: list[Failure]
+
+
+class RunPage(BaseModel):
+    total: int
+    items: list[RunRow]
+
+
+class ModelVersion(BaseModel):
+    version: str
+    current: bool
+    created: str | None
+    training_window: dict[str, Any] | None
+    skill: dict[str, Any] | None
+    brier_skill: float | None
+    ece: float | None
+    gate: dict[str, Any] | None
+
+
+class HorizonModels(BaseModel):
+    current: str | None
+    versions: list[ModelVersion]
+
+
+class ModelCard(BaseModel):
+    horizon: str
+    version: str
+    card: str = Field(description="the model card, Markdown")
+
+
+class QualityView(QualityReport):
+    """The latest validated run's quality report: per series ok / excluded / quarantined and why."""
+
+    run_id: str
+
+
+class Stored(BaseModel):
+    stored: str = Field(description="the lake key the feedback was stored under")
+
+
+class Started(BaseModel):
+    started: str = Field(description="the run id (on one machine) or the execution's ARN (in the cloud)")

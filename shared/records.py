@@ -1,0 +1,185 @@
+"""The domain's records as types: a prediction, its outcome, a signal and its risk decision, a failure, a run's
+summary. Each is produced by one service, stored by one store (Parquet schemas are derived from the types) and read
+by the others, the CLI and the API as the same type; the API's response models are these.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Horizon = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,3}[hdw]$")]
+"""A forecast horizon by its length: 1h, 24h, 7d, 30d (the settings' `training.horizons` name the served ones)."""
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TopFeature(Record):
+    feature: str
+    contribution: float = Field(description="SHAP value in the meta-learner's logit")
+
+
+class Prediction(Record):
+    """One forecast: (horizon, coin, decision time, model version) is its identity; the run that logged it, too."""
+
+    run_id: str
+    coin: str
+    horizon: Horizon
+    as_of: str
+    decision_ts: int = Field(description="the decision time: the close of the candle the features end with (epoch ms)")
+    p_up: float = Field(description="calibrated probability that the forward log return is positive")
+    p_low: float = Field(description="Venn-Abers interval of p_up, lower end")
+    p_high: float
+    direction: int = Field(description="1 up, -1 down")
+    confidence: float = Field(description="the interval's lower bound for the predicted direction")
+    q10: float = Field(description="the model's return quantiles (forward log return)")
+    q50: float
+    q90: float
+    model_version: str
+    actionable: bool = Field(description="certified horizon and confidence at or above the threshold")
+    shap_base: float
+    top_features: str = Field(description="JSON list of the largest SHAP contributions: [{feature, contribution}]")
+    range_low: float | None = Field(None, description="the served 80% return range; null until outcomes exist")
+    range_high: float | None = None
+    skill: str | None = Field(None, description="the model's verdict on its own skill out of sample")
+
+    def tops(self) -> list[TopFeature]:
+        return [TopFeature.model_validate(t) for t in json.loads(self.top_features)]
+
+
+class Outcome(Record):
+    """A matured prediction with what happened: recorded once per prediction identity."""
+
+    run_id: str
+    coin: str
+    horizon: Horizon
+    decision_ts: int
+    matured_ts: int
+    recorded_as_of: str
+    recorded_by: str
+    realized_return: float
+    direction: int
+    hit: bool
+    p_up: float
+    confidence: float
+    actionable: bool
+    model_version: str
+    q10: float
+    q90: float
+    range_low: float | None = None
+    range_high: float | None = None
+    in_range: bool | None = None
+
+
+class CoinPerformance(Record):
+    """A coin's rolling record on a horizon, over its last `window` outcomes."""
+
+    horizon: Horizon
+    coin: str
+    run_id: str
+    window: int
+    hit_rate: float
+    brier: float
+    ece: float
+    actionable_hit_rate: float | None = None
+
+
+class GuardDecision(Record):
+    guard: str
+    allow: bool
+    scale: float
+    reason: str
+
+
+class RiskDecision(Record):
+    """What the risk gate decided for one signal: entered (size, notional, cost) or not, and every guard's reason."""
+
+    coin: str
+    allow: bool
+    size_fraction: float
+    notional: float
+    cost_bps: float | None
+    decisions: list[GuardDecision]
+
+    @property
+    def refusal(self) -> str | None:
+        return None if self.allow else next((d.reason for d in self.decisions if not d.allow), "refused")
+
+
+class Signal(Record):
+    """A coin on which enough horizons agree at or above the threshold, and the risk gate's decision on it."""
+
+    coin: str
+    direction: Literal["up", "down"]
+    horizons: list[str]
+    min_confidence: float
+    p_up: dict[str, float]
+    q: dict[str, list[float]] = {}
+    decision_ts: dict[str, int] = {}
+    risk: RiskDecision | None = None
+    tradable: bool = False
+
+
+class Failure(Record):
+    """A step (or a Map item of it) that failed, with a code a user can act on."""
+
+    step: str
+    item: str | None = None
+    code: str
+    message: str
+
+
+class RunSummary(Record):
+    """What a run did: what ran, what was excluded and why, the signals and every failure."""
+
+    model_config = ConfigDict(extra="ignore")  # summaries of older runs may carry fields retired since
+
+    run_id: str
+    as_of: str
+    source: str = ""
+    status: Literal["complete", "failed"] = "complete"
+    failures: list[Failure] = []
+    coins_total: int = 0
+    coins_predicted: int = 0
+    excluded: dict[str, str] = Field({}, description="coin -> why it has no prediction at all")
+    partially_excluded: dict[str, dict[str, str]] = Field({}, description="coin -> horizon -> why that one is missing")
+    predictions: int = 0
+    new_predictions: int = 0
+    served_from_earlier_runs: dict[str, str] = Field({}, description="horizon -> the run that logged its decision")
+    actionable: int = 0
+    uncertified_horizons: dict[str, str] = {}
+    signals: list[Signal] = []
+    tradable_signals: int = 0
+    outcomes_recorded: int = 0
+    drift: dict[str, dict[str, Any]] = {}
+    trained: dict[str, str] = {}
+    retrained: dict[str, dict[str, Any]] = {}
+    horizons_without_model: dict[str, str] = {}
+    quality_key: str | None = None
+    fetch_failures: int | None = None
+    timings: dict[str, float] = {}
+
+
+# --- Parquet schemas, derived from the records ---------------------------------------------------------------------
+
+_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    if get_origin(annotation) is Annotated:
+        return _arrow_type(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        (inner,) = [a for a in get_args(annotation) if a is not type(None)]
+        return _arrow_type(inner)
+    return _ARROW[annotation]
+
+
+def arrow_fields(record: type[BaseModel]) -> dict[str, pa.DataType]:
+    """The record's fields as Parquet columns, in the record's order."""
+    return {name: _arrow_type(f.annotation) for name, f in record.model_fields.items()}
