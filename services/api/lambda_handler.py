@@ -12,6 +12,8 @@ import urllib.request
 from typing import Any
 
 import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging import correlation_paths
 from mangum import Mangum
 
 from services.api.app import Actions, create_app
@@ -56,8 +58,11 @@ def build() -> Mangum:
 
 
 _handler: Mangum | None = None
+# The same Powertools logger shape as the pipeline's handlers (JSON, the request id as correlation id).
+logger = Logger(service="cst-api")
 
 
+@logger.inject_lambda_context(log_event=False, correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 def handler(event: dict, context: object) -> dict:
     global _handler
     if _handler is None:

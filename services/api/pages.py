@@ -166,7 +166,7 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
                  "pointBackgroundColor": [c or GREY for c in colors], "borderColor": "transparent"},
             ], y="price", extra={"scales": {"x": {"ticks": {"maxTicksLimit": 12}}}})
         decisions = [day(p["decision_ts"], tf) for p in preds]
-        realized = [(1.0 if by_decision[p["decision_ts"]]["realized_return"] > 0 else 0.0)
+        realized = [(1.0 if by_decision[p["decision_ts"]].realized_return > 0 else 0.0)
                     if p["decision_ts"] in by_decision else None for p in preds]
         page["p_chart"] = _chart("line", decisions, [
             {"label": "P(up)", "data": [_finite(p["p_up"]) for p in preds], "borderColor": COLORS[0], "pointRadius": 1},
@@ -188,9 +188,9 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
         if newest.get("skill") == "no demonstrated skill":
             page["shap_note"] = ("No skill was demonstrated out of sample for this horizon, so the served probability "
                                  "is the base rate: these features move the model's raw score, not what is served.")
-    page["outcomes"] = [{"decision": day(o["decision_ts"], tf), "p_up": pct(o["p_up"]),
-                         "ret": pct(o["realized_return"], 2, signed=True), "hit": "yes" if o["hit"] else "no",
-                         "in_range": "–" if o.get("in_range") is None else ("yes" if o["in_range"] else "no")}
+    page["outcomes"] = [{"decision": day(o.decision_ts, tf), "p_up": pct(o.p_up),
+                         "ret": pct(o.realized_return, 2, signed=True), "hit": "yes" if o.hit else "no",
+                         "in_range": "–" if o.in_range is None else ("yes" if o.in_range else "no")}
                         for o in outcomes[::-1][:30]]
     return page
 

@@ -142,7 +142,7 @@ def test_backtest_command_trades_the_daily_horizons_only(shared_data, tmp_path, 
 
 
 def test_signal_cell_says_size_or_why_not():
-    from services.cli import _signal_cell
+    from services.cli.render import signal_cell as _signal_cell
     from shared.records import Signal
 
     base = {"coin": "A", "direction": "up", "horizons": ["24h", "7d"], "min_confidence": 0.9, "p_up": {}}

@@ -1,0 +1,113 @@
+"""The tables the `cst` commands print: quality, signals, training, evaluation and backtest."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.table import Table
+
+from shared.contracts import QualityReport
+from shared.records import Prediction, Signal
+
+
+def quality_table(report: QualityReport) -> Table:
+    table = Table(title=f"quality at as-of {report.as_of}")
+    table.add_column("series", no_wrap=True)
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    table.add_column("rejected", justify="right")
+    table.add_column("issues")
+    colour = {"ok": "green", "quarantined": "yellow", "excluded": "red"}
+    for key, s in report.series.items():
+        issues = ", ".join(f"{k}={v}" for k, v in s.issues.items())
+        table.add_row(key, f"[{colour[s.status]}]{s.status}[/]", str(s.rows), str(s.rejected_rows), issues)
+    return table
+
+
+def summary_line(report: QualityReport) -> str:
+    counts = Counter(s.status for s in report.series.values())
+    return f"{len(report.series)} series: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "quarantined", "excluded"))
+
+
+def signals_table(predictions: list[Prediction], signals: list[Signal]) -> Table:
+    table = Table(title="actionable predictions (confidence >= threshold) and consensus signals")
+    for col in ("coin", "horizon", "direction", "p_up", "interval", "confidence", "q10 / q50 / q90", "top features", "signal"):
+        table.add_column(col)
+    signalled = {s.coin: s for s in signals}
+    for p in sorted((p for p in predictions if p.actionable), key=lambda p: (p.coin, p.horizon)):
+        tops = ", ".join(f"{t.feature} {t.contribution:+.2f}" for t in p.tops()[:3])
+        table.add_row(p.coin, p.horizon, "up" if p.direction == 1 else "down", f"{p.p_up:.3f}",
+                      f"[{p.p_low:.3f}, {p.p_high:.3f}]", f"{p.confidence:.3f}",
+                      f"{p.q10:+.3f} / {p.q50:+.3f} / {p.q90:+.3f}", tops, signal_cell(signalled.get(p.coin)))
+    return table
+
+
+def signal_cell(sig: Signal | None) -> str:
+    if not sig:
+        return ""
+    head = f"[bold]{sig.direction} ({', '.join(sig.horizons)})[/]"
+    risk = sig.risk
+    if risk is None:
+        return head
+    if risk.allow:
+        return f"{head} size {risk.size_fraction:.1%} of equity, cost {risk.cost_bps:.1f} bps"
+    return f"{head} [red]not traded[/]: {risk.refusal}"
+
+
+def evaluation_table(metrics: dict) -> Table:
+    table = Table(title=f"out of sample after {metrics['train_until']} (1h after {metrics['train_until_1h']}); "
+                        "[90% block-bootstrap intervals]")
+    for col in ("horizon", "n", "base rate", "skill", "ECE", "plain GBT skill", "outside cal.", "80% range cov. / width",
+                "naive cov. / width", "conf n / hit", "skill verdicts"):
+        table.add_column(col)
+
+    def f(v, spec=".4f"):
+        return "-" if v is None else format(v, spec)
+
+    def ci(v, iv, spec):
+        return f"{f(v, spec)} [{f(iv[0], spec)}, {f(iv[1], spec)}]" if iv else f(v, spec)
+
+    for h, m in metrics["horizons"].items():
+        c = m["confident"]
+        plain = m.get("references", {}).get("plain_gbt", {})
+        verdicts = sorted({str(x.get("skill")) for x in m.get("models", [])})
+        table.add_row(h, str(m["n"]), f(m["base_rate"], ".3f"), ci(m["brier_skill"], m.get("brier_skill_interval"), "+.3f"),
+                      ci(m["ece"], m.get("ece_interval"), ".3f"),
+                      ci(plain.get("brier_skill"), plain.get("brier_skill_interval"), "+.3f"),
+                      f((m["scores"] or {}).get("served_outside_calibration_range"), ".3f"),
+                      f"{f(m.get('range_coverage'), '.3f')} / {f(m.get('range_median_width'), '.3f')}",
+                      f"{f(m.get('range_naive_coverage'), '.3f')} / {f(m.get('range_naive_median_width'), '.3f')}",
+                      f"{c['n']} / {f(c['hit_rate'], '.3f')}", ", ".join(verdicts))
+    return table
+
+
+def backtest_table(bt: dict) -> Table:
+    table = Table(title=f"backtest {bt['from'][:10]} to {bt['to'][:10]}, threshold {bt['threshold']}, "
+                        f"{bt['signals']} consensus signals")
+    cols = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "trades", "hit_rate", "turnover",
+            "exposure")
+    table.add_column("curve")
+    for c in cols:
+        table.add_column(c)
+    for name, m in bt["table"].items():
+        table.add_row(name, *["-" if m.get(c) is None else (f"{m[c]:.3f}" if isinstance(m[c], float) else str(m[c]))
+                              for c in cols])
+    return table
+
+
+def training_table(results: dict) -> Table:
+    table = Table(title="training (held-out: later half of out-of-fold stacked predictions)")
+    for col in ("horizon", "version", "rows", "CV Brier", "Brier skill", "ECE", "calibrator", "conf>=thr n / hit",
+                "CURRENT", "wall s"):
+        table.add_column(col)
+    for h, m in results.items():
+        if "error" in m:
+            table.add_row(h, f"[red]not trained[/]: [{m['error']}] {m['message']}", *[""] * 8)
+            continue
+        mt, conf = m["metrics"], m["metrics"]["confident"]
+        hit = "-" if conf["hit_rate"] is None else f"{conf['hit_rate']:.3f}"
+        table.add_row(h, m["version"], str(m["training_window"]["rows"]), f"{mt['cv_brier']:.4f}",
+                      f"{mt['brier_skill']:+.4f}", f"{mt['ece']:.4f}", m["calibration"]["method"],
+                      f"{conf['n']} / {hit}", "moved" if m["gate"]["promote"] else f"kept ({m['gate']['reason']})",
+                      str(m.get("wall_seconds", "")))
+    return table

@@ -1,0 +1,92 @@
+"""`cst run` (the main job: every pipeline step of one cycle) and `cst step` (one step alone, as a Lambda runs it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.markup import escape
+
+from services.cli.common import console, lake_of, parse_as_of, step_progress
+from services.cli.ingest import backfill_with_progress, print_ingest
+from services.cli.render import signals_table
+from services.orchestrator import runner, usecases
+from shared import runs
+from shared.contracts import iso_to_ms, ms_to_iso
+from shared.errors import CstError
+from shared.pipeline.definition import STEPS
+from shared.settings import Settings
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from services.predict.steps import served_predictions
+    lake = lake_of(args, settings)
+    ref = runs.new_ref(settings, args.source, parse_as_of(args.as_of))
+    done = runs.complete_summary(lake, ref.run_id)
+    if done is not None:
+        console.print(f"run {ref.run_id} (as-of {done.as_of}) is already complete; nothing changed. "
+                      f"{done.predictions} predictions, {done.actionable} actionable, {len(done.signals)} signals.")
+        return 0
+    if usecases.needs_history(lake, ref):
+        # Nothing to train on yet: the history training needs comes first, saying how much and how long.
+        now = iso_to_ms(ref.as_of)
+        since = usecases.history_start(settings, now)
+        console.print(f"empty lake: backfilling the history training needs ({ms_to_iso(since)} to {ref.as_of}) "
+                      "before the first run")
+        backfill_with_progress(settings, lake, since, now)
+    runs.save_ref(lake, ref)
+    with step_progress(settings, lake, "running") as (ctx, on_step):
+        result = runner.run_pipeline(ctx, ref, on_step=on_step)
+    doc = runs.load_summary(lake, ref.run_id)
+    if ctx.output(ref.run_id, "validate") is not None:
+        print_ingest(ctx, ref)
+    if ctx.output(ref.run_id, "risk") is not None:
+        console.print(signals_table(served_predictions(ctx, ref), doc.signals))
+        drift = ctx.output(ref.run_id, "drift")
+        retrain = drift.retrain if drift is not None else []
+        console.print(f"run {ref.run_id}: as-of {doc.as_of}, {doc.coins_predicted}/{doc.coins_total} coins "
+                      f"predicted, {doc.predictions} predictions ({doc.new_predictions} new), {doc.actionable} "
+                      f"actionable, {len(doc.signals)} signals ({doc.tradable_signals} past the risk gate), "
+                      f"{doc.outcomes_recorded} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
+                      f"summary {runs.summary_key(ref.run_id)}")
+    for h, why in doc.uncertified_horizons.items():
+        console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {escape(why)}")
+    for h, why in doc.horizons_without_model.items():
+        console.print(f"[yellow]{h} has no model[/]: {escape(why)}")
+    if result.status != "complete":
+        for f in doc.failures:
+            where = f.step + (f"[{f.item}]" if f.item else "")
+            console.print(f"[red]step {escape(where)} failed[/]: {escape('[' + f.code + '] ' + f.message)}")
+        console.print(f"run {ref.run_id} is not complete (summary {runs.summary_key(ref.run_id)}); running the same "
+                      "command again finishes it, keeping every step that landed")
+        return 1
+    return 0
+
+
+def cmd_step(args: argparse.Namespace, settings: Settings) -> int:
+    """One pipeline step alone, from what the lake holds: the call a Lambda handler makes."""
+    lake = lake_of(args, settings)
+    if args.run_id:
+        ref = runs.load_ref(lake, args.run_id)
+    elif args.source:
+        ref = usecases.open_run(settings, lake, args.source, parse_as_of(args.as_of))
+    else:
+        raise CstError("step_needs_run", "give --run-id of a stored run, or --source (and --as-of) to start one")
+    with step_progress(settings, lake, f"step {args.name}") as (ctx, _):
+        out = runner.run_step(ctx, args.name, ref, args.item)
+    print(out.model_dump_json(indent=2))
+    return 0
+
+
+def register(sub, lake: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("run", parents=[lake], help="the main job: every pipeline step, " + " -> ".join(STEPS))
+    p.add_argument("--source", default="live", help="'live' (exchange + public APIs) or a directory of files")
+    p.add_argument("--as-of", help="replay as if now were this UTC time")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("step", parents=[lake],
+                       help="run one pipeline step alone from what the lake holds (what a Lambda handler does)")
+    p.add_argument("name", choices=list(STEPS), help="the step")
+    p.add_argument("--run-id", help="a run stored in the lake (its source and as-of are read from there)")
+    p.add_argument("--source", help="start a new run from this source ('live' or a directory) instead of --run-id")
+    p.add_argument("--as-of", help="with --source: the run's as-of")
+    p.add_argument("--item", help="the element of a Map step (predict: a horizon, e.g. 24h)")
+    p.set_defaults(func=cmd_step)
