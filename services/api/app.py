@@ -11,6 +11,7 @@ site. Errors answer `{"error": code, "message": ...}` and never a stack trace.
 # and the dependencies are local to create_app.
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -62,6 +63,19 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
     "Cache-Control": "no-store",
 }
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value: Any) -> Any:
+    """A time as the schema's `date-time` says (RFC 3339: 2024-05-01T00:00:00Z), not a number or a bare date."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be a time such as 2024-05-01T00:00:00Z (RFC 3339, with its zone)")
+    return value
+
+
+Time = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 def _json_integer(value: Any) -> Any:
@@ -172,10 +186,7 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
                        "detail": detail, "result": result, "at": at.isoformat()})
 
     def _ms(value: datetime | None) -> int | None:
-        """An ISO time's epoch milliseconds; a time without a zone is UTC (every cst time is)."""
-        if value is None:
-            return None
-        return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000)
+        return None if value is None else int(value.timestamp() * 1000)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:
@@ -199,8 +210,8 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
                     coin: Annotated[str | None, Query(pattern=COIN)] = None,
                     horizon: Annotated[str | None, Query(pattern=HORIZON)] = None,
                     run_id: Annotated[str | None, Query(pattern=reads.RUN_ID.pattern)] = None,
-                    since: Annotated[datetime | None, Query(description="decision times from (ISO time; UTC if no zone)")] = None,
-                    until: Annotated[datetime | None, Query(description="decision times up to (ISO time)")] = None,
+                    since: Annotated[Time | None, Query(description="decision times from (RFC 3339 time)")] = None,
+                    until: Annotated[Time | None, Query(description="decision times up to (RFC 3339 time)")] = None,
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
                     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> PredictionPage:
         if horizon is not None and horizon not in horizons:
