@@ -201,9 +201,8 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
         doc = reads.latest_summary(lake)
         if doc is None:
             return SignalsView(run_id=None, signals=[], why_none={"all": "no run has completed yet"})
-        why = {h: reason for h, reason in doc.get("uncertified_horizons", {}).items()}
-        return SignalsView(run_id=doc["run_id"], as_of=doc["as_of"], signals=doc.get("signals", []),
-                           why_none=why if not doc.get("signals") else {})
+        return SignalsView(run_id=doc.run_id, as_of=doc.as_of, signals=doc.signals,
+                           why_none=dict(doc.uncertified_horizons) if not doc.signals else {})
 
     @app.get("/api/predictions", responses=errors(404))
     def predictions(_: Annotated[Identity, Depends(viewer)],
@@ -225,14 +224,12 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
         latest = reads.latest_per_horizon(lake, horizons, coin)
         if not latest:
             raise HTTPException(404, detail={"error": "unknown_coin", "message": f"no forecast for {coin}"})
-        doc = reads.latest_summary(lake) or {}
+        uncertified = (doc.uncertified_horizons if (doc := reads.latest_summary(lake)) else {})
         return CoinForecast(coin=coin, horizons={h: HorizonForecast(
-            p_up=r["p_up"], interval=[r["p_low"], r["p_high"]], direction=r["direction"],
-            confidence=r["confidence"], range_80=[r.get("range_low"), r.get("range_high")],
-            top_features=json.loads(r["top_features"] or "[]"), skill=r.get("skill"),
-            decision_ts=r["decision_ts"], model_version=r["model_version"],
-            certified=h not in doc.get("uncertified_horizons", {}),
-            why_not_certified=doc.get("uncertified_horizons", {}).get(h)) for h, r in latest.items()})
+            p_up=r.p_up, interval=[r.p_low, r.p_high], direction=r.direction, confidence=r.confidence,
+            range_80=[r.range_low, r.range_high], top_features=json.loads(r.top_features or "[]"), skill=r.skill,
+            decision_ts=r.decision_ts, model_version=r.model_version,
+            certified=h not in uncertified, why_not_certified=uncertified.get(h)) for h, r in latest.items()})
 
     @app.get("/api/performance", responses=errors(404))
     def performance(_: Annotated[Identity, Depends(viewer)],
@@ -241,7 +238,7 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
         outcomes (mean P(up) against the realized up-rate per bin) and the latest drift verdict."""
         if horizon is not None and horizon not in horizons:
             raise HTTPException(404, detail={"error": "unknown_horizon", "message": f"horizons: {horizons}"})
-        drift = (reads.latest_summary(lake) or {}).get("drift", {})
+        drift = doc.drift if (doc := reads.latest_summary(lake)) else {}
         out = {}
         for h in [horizon] if horizon else horizons:
             recent = reads.recent_outcomes(lake, h)
@@ -253,7 +250,7 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
     def runs(_: Annotated[Identity, Depends(viewer)], limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
              offset: Annotated[int, Query(ge=0)] = 0) -> RunPage:
         ids = reads.run_ids(lake)
-        page = [RunSummary.model_validate(d) for d in (reads.summary(lake, r) for r in ids[offset:offset + limit]) if d]
+        page = [d for d in (reads.summary(lake, r) for r in ids[offset:offset + limit]) if d]
         return RunPage(total=len(ids), items=[RunRow(**d.model_dump(include=set(RunRow.model_fields))) for d in page])
 
     @app.get("/api/runs/{run_id}", responses=errors(404))

@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from services.api import reads
 from services.api.auth import Identity, Unauthorized
 from services.api.login import CSRF_COOKIE
+from shared.records import RunSummary
 from shared.settings import Settings
 from shared.storage import Lake
 
@@ -73,55 +74,55 @@ def _finite(x: float | None) -> float | None:
 # --- page builders: plain functions of lake contents, so each is testable without a browser ----------------------
 
 
-def signals_page(settings: Settings, summary: dict | None) -> dict:
+def signals_page(settings: Settings, summary: RunSummary | None) -> dict:
     if summary is None:
         return {"signals": [], "why": [], "nothing": "No run has completed yet.",
                 "min_horizons": settings.consensus_min_horizons}
-    why = sorted(summary.get("uncertified_horizons", {}).items())
-    for h, reason in sorted(summary.get("horizons_without_model", {}).items()):
+    why = sorted(summary.uncertified_horizons.items())
+    for h, reason in sorted(summary.horizons_without_model.items()):
         why.append((h, reason))
     nothing = "" if why else "Every horizon is certified, and no coin reached 80% on enough agreeing horizons."
-    return {"signals": summary.get("signals", []), "why": why, "nothing": nothing,
+    return {"signals": summary.signals, "why": why, "nothing": nothing,
             "min_horizons": settings.consensus_min_horizons}
 
 
-def ranges_page(lake: Lake, horizons: list[str], summary: dict | None) -> dict:
+def ranges_page(lake: Lake, horizons: list[str], summary: RunSummary | None) -> dict:
     out = []
     for h in horizons:
         rows = reads.latest_rows(lake, h)
         table, labels, bands, medians = [], [], [], []
         for r in rows:
-            lo, hi = r.get("range_low"), r.get("range_high")
+            lo, hi = r.range_low, r.range_high
             has = lo is not None and hi is not None
-            table.append({"coin": r["coin"], "range": f"{pct(lo, signed=True)} to {pct(hi, signed=True)}" if has else "–",
-                          "median": pct(r.get("q50"), signed=True), "p_up": pct(r["p_up"]), "skill": r.get("skill") or ""})
+            table.append({"coin": r.coin, "range": f"{pct(lo, signed=True)} to {pct(hi, signed=True)}" if has else "–",
+                          "median": pct(r.q50, signed=True), "p_up": pct(r.p_up), "skill": r.skill or ""})
             if has:
-                labels.append(r["coin"])
+                labels.append(r.coin)
                 bands.append([round(100 * lo, 3), round(100 * hi, 3)])
-                medians.append(_finite(100 * r["q50"]) if r.get("q50") is not None else None)
+                medians.append(_finite(100 * r.q50) if r.q50 is not None else None)
         chart = _chart("bar", labels, [
             {"type": "bar", "label": "80% range (%)", "data": bands, "backgroundColor": "rgba(54, 110, 201, 0.45)"},
             {"type": "scatter", "label": "median (%)", "data": medians, "backgroundColor": "#1d2330", "pointRadius": 3},
         ], x="return over the horizon (%)", horizontal=True)
-        why = (summary or {}).get("horizons_without_model", {}).get(h)
+        why = summary.horizons_without_model.get(h) if summary else None
         out.append({"horizon": h, "rows": table, "chart": chart, "why": why,
-                    "decision": day(rows[0]["decision_ts"], "1h" if h == "1h" else "1d") if rows else None})
+                    "decision": day(rows[0].decision_ts, "1h" if h == "1h" else "1d") if rows else None})
     return {"horizons": out}
 
 
 def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, horizon: str,
-              summary: dict | None) -> dict | None:
+              summary: RunSummary | None) -> dict | None:
     from services.features.store import read_panel
 
     latest = reads.latest_per_horizon(lake, horizons, coin)
     if not latest:
         return None
-    uncertified = (summary or {}).get("uncertified_horizons", {})
+    uncertified = summary.uncertified_horizons if summary else {}
     forecasts = [{
-        "horizon": h, "p_up": pct(r["p_up"]), "interval": f"{pct(r['p_low'])} – {pct(r['p_high'])}",
-        "range": (f"{pct(r['range_low'], signed=True)} to {pct(r['range_high'], signed=True)}"
-                  if r.get("range_low") is not None else "not calibrated yet"),
-        "decision": day(r["decision_ts"], "1h" if h == "1h" else "1d"), "model_version": r["model_version"],
+        "horizon": h, "p_up": pct(r.p_up), "interval": f"{pct(r.p_low)} – {pct(r.p_high)}",
+        "range": (f"{pct(r.range_low, signed=True)} to {pct(r.range_high, signed=True)}"
+                  if r.range_low is not None else "not calibrated yet"),
+        "decision": day(r.decision_ts, "1h" if h == "1h" else "1d"), "model_version": r.model_version,
         "certified": h not in uncertified, "why": uncertified.get(h, "")} for h, r in latest.items()]
     spec = settings.training.horizons[horizon]
     tf, step = spec.timeframe, spec.length_ms // max(1, spec.bars)
@@ -131,8 +132,8 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
     page: dict[str, Any] = {"forecasts": forecasts, "horizon_tabs": list(latest), "horizon": horizon,
                             "price_chart": None, "p_chart": None, "shap_chart": None, "shap_note": ""}
     if preds:
-        first = preds[0]["decision_ts"] - 30 * step
-        last_maturity = preds[-1]["decision_ts"] + spec.length_ms
+        first = preds[0].decision_ts - 30 * step
+        last_maturity = preds[-1].decision_ts + spec.length_ms
         panel = read_panel(lake, tf, since_ms=first - step)
         if panel is not None and coin in panel.coins and panel.open_ts.size:
             j = panel.coins.index(coin)
@@ -143,14 +144,14 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
             close[(ts - grid[0]) // step] = panel.fields["close"][:, j]
             lo, hi, reached, colors = [None] * grid.size, [None] * grid.size, [None] * grid.size, [None] * grid.size
             for p in preds:
-                k0 = (p["decision_ts"] - grid[0]) // step
+                k0 = (p.decision_ts - grid[0]) // step
                 k1 = k0 + spec.length_ms // step
                 if not (0 <= k0 < grid.size and 0 <= k1 < grid.size) or not np.isfinite(close[k0]):
                     continue
-                if p.get("range_low") is not None:
-                    lo[k1] = _finite(close[k0] * math.exp(p["range_low"]))
-                    hi[k1] = _finite(close[k0] * math.exp(p["range_high"]))
-                o = by_decision.get(p["decision_ts"])
+                if p.range_low is not None:
+                    lo[k1] = _finite(close[k0] * math.exp(p.range_low))
+                    hi[k1] = _finite(close[k0] * math.exp(p.range_high))
+                o = by_decision.get(p.decision_ts)
                 if o is not None and np.isfinite(close[k1]):
                     reached[k1] = _finite(close[k1])
                     colors[k1] = UP if o.in_range else DOWN
@@ -165,27 +166,27 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
                 {"label": "price reached", "data": reached, "showLine": False, "pointRadius": 4,
                  "pointBackgroundColor": [c or GREY for c in colors], "borderColor": "transparent"},
             ], y="price", extra={"scales": {"x": {"ticks": {"maxTicksLimit": 12}}}})
-        decisions = [day(p["decision_ts"], tf) for p in preds]
-        realized = [(1.0 if by_decision[p["decision_ts"]].realized_return > 0 else 0.0)
-                    if p["decision_ts"] in by_decision else None for p in preds]
+        decisions = [day(p.decision_ts, tf) for p in preds]
+        realized = [(1.0 if by_decision[p.decision_ts].realized_return > 0 else 0.0)
+                    if p.decision_ts in by_decision else None for p in preds]
         page["p_chart"] = _chart("line", decisions, [
-            {"label": "P(up)", "data": [_finite(p["p_up"]) for p in preds], "borderColor": COLORS[0], "pointRadius": 1},
-            {"label": "interval low", "data": [_finite(p["p_low"]) for p in preds], "borderColor": BAND,
+            {"label": "P(up)", "data": [_finite(p.p_up) for p in preds], "borderColor": COLORS[0], "pointRadius": 1},
+            {"label": "interval low", "data": [_finite(p.p_low) for p in preds], "borderColor": BAND,
              "pointRadius": 0, "fill": "+1", "backgroundColor": BAND},
-            {"label": "interval high", "data": [_finite(p["p_high"]) for p in preds], "borderColor": BAND,
+            {"label": "interval high", "data": [_finite(p.p_high) for p in preds], "borderColor": BAND,
              "pointRadius": 0},
             {"label": "went up (1) / down (0)", "data": realized, "showLine": False, "pointRadius": 3,
              "borderColor": GREY, "backgroundColor": GREY},
         ], y="probability", extra={"scales": {"y": {"min": 0, "max": 1}, "x": {"ticks": {"maxTicksLimit": 12}}}})
     newest = latest.get(horizon)
     if newest is not None:
-        feats = json.loads(newest.get("top_features") or "[]")
+        feats = json.loads(newest.top_features or "[]")
         if feats:
             page["shap_chart"] = _chart("bar", [f["feature"] for f in feats], [{
                 "label": "contribution to the log-odds", "data": [_finite(f["contribution"]) for f in feats],
                 "backgroundColor": [UP if f["contribution"] > 0 else DOWN for f in feats]}],
                 x="log-odds", horizontal=True, legend=False)
-        if newest.get("skill") == "no demonstrated skill":
+        if newest.skill == "no demonstrated skill":
             page["shap_note"] = ("No skill was demonstrated out of sample for this horizon, so the served probability "
                                  "is the base rate: these features move the model's raw score, not what is served.")
     page["outcomes"] = [{"decision": day(o.decision_ts, tf), "p_up": pct(o.p_up),
@@ -195,8 +196,8 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
     return page
 
 
-def performance_page(lake: Lake, horizons: list[str], summary: dict | None) -> dict:
-    drift = (summary or {}).get("drift", {})
+def performance_page(lake: Lake, horizons: list[str], summary: RunSummary | None) -> dict:
+    drift = summary.drift if summary else {}
     out = []
     for h in horizons:
         rows = reads.recent_outcomes(lake, h)
@@ -219,11 +220,11 @@ def performance_page(lake: Lake, horizons: list[str], summary: dict | None) -> d
             ], x="forecast P(up)", y="realized up-rate",
                 extra={"scales": {"x": {"min": 0, "max": 1, "type": "linear"}, "y": {"min": 0, "max": 1}}})
         perf = reads.latest_performance(lake, h)
-        entry["coins"] = [{"coin": r["coin"], "window": r["window"], "hit_rate": pct(r["hit_rate"]),
-                           "brier": num(r["brier"]), "ece": num(r["ece"]),
-                           "actionable_hit_rate": pct(r.get("actionable_hit_rate"))} for r in perf]
-        entry["hits"] = _chart("bar", [r["coin"] for r in perf], [
-            {"label": "hit rate (%)", "data": [round(100 * r["hit_rate"], 2) for r in perf],
+        entry["coins"] = [{"coin": r.coin, "window": r.window, "hit_rate": pct(r.hit_rate),
+                           "brier": num(r.brier), "ece": num(r.ece),
+                           "actionable_hit_rate": pct(r.actionable_hit_rate)} for r in perf]
+        entry["hits"] = _chart("bar", [r.coin for r in perf], [
+            {"label": "hit rate (%)", "data": [round(100 * r.hit_rate, 2) for r in perf],
              "backgroundColor": COLORS[1]}], y="hit rate over the coin's recent window (%)", legend=False,
             extra={"scales": {"y": {"min": 0, "max": 100}}})
         out.append(entry)
@@ -233,14 +234,14 @@ def performance_page(lake: Lake, horizons: list[str], summary: dict | None) -> d
 def runs_page(lake: Lake, offset: int) -> dict:
     ids = reads.run_ids(lake)
     docs = [d for d in (reads.summary(lake, r) for r in ids[offset:offset + PAGE]) if d]
-    rows = [{"as_of": d["as_of"].replace("T", " ")[:16], "run_id": d["run_id"], "status": d["status"], "coins_predicted": d.get("coins_predicted"),
-             "excluded": len(d.get("excluded", {})), "predictions": d.get("predictions"),
-             "actionable": d.get("actionable"), "seconds": num(sum((d.get("timings") or {}).values()), 1),
-             "failures": len(d.get("failures", []))} for d in docs]
-    steps = sorted({s for d in docs for s in (d.get("timings") or {})})
+    rows = [{"as_of": d.as_of.replace("T", " ")[:16], "run_id": d.run_id, "status": d.status,
+             "coins_predicted": d.coins_predicted, "excluded": len(d.excluded), "predictions": d.predictions,
+             "actionable": d.actionable, "seconds": num(sum(d.timings.values()), 1), "failures": len(d.failures)}
+            for d in docs]
+    steps = sorted({s for d in docs for s in d.timings})
     chrono = docs[::-1]
-    chart = _chart("bar", [d["as_of"][:16] for d in chrono], [
-        {"label": s, "data": [(d.get("timings") or {}).get(s, 0) for d in chrono],
+    chart = _chart("bar", [d.as_of[:16] for d in chrono], [
+        {"label": s, "data": [d.timings.get(s, 0) for d in chrono],
          "backgroundColor": COLORS[i % len(COLORS)], "stack": "t"} for i, s in enumerate(steps)],
         y="seconds per step", extra={"scales": {"x": {"stacked": True, "ticks": {"maxTicksLimit": 12}},
                                                 "y": {"stacked": True}}}) if docs else None
@@ -249,18 +250,18 @@ def runs_page(lake: Lake, offset: int) -> dict:
             "next_offset": offset + PAGE if offset + PAGE < len(ids) else None}
 
 
-def run_page(doc: dict, horizons: list[str]) -> dict:
-    timings = doc.get("timings") or {}
+def run_page(doc: RunSummary, horizons: list[str]) -> dict:
+    timings = doc.timings
     chart = _chart("bar", list(timings), [{"label": "seconds", "data": list(timings.values()),
                                             "backgroundColor": COLORS[0]}], y="seconds", legend=False)
     rows = []
     for h in horizons:
-        drift = doc.get("drift", {}).get(h)
+        drift = doc.drift.get(h)
         rows.append({"horizon": h,
-                     "cert": doc.get("uncertified_horizons", {}).get(h) or
-                     ("no model" if h in doc.get("horizons_without_model", {}) else "certified"),
-                     "model": doc.get("horizons_without_model", {}).get(h) or doc.get("trained", {}).get(h)
-                     or doc.get("retrained", {}).get(h) or "current",
+                     "cert": doc.uncertified_horizons.get(h) or
+                     ("no model" if h in doc.horizons_without_model else "certified"),
+                     "model": doc.horizons_without_model.get(h) or doc.trained.get(h) or doc.retrained.get(h)
+                     or "current",
                      "drift": "–" if drift is None else ("retrain: " + "; ".join(drift.get("reasons", []))
                                                          if drift.get("retrain") else "stable")})
     return {"doc": doc, "timing_chart": chart, "horizons": rows}
@@ -330,8 +331,8 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
     def render(request: Request, who: Identity, template: str, title: str, active: str, **ctx: Any) -> HTMLResponse:
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
         summary = ctx.pop("summary", None)
-        ctx.setdefault("as_of", (summary or {}).get("as_of"))
-        ctx.setdefault("run_id", (summary or {}).get("run_id"))
+        ctx.setdefault("as_of", summary.as_of if summary else None)
+        ctx.setdefault("run_id", summary.run_id if summary else None)
         body = _env.get_template(template).render(title=title, nav=NAV, active=active, who=who, csrf=csrf,
                                                   flash=ctx.pop("flash", None), **ctx)
         response = HTMLResponse(body)
@@ -394,7 +395,7 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
         doc = reads.summary(lake, run_id) if reads.RUN_ID.match(run_id) else None
         if doc is None:
             raise HTTPException(404, detail={"error": "unknown_run", "message": "no such run"})
-        return render(request, who, "run.html", f"Run {run_id}", "/runs", as_of=doc["as_of"], run_id=None,
+        return render(request, who, "run.html", f"Run {run_id}", "/runs", as_of=doc.as_of, run_id=None,
                       as_of_label="Judged at",
                       **run_page(doc, horizons))
 

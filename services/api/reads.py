@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, TypeVar
 from services.predict import logbook
 from shared.datasets import get_table, partition_dates
 from shared.errors import LakeKeyNotFound
-from shared.records import Outcome
+from shared.records import CoinPerformance, Outcome, Prediction, RunSummary
 from shared.registry import current_version, horizon_prefix, model_prefix
 from shared.runs import RUNS, SUMMARY_KEY, quality_key, run_prefix, summary_key
 from shared.storage import Lake
@@ -142,11 +142,13 @@ def run_ids(lake: Lake) -> list[str]:
     return list(_runs_with_summary(lake))
 
 
-def summary(lake: Lake, run_id: str) -> dict | None:
-    return _json(lake, summary_key(run_id))
+def summary(lake: Lake, run_id: str) -> RunSummary | None:
+    """The run's summary (a fresh record each call: callers never change the cached document)."""
+    doc = _json(lake, summary_key(run_id))
+    return None if doc is None else RunSummary.model_validate(doc)
 
 
-def latest_summary(lake: Lake) -> dict | None:
+def latest_summary(lake: Lake) -> RunSummary | None:
     for run_id in _runs_with_summary(lake):
         doc = summary(lake, run_id)
         if doc is not None:
@@ -170,7 +172,7 @@ def _days(since_ms: int | None, until_ms: int | None) -> list[str] | None:
 
 
 def predictions(lake: Lake, horizons: list[str], *, coin: str | None = None, run_id: str | None = None,
-                since_ms: int | None = None, until_ms: int | None = None) -> list[dict]:
+                since_ms: int | None = None, until_ms: int | None = None) -> list[Prediction]:
     """Logged predictions matching the filters, newest decision first. A time range reads only its date partitions,
     and a partition's files are parsed once per serving process (again only when the partition changes)."""
     days = _days(since_ms, until_ms)
@@ -186,20 +188,24 @@ def predictions(lake: Lake, horizons: list[str], *, coin: str | None = None, run
                 found = part.by_coin.get(coin, [])
             else:
                 found = [r for k in part.keys for r in part.rows_by_key[k]]
-            # Copies: the kept rows serve the next request too.
-            rows.extend(r.copy() for r in found if lo <= r["decision_ts"] <= hi and (coin is None or r["coin"] == coin))
+            rows.extend(r for r in found if lo <= r["decision_ts"] <= hi and (coin is None or r["coin"] == coin))
     rows.sort(key=lambda r: (-r["decision_ts"], r["horizon"], r["coin"]))
-    return rows
+    return _records(rows)
 
 
-def latest_per_horizon(lake: Lake, horizons: list[str], coin: str) -> dict[str, dict]:
+def _records(rows: list[dict]) -> list[Prediction]:
+    """The kept rows as fresh records (the rows serve the next request too; a caller never changes them)."""
+    return [Prediction.model_construct(**r) for r in rows]
+
+
+def latest_per_horizon(lake: Lake, horizons: list[str], coin: str) -> dict[str, Prediction]:
     """A coin's most recent logged prediction per horizon (the newest date partition that holds it)."""
     out = {}
     for h in horizons:
         for day in reversed(_prediction_days(lake, h)):
             found = _prediction_partition(lake, h, day).by_coin.get(coin)
             if found:
-                out[h] = max(found, key=lambda r: r["decision_ts"]).copy()
+                (out[h],) = _records([max(found, key=lambda r: r["decision_ts"])])
                 break
     return out
 
@@ -241,13 +247,13 @@ def quality(lake: Lake) -> dict | None:
 # --- what the dashboard pages read beyond the JSON endpoints ------------------------------------------------------
 
 
-def latest_rows(lake: Lake, horizon: str) -> list[dict]:
+def latest_rows(lake: Lake, horizon: str) -> list[Prediction]:
     """Every coin's prediction at the newest logged decision time of a horizon, by coin."""
     for day in reversed(_prediction_days(lake, horizon)):
         rows = [r for rs in _prediction_partition(lake, horizon, day).by_coin.values() for r in rs]
         if rows:
             newest = max(r["decision_ts"] for r in rows)
-            return sorted((r.copy() for r in rows if r["decision_ts"] == newest), key=lambda r: r["coin"])
+            return _records(sorted((r for r in rows if r["decision_ts"] == newest), key=lambda r: r["coin"]))
     return []
 
 
@@ -257,12 +263,13 @@ def coin_outcomes(lake: Lake, horizon: str, coin: str) -> list[Outcome]:
     return [r for r in rows if r.coin == coin]
 
 
-def latest_performance(lake: Lake, horizon: str) -> list[dict]:
+def latest_performance(lake: Lake, horizon: str) -> list[CoinPerformance]:
     """The newest per-coin performance table of a horizon (hit rate, Brier, ECE over each coin's recent window)."""
     for day in partition_dates(lake, logbook.performance_prefix(horizon)):
         keys = sorted(lake.list(logbook.performance_prefix(horizon, day)))
         if keys:
-            return sorted(get_table(lake, keys[-1]).to_pylist(), key=lambda r: r["coin"])
+            rows = sorted(get_table(lake, keys[-1]).to_pylist(), key=lambda r: r["coin"])
+            return [CoinPerformance.model_construct(**r) for r in rows]
     return []
 
 

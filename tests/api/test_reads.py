@@ -55,7 +55,7 @@ def scan_predictions(lake, horizons: list[str], coin: str | None = None, lo: int
     rows = [r for h in horizons for k in lake.list(f"predictions/horizon={h}/") for r in get_table(lake, k).to_pylist()
             if (coin is None or r["coin"] == coin) and (lo is None or r["decision_ts"] >= lo)
             and (hi is None or r["decision_ts"] <= hi)]
-    return sorted(rows, key=lambda r: (-r["decision_ts"], r["horizon"], r["coin"]))
+    return [Prediction.model_validate(r) for r in sorted(rows, key=lambda r: (-r["decision_ts"], r["horizon"], r["coin"]))]
 
 
 @pytest.fixture
@@ -70,31 +70,31 @@ def test_answers_equal_a_fresh_scan_of_the_files(lake):
         settle(lake.root)
     for _ in range(2):  # the first call parses, the second answers from what was kept
         assert reads.run_ids(lake) == ids[::-1]
-        assert reads.latest_summary(lake)["run_id"] == ids[-1]
+        assert reads.latest_summary(lake).run_id == ids[-1]
         assert reads.predictions(lake, ["1h", "24h"]) == scan_predictions(lake, ["1h", "24h"])
         assert reads.predictions(lake, ["1h"], coin="ETH") == scan_predictions(lake, ["1h"], "ETH")
         lo, hi = T0 + 20 * HOUR, T0 + 26 * HOUR
         assert reads.predictions(lake, ["1h"], coin="XRP", since_ms=lo, until_ms=hi) == \
             scan_predictions(lake, ["1h"], "XRP", lo, hi)
-        assert [r["run_id"] for r in reads.predictions(lake, ["1h"], run_id=ids[3])] == [ids[3]] * 3
+        assert [r.run_id for r in reads.predictions(lake, ["1h"], run_id=ids[3])] == [ids[3]] * 3
         latest = reads.latest_per_horizon(lake, ["1h", "24h"], "BTC")
-        assert latest["1h"]["decision_ts"] == T0 + 29 * HOUR and latest["24h"]["decision_ts"] == T0 + 24 * HOUR
+        assert latest["1h"].decision_ts == T0 + 29 * HOUR and latest["24h"].decision_ts == T0 + 24 * HOUR
         assert reads.latest_per_horizon(lake, ["1h"], "DOGE") == {}
 
 
 def test_a_run_that_lands_is_seen_by_the_next_read(local):
     land(local, 0)
     settle(local.root)
-    assert reads.latest_summary(local)["run_id"] == run_id_for("test", T0)  # kept from here on
-    assert reads.latest_per_horizon(local, ["1h"], "BTC")["1h"]["decision_ts"] == T0
+    assert reads.latest_summary(local).run_id == run_id_for("test", T0)  # kept from here on
+    assert reads.latest_per_horizon(local, ["1h"], "BTC")["1h"].decision_ts == T0
     newer = land(local, 1)  # same date partition, same runs/ folder: only the stamps tell
-    assert reads.latest_summary(local)["run_id"] == newer
+    assert reads.latest_summary(local).run_id == newer
     assert reads.run_ids(local)[0] == newer
-    assert reads.latest_per_horizon(local, ["1h"], "BTC")["1h"]["decision_ts"] == T0 + HOUR
-    assert reads.predictions(local, ["1h"], coin="BTC")[0]["run_id"] == newer
+    assert reads.latest_per_horizon(local, ["1h"], "BTC")["1h"].decision_ts == T0 + HOUR
+    assert reads.predictions(local, ["1h"], coin="BTC")[0].run_id == newer
     settle(local.root)  # and once settled, the kept answers are the new ones
-    assert reads.latest_summary(local)["run_id"] == newer
-    assert reads.predictions(local, ["1h"], coin="BTC", since_ms=T0, until_ms=T0 + HOUR)[0]["run_id"] == newer
+    assert reads.latest_summary(local).run_id == newer
+    assert reads.predictions(local, ["1h"], coin="BTC", since_ms=T0, until_ms=T0 + HOUR)[0].run_id == newer
 
 
 def test_a_second_write_within_one_clock_tick_is_never_hidden(local, monkeypatch):
@@ -102,19 +102,19 @@ def test_a_second_write_within_one_clock_tick_is_never_hidden(local, monkeypatch
     land(local, 0)
     runs = local.root / "runs"
     tick = runs.stat().st_mtime_ns
-    assert reads.latest_summary(local)["run_id"] == run_id_for("test", T0)  # read while the write is fresh
+    assert reads.latest_summary(local).run_id == run_id_for("test", T0)  # read while the write is fresh
     newer = land(local, 1)
     os.utime(runs, ns=(tick, tick))  # the clock had not moved on: the folder's stamp is what the read saw
-    assert reads.latest_summary(local)["run_id"] == newer
+    assert reads.latest_summary(local).run_id == newer
 
 
 def test_a_rewritten_summary_is_seen(local):
     run = land(local, 0, status="failed")
     settle(local.root)
-    assert reads.summary(local, run)["status"] == "failed"
+    assert reads.summary(local, run).status == "failed"
     local.put_json(summary_key(run), {"run_id": run, "as_of": "x", "status": "complete", "signals": []})
-    assert reads.summary(local, run)["status"] == "complete"
-    assert reads.latest_summary(local)["status"] == "complete"
+    assert reads.summary(local, run).status == "complete"
+    assert reads.latest_summary(local).status == "complete"
 
 
 def test_a_summary_written_into_a_known_run_folder_is_seen(local):
@@ -145,20 +145,20 @@ def test_kept_files_are_parsed_once_and_a_new_file_alone_is_parsed(local, monkey
     assert len(parsed) == 3
     land(local, 3)
     settle(local.root)
-    assert reads.predictions(local, ["1h"], coin="BTC")[0]["decision_ts"] == T0 + 3 * HOUR
+    assert reads.predictions(local, ["1h"], coin="BTC")[0].decision_ts == T0 + 3 * HOUR
     assert len(parsed) == 4 and parsed[-1].endswith(f"run_id={run_id_for('test', T0 + 3 * HOUR)}.parquet")
 
 
 def test_callers_get_copies(local):
     run = land(local, 0)
     settle(local.root)
-    reads.summary(local, run)["status"] = "changed by a caller"
-    reads.latest_summary(local)["signals"].append("changed by a caller")
-    reads.predictions(local, ["1h"], coin="BTC")[0]["p_up"] = -1.0
-    reads.latest_per_horizon(local, ["1h"], "BTC")["1h"]["coin"] = "changed by a caller"
-    assert reads.summary(local, run) == {"run_id": run, "as_of": str(T0), "status": "complete", "signals": []}
-    assert reads.predictions(local, ["1h"], coin="BTC")[0]["p_up"] == 0.0
-    assert reads.latest_per_horizon(local, ["1h"], "BTC")["1h"]["coin"] == "BTC"
+    reads.summary(local, run).status = "changed by a caller"
+    reads.latest_summary(local).signals.append("changed by a caller")
+    reads.predictions(local, ["1h"], coin="BTC")[0].p_up = -1.0
+    reads.latest_per_horizon(local, ["1h"], "BTC")["1h"].coin = "changed by a caller"
+    assert reads.summary(local, run).status == "complete" and reads.latest_summary(local).signals == []
+    assert reads.predictions(local, ["1h"], coin="BTC")[0].p_up == 0.0
+    assert reads.latest_per_horizon(local, ["1h"], "BTC")["1h"].coin == "BTC"
 
 
 def test_the_cache_keeps_its_bound_and_drops_the_least_recently_used(local):
@@ -190,7 +190,7 @@ def test_reads_from_many_threads_while_runs_land(local):
         while not stop.is_set():
             try:
                 rows = reads.predictions(local, ["1h"], coin="ETH")
-                assert [r["decision_ts"] for r in rows] == sorted((r["decision_ts"] for r in rows), reverse=True)
+                assert [r.decision_ts for r in rows] == sorted((r.decision_ts for r in rows), reverse=True)
                 assert reads.latest_summary(local) is not None
             except Exception as exc:  # noqa: BLE001 - collected and asserted below
                 errors.append(exc)
@@ -204,7 +204,7 @@ def test_reads_from_many_threads_while_runs_land(local):
     for t in threads:
         t.join()
     assert errors == []
-    assert reads.latest_summary(local)["run_id"] == run_id_for("test", T0 + 5 * HOUR)
+    assert reads.latest_summary(local).run_id == run_id_for("test", T0 + 5 * HOUR)
     assert len(reads.predictions(local, ["1h"], coin="ETH")) == 6
 
 
