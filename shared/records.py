@@ -166,6 +166,68 @@ class RunSummary(Record):
     timings: dict[str, float] = {}
 
 
+class TrainingWindow(Record):
+    model_config = ConfigDict(extra="ignore")
+
+    first: str
+    last: str = Field(description="the last decision time trained on; drift and outcomes judge only later rows")
+    rows: int
+    coins: list[str]
+    folds: int | None = None
+    members_fitted_until: str | None = None
+    calibration_from: str | None = None
+    calibration_rows: int | None = None
+
+
+class ModelMetadata(BaseModel):
+    """A model version as the registry stores it beside its ONNX files: what it was trained on and how, its
+    out-of-sample metrics and skill verdict, the gate's decision, and what reproduces it (settings, libraries,
+    code revision). Versions written before a field existed read with its default."""
+
+    model_config = ConfigDict(extra="allow")  # fields of older or newer versions pass through unchanged
+
+    horizon: Horizon
+    version: str
+    timeframe: str
+    bars: int
+    sequence_length: int = 1
+    features: list[str]
+    feature_hash: str = ""
+    declared_layers: list[str] = []
+    excluded_layers: dict[str, Any] = {}
+    training_window: TrainingWindow
+    skill: dict[str, Any] | None = Field(None, description="the out-of-sample skill test: demonstrated, verdict, ...")
+    rows_excluded: dict[str, Any] = {}
+    data_fingerprint: str = ""
+    metrics: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
+    members: dict[str, Any] = {}
+    tuning: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    settings_hash: str = ""
+    code_revision: str | None = None
+    libraries: dict[str, Any] = {}
+    gate: dict[str, Any] = Field({}, description="the registry gate's decision: promote, reason, previous")
+    drift_reference: dict[str, Any] = {}
+    created: str = ""
+    wall_seconds: float | None = Field(None, description="training's wall time (set by the training run)")
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.gate.get("promote"))
+
+
+class TrainingFailure(Record):
+    """A horizon that was not trained: why, and whether training broke (a retry may succeed) or could not start."""
+
+    error: str
+    message: str
+    failed: bool = False
+
+
+TrainingResult = ModelMetadata | TrainingFailure
+
+
 # --- Parquet schemas, derived from the records ---------------------------------------------------------------------
 
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}

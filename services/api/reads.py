@@ -13,8 +13,14 @@ from typing import Any, NamedTuple, TypeVar
 from services.predict import logbook
 from shared.datasets import get_table, partition_dates
 from shared.errors import LakeKeyNotFound
-from shared.records import CoinPerformance, Outcome, Prediction, RunSummary
-from shared.registry import current_version, horizon_prefix, model_prefix
+from shared.records import (
+    CoinPerformance,
+    ModelMetadata,
+    Outcome,
+    Prediction,
+    RunSummary,
+)
+from shared.registry import current_version, horizon_prefix, metadata_key, model_prefix
 from shared.runs import RUNS, SUMMARY_KEY, quality_key, run_prefix, summary_key
 from shared.storage import Lake
 
@@ -217,14 +223,14 @@ def models(lake: Lake, horizons: list[str]) -> dict[str, dict]:
         current = current_version(lake, h)
         entries = []
         for v in versions:
-            meta = _json(lake, model_prefix(h, v) + "metadata.json")
-            if meta is None:
+            doc = _json(lake, metadata_key(h, v))
+            if doc is None:
                 continue  # a version still being written: its metadata lands after its models
-            metrics = meta.get("metrics", {})
-            entries.append({"version": v, "current": v == current, "created": meta.get("created"),
-                            "training_window": meta.get("training_window"), "skill": meta.get("skill"),
-                            "brier_skill": metrics.get("brier_skill"), "ece": metrics.get("ece"),
-                            "gate": meta.get("gate")})
+            meta = ModelMetadata.model_validate(doc)
+            entries.append({"version": v, "current": v == current, "created": meta.created,
+                            "training_window": meta.training_window.model_dump(), "skill": meta.skill,
+                            "brier_skill": meta.metrics.get("brier_skill"), "ece": meta.metrics.get("ece"),
+                            "gate": meta.gate})
         out[h] = {"current": current, "versions": entries}
     return out
 

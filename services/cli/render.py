@@ -7,7 +7,7 @@ from collections import Counter
 from rich.table import Table
 
 from shared.contracts import QualityReport
-from shared.records import Prediction, Signal
+from shared.records import Prediction, Signal, TrainingFailure, TrainingResult
 
 
 def quality_table(report: QualityReport) -> Table:
@@ -95,19 +95,19 @@ def backtest_table(bt: dict) -> Table:
     return table
 
 
-def training_table(results: dict) -> Table:
+def training_table(results: dict[str, TrainingResult]) -> Table:
     table = Table(title="training (held-out: later half of out-of-fold stacked predictions)")
     for col in ("horizon", "version", "rows", "CV Brier", "Brier skill", "ECE", "calibrator", "conf>=thr n / hit",
                 "CURRENT", "wall s"):
         table.add_column(col)
     for h, m in results.items():
-        if "error" in m:
-            table.add_row(h, f"[red]not trained[/]: [{m['error']}] {m['message']}", *[""] * 8)
+        if isinstance(m, TrainingFailure):
+            table.add_row(h, f"[red]not trained[/]: [{m.error}] {m.message}", *[""] * 8)
             continue
-        mt, conf = m["metrics"], m["metrics"]["confident"]
+        mt, conf = m.metrics, m.metrics["confident"]
         hit = "-" if conf["hit_rate"] is None else f"{conf['hit_rate']:.3f}"
-        table.add_row(h, m["version"], str(m["training_window"]["rows"]), f"{mt['cv_brier']:.4f}",
-                      f"{mt['brier_skill']:+.4f}", f"{mt['ece']:.4f}", m["calibration"]["method"],
-                      f"{conf['n']} / {hit}", "moved" if m["gate"]["promote"] else f"kept ({m['gate']['reason']})",
-                      str(m.get("wall_seconds", "")))
+        table.add_row(h, m.version, str(m.training_window.rows), f"{mt['cv_brier']:.4f}",
+                      f"{mt['brier_skill']:+.4f}", f"{mt['ece']:.4f}", m.calibration["method"],
+                      f"{conf['n']} / {hit}", "moved" if m.promoted else f"kept ({m.gate['reason']})",
+                      "" if m.wall_seconds is None else str(m.wall_seconds))
     return table

@@ -47,7 +47,7 @@ from shared.metrics import (
 )
 from shared.pipeline.context import StepContext
 from shared.provenance import directory_digest, provenance
-from shared.records import Signal
+from shared.records import ModelMetadata, Signal, TrainingFailure
 from shared.runs import new_ref
 from shared.settings import SECRET_FIELDS, Settings, timeframe_ms
 from shared.storage import LocalLake
@@ -124,18 +124,18 @@ def predict_window(settings: Settings, market: History, lake: LocalLake, horizon
         raise CstError("feature_mismatch", f"{horizon}: the model's features differ from the source's")
     X = frame.X[rows]
     pred = model.predict(X, sequences(frame.X, r.idx[rows]))
-    cal = model.metadata.get("calibration", {})
+    cal = model.metadata.calibration
     n = rows.size
     lo, hi = cal.get("score_range", [-np.inf, np.inf])
     t = HorizonTest(horizon, start_ms, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low, pred.high,
                     pred.confidence, pred.direction, pred.quantiles, pred.meta_logit, r.fwd[rows], r.y[rows],
-                    np.full(n, float(model.metadata["metrics"]["base_rate_train"])), np.tile([lo, hi], (n, 1)),
+                    np.full(n, float(model.metadata.metrics["base_rate_train"])), np.tile([lo, hi], (n, 1)),
                     reference.predict(X) if n else np.zeros(0), r.excluded(inside), spec.length_ms)
-    skill = model.metadata.get("skill") or {}
+    skill = model.metadata.skill or {}
     t.models = [{"from": ms_to_iso(start_ms), "version": version, "rows": int(n),
-                 "trained_on_data_before": model.metadata["training_window"]["last"],
+                 "trained_on_data_before": model.metadata.training_window.last,
                  "skill": skill.get("verdict"), "strength": skill.get("strength")}]
-    t.search = model.metadata.get("tuning", {})
+    t.search = model.metadata.tuning
     return t
 
 
@@ -347,16 +347,18 @@ def walk_forward_tests(settings: Settings, lake: LocalLake, run_id: str, market:
                             on_trained=keep)
             for h in hs:
                 meta = results[h]
-                if "error" in meta:
-                    log.error("%s: retrain before %s failed: %s", h, ms_to_iso(start), meta["message"])
-                    failures.append({"horizon": h, "from": ms_to_iso(start), "error": meta["error"],
-                                     "message": meta["message"]})
+                if isinstance(meta, TrainingFailure):
+                    log.error("%s: retrain before %s failed: %s", h, ms_to_iso(start), meta.message)
+                    failures.append({"horizon": h, "from": ms_to_iso(start), "error": meta.error,
+                                     "message": meta.message})
                 # Production keeps serving CURRENT when a retrain fails or the gate keeps the new version out.
                 version = current_version(lake, h)
                 if version is None or h not in references:
                     continue
                 piece = predict_window(settings, market, lake, h, version, start, stop, references[h])
-                piece.models[0].update(trained=meta.get("version"), promoted=(meta.get("gate") or {}).get("promote"))
+                trained = isinstance(meta, ModelMetadata)
+                piece.models[0].update(trained=meta.version if trained else None,
+                                       promoted=meta.promoted if trained else None)
                 pieces[h].append(piece)
     tests = {h: HorizonTest.join(ps) for h, ps in pieces.items() if ps}
     run = settings.run

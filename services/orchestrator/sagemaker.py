@@ -13,6 +13,7 @@ from services.orchestrator.runner import execute
 from services.training.train import train
 from shared.errors import CstError
 from shared.pipeline.context import StepContext
+from shared.records import ModelMetadata
 from shared.runs import load_ref
 from shared.settings import Settings
 from shared.storage import open_lake
@@ -42,8 +43,8 @@ def main() -> int:
     horizons = [h for h in str(hps.get("horizons", "")).split(",") if h] or None
     results = train(settings, lake, str(hps["run_id"]), until=hps.get("until") or None, horizons=horizons,
                     budget=str(hps.get("budget", "quick")))
-    (out / "metrics.json").write_text(json.dumps({h: m.get("metrics", m) for h, m in results.items()}, indent=2,
-                                                 default=str))
+    (out / "metrics.json").write_text(json.dumps({h: m.metrics if isinstance(m, ModelMetadata) else m.model_dump()
+                                                  for h, m in results.items()}, indent=2, default=str))
     return 0
 
 

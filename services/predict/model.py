@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +10,8 @@ import onnxruntime as ort
 
 from shared.errors import CstError, LakeKeyNotFound
 from shared.metrics import logit
-from shared.registry import current_version, model_prefix  # noqa: F401 - the registry's keys, re-exported
+from shared.records import ModelMetadata
+from shared.registry import current_version, load_metadata, model_prefix  # noqa: F401 - the registry's keys, re-exported
 from shared.storage import Lake
 
 MEMBER_FILES = {"lr": "lr.onnx", "gbt": "gbt.onnx", "gru": "gru.onnx"}
@@ -51,14 +51,14 @@ class Predictions:
 class HorizonModel:
     """One horizon's stacked ensemble as exported by training; every artifact is required."""
 
-    def __init__(self, horizon: str, version: str, blobs: dict[str, bytes], metadata: dict, threads: int = 1):
+    def __init__(self, horizon: str, version: str, blobs: dict[str, bytes], metadata: ModelMetadata, threads: int = 1):
         missing = [name for name, f in ALL_FILES.items() if f not in blobs]
         if missing:
             raise CstError("model_incomplete",
                            f"model {horizon}/{version} lacks {', '.join(ALL_FILES[m] for m in missing)}; "
                            "every member (the sequence network included) is required")
         self.horizon, self.version, self.metadata = horizon, version, metadata
-        self.names: list[str] = metadata["features"]
+        self.names: list[str] = metadata.features
         self.sessions = {name: _session(blobs[f], threads) for name, f in ALL_FILES.items() if f.endswith(".onnx")}
         bg = np.load(io.BytesIO(blobs["background.npz"]))
         self.bg_X, self.bg_S = bg["X"].astype(np.float32), bg["S"].astype(np.float32)
@@ -71,7 +71,9 @@ class HorizonModel:
         if version is None:
             raise CstError("no_model", f"no CURRENT model for horizon {horizon} in {lake.uri}; run cst train")
         prefix = model_prefix(horizon, version)
-        meta = json.loads(lake.get(prefix + "metadata.json"))
+        meta = load_metadata(lake, horizon, version)
+        if meta is None:
+            raise CstError("model_incomplete", f"model {horizon}/{version} has no metadata yet (still being written)")
         blobs = {}
         for f in [*ALL_FILES.values(), EXPLAIN_FILE]:
             try:

@@ -20,13 +20,12 @@ from services.predict import conformal, drift as drift_mod, logbook
 from services.predict.model import (
     HorizonModel,
     current_version,
-    model_prefix,
     top_features,
 )
 from services.predict.pool import explain_rows
 from services.predict.signals import actionable
 from shared.contracts import QualityReport, iso_to_ms, ms_to_iso
-from shared.errors import CstError, LakeKeyNotFound
+from shared.errors import CstError
 from shared.metrics import brier, ece
 from shared.pipeline.context import StepContext
 from shared.pipeline.contracts import (
@@ -36,19 +35,20 @@ from shared.pipeline.contracts import (
     PredictOutput,
     RunRef,
 )
-from shared.records import CoinPerformance, Outcome, Prediction
+from shared.records import CoinPerformance, ModelMetadata, Outcome, Prediction
+from shared.registry import load_metadata
 from shared.runs import quality_key
 from shared.settings import Settings, timeframe_ms
 from shared.storage import Lake
 
 
-def certification(metadata: dict, threshold: float, min_n: int) -> str | None:
+def certification(metadata: ModelMetadata, threshold: float, min_n: int) -> str | None:
     """None when the model showed skill out of sample and its held-out confident bucket backs its confidences;
     otherwise why not."""
-    skill = metadata.get("skill")
+    skill = metadata.skill
     if not skill or not skill.get("demonstrated"):
         return "no demonstrated skill" + ("" if skill else " (the model predates the skill test; retrain)")
-    conf = metadata.get("metrics", {}).get("confident", {})
+    conf = metadata.metrics.get("confident", {})
     n, hit = int(conf.get("n") or 0), conf.get("hit_rate")
     if n < min_n:
         return f"held-out evidence at confidence >= {threshold}: {n} rows (< {min_n})"
@@ -153,7 +153,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
                              min_rows=settings.run.pool_min_rows)
     tops = top_features(phi, model.names, settings.training.shap_top_k)
     ranges = conformal.load(lake, h, settings.run.range_alpha)
-    verdict = (model.metadata.get("skill") or {}).get("verdict", "no demonstrated skill")
+    verdict = (model.metadata.skill or {}).get("verdict", "no demonstrated skill")
     records = []
     for k, i in enumerate(rows):
         served = ranges.served(float(pred.quantiles[k, 0]), float(pred.quantiles[k, 2]))
@@ -286,14 +286,9 @@ def performance(ctx: StepContext, ref: RunRef) -> PerformanceOutput:
     return out
 
 
-def _metadata(lake: Lake, horizon: str) -> dict | None:
+def _metadata(lake: Lake, horizon: str) -> ModelMetadata | None:
     version = current_version(lake, horizon)
-    if version is None:
-        return None
-    try:
-        return lake.get_json(model_prefix(horizon, version) + "metadata.json")
-    except LakeKeyNotFound:
-        return None
+    return None if version is None else load_metadata(lake, horizon, version)
 
 
 def _recent_frame(lake: Lake, tf: str, since_ms: int, until_ms: int, window: int):
@@ -318,7 +313,7 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         spec = settings.training.horizons[h]
         tf = spec.timeframe
         # Only rows the model never saw can drift from what it saw: after its last label window.
-        seen = iso_to_ms(meta["training_window"]["last"]) + spec.length_ms
+        seen = iso_to_ms(meta.training_window.last) + spec.length_ms
         window = settings.run.drift_window[tf]
         frame = _recent_frame(lake, tf, seen + 1, as_of, window)
         if frame is None or len(frame) == 0:
@@ -331,9 +326,9 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         state, info = logbook.recent_outcomes(lake, h)
         # Calibration and decay are judged on the serving model's own outcomes: outcomes of a model it replaced say
         # nothing about it (and would retrain it again on every run until they age out).
-        overall = [r for r in state if r.model_version == meta["version"]][-settings.run.recent_outcomes:]
-        report = drift_mod.judge(meta["features"], meta["drift_reference"], recent, overall,
-                                 float(meta["metrics"]["cv_brier"]), settings.run, age_ms=as_of - seen,
+        overall = [r for r in state if r.model_version == meta.version][-settings.run.recent_outcomes:]
+        report = drift_mod.judge(meta.features, meta.drift_reference, recent, overall,
+                                 float(meta.metrics["cv_brier"]), settings.run, age_ms=as_of - seen,
                                  max_age_ms=timeframe_ms(settings.run.retrain_every[tf]))
         report["outcomes"] = int(info.get("total", 0))
         report["outcomes_of_this_model"] = len(overall)

@@ -15,7 +15,8 @@ from services.training.ensemble import Trained, native_p_up
 from services.training.members import Dataset
 from shared.contracts import iso_to_ms, ms_to_iso
 from shared.provenance import provenance
-from shared.registry import set_current
+from shared.records import ModelMetadata
+from shared.registry import load_metadata, put_metadata, set_current
 from shared.settings import HorizonSpec, Settings
 from shared.storage import Lake
 
@@ -40,8 +41,8 @@ def drift_reference(X: np.ndarray, bins: int = 10) -> dict:
     return {"edges": edges.tolist(), "proportions": props, "rows": int(X.shape[0])}
 
 
-def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict, settings: Settings) -> dict:
-    return {
+def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict, settings: Settings) -> ModelMetadata:
+    return ModelMetadata.model_validate({
         "horizon": t.horizon,
         "version": version,
         "timeframe": t.spec.timeframe,
@@ -70,10 +71,11 @@ def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict, 
         # model saw last, not whether a few weeks differ from a multi-year average (they always do).
         "drift_reference": drift_reference(ds.X[-max(1, len(ds) // 4):]),
         "created": datetime.now(UTC).isoformat(),
-    }
+    })
 
 
-def model_card(meta: dict) -> str:
+def model_card(record: ModelMetadata) -> str:
+    meta = record.model_dump(mode="json")
     m = meta["metrics"]
     cal = meta["calibration"]
     conf = m["confident"]
@@ -163,8 +165,9 @@ def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: fl
         old = HorizonModel.load(lake, t.horizon, prev)
     except Exception as exc:  # noqa: BLE001 - an unreadable previous model cannot block a readable new one
         return {"promote": True, "reason": f"previous model {prev} unreadable: {exc}", "previous": prev}
-    old_spec = HorizonSpec.model_validate({k: old.metadata[k] for k in ("timeframe", "bars", "sequence_length")})
-    unseen = val_idx[ds.ts[val_idx] > iso_to_ms(old.metadata["training_window"]["last"]) + old_spec.length_ms]
+    old_spec = HorizonSpec(timeframe=old.metadata.timeframe, bars=old.metadata.bars,
+                           sequence_length=old.metadata.sequence_length)
+    unseen = val_idx[ds.ts[val_idx] > iso_to_ms(old.metadata.training_window.last) + old_spec.length_ms]
     if old.names == t.names and unseen.size >= min_unseen_rows:
         sub = ds.take(unseen)
         old_b = brier(old.predict(sub.X, sub.S).p_up, sub.y)
@@ -172,7 +175,7 @@ def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: fl
         ok = this_b <= old_b + tolerance
         return {"promote": ok, "previous": prev, "rows": int(unseen.size), "brier_new": this_b, "brier_previous": old_b,
                 "reason": "same unseen validation rows" + ("" if ok else ": new model is worse")}
-    old_b = float(old.metadata["metrics"]["cv_brier"])
+    old_b = float(old.metadata.metrics["cv_brier"])
     ok = new_b <= old_b + tolerance
     return {"promote": ok, "previous": prev, "brier_new": new_b, "brier_previous": old_b,
             "reason": "CV figures (feature sets differ or too few unseen rows)" + ("" if ok else ": new model is worse")}
@@ -185,8 +188,8 @@ def _stopped_by_time(tuning: dict) -> list[str]:
 def _with_comparability(decision: dict, t: Trained, lake: Lake) -> dict:
     """Name a comparison between a search the time net stopped and one it did not: never a silent one."""
     prev = decision.get("previous")
-    old = lake.get_json(model_prefix(t.horizon, prev) + "metadata.json") if prev else {}
-    new_s, old_s = _stopped_by_time(t.tuning), _stopped_by_time(old.get("tuning", {}))
+    old = load_metadata(lake, t.horizon, prev) if prev else None
+    new_s, old_s = _stopped_by_time(t.tuning), _stopped_by_time(old.tuning if old else {})
     if new_s or old_s:
         decision["search_stopped_by_time"] = {"new": new_s, "previous": old_s}
         decision["reason"] += (f"; not like for like: the search of {', '.join(new_s) or 'none'} (new) and "
@@ -194,7 +197,7 @@ def _with_comparability(decision: dict, t: Trained, lake: Lake) -> dict:
     return decision
 
 
-def publish(t: Trained, declared: dict, lake: Lake, settings: Settings) -> dict:
+def publish(t: Trained, declared: dict, lake: Lake, settings: Settings) -> ModelMetadata:
     version = "v" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     cfg = settings.training
     decision = _with_comparability(gate(t, t.ds, t.val_idx, lake, cfg.gate_brier_tolerance,
@@ -203,7 +206,7 @@ def publish(t: Trained, declared: dict, lake: Lake, settings: Settings) -> dict:
     prefix = model_prefix(t.horizon, version)
     for name, blob in t.blobs.items():
         lake.put(prefix + name, blob)
-    lake.put_json(prefix + "metadata.json", meta)
+    put_metadata(lake, meta)
     lake.put(prefix + "MODEL_CARD.md", model_card(meta).encode())
     if decision["promote"]:
         # The version's files are all in place before the pointer moves (one atomic put).

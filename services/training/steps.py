@@ -6,6 +6,7 @@ from services.predict.model import current_version
 from services.training.train import train
 from shared.pipeline.context import StepContext
 from shared.pipeline.contracts import RunRef, TrainOutput
+from shared.records import TrainingFailure, TrainingResult
 
 
 def train_missing(ctx: StepContext, ref: RunRef) -> TrainOutput:
@@ -24,13 +25,16 @@ def train_missing(ctx: StepContext, ref: RunRef) -> TrainOutput:
     return out
 
 
-def _record(out: TrainOutput, results: dict[str, dict]) -> None:
+def _record(out: TrainOutput, results: dict[str, TrainingResult]) -> None:
     for h, m in results.items():
-        out.trained[h] = m.get("version") or f"not trained: [{m.get('error')}] {m.get('message')}"
-        out.results[h] = {"version": m.get("version"), "promoted": m.get("gate", {}).get("promote"),
-                          "error": m.get("message")}
-        if m.get("failed"):
-            out.failed[h] = {"code": m["error"], "message": m["message"]}
+        if isinstance(m, TrainingFailure):
+            out.trained[h] = f"not trained: [{m.error}] {m.message}"
+            out.results[h] = {"version": None, "promoted": None, "error": m.message}
+            if m.failed:
+                out.failed[h] = {"code": m.error, "message": m.message}
+            continue
+        out.trained[h] = m.version
+        out.results[h] = {"version": m.version, "promoted": m.promoted, "error": None}
 
 
 def retrain(ctx: StepContext, ref: RunRef) -> TrainOutput:

@@ -15,6 +15,7 @@ from services.training.registry import publish
 from shared.contracts import iso_to_ms, utcnow
 from shared.datasets import get_series, history_parts, merge_series
 from shared.errors import CstError
+from shared.records import TrainingFailure, TrainingResult
 from shared.settings import Settings
 from shared.storage import Lake
 
@@ -50,7 +51,7 @@ def load_history(settings: Settings, lake: Lake, run_id: str, timeframes: set[st
 def train(settings: Settings, lake: Lake, run_id: str, *, until: str | None = None,
           horizons: list[str] | None = None, budget: str = "quick",
           tick: Callable[[str], None] | None = None,
-          on_trained: Callable[[Trained], None] | None = None) -> dict[str, dict]:
+          on_trained: Callable[[Trained], None] | None = None) -> dict[str, TrainingResult]:
     """Train every requested horizon on the series stored by run `run_id`, using only data published strictly
     before `until`; each version goes through the registry's gate in `lake`. Returns each version's metadata."""
     cfg = settings.training
@@ -73,16 +74,15 @@ def train(settings: Settings, lake: Lake, run_id: str, *, until: str | None = No
         except CstError as exc:
             # One horizon without enough data must not stop the others; the result says why.
             log.error("horizon %s not trained: %s", h, exc)
-            results[h] = {"error": exc.code, "message": exc.message}
+            results[h] = TrainingFailure(error=exc.code, message=exc.message)
             continue
         except Exception as exc:  # noqa: BLE001 - a failed search or fit must not cost the other horizons
             log.exception("horizon %s: training failed", h)
             # CURRENT stays where it is: nothing of this horizon was published.
-            results[h] = {"error": "training_failed", "message": f"{type(exc).__name__}: {exc}", "failed": True}
+            results[h] = TrainingFailure(error="training_failed", message=f"{type(exc).__name__}: {exc}", failed=True)
             continue
         if on_trained is not None:
             on_trained(t)  # the in-memory models, e.g. for native-vs-ONNX comparisons
         meta = publish(t, frames[tf].declared, lake, settings)
-        meta["wall_seconds"] = round(time.perf_counter() - started, 1)
-        results[h] = meta
+        results[h] = meta.model_copy(update={"wall_seconds": round(time.perf_counter() - started, 1)})
     return results

@@ -166,15 +166,19 @@ def test_psi_is_zero_on_the_training_distribution_and_large_on_a_shift():
 
 def test_only_horizons_with_held_out_evidence_may_be_actionable():
     from services.predict.steps import certification
+    from shared.records import ModelMetadata
 
     def model(n, hit, skill=True):
-        return {"metrics": {"confident": {"threshold": 0.8, "n": n, "hit_rate": hit}},
-                "skill": {"demonstrated": skill}}
+        return ModelMetadata(
+            horizon="30d", version="v1", timeframe="1d", bars=30, features=["r1"],
+            training_window={"first": "2020-01-01T00:00:00Z", "last": "2024-01-01T00:00:00Z", "rows": 1, "coins": []},
+            metrics={"confident": {"threshold": 0.8, "n": n, "hit_rate": hit}},
+            skill=None if skill is None else {"demonstrated": skill})
 
     assert certification(model(100, 0.85), 0.8, 30) is None
     # A strong confident bucket does not certify a horizon whose skill was not shown out of sample.
     assert certification(model(100, 0.85, skill=False), 0.8, 30) == "no demonstrated skill"
-    assert "predates" in certification({"metrics": model(100, 0.85)["metrics"]}, 0.8, 30)
+    assert "predates" in certification(model(100, 0.85, skill=None), 0.8, 30)
     # The recorded 30d quick model: 487 held-out rows at >= 0.8 confidence hit 63.4%.
     assert "0.634 over 487 rows" in certification(model(487, 0.634), 0.8, 30)
     assert "5 rows" in certification(model(5, 1.0), 0.8, 30)

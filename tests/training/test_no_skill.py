@@ -17,6 +17,7 @@ from services.training.ensemble import label_rows
 from services.training.train import load_history, train
 from shared.contracts import iso_to_ms
 from shared.metrics import brier
+from shared.records import ModelMetadata
 from shared.storage import LocalLake
 
 pytest.importorskip("torch")
@@ -61,10 +62,10 @@ def test_features_without_information_serve_the_base_rate_and_are_never_certifie
     run_id = import_files(cfg, lake, src)
     results = train(cfg, lake, run_id, until=UNTIL, horizons=["24h"], budget="tiny")
     meta = results["24h"]
-    assert "error" not in meta, meta
-    assert meta["skill"]["demonstrated"] is False and meta["skill"]["strength"] == 0.0
+    assert isinstance(meta, ModelMetadata), meta
+    assert meta.skill["demonstrated"] is False and meta.skill["strength"] == 0.0
     assert certification(meta, cfg.confidence_threshold, cfg.run.certify_min_n) == "no demonstrated skill"
-    card = (lake.root / "models" / "horizon=24h" / f"version={meta['version']}" / "MODEL_CARD.md").read_text()
+    card = (lake.root / "models" / "horizon=24h" / f"version={meta.version}" / "MODEL_CARD.md").read_text()
     assert "**no demonstrated skill**" in card
 
     # Served on the rows after the training data (never seen), through the exported ONNX graphs.
@@ -78,7 +79,7 @@ def test_features_without_information_serve_the_base_rate_and_are_never_certifie
 
     model = HorizonModel.load(lake, "24h")
     pred = model.predict(frame.X[rows], sequences(frame.X, r.idx[rows]))
-    base = meta["metrics"]["base_rate_train"]
+    base = meta.metrics["base_rate_train"]
     assert np.allclose(pred.p_up, base, atol=1e-6)  # float32 graphs
     y = r.y[rows]
     skill = 1 - brier(pred.p_up, y) / brier(np.full(y.size, base), y)

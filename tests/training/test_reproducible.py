@@ -48,8 +48,8 @@ def test_training_twice_gives_identical_onnx_and_predictions_even_on_a_busy_mach
         lake_b, meta_b = train_once(cfg, shared_data, tmp_path / "b")
     finally:
         burner.kill()
-    assert meta_a["data_fingerprint"] == meta_b["data_fingerprint"]
-    assert meta_a["members"] == meta_b["members"] and meta_a["tuning"] == meta_b["tuning"]
+    assert meta_a.data_fingerprint == meta_b.data_fingerprint
+    assert meta_a.members == meta_b.members and meta_a.tuning == meta_b.tuning
     va, vb = current_version(lake_a, "24h"), current_version(lake_b, "24h")
     for name in ALL_FILES.values():
         a = lake_a.get(model_prefix("24h", va) + name)
@@ -58,6 +58,6 @@ def test_training_twice_gives_identical_onnx_and_predictions_even_on_a_busy_mach
     ma, mb = HorizonModel.load(lake_a, "24h"), HorizonModel.load(lake_b, "24h")
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, len(ma.names))).astype(np.float32)
-    S = rng.normal(size=(64, meta_a["sequence_length"], len(ma.names))).astype(np.float32)
+    S = rng.normal(size=(64, meta_a.sequence_length, len(ma.names))).astype(np.float32)
     pa, pb = ma.predict(X, S), mb.predict(X, S)
     assert np.array_equal(pa.p_up, pb.p_up) and np.array_equal(pa.quantiles, pb.quantiles)

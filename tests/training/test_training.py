@@ -69,7 +69,7 @@ def trained(shared_data, tmp_path_factory):
 def test_registry_layout_metadata_and_card(trained):
     lake, meta = trained["lake"], trained["results"]["24h"]
     version = current_version(lake, "24h")
-    assert version == meta["version"]
+    assert version == meta.version
     prefix = model_prefix("24h", version)
     keys = set(lake.list(prefix))
     for f in ("lr.onnx", "gbt.onnx", "gru.onnx", "meta.onnx", "calibrator.onnx", "q10.onnx", "q50.onnx", "q90.onnx",
@@ -182,11 +182,11 @@ def test_retrain_warm_starts_and_gates(trained):
     before = trained["results"]["24h"]
     again = train(cfg, lake, trained["run_id"], until=UNTIL, horizons=["24h"], budget="tiny")["24h"]
     for m in MEMBERS:
-        assert again["tuning"][m]["trials_in_journal"] > before["tuning"][m]["trials_in_journal"]
-    assert again["gate"]["previous"] == before["version"]
-    assert "brier_previous" in again["gate"]
+        assert again.tuning[m]["trials_in_journal"] > before.tuning[m]["trials_in_journal"]
+    assert again.gate["previous"] == before.version
+    assert "brier_previous" in again.gate
     current = current_version(lake, "24h")
-    assert current == (again["version"] if again["gate"]["promote"] else before["version"])
+    assert current == (again.version if again.promoted else before.version)
 
 
 def test_gate_refuses_a_worse_model(trained, monkeypatch):
@@ -199,9 +199,9 @@ def test_gate_refuses_a_worse_model(trained, monkeypatch):
     monkeypatch.setattr(t, "names", [*t.names[:-1], "renamed"])
     monkeypatch.setitem(t.metrics, "cv_brier", 0.40)
     meta = registry.publish(t, {}, lake, trained["cfg"])
-    assert meta["gate"]["promote"] is False and "worse" in meta["gate"]["reason"]
+    assert meta.promoted is False and "worse" in meta.gate["reason"]
     assert current_version(lake, "24h") == prev
-    assert lake.exists(model_prefix("24h", meta["version"]) + "MODEL_CARD.md")
+    assert lake.exists(model_prefix("24h", meta.version) + "MODEL_CARD.md")
 
 
 def test_sagemaker_entrypoint_reads_the_lake_and_publishes_through_its_gate(shared_data, tmp_path, monkeypatch):
