@@ -10,7 +10,7 @@ import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 Horizon = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,3}[hdw]$")]
 """A forecast horizon by its length: 1h, 24h, 7d, 30d (the settings' `training.horizons` name the served ones)."""
@@ -18,6 +18,15 @@ Horizon = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,3}[hdw]$")]
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _none(value: Any) -> bool:
+    return value is None
+
+
+def absent(description: str | None = None) -> Any:
+    """A fact a record holds only when it was judged: stored and answered without the key when it was not."""
+    return Field(None, description=description, exclude_if=_none)
 
 
 class TopFeature(Record):
@@ -97,6 +106,17 @@ class GuardDecision(Record):
     reason: str
 
 
+class BookDecision(GuardDecision):
+    """A decision on one order of a book (the backtest's, the live gate's): a guard's, or the book's own refusal
+    (guard "backtest") before any guard was asked."""
+
+    ts: int = Field(description="the order's decision time (epoch ms)")
+    coin: str
+    direction: int
+    horizon_days: int
+    notional: float | None = Field(description="the notional the guards judged (none when turned away before them)")
+
+
 class RiskDecision(Record):
     """What the risk gate decided for one signal: entered (size, notional, cost) or not, and every guard's reason."""
 
@@ -157,13 +177,46 @@ class RunSummary(Record):
     signals: list[Signal] = []
     tradable_signals: int = 0
     outcomes_recorded: int = 0
-    drift: dict[str, dict[str, Any]] = {}
+    drift: dict[str, DriftVerdict] = {}
     trained: dict[str, str] = {}
     retrained: dict[str, dict[str, Any]] = {}
     horizons_without_model: dict[str, str] = {}
     quality_key: str | None = None
     fetch_failures: int | None = None
     timings: dict[str, float] = {}
+
+
+class DriftVerdict(Record):
+    """One horizon's drift verdict at a run: what was compared, and whether it asks for a retrain and why."""
+
+    model_config = ConfigDict(extra="allow")  # verdicts of older runs pass through as they were written
+
+    retrain: bool = False
+    reasons: list[str] = []
+    note: str | None = absent("why nothing was compared (no rows at this as-of)")
+    rows_compared: int | None = absent("decision times after the training window whose features were compared")
+    outcomes: int | None = absent("the horizon's matured predictions on record")
+    outcomes_of_this_model: int | None = absent("of them, the serving model's (calibration and decay judge these)")
+    model_age_days: float | None = absent("days since the model's training data ended")
+    psi_note: str | None = absent("why feature drift was not judged")
+    psi_max: float | None = absent()
+    psi_drifting: list[str] | None = absent("features whose PSI crossed the threshold")
+    ece_recent: float | None = absent()
+    brier_recent: float | None = absent()
+
+
+class GateDecision(Record):
+    """The registry gate's decision on a new model version: promoted to CURRENT or kept out, and why."""
+
+    model_config = ConfigDict(extra="allow")  # decisions of older versions pass through as they were written
+
+    promote: bool
+    reason: str
+    previous: str | None = absent("the CURRENT version it was compared with")
+    rows: int | None = absent("unseen validation rows both were scored on")
+    brier_new: float | None = absent()
+    brier_previous: float | None = absent()
+    search_stopped_by_time: dict[str, list[str]] | None = absent("members whose tuning the time net stopped")
 
 
 class TrainingWindow(Record):
@@ -207,14 +260,19 @@ class ModelMetadata(BaseModel):
     settings_hash: str = ""
     code_revision: str | None = None
     libraries: dict[str, Any] = {}
-    gate: dict[str, Any] = Field({}, description="the registry gate's decision: promote, reason, previous")
+    gate: GateDecision | None = Field(None, description="the registry gate's decision")
     drift_reference: dict[str, Any] = {}
     created: str = ""
     wall_seconds: float | None = Field(None, description="training's wall time (set by the training run)")
 
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _no_decision(cls, value: Any) -> Any:
+        return value or None  # versions written before the gate existed hold {}
+
     @property
     def promoted(self) -> bool:
-        return bool(self.gate.get("promote"))
+        return self.gate is not None and self.gate.promote
 
 
 class TrainingFailure(Record):

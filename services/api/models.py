@@ -6,12 +6,76 @@ as they are stored; the models here are the views the routes put together around
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from shared.contracts import QualityReport
-from shared.records import CoinPerformance, Failure, Prediction, Signal, TopFeature
+from shared.records import (
+    CoinPerformance,
+    DriftVerdict,
+    Failure,
+    GateDecision,
+    Prediction,
+    Signal,
+    TopFeature,
+    TrainingWindow,
+)
+
+
+COIN = r"^[A-Z0-9]{1,15}$"
+HORIZON = r"^[0-9]{1,3}[hdw]$"
+RUN_ID = r"^[0-9A-Za-z.\-_]{1,80}$"
+MAX_PAGE = 500
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value: Any) -> Any:
+    """A time as the schema's `date-time` says (RFC 3339: 2024-05-01T00:00:00Z), not a number or a bare date."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be a time such as 2024-05-01T00:00:00Z (RFC 3339, with its zone)")
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer: 6465 or 6465.0 (JSON Schema's integer), never a string or a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Time = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
+# --- requests ----------------------------------------------------------------------------------------------------
+
+
+class Feedback(BaseModel):
+    """A viewer's word on one prediction. A flag is a boolean (not 0.0 or "yes"), a time a JSON integer; nothing the
+    schema does not name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    horizon: str = Field(pattern=HORIZON)
+    coin: str = Field(pattern=COIN)
+    run_id: str = Field(pattern=RUN_ID)
+    decision_ts: Annotated[int, BeforeValidator(_json_integer)] = Field(ge=0)
+    useful: StrictBool | None = None
+    traded: StrictBool | None = None
+    note: str = Field("", max_length=2000)
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    horizon: str = Field(pattern=HORIZON)
+
+
+# --- answers -----------------------------------------------------------------------------------------------------
 
 
 class ErrorBody(BaseModel):
@@ -88,7 +152,7 @@ class HorizonPerformance(BaseModel):
     outcomes: int
     reliability: list[ReliabilityBin]
     coins: list[CoinPerformance]
-    drift: dict[str, Any] | None
+    drift: DriftVerdict | None
 
 
 class RunRow(BaseModel):
@@ -110,11 +174,11 @@ class ModelVersion(BaseModel):
     version: str
     current: bool
     created: str | None
-    training_window: dict[str, Any] | None
+    training_window: TrainingWindow | None
     skill: dict[str, Any] | None
     brier_skill: float | None
     ece: float | None
-    gate: dict[str, Any] | None
+    gate: GateDecision | None
 
 
 class HorizonModels(BaseModel):

@@ -23,7 +23,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from services.api import reads
 from services.api.auth import Identity, Unauthorized
 from services.api.login import CSRF_COOKIE
-from shared.records import RunSummary
+from services.api.models import QualityView
+from shared.records import DriftVerdict, RunSummary
 from shared.settings import Settings
 from shared.storage import Lake
 
@@ -196,22 +197,27 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
     return page
 
 
+def drift_text(d: DriftVerdict | None, none: str = "–") -> str:
+    if d is None:
+        return none
+    if d.retrain:
+        return "retrain: " + "; ".join(d.reasons)
+    return "stable" + (f" ({d.psi_note or d.note})" if d.psi_note or d.note else "")
+
+
 def performance_page(lake: Lake, horizons: list[str], summary: RunSummary | None) -> dict:
     drift = summary.drift if summary else {}
     out = []
     for h in horizons:
         rows = reads.recent_outcomes(lake, h)
         entry: dict[str, Any] = {"horizon": h, "n": len(rows), "coins": []}
-        d = drift.get(h)
-        entry["drift"] = ("no model" if d is None else
-                          ("retrain: " + "; ".join(d.get("reasons", [])) if d.get("retrain")
-                           else "stable" + (f" ({d['psi_note']})" if d.get("psi_note") else "")))
+        entry["drift"] = drift_text(drift.get(h), none="no model")
         if rows:
             p = np.array([r.p_up for r in rows])
             y = np.array([1.0 if r.realized_return > 0 else 0.0 for r in rows])
             entry.update(hit=pct(float(np.mean([r.hit for r in rows]))), brier=num(float(np.mean((p - y) ** 2))),
                          mean_p=pct(float(p.mean())), up_rate=pct(float(y.mean())))
-            pts = [{"x": round(b["mean_p"], 4), "y": round(b["up_rate"], 4)} for b in reads.reliability(rows)]
+            pts = [{"x": round(b.mean_p, 4), "y": round(b.up_rate, 4)} for b in reads.reliability(rows)]
             entry["reliability"] = _chart("scatter", [], [
                 {"label": "realized up-rate per P(up) bin (≥5 outcomes)", "data": pts, "backgroundColor": COLORS[0],
                  "pointRadius": 5, "showLine": True, "borderColor": COLORS[0]},
@@ -262,40 +268,31 @@ def run_page(doc: RunSummary, horizons: list[str]) -> dict:
                      ("no model" if h in doc.horizons_without_model else "certified"),
                      "model": doc.horizons_without_model.get(h) or doc.trained.get(h) or doc.retrained.get(h)
                      or "current",
-                     "drift": "–" if drift is None else ("retrain: " + "; ".join(drift.get("reasons", []))
-                                                         if drift.get("retrain") else "stable")})
+                     "drift": drift_text(drift)})
     return {"doc": doc, "timing_chart": chart, "horizons": rows}
 
 
-def quality_page(report: dict | None) -> dict:
+def quality_page(report: QualityView | None) -> dict:
     if report is None:
         return {"report": None}
-    series = []
-    for name, s in sorted(report.get("series", {}).items(), key=lambda kv: (kv[1].get("status") == "ok", kv[0])):
-        issues = "; ".join(f"{k} ×{v}" for k, v in sorted((s.get("issues") or {}).items()))
-        if s.get("reason"):
-            issues = f"{s['reason']}; {issues}" if issues else s["reason"]
-        series.append({"name": name, "status": s.get("status"), "source": s.get("source", ""), "rows": s.get("rows"),
-                       "first": s.get("first") or "–", "last": s.get("last") or "–",
-                       "rejected": s.get("rejected_rows", 0), "issues": issues or "–"})
+    series = [{"name": name, "status": s.status, "source": s.source, "rows": s.rows, "first": s.first or "–",
+               "last": s.last or "–", "rejected": s.rejected_rows,
+               "issues": "; ".join(f"{k} ×{v}" for k, v in sorted(s.issues.items())) or "–"}
+              for name, s in sorted(report.series.items(), key=lambda kv: (kv[1].status == "ok", kv[0]))]
     counts = {"ok": sum(s["status"] == "ok" for s in series), "excluded": sum(s["status"] == "excluded" for s in series)}
     counts["other"] = len(series) - counts["ok"] - counts["excluded"]
-    return {"report": report, "series": series, "counts": counts,
-            "ignored": sorted((report.get("files_ignored") or {}).items()),
-            "as_of": report.get("as_of"), "run_id": report.get("run_id")}
+    return {"report": report, "series": series, "counts": counts, "ignored": sorted(report.files_ignored.items()),
+            "as_of": report.as_of, "run_id": report.run_id}
 
 
 def models_page(lake: Lake, horizons: list[str]) -> dict:
     out = []
     for h, m in reads.models(lake, horizons).items():
         out.append({"horizon": h, "versions": [{
-            "version": v["version"], "current": v["current"], "created": (v.get("created") or "")[:19],
-            "window": (f"{v['training_window'].get('first', '')[:10]} – {v['training_window'].get('last', '')[:10]}"
-                       if isinstance(v.get("training_window"), dict) else "–"),
-            "skill": (v.get("skill") or {}).get("verdict", "–") if isinstance(v.get("skill"), dict) else "–",
-            "brier_skill": num(v.get("brier_skill"), 4), "ece": num(v.get("ece")),
-            "gate": (v.get("gate") or {}).get("reason", "–") if isinstance(v.get("gate"), dict) else "–"}
-            for v in m["versions"]]})
+            "version": v.version, "current": v.current, "created": (v.created or "")[:19],
+            "window": f"{v.training_window.first[:10]} – {v.training_window.last[:10]}" if v.training_window else "–",
+            "skill": (v.skill or {}).get("verdict", "–"), "brier_skill": num(v.brier_skill, 4), "ece": num(v.ece),
+            "gate": v.gate.reason if v.gate else "–"} for v in m.versions]})
     return {"horizons": out}
 
 

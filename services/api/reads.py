@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
+from services.api.models import RUN_ID as RUN_ID_PATTERN
+from services.api.models import HorizonModels, ModelVersion, QualityView, ReliabilityBin
 from services.predict import logbook
 from shared.datasets import get_table, partition_dates
 from shared.errors import LakeKeyNotFound
@@ -24,7 +26,7 @@ from shared.registry import current_version, horizon_prefix, metadata_key, model
 from shared.runs import RUNS, SUMMARY_KEY, quality_key, run_prefix, summary_key
 from shared.storage import Lake
 
-RUN_ID = re.compile(r"^[0-9A-Za-z.\-_]{1,80}$")
+RUN_ID = re.compile(RUN_ID_PATTERN)
 _T = TypeVar("_T")
 
 
@@ -216,7 +218,8 @@ def latest_per_horizon(lake: Lake, horizons: list[str], coin: str) -> dict[str, 
     return out
 
 
-def models(lake: Lake, horizons: list[str]) -> dict[str, dict]:
+def models(lake: Lake, horizons: list[str]) -> dict[str, HorizonModels]:
+    """Per horizon: its model versions, newest first, with the current one marked and what each was judged."""
     out = {}
     for h in horizons:
         versions = [n[8:] for n in reversed(_folders(lake, horizon_prefix(h))) if n.startswith("version=")]
@@ -227,11 +230,11 @@ def models(lake: Lake, horizons: list[str]) -> dict[str, dict]:
             if doc is None:
                 continue  # a version still being written: its metadata lands after its models
             meta = ModelMetadata.model_validate(doc)
-            entries.append({"version": v, "current": v == current, "created": meta.created,
-                            "training_window": meta.training_window.model_dump(), "skill": meta.skill,
-                            "brier_skill": meta.metrics.get("brier_skill"), "ece": meta.metrics.get("ece"),
-                            "gate": meta.gate})
-        out[h] = {"current": current, "versions": entries}
+            entries.append(ModelVersion(version=v, current=v == current, created=meta.created,
+                                        training_window=meta.training_window, skill=meta.skill,
+                                        brier_skill=meta.metrics.get("brier_skill"), ece=meta.metrics.get("ece"),
+                                        gate=meta.gate))
+        out[h] = HorizonModels(current=current, versions=entries)
     return out
 
 
@@ -242,11 +245,12 @@ def model_card(lake: Lake, horizon: str, version: str) -> str | None:
         return None
 
 
-def quality(lake: Lake) -> dict | None:
+def quality(lake: Lake) -> QualityView | None:
+    """The newest completed run's quality report."""
     for run_id in _runs_with_summary(lake):
         doc = _json(lake, quality_key(run_id))
         if doc is not None:
-            return {"run_id": run_id, **doc}
+            return QualityView(run_id=run_id, **doc)
     return None
 
 
@@ -283,14 +287,13 @@ def recent_outcomes(lake: Lake, horizon: str) -> list[Outcome]:
     return logbook.recent_outcomes(lake, horizon)[0]
 
 
-def reliability(outcomes: list[Outcome], bins: int = 10, min_count: int = 5) -> list[dict]:
+def reliability(outcomes: list[Outcome], bins: int = 10, min_count: int = 5) -> list[ReliabilityBin]:
     """Mean forecast P(up) and realized up-rate per equal-width bin holding at least `min_count` outcomes."""
     out = []
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins
         inside = [o for o in outcomes if lo <= o.p_up < hi or (b == bins - 1 and o.p_up == 1.0)]
         if len(inside) >= min_count:
-            out.append({"bin": [lo, hi], "n": len(inside),
-                        "mean_p": sum(o.p_up for o in inside) / len(inside),
-                        "up_rate": sum(o.realized_return > 0 for o in inside) / len(inside)})
+            out.append(ReliabilityBin(bin=[lo, hi], n=len(inside), mean_p=sum(o.p_up for o in inside) / len(inside),
+                                      up_rate=sum(o.realized_return > 0 for o in inside) / len(inside)))
     return out

@@ -108,6 +108,6 @@ def training_table(results: dict[str, TrainingResult]) -> Table:
         hit = "-" if conf["hit_rate"] is None else f"{conf['hit_rate']:.3f}"
         table.add_row(h, m.version, str(m.training_window.rows), f"{mt['cv_brier']:.4f}",
                       f"{mt['brier_skill']:+.4f}", f"{mt['ece']:.4f}", m.calibration["method"],
-                      f"{conf['n']} / {hit}", "moved" if m.promoted else f"kept ({m.gate['reason']})",
+                      f"{conf['n']} / {hit}", "moved" if m.promoted else f"kept ({m.gate.reason if m.gate else 'no gate decision'})",
                       "" if m.wall_seconds is None else str(m.wall_seconds))
     return table

@@ -21,6 +21,7 @@ from services.risk.gate import Portfolio
 from services.risk.history import PriceHistory, mark_at_last_close
 from services.risk.orders import Order
 from shared.errors import CstError
+from shared.records import BookDecision
 from shared.settings import RiskSettings
 
 COST_MODEL = "sqrt_impact"
@@ -31,7 +32,7 @@ class BacktestResult:
     ts: np.ndarray  # close times of the marks
     equity: np.ndarray  # mark-to-market equity at each close, after that close's exits and entries
     trades: list[dict]
-    decisions: list[dict]  # every guard decision, and every order turned away before the guards
+    decisions: list[BookDecision]  # every guard decision, and every order turned away before the guards
     metrics: dict
     skipped: dict[str, int]
     gross_exposure: np.ndarray = field(default_factory=lambda: np.zeros(0))

@@ -47,7 +47,7 @@ from shared.metrics import (
 )
 from shared.pipeline.context import StepContext
 from shared.provenance import directory_digest, provenance
-from shared.records import ModelMetadata, Signal, TrainingFailure
+from shared.records import BookDecision, ModelMetadata, Signal, TrainingFailure
 from shared.runs import new_ref
 from shared.settings import SECRET_FIELDS, Settings, timeframe_ms
 from shared.storage import LocalLake
@@ -557,13 +557,13 @@ def run_backtests(settings: Settings, tests: dict[str, HorizonTest], market: His
     return doc
 
 
-def _count_reasons(decisions: list[dict]) -> dict[str, int]:
+def _count_reasons(decisions: list[BookDecision]) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for d in decisions:
-        if not d["allow"] or d.get("scale", 1.0) < 1.0:
+        if not d.allow or d.scale < 1.0:
             # Grouped by the reason's wording: figures and coins vary per decision.
-            reason = re.sub(r"-?[0-9][0-9.,%]*", "#", d["reason"].split(":")[0])
-            counts[f"{d['guard']}: {re.sub(r' with [A-Z]+$', '', reason)}"] += 1
+            reason = re.sub(r"-?[0-9][0-9.,%]*", "#", d.reason.split(":")[0])
+            counts[f"{d.guard}: {re.sub(r' with [A-Z]+$', '', reason)}"] += 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.metrics import ece
-from shared.records import Outcome
+from shared.records import DriftVerdict, Outcome
 from shared.settings import RunSettings
 
 
@@ -23,35 +23,35 @@ def psi(reference: dict, X: np.ndarray, floor: float = 1e-4) -> np.ndarray:
 
 
 def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: list[Outcome], cv_brier: float,
-          cfg: RunSettings, *, age_ms: int | None = None, max_age_ms: int | None = None) -> dict:
+          cfg: RunSettings, *, age_ms: int | None = None, max_age_ms: int | None = None) -> DriftVerdict:
     """The drift report of one horizon; `retrain` says whether any drift crossed its threshold or the model's
     data is older than the production cadence (`age_ms` since its training data ended)."""
-    report: dict = {"rows_compared": int(X_recent.shape[0]), "outcomes": len(outcomes)}
+    report = DriftVerdict(rows_compared=int(X_recent.shape[0]), outcomes=len(outcomes))
     reasons = []
     if age_ms is not None and max_age_ms is not None:
-        report["model_age_days"] = round(age_ms / 86_400_000, 2)
+        report.model_age_days = round(age_ms / 86_400_000, 2)
         if age_ms >= max_age_ms:
             reasons.append(f"cadence: training data ended {age_ms / 86_400_000:.1f} days ago "
                            f">= {max_age_ms / 86_400_000:g}")
     if X_recent.shape[0] < cfg.psi_min_rows:
-        report["psi_note"] = "too few decision times after the training window: feature drift not judged yet"
+        report.psi_note = "too few decision times after the training window: feature drift not judged yet"
     else:
         values = psi(reference, X_recent)
         drifting = [n for n, v in zip(names, values) if v > cfg.psi_threshold]
-        report["psi_max"] = float(values.max())
-        report["psi_drifting"] = drifting
+        report.psi_max = float(values.max())
+        report.psi_drifting = drifting
         if len(drifting) > cfg.psi_feature_share * len(names):
             reasons.append(f"feature drift: {len(drifting)}/{len(names)} features PSI > {cfg.psi_threshold}")
     recent = outcomes[-cfg.recent_outcomes:]
     if len(recent) >= cfg.min_outcomes:
         p = np.array([o.p_up for o in recent])
         y = np.array([1.0 if o.realized_return > 0 else 0.0 for o in recent])
-        report["ece_recent"] = ece(p, y)
-        report["brier_recent"] = float(np.mean((p - y) ** 2))
-        if report["ece_recent"] > cfg.ece_threshold:
-            reasons.append(f"calibration drift: ECE {report['ece_recent']:.3f} > {cfg.ece_threshold}")
-        if report["brier_recent"] > cv_brier + cfg.brier_decay:
-            reasons.append(f"performance decay: Brier {report['brier_recent']:.3f} > CV {cv_brier:.3f} + {cfg.brier_decay}")
-    report["retrain"] = bool(reasons)
-    report["reasons"] = reasons
+        report.ece_recent = ece(p, y)
+        report.brier_recent = float(np.mean((p - y) ** 2))
+        if report.ece_recent > cfg.ece_threshold:
+            reasons.append(f"calibration drift: ECE {report.ece_recent:.3f} > {cfg.ece_threshold}")
+        if report.brier_recent > cv_brier + cfg.brier_decay:
+            reasons.append(f"performance decay: Brier {report.brier_recent:.3f} > CV {cv_brier:.3f} + {cfg.brier_decay}")
+    report.retrain = bool(reasons)
+    report.reasons = reasons
     return report

@@ -35,7 +35,7 @@ from shared.pipeline.contracts import (
     PredictOutput,
     RunRef,
 )
-from shared.records import CoinPerformance, ModelMetadata, Outcome, Prediction
+from shared.records import CoinPerformance, DriftVerdict, ModelMetadata, Outcome, Prediction
 from shared.registry import load_metadata
 from shared.runs import quality_key
 from shared.settings import Settings, timeframe_ms
@@ -317,7 +317,7 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         window = settings.run.drift_window[tf]
         frame = _recent_frame(lake, tf, seen + 1, as_of, window)
         if frame is None or len(frame) == 0:
-            out.report[h] = {"retrain": False, "reasons": [], "note": f"no {tf} rows at this as-of"}
+            out.report[h] = DriftVerdict(note=f"no {tf} rows at this as-of")
             continue
         times = np.unique(frame.ts)[-window:]
         # Slow features (30-day volatility, sentiment level) barely move within a few weeks: a window
@@ -330,8 +330,8 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         report = drift_mod.judge(meta.features, meta.drift_reference, recent, overall,
                                  float(meta.metrics["cv_brier"]), settings.run, age_ms=as_of - seen,
                                  max_age_ms=timeframe_ms(settings.run.retrain_every[tf]))
-        report["outcomes"] = int(info.get("total", 0))
-        report["outcomes_of_this_model"] = len(overall)
+        report.outcomes = int(info.get("total", 0))
+        report.outcomes_of_this_model = len(overall)
         out.report[h] = report
     if ref.retrain:
         # The scheduled full retrain (every horizon with a model) or an operator's (the horizons asked),
@@ -339,8 +339,7 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         for h, d in out.report.items():
             if ref.retrain_only and h not in ref.retrain_only:
                 continue
-            d["retrain"] = True
-            d.setdefault("reasons", []).append("retrain asked by an operator" if ref.retrain_only
-                                               else "scheduled full retrain")
-    out.retrain = [h for h, d in out.report.items() if d.get("retrain")]
+            d.retrain = True
+            d.reasons.append("retrain asked by an operator" if ref.retrain_only else "scheduled full retrain")
+    out.retrain = [h for h, d in out.report.items() if d.retrain]
     return out

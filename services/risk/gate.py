@@ -32,7 +32,7 @@ from services.risk.sizing import (
     vol_target_scale,
 )
 from shared.errors import CstError
-from shared.records import GuardDecision, RiskDecision
+from shared.records import BookDecision, GuardDecision, RiskDecision
 from shared.rolling import log_return, rolling_mean, rolling_std
 from shared.settings import RiskSettings
 
@@ -75,7 +75,7 @@ class Portfolio:
         self.cash = cfg.initial_equity
         self.book = Book(cfg.initial_equity, cfg.initial_equity)
         self.open: dict[str, Position] = {}
-        self.decisions: list[dict] = []
+        self.decisions: list[BookDecision] = []
         self.skipped: Counter[str] = Counter()
         self.traded_notional = 0.0
         self.fees = 0.0
@@ -97,9 +97,9 @@ class Portfolio:
         self.decisions.append(self._record(o, "backtest", False, 0.0, f"{code}: {reason}", None))
 
     @staticmethod
-    def _record(o: Order, guard: str, allow: bool, scale: float, reason: str, notional: float | None) -> dict:
-        return {"ts": int(o.ts_ms), "coin": o.coin, "direction": o.direction, "horizon_days": o.horizon_days,
-                "guard": guard, "allow": allow, "scale": scale, "reason": reason, "notional": notional}
+    def _record(o: Order, guard: str, allow: bool, scale: float, reason: str, notional: float | None) -> BookDecision:
+        return BookDecision(ts=int(o.ts_ms), coin=o.coin, direction=o.direction, horizon_days=o.horizon_days,
+                            guard=guard, allow=allow, scale=scale, reason=reason, notional=notional)
 
     def cost_bps(self, notional: float, adv: float, daily_vol: float) -> float:
         return float(impact_model(notional, adv, daily_vol).slippage_bps)
@@ -233,6 +233,6 @@ def live_gate(history: PriceHistory, orders: list[Order], cfg: RiskSettings) -> 
             coin=o.coin, allow=taken, size_fraction=float(pos.entry_notional / cfg.initial_equity) if taken else 0.0,
             notional=float(pos.entry_notional) if taken else 0.0,
             cost_bps=float(pos.entry_impact_bps + cfg.fee_bps) if taken else None,
-            decisions=[GuardDecision(**{k: d[k] for k in ("guard", "allow", "scale", "reason")})
+            decisions=[GuardDecision(**d.model_dump(include=set(GuardDecision.model_fields)))
                        for d in book.decisions[before:]]))
     return out

@@ -15,7 +15,7 @@ from services.training.ensemble import Trained, native_p_up
 from services.training.members import Dataset
 from shared.contracts import iso_to_ms, ms_to_iso
 from shared.provenance import provenance
-from shared.records import ModelMetadata
+from shared.records import GateDecision, ModelMetadata
 from shared.registry import load_metadata, put_metadata, set_current
 from shared.settings import HorizonSpec, Settings
 from shared.storage import Lake
@@ -41,7 +41,8 @@ def drift_reference(X: np.ndarray, bins: int = 10) -> dict:
     return {"edges": edges.tolist(), "proportions": props, "rows": int(X.shape[0])}
 
 
-def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: dict, settings: Settings) -> ModelMetadata:
+def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: GateDecision,
+             settings: Settings) -> ModelMetadata:
     return ModelMetadata.model_validate({
         "horizon": t.horizon,
         "version": version,
@@ -154,17 +155,18 @@ def skill_lines(skill: dict, base_rate: float) -> list[str]:
     return [head, served] + ([] if skill["demonstrated"] else never)
 
 
-def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: float, *, min_unseen_rows: int) -> dict:
+def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: float, *,
+         min_unseen_rows: int) -> GateDecision:
     """Compare with the CURRENT model on at least `min_unseen_rows` validation rows it never trained on
     (training.gate_min_unseen_rows); with fewer, compare CV figures."""
     prev = current_version(lake, t.horizon)
     new_b = t.metrics["cv_brier"]
     if prev is None:
-        return {"promote": True, "reason": "no previous model"}
+        return GateDecision(promote=True, reason="no previous model")
     try:
         old = HorizonModel.load(lake, t.horizon, prev)
     except Exception as exc:  # noqa: BLE001 - an unreadable previous model cannot block a readable new one
-        return {"promote": True, "reason": f"previous model {prev} unreadable: {exc}", "previous": prev}
+        return GateDecision(promote=True, reason=f"previous model {prev} unreadable: {exc}", previous=prev)
     old_spec = HorizonSpec(timeframe=old.metadata.timeframe, bars=old.metadata.bars,
                            sequence_length=old.metadata.sequence_length)
     unseen = val_idx[ds.ts[val_idx] > iso_to_ms(old.metadata.training_window.last) + old_spec.length_ms]
@@ -173,27 +175,28 @@ def gate(t: Trained, ds: Dataset, val_idx: np.ndarray, lake: Lake, tolerance: fl
         old_b = brier(old.predict(sub.X, sub.S).p_up, sub.y)
         this_b = brier(native_p_up(t, sub), sub.y)
         ok = this_b <= old_b + tolerance
-        return {"promote": ok, "previous": prev, "rows": int(unseen.size), "brier_new": this_b, "brier_previous": old_b,
-                "reason": "same unseen validation rows" + ("" if ok else ": new model is worse")}
+        return GateDecision(promote=ok, previous=prev, rows=int(unseen.size), brier_new=this_b, brier_previous=old_b,
+                            reason="same unseen validation rows" + ("" if ok else ": new model is worse"))
     old_b = float(old.metadata.metrics["cv_brier"])
     ok = new_b <= old_b + tolerance
-    return {"promote": ok, "previous": prev, "brier_new": new_b, "brier_previous": old_b,
-            "reason": "CV figures (feature sets differ or too few unseen rows)" + ("" if ok else ": new model is worse")}
+    return GateDecision(promote=ok, previous=prev, brier_new=new_b, brier_previous=old_b,
+                        reason="CV figures (feature sets differ or too few unseen rows)" + ("" if ok else ": new model is worse"))
 
 
 def _stopped_by_time(tuning: dict) -> list[str]:
     return sorted(m for m, s in tuning.items() if s.get("stopped_by_time"))
 
 
-def _with_comparability(decision: dict, t: Trained, lake: Lake) -> dict:
+def _with_comparability(decision: GateDecision, t: Trained, lake: Lake) -> GateDecision:
     """Name a comparison between a search the time net stopped and one it did not: never a silent one."""
-    prev = decision.get("previous")
+    prev = decision.previous
     old = load_metadata(lake, t.horizon, prev) if prev else None
     new_s, old_s = _stopped_by_time(t.tuning), _stopped_by_time(old.tuning if old else {})
     if new_s or old_s:
-        decision["search_stopped_by_time"] = {"new": new_s, "previous": old_s}
-        decision["reason"] += (f"; not like for like: the search of {', '.join(new_s) or 'none'} (new) and "
-                               f"{', '.join(old_s) or 'none'} (previous) stopped by time")
+        return decision.model_copy(update={
+            "search_stopped_by_time": {"new": new_s, "previous": old_s},
+            "reason": decision.reason + (f"; not like for like: the search of {', '.join(new_s) or 'none'} (new) and "
+                                         f"{', '.join(old_s) or 'none'} (previous) stopped by time")})
     return decision
 
 
@@ -208,10 +211,10 @@ def publish(t: Trained, declared: dict, lake: Lake, settings: Settings) -> Model
         lake.put(prefix + name, blob)
     put_metadata(lake, meta)
     lake.put(prefix + "MODEL_CARD.md", model_card(meta).encode())
-    if decision["promote"]:
+    if decision.promote:
         # The version's files are all in place before the pointer moves (one atomic put).
         set_current(lake, t.horizon, version)
     else:
         log.warning("horizon %s: version %s kept out of CURRENT (%s); %s stays", t.horizon, version,
-                    decision["reason"], decision.get("previous"))
+                    decision.reason, decision.previous)
     return meta

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from shared.contracts import FetchFailure
-from shared.records import Failure, Signal
+from shared.records import DriftVerdict, Failure, Signal
 
 
 class RunStart(BaseModel):
@@ -167,7 +167,7 @@ class PerformanceOutput(StepOutput):
 
 
 class DriftOutput(StepOutput):
-    report: dict[str, dict[str, Any]] = {}
+    report: dict[str, DriftVerdict] = {}
     retrain: list[str] = []
 
 

@@ -22,6 +22,7 @@ from services.api.app import (  # noqa: E402
     create_app,
 )
 from services.api.issuer import DevIssuer  # noqa: E402
+from services.api.models import ReliabilityBin  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import LocalLake  # noqa: E402
 from tests.conftest import daily_source  # noqa: E402
@@ -117,8 +118,8 @@ def test_performance_per_coin_and_horizon_with_reliability_and_drift(served):
 
     rows = [SimpleNamespace(p_up=0.55, realized_return=r) for r in (0.1, -0.1, 0.2, 0.3, -0.2)] + [
         SimpleNamespace(p_up=0.95, realized_return=1.0)]
-    assert reliability(rows) == [{"bin": [0.5, 0.6], "n": 5, "mean_p": 0.55, "up_rate": 0.6}]
-    assert reliability(rows, min_count=1)[-1] == {"bin": [0.9, 1.0], "n": 1, "mean_p": 0.95, "up_rate": 1.0}
+    assert reliability(rows) == [ReliabilityBin(bin=[0.5, 0.6], n=5, mean_p=0.55, up_rate=0.6)]
+    assert reliability(rows, min_count=1)[-1] == ReliabilityBin(bin=[0.9, 1.0], n=1, mean_p=0.95, up_rate=1.0)
 
 
 def test_feedback_is_stored_beside_the_outcomes_by_coin_horizon_and_run(served):

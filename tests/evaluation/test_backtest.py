@@ -79,8 +79,8 @@ def test_one_long_held_two_days_matches_a_hand_computed_equity_curve():
     # Turnover: (10,000 + 10,201) traded / mean equity, over 6 days = 6/365 of a year.
     assert res.metrics["turnover"] == pytest.approx(20_201 / np.mean(expected) / (6 / 365))
     # The cost guard saw the edge net of the rest of the round trip: 100 - 2*10 - exit impact at 10,000.
-    cost = next(d for d in res.decisions if d["guard"] == "cost")
-    assert cost["allow"] and "sqrt_impact" in cost["reason"]
+    cost = next(d for d in res.decisions if d.guard == "cost")
+    assert cost.allow and "sqrt_impact" in cost.reason
     assert res.ts[0] == T0 + DAY_MS  # marks are stamped at the close times
 
 
@@ -97,7 +97,7 @@ def test_a_short_is_skipped_on_spot_and_profits_from_a_fall_when_allowed():
     m = history({"A": CALM + [99.0, 98.01]})
     spot = run_backtest(m, [order(m, 4, "A", direction=-1)], RiskSettings(**CFG))
     assert spot.skipped == {"short_not_allowed": 1} and not spot.trades
-    assert np.all(spot.equity == 100_000) and spot.decisions[0]["reason"].startswith("short_not_allowed")
+    assert np.all(spot.equity == 100_000) and spot.decisions[0].reason.startswith("short_not_allowed")
     res = run_backtest(m, [order(m, 4, "A", direction=-1)], RiskSettings(allow_short=True, **CFG))
     # Short 100 coins at 100, bought back at 98.01: +199 before costs.
     c_in = 10_000 * (10 + impact_bps(10_000, ADV, CALM_VOL)) / 1e4
@@ -111,8 +111,8 @@ def test_unknown_volume_is_never_liquid():
     m = history({"A": CALM + [101.0, 102.01]}, qv={"A": [np.nan] * 7})
     res = run_backtest(m, [order(m, 4, "A")], RiskSettings(**CFG))
     assert res.skipped == {"guard_rejected": 1} and not res.trades
-    liq = next(d for d in res.decisions if d["guard"] == "liquidity")
-    assert not liq["allow"] and "volume unavailable" in liq["reason"]
+    liq = next(d for d in res.decisions if d.guard == "liquidity")
+    assert not liq.allow and "volume unavailable" in liq.reason
     # Without guards the entry cost cannot be priced either: skipped, never assumed cheap.
     res = run_backtest(m, [order(m, 4, "A")], RiskSettings(guards=False, **CFG))
     assert res.skipped == {"cost_unknown": 1} and np.all(res.equity == 100_000)
@@ -126,7 +126,7 @@ def test_guards_off_charges_the_same_costs():
     on = run_backtest(m, [order(m, 4, "A")], RiskSettings(**CFG))
     off = run_backtest(m, [order(m, 4, "A")], RiskSettings(guards=False, **CFG))
     np.testing.assert_array_equal(on.equity, off.equity)
-    assert [d["reason"] for d in off.decisions] == ["guards disabled"]
+    assert [d.reason for d in off.decisions] == ["guards disabled"]
 
 
 def test_drawdown_guard_halts_entries_after_a_crash():
@@ -136,8 +136,8 @@ def test_drawdown_guard_halts_entries_after_a_crash():
     res = run_backtest(m, [order(m, 4, "A"), order(m, 7, "B")], cfg)
     assert [t["coin"] for t in res.trades] == ["A"] and res.trades[0]["pnl"] < -6_000
     assert res.skipped == {"guard_rejected": 1}
-    dd = next(d for d in res.decisions if d["guard"] == "drawdown" and d["coin"] == "B")
-    assert not dd["allow"] and "halted" in dd["reason"]
+    dd = next(d for d in res.decisions if d.guard == "drawdown" and d.coin == "B")
+    assert not dd.allow and "halted" in dd.reason
     # The same B order is taken when the limit is the default 20%.
     assert [t["coin"] for t in run_backtest(m, [order(m, 4, "A"), order(m, 7, "B")],
                                             RiskSettings(**CFG)).trades] == ["A", "B"]
@@ -186,10 +186,10 @@ def test_correlation_guard_compares_returns_over_the_same_days():
     # Day 39's window holds the log returns of days 20..39, i.e. r[19:39].
     c = np.corrcoef(ra[19:39], rb[19:39])[0, 1]
     assert 0.8 < c < 1
-    corr = next(d for d in res.decisions if d["guard"] == "correlation" and d["coin"] == "B")
-    assert corr["scale"] == pytest.approx((1 - c) / 0.2)
+    corr = next(d for d in res.decisions if d.guard == "correlation" and d.coin == "B")
+    assert corr.scale == pytest.approx((1 - c) / 0.2)
     b = next(t for t in res.trades if t["coin"] == "B")
-    assert b["entry_notional"] == pytest.approx(corr["notional"] * (1 - c) / 0.2)
+    assert b["entry_notional"] == pytest.approx(corr.notional * (1 - c) / 0.2)
 
 
 def test_opposite_bet_on_an_anti_correlated_coin_is_the_same_bet():
@@ -200,10 +200,10 @@ def test_opposite_bet_on_an_anti_correlated_coin_is_the_same_bet():
     m = history({"A": prices(ra), "B": prices(-ra + np.tile([0.0, 0.0, 0.001, 0.0], 10))})
     res = run_backtest(m, [order(m, 36, "A"), order(m, 37, "B", direction=-1)],
                        RiskSettings(allow_short=True, **CFG))
-    corr = next(d for d in res.decisions if d["guard"] == "correlation" and d["coin"] == "B")
-    assert (not corr["allow"]) or corr["scale"] < 0.1
+    corr = next(d for d in res.decisions if d.guard == "correlation" and d.coin == "B")
+    assert (not corr.allow) or corr.scale < 0.1
     b = [t for t in res.trades if t["coin"] == "B"]
-    assert not b or b[0]["entry_notional"] < 0.1 * corr["notional"]
+    assert not b or b[0]["entry_notional"] < 0.1 * corr.notional
 
 
 def test_zero_orders_leave_a_flat_curve():
@@ -233,7 +233,7 @@ def test_prices_after_the_decision_do_not_change_the_entry(seed, t, shock):
     a, b = run_backtest(m, sigs, cfg), run_backtest(later, sigs, cfg)
     np.testing.assert_array_equal(a.equity[:t + 1], b.equity[:t + 1])
     until_t = int(m.close_ts[t])
-    assert [d for d in a.decisions if d["ts"] <= until_t] == [d for d in b.decisions if d["ts"] <= until_t]
+    assert [d for d in a.decisions if d.ts <= until_t] == [d for d in b.decisions if d.ts <= until_t]
 
     def entered(r):
         return sorted((x["coin"], x["entry_ts"], x["entry_notional"], x["entry_cost_bps"])

@@ -204,8 +204,8 @@ def test_an_operators_retrain_asks_only_for_its_horizon_and_the_schedule_for_all
     ref = new_ref(settings, str(source), iso_to_ms("2024-05-02T00:00:00Z"))
     assert drift(ctx, ref).retrain == []  # drift off in this module: nothing asks
     one = drift(ctx, ref.model_copy(update={"retrain": True, "retrain_only": ["7d"]}))
-    assert one.retrain == ["7d"] and "retrain asked by an operator" in one.report["7d"]["reasons"]
-    assert not one.report["24h"]["retrain"]
+    assert one.retrain == ["7d"] and "retrain asked by an operator" in one.report["7d"].reasons
+    assert not one.report["24h"].retrain
     assert sorted(drift(ctx, ref.model_copy(update={"retrain": True})).retrain) == ["24h", "7d"]
 
 
@@ -236,14 +236,14 @@ def test_calibration_drift_is_judged_on_the_serving_models_own_outcomes(source, 
     ctx = StepContext(settings, lake)
     ref = new_ref(settings, str(source), iso_to_ms("2024-05-02T00:00:00Z"))
     report = drift(ctx, ref).report["24h"]
-    own = report["outcomes_of_this_model"]  # what the earlier runs of this module recorded
-    assert own < 20 and report["outcomes"] == own + 40
-    assert "ece_recent" not in report and not report["retrain"]
+    own = report.outcomes_of_this_model  # what the earlier runs of this module recorded
+    assert own < 20 and report.outcomes == own + 40
+    assert report.ece_recent is None and not report.retrain
     mine = [w.model_copy(update={"coin": f"D{i}", "model_version": serving}) for i, w in enumerate(wrong)]
     logbook.absorb(lake, "24h", "newer", mine, per_coin=60, overall=2000)
     report = drift(ctx, ref).report["24h"]
-    assert report["outcomes_of_this_model"] == own + 40 and report["retrain"]
-    assert any(r.startswith("calibration drift") for r in report["reasons"])
+    assert report.outcomes_of_this_model == own + 40 and report.retrain
+    assert any(r.startswith("calibration drift") for r in report.reasons)
 
 
 def copy_models(src: Path, dest: Path) -> None:

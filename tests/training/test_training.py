@@ -183,8 +183,8 @@ def test_retrain_warm_starts_and_gates(trained):
     again = train(cfg, lake, trained["run_id"], until=UNTIL, horizons=["24h"], budget="tiny")["24h"]
     for m in MEMBERS:
         assert again.tuning[m]["trials_in_journal"] > before.tuning[m]["trials_in_journal"]
-    assert again.gate["previous"] == before.version
-    assert "brier_previous" in again.gate
+    assert again.gate.previous == before.version
+    assert again.gate.brier_previous is not None
     current = current_version(lake, "24h")
     assert current == (again.version if again.promoted else before.version)
 
@@ -199,7 +199,7 @@ def test_gate_refuses_a_worse_model(trained, monkeypatch):
     monkeypatch.setattr(t, "names", [*t.names[:-1], "renamed"])
     monkeypatch.setitem(t.metrics, "cv_brier", 0.40)
     meta = registry.publish(t, {}, lake, trained["cfg"])
-    assert meta.promoted is False and "worse" in meta.gate["reason"]
+    assert meta.promoted is False and "worse" in meta.gate.reason
     assert current_version(lake, "24h") == prev
     assert lake.exists(model_prefix("24h", meta.version) + "MODEL_CARD.md")
 
