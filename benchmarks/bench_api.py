@@ -50,7 +50,7 @@ end
 def coins(n: int) -> list[str]:
     from shared.settings import Settings
 
-    real = Settings(_env_file=None).universe
+    real = Settings(_env_file=None).universe.coins
     return (real + [f"T{i:04d}" for i in range(max(0, n - len(real)))])[:n]
 
 

@@ -73,6 +73,12 @@ class RejectedRow:
     detail: str = ""
 
 
+def venue_of(source: str, symbol: str) -> str:
+    """The venue and market type of an instrument: `binance` (spot), `binance-perp` (a perpetual swap, whose symbol
+    names its settlement currency as ccxt writes it: BTC-USDT:USDT)."""
+    return f"{source}-perp" if ":" in symbol else source
+
+
 @dataclass
 class Series:
     """One series (layer x timeframe x symbol): timestamps (ms UTC) and float fields, row-aligned.

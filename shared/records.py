@@ -178,12 +178,25 @@ class RunSummary(Record):
     tradable_signals: int = 0
     outcomes_recorded: int = 0
     drift: dict[str, DriftVerdict] = {}
+    universes: dict[str, Universe] = Field({}, description="timeframe -> the universe of this run's decision")
     trained: dict[str, str] = {}
     retrained: dict[str, dict[str, Any]] = {}
     horizons_without_model: dict[str, str] = {}
     quality_key: str | None = None
     fetch_failures: int | None = None
     timings: dict[str, float] = {}
+
+
+class Universe(Record):
+    """The coins one decision considered, chosen from what was known at its time (services/features/universe.py),
+    and the rule that left out each other coin that had traded by then."""
+
+    timeframe: str
+    venue: str = Field(description="the source and market type of its prices (binance-perp, yahoo, kraken)")
+    decision_ms: int = Field(description="the decision time (close of the latest candle), epoch ms")
+    members: list[str] = []
+    excluded: dict[str, str] = Field({}, description="coin -> listing_age | illiquid | stablecoin | max_coins | "
+                                                     "no candle at this time")
 
 
 class DriftVerdict(Record):

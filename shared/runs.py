@@ -50,13 +50,13 @@ def cycle_as_of(settings: Settings, at_ms: int | None = None) -> int:
 
 def fetch_batches(settings: Settings) -> list[str]:
     """A live run's fetch batches ("0", "1", ...): the universe in order, `exchange.batch_symbols` symbols each."""
-    return [str(i) for i in range(-(-len(settings.universe) // settings.exchange.batch_symbols))]
+    return [str(i) for i in range(-(-len(settings.universe.coins) // settings.exchange.batch_symbols))]
 
 
 def batch_coins(settings: Settings, item: str) -> list[str]:
     """The universe's symbols in fetch batch `item`."""
     n = settings.exchange.batch_symbols
-    return settings.universe[int(item) * n:(int(item) + 1) * n]
+    return settings.universe.coins[int(item) * n:(int(item) + 1) * n]
 
 
 def new_ref(settings: Settings, source: str, at_ms: int | None = None, *, retrain: bool = False,

@@ -98,6 +98,31 @@ class SourceSettings(BaseModel):
     # Assets whose on-chain metrics come from Coin Metrics (BTC comes from blockchain.com).
     coinmetrics_assets: list[str] = ["ETH", "LTC", "DOGE", "ADA", "XRP", "BNB", "LINK", "SOL", "DOT"]
     coinmetrics_lookback: timedelta = timedelta(days=365)
+    # A folder of files may hold prices of several venues (services/ingest/sources/layouts.py: `binance` spot and
+    # `binance-perp` are two). A run reads one venue's prices, since a universe belongs to one venue and market
+    # type: this one, or when unset the first of `venue_preference` the folder holds. `cst validate` reads all.
+    venue: str | None = None
+    venue_preference: list[str] = ["yahoo", "kraken", "binance", "binance-perp", "bybit", "bybit-perp"]
+
+
+class UniverseSettings(BaseModel):
+    """Which coins a decision considers, chosen at each decision time from what was known then
+    (services/features/universe.py). Per timeframe where a count is in bars. `min_history` and `liquidity_window`
+    stay within `features.settle_bars`, so a run's written rows see the same universe a whole-history build does."""
+
+    # The live exchange's coins (a folder of files holds its own).
+    coins: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
+    # Bars since a coin's first candle before it enters (a week of hours, two months of days).
+    min_history: dict[str, int] = {"1h": 168, "1d": 60}
+    # Median quote volume (USD or USDT) per bar over `liquidity_window` bars, at least `min_quote_volume`.
+    liquidity_window: dict[str, int] = {"1h": 168, "1d": 30}
+    # A floor against dust, not a selection: on Binance USDT-M at the end of 2025 about 95% of the contracts
+    # clear it (medians: 116k USDT an hour, 8.3M a day; the 5% quantiles 24k and 1.6M).
+    min_quote_volume: dict[str, float] = {"1h": 20_000.0, "1d": 1_000_000.0}
+    # A stablecoin by price behaviour: every close of the liquidity window within this share of its median.
+    stable_band: float = 0.01
+    # At most this many coins, the most liquid.
+    max_coins: int = 500
 
 
 class QualitySettings(BaseModel):
@@ -405,7 +430,7 @@ class Settings(BaseSettings):
     run: RunSettings = RunSettings()
     risk: RiskSettings = RiskSettings()
     api: ApiSettings = ApiSettings()
-    universe: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
+    universe: UniverseSettings = UniverseSettings()
     timeframes: list[str] = ["1h", "1d"]
     horizons: list[str] = ["1h", "24h", "7d", "30d"]
     confidence_threshold: float = Field(0.80, ge=0.5, le=1.0)
@@ -414,6 +439,12 @@ class Settings(BaseSettings):
     secrets_manager_id: str | None = None
     aws_region: str = "eu-west-1"
     log_level: str = "INFO"
+
+    @field_validator("universe", mode="before")
+    @classmethod
+    def _coin_list(cls, value):
+        """A plain list (CST_UNIVERSE='["BTC","ETH"]') is the live exchange's coins."""
+        return {"coins": value} if isinstance(value, list) else value
 
     @field_validator("timeframes")
     @classmethod

@@ -9,11 +9,35 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
+# The recorded twelve: the Yahoo files of twelve coins, Binance's spot BTCUSDT, Fear & Greed to 2024-06-30 and
+# blockchain.com's BTC metrics. ../shared/data also holds the wide universe (binance-futures/, ~130 MB) and Fear &
+# Greed after mid-2024, which tests read through `wide_data`, in small subsets.
+TWELVE = ("README.md", "ohlcv", "binance", "sentiment/fear_greed.csv", "onchain")
+
+
+def _real_data() -> Path:
     if not (SHARED_DATA / "README.md").is_file():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it lives beside the repository, never in it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data(tmp_path_factory) -> Path:
+    """The recorded twelve as a folder of their own (a copy: every run of a test reads the same files)."""
+    import shutil
+
+    real = _real_data()
+    root = tmp_path_factory.mktemp("twelve")
+    for rel in TWELVE:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (real / rel).is_dir() else shutil.copyfile)(real / rel, root / rel)
+    return root
+
+
+@pytest.fixture(scope="session")
+def wide_data() -> Path:
+    """../shared/data as it is: every layout and venue it holds (read it in subsets; it is ~130 MB)."""
+    return _real_data()
 
 
 @pytest.fixture(autouse=True)

@@ -59,7 +59,8 @@ def test_validate_writes_the_report_and_quarantine(tmp_path, capsys):
     quality = json.loads((out / "quality.json").read_text())
     assert set(quality) == {"as_of", "series", "files_ignored", "read_failures"}
     assert quality["as_of"] == AS_OF
-    assert quality["files_ignored"] == {"notes.txt": "not a CSV data file"}
+    assert list(quality["files_ignored"]) == ["notes.txt"]
+    assert quality["files_ignored"]["notes.txt"].startswith("not a data file cst reads (supported: Yahoo export")
     assert quality["read_failures"] == []
     s = quality["series"]["ohlcv/1d/AAA-USD"]
     # The 06-29 candle is rejected, which leaves one day missing between the two kept candles.
@@ -132,20 +133,19 @@ def test_run_replays_the_real_files_into_the_lake_and_again_lands_nothing(shared
     assert main(argv) == 0
     first = text(capsys)
     keys = lake_keys(lake)
-    # What the file import does not read yet (the Binance USDT-M perpetuals' export, the newer Fear & Greed export
-    # in epoch seconds: the wide-universe issue) is named as ignored in the ingest output, never half-read.
+    # A run reads one venue's prices (here Yahoo's, the first of sources.venue_preference): Binance's spot BTCUSDT is
+    # named as not read, with how to read it, in the ingest output; every other file lands.
     (ingested,) = [k for k in keys if k.endswith("/steps/ingest.json")]
     ignored = json.loads((lake / ingested).read_text())["files_ignored"]
     rel = {p: p.relative_to(shared_data).as_posix() for p in shared_data.rglob("*.csv")}
     unread = {r: ignored[r] for r in rel.values() if r in ignored}
-    assert all(why.startswith("layout not recognized") and r.split("/")[0] in ("binance-futures", "sentiment")
-               for r, why in unread.items()), unread
+    assert list(unread) == ["binance/BTCUSDT-1d.csv"] and "CST_SOURCES__VENUE=binance" in unread["binance/BTCUSDT-1d.csv"]
     csvs = sorted(p for p, r in rel.items() if r not in unread)
 
     raw = [k for k in keys if k.startswith("raw/")]
-    assert len(raw) == len(csvs) == 32
+    assert len(raw) == len(csvs) == 31
     sources = {re.match(r"raw/source=([^/]+)/", k)[1] for k in raw}
-    assert sources == {"yahoo", "binance", "alternative.me", "blockchain.com"}
+    assert sources == {"yahoo", "alternative.me", "blockchain.com"}
     # A raw record is the file as read, with where it came from.
     (btc,) = [k for k in raw if k.startswith("raw/source=yahoo/symbol=BTC-USD/timeframe=1d/")]
     record = json.loads((lake / btc).read_text())
@@ -156,12 +156,12 @@ def test_run_replays_the_real_files_into_the_lake_and_again_lands_nothing(shared
     assert re.fullmatch(r"quality/run_id=20240701T000000Z-[0-9a-f]{8}/report.json", quality_key)
     report = json.loads((lake / quality_key).read_text())
     assert report["as_of"] == AS_OF
-    assert len(report["series"]) == 32
+    assert len(report["series"]) == 31
     assert report["series"]["ohlcv/1d/BTC-USD"]["status"] == "ok"
     assert report["series"]["ohlcv/1h/BTC-USD"]["status"] == "excluded"
     assert not [k for k in keys if k.startswith("quarantine/")]  # no real row is rejected at this as-of
 
-    assert "landed 32 raw records (0 already present)" in first
+    assert "landed 31 raw records (0 already present)" in first
 
     # The same cycle again: the run is recognised as complete and the lake stays byte-identical.
     landed = {k: (lake / k).read_bytes() for k in keys}

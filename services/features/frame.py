@@ -14,13 +14,13 @@ import numpy as np
 from services.features.blocks import blocks_for
 from services.features.indicators import segments
 from services.features.joins import join_as_of
+from services.features.panel import PANEL_FIELDS, PRICE, Panel
 from services.features.quality.gate import publication_lag_ms
 from services.features.registry import FeatureBlock
-from shared.contracts import Series
+from services.features.universe import RULES, membership, universe_at
+from shared.contracts import Series, venue_of
+from shared.records import Universe
 from shared.settings import FeatureSet, Settings, timeframe_ms
-
-PRICE = ("open", "high", "low", "close")
-
 
 @dataclass
 class FeatureFrame:
@@ -34,26 +34,17 @@ class FeatureFrame:
     rows_per_coin: dict[str, int] = field(default_factory=dict)
     # Extra per-row values some consumers need but the model must not see (e.g. the close at ts).
     close: np.ndarray | None = None
+    # The universe of the frame's latest decision (rows outside each decision's universe are not in the frame).
+    universe: Universe | None = None
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
 
 
-@dataclass
-class Panel:
-    """All coins of one timeframe on a common grid of candle open times (NaN where a coin has no candle)."""
-
-    timeframe: str
-    open_ts: np.ndarray
-    coins: list[str]
-    fields: dict[str, np.ndarray]
-    unavailable: dict[str, set[str]]
-    notes: dict[str, str] = field(default_factory=dict)
-
-
 def coin_of(symbol: str) -> tuple[str, str]:
+    """'BTC-USD' -> ('BTC', 'USD'); a perpetual 'BTC-USDT:USDT' -> ('BTC', 'USDT') (its venue tells it apart)."""
     base, _, quote = symbol.partition("-")
-    return base, quote
+    return base, quote.partition(":")[0]
 
 
 def build_panel(clean: dict[str, Series], unavailable: dict[str, list[str]], timeframe: str,
@@ -77,26 +68,27 @@ def build_panel(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
         chosen[base] = s
     step = timeframe_ms(timeframe)
     coins = sorted(chosen)
+    venue = "+".join(sorted({venue_of(s.source, s.symbol) for s in chosen.values()}))
     if not coins:
-        return Panel(timeframe, np.zeros(0, dtype=np.int64), [], {f: np.zeros((0, 0)) for f in (*PRICE, "volume")}, {}, notes)
+        return Panel(timeframe, np.zeros(0, dtype=np.int64), [], {f: np.zeros((0, 0)) for f in PANEL_FIELDS}, {}, notes)
     lo = min(int(chosen[c].ts[0]) for c in coins)
     hi = max(int(chosen[c].ts[-1]) for c in coins)
     lo -= lo % step  # grid aligned to the timeframe
     grid = np.arange(lo, hi + step, step, dtype=np.int64)
     # Column-major: per-coin work reads and writes contiguous columns.
-    fields = {f: np.full((grid.size, len(coins)), np.nan, order="F") for f in (*PRICE, "volume")}
+    fields = {f: np.full((grid.size, len(coins)), np.nan, order="F") for f in PANEL_FIELDS}
     unavail: dict[str, set[str]] = {}
     for j, c in enumerate(coins):
         s = chosen[c]
         on_grid = (s.ts - lo) % step == 0
         idx = ((s.ts[on_grid] - lo) // step).astype(np.int64)
-        for f in (*PRICE, "volume"):
+        for f in PANEL_FIELDS:
             if f in s.fields:
                 fields[f][idx, j] = s.fields[f][on_grid]
         unavail[c] = set(unavailable.get(s.key, []))
         if not on_grid.all():
             notes[s.key] = f"{int((~on_grid).sum())} candles off the {timeframe} grid not used"
-    return Panel(timeframe, grid, coins, fields, unavail, notes)
+    return Panel(timeframe, grid, coins, fields, unavail, notes, venue)
 
 
 def _coin_layers(clean: dict[str, Series], coin: str) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
@@ -212,14 +204,20 @@ def build_frame(clean: dict[str, Series], unavailable: dict[str, list[str]], tim
         if b.kind == "cross":
             feats.update(b.fn(feats, panel.coins, fs, fst))
 
-    return _stack(panel, feats, names, layer_of, has_price, decision, fs, settings, declared)
+    member, rule = membership(panel, settings.universe)
+    frame = _stack(panel, feats, names, layer_of, has_price, member, decision, fs, settings, declared)
+    for code, name in enumerate(RULES):
+        if code and (n := int((has_price & (rule == code)).sum())):
+            frame.excluded[f"universe_{name}"] = n
+    frame.universe = universe_at(panel, member, rule, T - 1, panel.venue)
+    return frame
 
 
 def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_of: dict[str, str],
-           has_price: np.ndarray, decision: np.ndarray, fs: FeatureSet, settings: Settings,
+           has_price: np.ndarray, member: np.ndarray, decision: np.ndarray, fs: FeatureSet, settings: Settings,
            declared: dict) -> FeatureFrame:
     T, N = has_price.shape
-    complete = has_price.copy()
+    complete = has_price & member  # a row outside its decision's universe is not a candidate
     reasons = np.zeros((T, N), dtype=np.int8)  # 0: kept or no candle; k: index into reason_names
     reason_names = ["", "warmup", "gap_window"]
     layer_ok: dict[str, np.ndarray] = {}

@@ -80,7 +80,8 @@ def features(ctx: StepContext, ref: RunRef) -> FeaturesOutput:
         out.written += write_panel(lake, build_panel(clean, unavailable, tf, settings), as_of - settings.run_span_ms(tf))
         out.frames[tf] = FrameSummary(rows=len(frame), coins=len(frame.rows_per_coin), features=len(frame.names),
                                       excluded=dict(sorted(frame.excluded.items())),
-                                      excluded_layers=sorted(frame.declared["excluded_layers"]))
+                                      excluded_layers=sorted(frame.declared["excluded_layers"]),
+                                      universe=frame.universe)
     # Whether the (costly, SageMaker) training step has anything to do.
     out.untrained = [h for h in ref.horizons if current_version(lake, h) is None]
     return out

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.features.frame import PRICE, FeatureFrame, Panel
+from services.features.frame import PANEL_FIELDS, PRICE, FeatureFrame, Panel
 from shared.datasets import arrow_digest, get_table
 from shared.errors import LakeKeyNotFound
 from shared.settings import timeframe_ms
@@ -134,13 +134,14 @@ def write_panel(lake: Lake, panel: Panel, from_ms: int | None = None) -> int:
     present = np.zeros((T, N), bool)
     for f in (*PRICE, "volume"):
         present |= np.isfinite(panel.fields[f])
+    fields = [f for f in PANEL_FIELDS if f in panel.fields]
     rows, cols = np.nonzero(present)
-    meta = {"timeframe": panel.timeframe, "coins": panel.coins, "notes": panel.notes,
+    meta = {"timeframe": panel.timeframe, "coins": panel.coins, "notes": panel.notes, "venue": panel.venue,
             "unavailable": {c: sorted(v) for c, v in panel.unavailable.items()}}
     table = pa.table({
         "open_ts": pa.array(panel.open_ts[rows], pa.int64()),
         "coin": pa.array(np.asarray(panel.coins, dtype=object)[cols].astype(str), pa.string()),
-        **{f: pa.array(panel.fields[f][rows, cols], pa.float64()) for f in (*PRICE, "volume")},
+        **{f: pa.array(panel.fields[f][rows, cols], pa.float64()) for f in fields},
     }).replace_schema_metadata({"cst": json.dumps(meta)})
     return _write_partitions(lake, "panels", panel.timeframe, panel.open_ts[rows], table, from_ms)
 
@@ -162,16 +163,19 @@ def read_panel(lake: Lake, timeframe: str, since_ms: int | None = None, until_ms
     coins = meta["coins"]
     step = timeframe_ms(timeframe)
     if not keep.any():
-        return Panel(timeframe, np.zeros(0, np.int64), coins, {f: np.zeros((0, len(coins))) for f in (*PRICE, "volume")},
-                     {c: set(v) for c, v in meta["unavailable"].items()}, meta["notes"])
+        return Panel(timeframe, np.zeros(0, np.int64), coins, {f: np.zeros((0, len(coins))) for f in PANEL_FIELDS},
+                     {c: set(v) for c, v in meta["unavailable"].items()}, meta["notes"], meta.get("venue", ""))
     ts = ts[keep]
     grid = np.arange(ts.min(), ts.max() + step, step, dtype=np.int64)
     col = {c: j for j, c in enumerate(coins)}
     j = np.asarray([col[c] for c in np.asarray(t.column("coin").to_pylist(), dtype=object)[keep]], dtype=np.int64)
     i = (ts - grid[0]) // step
     fields = {}
-    for f in (*PRICE, "volume"):
+    # Panels written before the quote volume was kept held Yahoo's volume, which is in the quote currency.
+    stored = {f: f if f in t.column_names else "volume" for f in PANEL_FIELDS}
+    for f in PANEL_FIELDS:
         a = np.full((grid.size, len(coins)), np.nan, order="F")
-        a[i, j] = t.column(f).to_numpy()[keep]
+        a[i, j] = t.column(stored[f]).to_numpy()[keep]
         fields[f] = a
-    return Panel(timeframe, grid, coins, fields, {c: set(v) for c, v in meta["unavailable"].items()}, meta["notes"])
+    return Panel(timeframe, grid, coins, fields, {c: set(v) for c, v in meta["unavailable"].items()}, meta["notes"],
+                 meta.get("venue", ""))

@@ -47,8 +47,10 @@ def build_sources(source: str, settings: Settings, now_ms: int, trades_since: di
     the exchange's symbols (the universe unless given); `market`: with the market-wide sources (sentiment,
     on-chain: one batch of a run fetches them)."""
     if source != "live":
-        return [FileSource(source, known_files)]
-    universe = settings.universe
+        files = FileSource(source, known_files)
+        files.keep_venue(settings.sources.venue, settings.sources.venue_preference)
+        return [files]
+    universe = settings.universe.coins
     coins = universe if coins is None else coins
     timeout = settings.http.timeout_s
     sources: list[Source] = [ExchangeSource(settings.exchange, coins, settings.timeframes, timeout, now_ms=now_ms,

@@ -132,8 +132,17 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
     quality = quality_index(ctx, ref.run_id)
     frame = read_frame(lake, tf, since_ms=t_now - (spec.sequence_length - 1) * step, until_ms=t_now)
     panel = functools.cache(lambda: read_panel(lake, tf, since_ms=t_now - step, until_ms=t_now - step))
+    features = ctx.output(ref.run_id, "features")
+    universe = features.frames[tf].universe if features and tf in features.frames else None
+    outside = universe.excluded if universe is not None and universe.decision_ms == t_now else {}
+
+    def why_missing(c: str, row_exists: bool) -> str:
+        if c in outside and outside[c] != "no candle at this time":
+            return f"outside the {tf} universe at this decision: {outside[c]}"
+        return quality.why_missing(c, tf, t_now, panel, row_exists)
+
     if frame is None or len(frame) == 0:
-        out.excluded = {c: quality.why_missing(c, tf, t_now, panel, False) for c in quality.coins}
+        out.excluded = {c: why_missing(c, False) for c in quality.coins}
         return out
     if frame.names != model.names:
         raise CstError("feature_mismatch", f"model {h}/{model.version} was trained on other features; retrain")
@@ -143,7 +152,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
     rows = np.asarray([i for i in now_rows if full[i]], dtype=np.int64)
     for c in quality.coins:
         if c not in have or not full[have[c]]:
-            out.excluded[c] = quality.why_missing(c, tf, t_now, panel, c in have)
+            out.excluded[c] = why_missing(c, c in have)
     if not rows.size:
         return out
     X, S = frame.X[rows], sequences(frame.X, idx[rows])

@@ -44,10 +44,10 @@ class PriceHistory:
 
 
 def price_history_from_panel(panel) -> PriceHistory:
-    """A daily features Panel as sizing and the guards read it. Yahoo's crypto `Volume` is already in USD (BTC
-    about 1.7e10 a day; in coins it would exceed the supply), so it is the quote volume as it stands. A coin whose
-    volume the quality gate declared unavailable gets NaN: never tradable, never assumed liquid."""
-    vol = panel.fields["volume"].copy()
+    """A daily features Panel as sizing and the guards read it: the traded value in the quote currency
+    (Panel.quote_volume; Binance's futures volume is in contracts, Yahoo's in USD). A coin whose volume the quality
+    gate declared unavailable gets NaN: never tradable, never assumed liquid."""
+    vol = panel.quote_volume().copy()
     for j, c in enumerate(panel.coins):
         if "volume" in panel.unavailable.get(c, set()):
             vol[:, j] = np.nan

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from shared.contracts import FetchFailure
-from shared.records import DriftVerdict, Failure, Signal
+from shared.records import DriftVerdict, Failure, Signal, Universe
 
 
 class RunStart(BaseModel):
@@ -105,6 +105,7 @@ class FrameSummary(BaseModel):
     features: int
     excluded: dict[str, int] = {}
     excluded_layers: list[str] = []
+    universe: Universe | None = None
 
 
 class FeaturesOutput(StepOutput):

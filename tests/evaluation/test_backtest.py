@@ -352,7 +352,8 @@ def test_risk_step_gate_attaches_the_decision_to_each_signal():
 
     closes = (CALM * 8)[:40]
     panel = Panel("1d", T0 + DAY_MS * np.arange(40), ["A", "B"],
-                  {"close": np.array([closes, closes]).T, "volume": np.full((40, 2), ADV)}, {"B": {"volume"}})
+                  {"close": np.array([closes, closes]).T, "volume": np.full((40, 2), ADV),
+                   "quote_volume": np.full((40, 2), ADV)}, {"B": {"volume"}})
     now = int(T0 + DAY_MS * 40)  # the last candle's close
     from types import SimpleNamespace
 

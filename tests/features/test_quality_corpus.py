@@ -231,7 +231,8 @@ CASES = {
     ),
     # Every candle with zero volume: volume is unknown, the prices stay usable. Count = zero candles.
     "volume_unavailable": Case(
-        "ohlcv/1d/ETH-USD.csv", volume_column_zero, "ok", {"volume_unavailable": 2426}, 0, unavailable=("volume",)
+        "ohlcv/1d/ETH-USD.csv", volume_column_zero, "ok", {"volume_unavailable": 2426}, 0,
+        unavailable=("quote_volume", "volume"),  # Yahoo's Volume is its quote volume: both go together
     ),
     # Last candle 2024-06-27: 4 days old at as-of, the limit is 2.
     "stale": Case("ohlcv/1d/BTC-USD.csv", feed_stops_three_days_early, "excluded", {"stale": 1}, -3),

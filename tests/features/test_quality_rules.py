@@ -253,10 +253,16 @@ def test_every_configured_rule_is_registered():
     assert set(QualitySettings().rules) <= set(RULES)
 
 
-def test_two_inputs_for_one_series_is_an_error():
+def test_two_sources_for_one_series_is_an_error_and_parts_of_one_source_are_one_series():
+    other = candles([1])
+    other.source = "elsewhere"
     with pytest.raises(CstError) as info:
-        run_gate([candles([0]), candles([1])], T0 + 3 * DAY, QualitySettings())
-    assert info.value.code == "series_key_clash"
+        run_gate([candles([0]), other], T0 + 3 * DAY, QualitySettings())
+    assert info.value.code == "series_key_clash" and "elsewhere" in info.value.message
+    # Two files of one source (monthly dumps, a history and its continuation): one series, repeats dropped.
+    out = run_gate([candles([0, 1]), candles([1, 2])], T0 + 4 * DAY, only("duplicates"))
+    [(key, s)] = out.clean.items()
+    assert s.ts.tolist() == [T0, T0 + DAY, T0 + 2 * DAY]
 
 
 def test_quarantine_documents_are_keyed_by_their_content():

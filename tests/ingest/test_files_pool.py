@@ -68,7 +68,9 @@ def test_the_pool_lands_and_stages_what_the_in_process_parse_does(shared_data, t
         sent = _force_pool(mp)
         pooled = _ingest(pooled_lake, src)
 
-    specs, _ = files.discover(src)
+    read = files.FileSource(src)  # what a run reads: one venue's prices (Yahoo's here) and the market-wide layers
+    read.keep_venue(None, Settings(_env_file=None).sources.venue_preference)
+    specs = read.specs
     assert sorted(sent) == sorted(f"{s.layer}/{s.timeframe}/{s.symbol}" for s in specs)  # every file went to the pool
     assert pooled.failures == in_process.failures == []
     assert (pooled.landed, pooled.staged) == (in_process.landed, in_process.staged)
@@ -122,17 +124,24 @@ class ReversedPool(Executor):
     def _finish(self) -> None:
         for future, fn, args, kwargs in reversed(self.calls):
             future.set_result(fn(*args, **kwargs))
-            self.finished.append(fn.keywords["source"])
+            self.finished.append(fn.args[0].splitlines()[1].split(",")[0])  # the first candle's open time
 
 
 def test_series_come_back_in_task_order_whichever_parse_finishes_first(shared_data, tmp_path, monkeypatch):
-    # Two files of one series key (Binance's BTCUSDT and a Yahoo BTC-USDT): the staged part holds them in task order,
-    # so a part staged from parses handed back in the order they finished would differ from the in-process one.
+    # Two files of one series key (two monthly dumps of Binance's BTCUSDT, without header as the spot dumps come):
+    # the staged part holds them in task order, so a part staged from parses handed back in the order they
+    # finished would differ from the in-process one.
+    from services.ingest.sources.files import parse_time
+
+    src = tmp_path / "src" / "spot" / "monthly" / "klines" / "BTCUSDT" / "1d"
+    src.mkdir(parents=True)
+    rows = (shared_data / "binance" / "BTCUSDT-1d.csv").read_text().splitlines()[1:60]
+    for month in ("01", "02"):
+        lines = [r.split(",") for r in rows if r.startswith(f"2018-{month}")]
+        (src / f"BTCUSDT-1d-2018-{month}.csv").write_text("".join(
+            ",".join([str(parse_time(r[0])), *r[1:6], str(parse_time(r[0]) + 86_399_999), *r[7:]]) + "\n"
+            for r in lines))
     src = tmp_path / "src"
-    (src / "binance").mkdir(parents=True)
-    (src / "ohlcv" / "1d").mkdir(parents=True)
-    shutil.copy(shared_data / "binance" / "BTCUSDT-1d.csv", src / "binance")
-    shutil.copy(shared_data / "ohlcv" / "1d" / "BTC-USD.csv", src / "ohlcv" / "1d" / "BTC-USDT.csv")
     in_process = _ingest(LocalLake(tmp_path / "alone"), src)
 
     pool = ReversedPool(expected=2)
@@ -142,7 +151,8 @@ def test_series_come_back_in_task_order_whichever_parse_finishes_first(shared_da
     lake = LocalLake(tmp_path / "pooled")
     pooled = _ingest(lake, src)
 
-    assert pool.finished == ["yahoo", "binance"]  # the later file finished first
+    assert pool.finished == ["1517443200000", "1514764800000"]  # February's file finished first
     assert pooled.staged == in_process.staged
-    assert [(s.key, s.source) for s in get_series(lake, pooled.staged)] == [
-        ("ohlcv/1d/BTC-USDT", "binance"), ("ohlcv/1d/BTC-USDT", "yahoo")]
+    parts = get_series(lake, pooled.staged)
+    assert [(s.key, int(s.ts[0]), len(s)) for s in parts] == [("ohlcv/1d/BTC-USDT", 1514764800000, 31),
+                                                             ("ohlcv/1d/BTC-USDT", 1517443200000, 28)]

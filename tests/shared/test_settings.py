@@ -28,7 +28,7 @@ def test_environment_overrides_nested_fields(monkeypatch):
     monkeypatch.setenv("CST_UNIVERSE", '["BTC","ETH"]')
     monkeypatch.setenv("CST_EXCHANGE__API_KEY", "k-123")
     s = Settings(_env_file=None)
-    assert (s.exchange.id, s.http.concurrency, s.universe) == ("binance", 3, ["BTC", "ETH"])
+    assert (s.exchange.id, s.http.concurrency, s.universe.coins) == ("binance", 3, ["BTC", "ETH"])
     # SecretStr: the value is reachable on purpose only, never through repr or a dump.
     assert "k-123" not in repr(s) and "k-123" not in s.model_dump_json()
     assert s.secret_values() == ["k-123"]

@@ -11,6 +11,7 @@ import numpy as np
 
 from services.features.quality.rules import RULES, GateState
 from shared.contracts import QualityReport, RejectedRow, Series, SeriesReport, ms_to_iso
+from shared.datasets import merge_series
 from shared.errors import CstError
 from shared.settings import QualitySettings, timeframe_ms
 
@@ -100,9 +101,13 @@ def run_gate(series: list[Series], as_of_ms: int, settings: QualitySettings, ski
     """Judge every series at as_of. `skip` names rules not to run: training on history skips `stale`,
     which guards live serving (a feed that stopped), not the use of a finished past. `span_ms`: how far before
     as_of a series of a timeframe is read (a run's span); None reads every row."""
-    if len({s.key for s in series}) != len(series):
-        dupes = sorted({s.key for s in series if sum(t.key == s.key for t in series) > 1})
-        raise CstError("series_key_clash", f"two inputs map to the same series: {dupes}")
+    sources: dict[str, set[str]] = {}
+    for s in series:
+        sources.setdefault(s.key, set()).add(s.source)
+    if dupes := {k: sorted(v) for k, v in sorted(sources.items()) if len(v) > 1}:
+        raise CstError("series_key_clash", f"two sources map to the same series: {dupes}")
+    # Several files of one series from one source (monthly dumps, a history and its continuation) are one series.
+    series = merge_series(series)
     outcome = GateOutcome(report=QualityReport(as_of=ms_to_iso(as_of_ms), series={}))
     for s in sorted(series, key=lambda x: x.key):
         since = None if span_ms is None else as_of_ms - span_ms(s.timeframe)

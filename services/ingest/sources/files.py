@@ -9,7 +9,6 @@ import multiprocessing as mp
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -18,10 +17,19 @@ import numpy as np
 
 from services.ingest.fetch import Fetcher
 from services.ingest.sources.base import FetchResult, FetchTask, Source
+from services.ingest.sources.layouts import (  # noqa: F401  (the formats, re-exported for their readers)
+    BINANCE,
+    BLOCKCHAIN,
+    FEAR_GREED,
+    YAHOO,
+    CsvFormat,
+    FileSpec,
+    file_text,
+    recognize,
+    split_pair,
+)
 from shared.contracts import Provenance, RawRecord, RejectedRow, Series, utcnow
 from shared.errors import CstError
-
-QUOTES = ("USDT", "USDC", "BUSD", "USD", "EUR", "BTC")
 
 # An import with more bytes to parse than this parses in a pool of spawned workers, one per core. Parsing costs
 # ~30 ns a byte in either process; the pool adds ~1.2 s of CPU whatever the size (each worker imports the CLI and
@@ -39,41 +47,13 @@ def parse_time(text: str) -> int:
     text = text.strip().strip('"')
     if text.isdigit():
         value = int(text)
-        # Epoch seconds have at most 10 digits until the year 2286.
-        return value * 1000 if value < 10**11 else value
+        # Epoch seconds have at most 10 digits until the year 2286; microseconds (Binance's spot dumps from 2025)
+        # have 16 digits.
+        return value * 1000 if value < 10**11 else value // 1000 if value >= 10**14 else value
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp() * 1000)
-
-
-@dataclass(frozen=True)
-class CsvFormat:
-    """Which column holds time, and which columns become which float fields (matched by header name)."""
-
-    name: str
-    time_column: str
-    fields: dict[str, str]
-
-
-YAHOO = CsvFormat("yahoo", "Date", {"open": "Open", "high": "High", "low": "Low", "close": "Close", "volume": "Volume"})
-BINANCE = CsvFormat(
-    "binance",
-    "datetime",
-    {
-        "open": "open",
-        "high": "high",
-        "low": "low",
-        "close": "close",
-        "volume": "volume",
-        "quote_volume": "quote_asset_volume",
-        "trades": "num_trades",
-        "taker_buy_volume": "taker_buy_base_vol",
-        "taker_buy_quote_volume": "taker_buy_quote_vol",
-    },
-)
-FEAR_GREED = CsvFormat("alternative.me", "timestamp", {"value": "value"})
-BLOCKCHAIN = CsvFormat("blockchain.com", "x", {"value": "y"})
 
 
 # Physical line breaks as a text-mode read sees them; str.splitlines would also break at form feeds and
@@ -118,7 +98,7 @@ def _plain_times_of(cells: tuple[str, ...]) -> np.ndarray | None:
     joined, n = "\n".join(cells), len(cells)
     if len(_EPOCH.findall(joined)) == n:
         value = np.array(cells, dtype=np.int64)
-        return np.where(value < 10**11, value * 1000, value)
+        return np.where(value < 10**11, value * 1000, np.where(value >= 10**14, value // 1000, value))
     if len(_DAY.findall(joined)) == n:
         return np.array(cells, dtype="datetime64[D]").astype("datetime64[ms]").astype(np.int64)
     if len(_SECOND.findall(joined)) == n:
@@ -209,49 +189,19 @@ def parse_csv(text: str, fmt: CsvFormat, *, layer: str, timeframe: str, symbol: 
     )
 
 
-def split_pair(name: str) -> str:
-    """'BTC-USD' stays; 'BTCUSDT' -> 'BTC-USDT' (the quote is matched from the known quote list)."""
-    if "-" in name:
-        return name.upper()
-    for quote in QUOTES:
-        if name.upper().endswith(quote) and len(name) > len(quote):
-            return f"{name[: -len(quote)].upper()}-{quote}"
-    raise CstError("unknown_pair", f"cannot split {name!r} into base and quote")
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    path: Path
-    fmt: CsvFormat
-    layer: str
-    timeframe: str
-    symbol: str
-    source: str
-
-
-_BINANCE_NAME = re.compile(r"^(?P<pair>[A-Z0-9]+)-(?P<tf>\d+[mhdw])$")
-
-
 def discover(root: Path) -> tuple[list[FileSpec], dict[str, str]]:
     """Map every file under root to a series, or to the reason it is not one (nothing is skipped silently)."""
     specs: list[FileSpec] = []
     ignored: dict[str, str] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root)
-        parts = rel.parts
-        if path.suffix.lower() != ".csv":
-            ignored[rel.as_posix()] = "not a CSV data file"
+        if path.name == "README.md" or path.name.startswith("."):
+            ignored[path.relative_to(root).as_posix()] = "not a data file"
             continue
-        if len(parts) == 3 and parts[0] == "ohlcv":
-            specs.append(FileSpec(path, YAHOO, "ohlcv", parts[1], split_pair(path.stem), "yahoo"))
-        elif len(parts) == 2 and parts[0] == "binance" and (m := _BINANCE_NAME.match(path.stem)):
-            specs.append(FileSpec(path, BINANCE, "ohlcv", m["tf"], split_pair(m["pair"]), "binance"))
-        elif len(parts) == 2 and parts[0] == "sentiment" and path.stem == "fear_greed":
-            specs.append(FileSpec(path, FEAR_GREED, "sentiment", "1d", "market", "alternative.me"))
-        elif len(parts) == 3 and parts[0] == "onchain":
-            specs.append(FileSpec(path, BLOCKCHAIN, "onchain", "1d", f"{parts[1].upper()}.{path.stem}", "blockchain.com"))
+        found = recognize(root, path)
+        if isinstance(found, FileSpec):
+            specs.append(found)
         else:
-            ignored[rel.as_posix()] = "layout not recognized (see ../shared/data/README.md)"
+            ignored[path.relative_to(root).as_posix()] = found
     return specs, ignored
 
 
@@ -279,6 +229,7 @@ class FileSource(Source):
         if not self.root.is_dir():
             raise CstError("source_unreadable", f"source directory {str(self.root)!r} does not exist or is not a directory")
         self.specs, self.ignored = discover(self.root)
+        self.venue: str | None = None  # the one venue whose prices are read (None: every venue's)
         self.known = dict(known or {})
         self.read: dict[str, dict] = {}  # relative path -> {"size", "sha256"} of what this import read
         self.unchanged: set[str] = set()
@@ -286,6 +237,29 @@ class FileSource(Source):
         self.pool_min_bytes = POOL_MIN_BYTES if pool_min_bytes is None else pool_min_bytes
         self._pool: ProcessPoolExecutor | None = None
         self._turn: asyncio.Future | None = None  # done when the latest pooled parse has handed its series back
+
+    def venues(self) -> list[str]:
+        """The venues whose prices the folder holds."""
+        return sorted({spec.venue for spec in self.specs if spec.layer == "ohlcv"})
+
+    def keep_venue(self, venue: str | None, preference: list[str]) -> str | None:
+        """Read one venue's prices, `venue` or the first of `preference` the folder holds (else the first by name);
+        the other venues' price files are reported as not read, with how to read them. The chosen venue."""
+        present = self.venues()
+        if venue is not None and venue not in present:
+            raise CstError("unknown_venue", f"venue {venue!r} has no price files in {str(self.root)!r}; "
+                           f"it holds {present or 'none'} (set sources.venue, CST_SOURCES__VENUE, to one of them)")
+        chosen = venue or next((v for v in preference if v in present), present[0] if present else None)
+        self.venue = chosen
+        kept = []
+        for spec in self.specs:
+            if spec.layer == "ohlcv" and spec.venue != chosen:
+                self.ignored[self.rel(spec)] = (f"venue {spec.venue}: this run reads {chosen} (a universe is one "
+                                                f"venue; CST_SOURCES__VENUE={spec.venue} reads this one)")
+            else:
+                kept.append(spec)
+        self.specs = kept
+        return chosen
 
     def rel(self, spec: FileSpec) -> str:
         return spec.path.relative_to(self.root).as_posix()
@@ -355,20 +329,30 @@ class FileSource(Source):
                 self.read[rel] = read
                 self.unchanged.add(rel)
                 return FetchResult()
-            start = self._grown_from(rel, data)
+            try:
+                data = file_text(spec, data)  # a zip's CSV, a freqtrade file as CSV, or the file itself
+            except Exception as exc:  # noqa: BLE001 (a broken zip or feather file: its own error, the rest goes on)
+                raise CstError("source_unreadable", f"cannot read {spec.path}: {exc}") from None
+            # A file that only grew is read from its known size (a zip or a freqtrade file is read whole).
+            start = self._grown_from(rel, data) if spec.path.suffix.lower() == ".csv" else 0
             # Bytes that are not UTF-8 spoil their own line (a parse_error), not the whole file.
             text = data[start:].decode("utf-8", errors="surrogateescape")
             head, lines_before = None, 0  # the header line, when only the lines after `lines_before` are parsed
             if start:
                 before = _lines(data[:start].decode("utf-8", errors="surrogateescape"))
-                try:
-                    header = _cells(before[0])
-                except csv.Error:
-                    header = []
-                if all(c in header for c in (spec.fmt.time_column, *spec.fmt.fields.values())):
-                    head, lines_before = before[0], len(before) - 1
+                if spec.headerless:
+                    head, lines_before = ",".join(spec.fmt.columns), len(before)
+                else:
+                    try:
+                        header = _cells(before[0])
+                    except csv.Error:
+                        header = []
+                    if all(c in header for c in (spec.fmt.time_column, *spec.fmt.fields.values())):
+                        head, lines_before = before[0], len(before) - 1
             if head is None:  # read whole: the known bytes changed, or the header never held the columns
                 start, text = 0, data.decode("utf-8", errors="surrogateescape")
+                if spec.headerless:  # parsed under the layout's own header; line numbers stay the file's
+                    head, lines_before = ",".join(spec.fmt.columns), -1
             del data  # the text is kept (the record's body); the bytes need not wait for the parse
             request = {"file": rel, "format": spec.fmt.name, **({"from_byte": start} if start else {})}
             record = RawRecord(
@@ -382,7 +366,7 @@ class FileSource(Source):
                      "source": spec.source}
             series = await self._parse(text if head is None else f"{head}\n{text}", parse, lines_before)
             self.read[rel] = read
-            if head is None:
+            if not start:
                 return FetchResult([record], [series])
             self.tails[rel] = series
             return FetchResult([record], [])

@@ -213,7 +213,9 @@ class FakeKraken:
     def candle(self, coin: str, step_s: int, t: int) -> list[Any]:
         """Kraken's OHLC row [time, open, high, low, close, vwap, volume, count]; open is the previous close."""
         o, c = self.level(coin, step_s, t - step_s), self.level(coin, step_s, t)
-        volume = 10.0 + (t // step_s) % 5  # 10..14, never zero, so the volume rules see a real volume
+        # 300..304 coins at ~100 USD: above the universe's floor on traded value; never zero, so the volume rules
+        # see a real volume.
+        volume = 300.0 + (t // step_s) % 5
         return [t, f"{o:.2f}", f"{max(o, c) + 0.5:.2f}", f"{min(o, c) - 0.5:.2f}", f"{c:.2f}",
                 f"{(o + c) / 2:.2f}", f"{volume:.8f}", 5]
 
