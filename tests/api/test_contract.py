@@ -6,6 +6,7 @@ body valid against its response schema, schema-violating requests refused and sc
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -29,7 +30,8 @@ TINY = {"folds": 2, "trials": {"lr": 1, "gbt": 1, "gru": 1}, "timeout_s": 120, "
 PASSWORD = "correct horse battery"
 # Checks that need a sequence of calls (stateful testing) are left out; every other built-in check runs.
 STATEFUL = {"use_after_free", "ensure_resource_availability", "object_level_authorization"}
-EXAMPLES = 15  # per route, generation mode and identity: ~1,200 requests in all
+# Per route, generation mode and identity: ~1,200 requests in all; a longer campaign: CONTRACT_EXAMPLES=200.
+EXAMPLES = int(os.environ.get("CONTRACT_EXAMPLES", "15"))
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,7 @@ def fuzz(app, headers: dict, examples: int) -> tuple[Counter, list[str]]:
 def test_every_answer_keeps_the_written_contract(api, who):
     app, tokens = api
     calls, failures = fuzz(app, tokens[who], EXAMPLES)
+    print(f"{who}: {sum(calls.values())} requests, {len(failures)} failures")  # shown with pytest -s
     assert len({label.rsplit(" ", 1)[0] for label in calls}) == 13  # every JSON route was exercised
     assert not failures, "\n".join(failures)
 
