@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import types
+from collections import Counter
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pyarrow as pa
@@ -197,6 +199,18 @@ class Universe(Record):
     members: list[str] = []
     excluded: dict[str, str] = Field({}, description="coin -> listing_age | illiquid | stablecoin | max_coins | "
                                                      "no candle at this time")
+
+    def describe(self) -> str:
+        """In one line: its size and venue, and the rule that left out each other coin (counted by rule when more
+        than a dozen were left out; `excluded` lists every one)."""
+        out = sorted(self.excluded.items())
+        if len(out) <= 12:
+            left = ", ".join(f"{c} ({why})" for c, why in out)
+        else:
+            left = ", ".join(f"{why} {n}" for why, n in sorted(Counter(self.excluded.values()).items()))
+        when = datetime.fromtimestamp(self.decision_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (f"{self.timeframe} universe at {when} ({self.venue}): {len(self.members)} coins"
+                + (f"; left out {len(out)}: {left}" if out else ""))
 
 
 class DriftVerdict(Record):

@@ -6,8 +6,8 @@ from collections import Counter
 
 from rich.table import Table
 
-from shared.contracts import QualityReport, ms_to_iso
-from shared.records import Prediction, Signal, TrainingFailure, TrainingResult, Universe
+from shared.contracts import QualityReport
+from shared.records import Prediction, Signal, TrainingFailure, TrainingResult
 
 
 def quality_table(report: QualityReport) -> Table:
@@ -27,18 +27,6 @@ def quality_table(report: QualityReport) -> Table:
 def summary_line(report: QualityReport) -> str:
     counts = Counter(s.status for s in report.series.values())
     return f"{len(report.series)} series: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "quarantined", "excluded"))
-
-
-def universe_line(u: Universe) -> str:
-    """A decision's universe in one line: its size and venue, and the rule that left out each other coin (counted
-    by rule when more than a dozen were left out; the run's summary lists every one)."""
-    out = sorted(u.excluded.items())
-    if len(out) <= 12:
-        left = ", ".join(f"{c} ({why})" for c, why in out)
-    else:
-        left = ", ".join(f"{why} {n}" for why, n in sorted(Counter(u.excluded.values()).items()))
-    return (f"{u.timeframe} universe at {ms_to_iso(u.decision_ms)} ({u.venue}): {len(u.members)} coins"
-            + (f"; left out {len(out)}: {left}" if out else ""))
 
 
 def signals_table(predictions: list[Prediction], signals: list[Signal]) -> Table:

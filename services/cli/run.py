@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from services.cli.common import console, lake_of, parse_as_of, step_progress
 from services.cli.ingest import backfill_with_progress, print_ingest
-from services.cli.render import signals_table, universe_line
+from services.cli.render import signals_table
 from services.orchestrator import runner, usecases
 from shared import runs
 from shared.contracts import iso_to_ms, ms_to_iso
@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if ctx.output(ref.run_id, "validate") is not None:
         print_ingest(ctx, ref)
     for u in doc.universes.values():
-        console.print(escape(universe_line(u)))
+        console.print(escape(u.describe()))
     if ctx.output(ref.run_id, "risk") is not None:
         console.print(signals_table(served_predictions(ctx, ref), doc.signals))
         drift = ctx.output(ref.run_id, "drift")

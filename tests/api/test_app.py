@@ -23,6 +23,7 @@ from services.api.app import (  # noqa: E402
 )
 from services.api.issuer import DevIssuer  # noqa: E402
 from services.api.models import ReliabilityBin  # noqa: E402
+from shared.contracts import ms_to_iso
 from shared.settings import Settings  # noqa: E402
 from shared.storage import LocalLake  # noqa: E402
 from tests.conftest import daily_source  # noqa: E402
@@ -300,3 +301,14 @@ def test_page_attacks_are_refused_and_lake_content_is_escaped(served, tmp_path):
     page = c.get("/", headers={"Origin": "https://evil.example"})
     assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
     assert "access-control-allow-origin" not in {k.lower() for k in page.headers}
+
+
+def test_a_runs_universe_is_in_its_answer_and_on_its_page(served, browser_app):
+    """The coins a run's decision considered, with the rule that left out every other one: API and page."""
+    c, h = served["client"], bearer(served, "vera")
+    run_id = c.get("/api/runs", headers=h).json()["items"][0]["run_id"]
+    universe = c.get(f"/api/runs/{run_id}", headers=h).json()["universes"]["1d"]
+    assert universe["venue"] == "yahoo" and set(universe["members"]) >= {"BTC", "ETH"}
+    _sign_in(browser_app, "vera", PASSWORD)
+    page = browser_app.get(f"/runs/{run_id}").text
+    assert f"1d universe at {ms_to_iso(universe['decision_ms'])} (yahoo): {len(universe['members'])} coins" in page
