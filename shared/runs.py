@@ -50,13 +50,19 @@ def cycle_as_of(settings: Settings, at_ms: int | None = None) -> int:
 
 def fetch_batches(settings: Settings) -> list[str]:
     """A live run's fetch batches ("0", "1", ...): the universe in order, `exchange.batch_symbols` symbols each."""
-    return [str(i) for i in range(-(-len(settings.universe.coins) // settings.exchange.batch_symbols))]
+    coins = settings.universe.coins
+    # "listed": the markets are read by each batch, so the plan covers as many as may be fetched.
+    count = settings.exchange.max_symbols if coins == "listed" else len(coins)
+    return [str(i) for i in range(-(-count // settings.exchange.batch_symbols))]
 
 
-def batch_coins(settings: Settings, item: str) -> list[str]:
-    """The universe's symbols in fetch batch `item`."""
+def batch_coins(settings: Settings, item: str, coins: list[str] | None = None) -> list[str]:
+    """The symbols in fetch batch `item` of `coins` (the configured universe unless given)."""
     n = settings.exchange.batch_symbols
-    return settings.universe.coins[int(item) * n:(int(item) + 1) * n]
+    coins = settings.universe.coins if coins is None else coins
+    if coins == "listed":
+        raise ValueError("a listed universe's batches are read from the exchange's markets (exchange_coins)")
+    return coins[int(item) * n:(int(item) + 1) * n]
 
 
 def new_ref(settings: Settings, source: str, at_ms: int | None = None, *, retrain: bool = False,

@@ -7,7 +7,7 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import CstError
@@ -32,6 +32,25 @@ class LakeSettings(BaseModel):
 class ExchangeSettings(BaseModel):
     id: str = "kraken"
     quote: str = "USD"
+    # A perpetual swap's settlement currency (ccxt's BTC/USDT:USDT); None: spot pairs (BTC/USD).
+    settle: str | None = None
+    # The exchange's rate limit counts request weight (Binance: klines by `limit`, depth by levels, aggTrades 20),
+    # not requests: the pacing charges each request ccxt's cost for its endpoint, which for Binance's USDT-M API
+    # is the published weight. `http.rate_per_s["exchange"]` is then weight per second.
+    weighted: bool = False
+    # The published request-weight budget per minute (Binance USDT-M: 2400 per IP); a configured rate above it is
+    # warned about.
+    published_weight_per_min: float | None = None
+    # The longest span one trades request may ask for from its `since` (Binance's aggTrades: one hour); None: the
+    # exchange pages from `since` onwards without an end.
+    trades_span: timedelta | None = None
+    # The coins whose trades (the whale layer) are fetched; None: every coin. One page of Binance's aggTrades
+    # weighs 20 and a liquid coin trades thousands of times an hour, so at hundreds of coins the whale layer is
+    # kept to a few.
+    trades_coins: list[str] | None = None
+    # With `universe.coins = "listed"`: at most this many symbols are fetched (the live run's batches are planned
+    # before the markets are read); more listed than this is reported.
+    max_symbols: int = Field(800, ge=1)
     # Moves every REST endpoint of the exchange to this host, each keeping its path (a proxy, or the loopback
     # fake in tests).
     base_url: str | None = None
@@ -110,8 +129,10 @@ class UniverseSettings(BaseModel):
     (services/features/universe.py). Per timeframe where a count is in bars. `min_history` and `liquidity_window`
     stay within `features.settle_bars`, so a run's written rows see the same universe a whole-history build does."""
 
-    # The live exchange's coins (a folder of files holds its own).
-    coins: list[str] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT", "USDT", "USDC"]
+    # The live exchange's coins (a folder of files holds its own), or "listed": every active market the exchange
+    # lists in `exchange.quote` (settled in `exchange.settle` for perpetuals), read from its market list each run.
+    coins: list[str] | Literal["listed"] = ["BTC", "ETH", "XRP", "BNB", "DOGE", "ADA", "LTC", "LINK", "SOL", "DOT",
+                                            "USDT", "USDC"]
     # Bars since a coin's first candle before it enters (a week of hours, two months of days).
     min_history: dict[str, int] = {"1h": 168, "1d": 60}
     # Median quote volume (USD or USDT) per bar over `liquidity_window` bars, at least `min_quote_volume`.
@@ -413,6 +434,28 @@ class RiskSettings(BaseModel):
     periods_per_year: float = 365.0
 
 
+# What an exchange needs beyond the defaults above (Kraken spot); a value set explicitly wins over its profile.
+EXCHANGE_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # Binance USDT-M perpetuals: 2400 request weight a minute per IP (exchangeInfo's REQUEST_WEIGHT); the pacing
+    # uses 80% of it (32 weight/s), leaving room for a second client behind the same address. Depth answers only
+    # 5, 10, 20, 50, 100, 500 or 1000 levels (20 weighs 2); klines weigh 5 up to 1000 candles a page.
+    "binanceusdm": {
+        "exchange": {"quote": "USDT", "settle": "USDT", "weighted": True, "published_weight_per_min": 2400,
+                     "orderbook_levels": 20, "ohlcv_page_limit": 1000, "trades_span": "PT1H",
+                     "trades_coins": ["BTC", "ETH"]},
+        "http": {"rate_per_s": {**HttpSettings().rate_per_s, "exchange": 32.0}},
+    },
+}
+
+
+def _under(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` with `defaults` filled in beneath it, key by key for nested mappings."""
+    out = dict(defaults)
+    for key, value in given.items():
+        out[key] = _under(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class Settings(BaseSettings):
     """Every knob of cst. Environment: CST_<FIELD>, nested with '__' (CST_EXCHANGE__ID=binance)."""
 
@@ -440,11 +483,23 @@ class Settings(BaseSettings):
     aws_region: str = "eu-west-1"
     log_level: str = "INFO"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _exchange_profile(cls, data: Any) -> Any:
+        """The configured exchange's profile beneath what is set explicitly (EXCHANGE_PROFILES)."""
+        if not isinstance(data, dict) or not isinstance(data.get("exchange"), dict):
+            return data
+        profile = EXCHANGE_PROFILES.get(str(data["exchange"].get("id", "")))
+        if profile is None:
+            return data
+        given = {k: data.get(k) for k in profile if isinstance(data.get(k), dict)}
+        return {**data, **{k: _under(v, given.get(k) or {}) for k, v in profile.items()}}
+
     @field_validator("universe", mode="before")
     @classmethod
     def _coin_list(cls, value):
-        """A plain list (CST_UNIVERSE='["BTC","ETH"]') is the live exchange's coins."""
-        return {"coins": value} if isinstance(value, list) else value
+        """A plain list (CST_UNIVERSE='["BTC","ETH"]') or "listed" is the live exchange's coins."""
+        return {"coins": value} if isinstance(value, list) or value == "listed" else value
 
     @field_validator("timeframes")
     @classmethod

@@ -96,7 +96,9 @@ def backfill(settings: Settings, lake: Lake, *, since_ms: int, now_ms: int,
     """OHLCV of every coin and timeframe from the cursor (or `since_ms`) to the latest closed candle, and the
     market-wide histories; every failure is reported with its code, and what landed stays."""
     report = BackfillReport()
-    source = ExchangeSource(settings.exchange, settings.universe.coins, settings.timeframes, settings.http.timeout_s,
+    coins, unlisted = logic.exchange_coins(settings)
+    report.failures.extend(unlisted)
+    source = ExchangeSource(settings.exchange, coins, settings.timeframes, settings.http.timeout_s,
                             now_ms=now_ms, include=())
 
     async def go() -> None:
@@ -110,14 +112,14 @@ def backfill(settings: Settings, lake: Lake, *, since_ms: int, now_ms: int,
                                                         code=exc.code, message=exc.message,
                                                         attempts=getattr(exc, "attempts", 1)))
 
-            await asyncio.gather(*(one(c, tf) for c in settings.universe.coins for tf in settings.timeframes))
+            await asyncio.gather(*(one(c, tf) for c in coins for tf in settings.timeframes))
         finally:
             await fetcher.close()
             await source.close()
 
     asyncio.run(go())
     # The market-wide histories come whole: Fear & Greed with limit=0, the on-chain charts and Coin Metrics.
-    chain = [a for a in settings.sources.coinmetrics_assets if a in settings.universe.coins]
+    chain = [a for a in settings.sources.coinmetrics_assets if a in coins]
     market = [FearGreedSource(settings.sources), BlockchainSource(settings.sources),
               CoinMetricsSource(settings.sources, chain, now_ms=now_ms)]
     fetched = asyncio.run(logic.fetch_sources(market, settings))

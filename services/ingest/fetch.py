@@ -63,21 +63,23 @@ class RateLimiter:
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def admit(self) -> None:
+    async def admit(self, units: float = 1.0) -> None:
+        """A start that spends `units` of the rate (1 a request; a weighted API's request weight)."""
         if not self.interval:
             return
         # No await between reading the clock and booking: the event loop makes this atomic without a lock.
         now = asyncio.get_running_loop().time()
-        start = self.book(now)
+        start = self.book(now, units)
         if start > now:
             await asyncio.sleep(start - now)
 
-    def book(self, now: float) -> float:
+    def book(self, now: float, units: float = 1.0) -> float:
         """The start for a caller ready at `now` (a GCRA): when it is due, or up to `tolerance` earlier. A late
         start makes the next one due an interval after it, but the next callers may start up to the tolerance
-        before that, so a delay shorter than the tolerance does not hold back the callers after it."""
+        before that, so a delay shorter than the tolerance does not hold back the callers after it. A start
+        worth several units holds the next one back by as many intervals."""
         start = max(now, self._due - self.tolerance)
-        self._due = max(self._due, start) + self.interval
+        self._due = max(self._due, start) + self.interval * units
         return start
 
 
@@ -92,12 +94,16 @@ class _Admission:
 _admission: ContextVar[_Admission | None] = ContextVar("cst_fetch_admission", default=None)
 
 
-async def pace_request() -> None:
-    """Called at the start of every HTTP request an operation makes (ccxt's per-request throttle hook).
+async def pace_request(units: float = 1.0) -> None:
+    """Called at the start of every HTTP request an operation makes (ccxt's per-request throttle hook), with what
+    the request spends of the rate: 1, or its weight where the API limits request weight.
 
     Fetcher.call admits one start per attempt; an operation that makes more than one request (ccxt's
     load_markets: Assets, then AssetPairs; on some exchanges one request per market type) takes a slot of its
-    own for each further one, so no request of the source ever starts outside the rate limit.
+    own for each further one, so no request of the source ever starts outside the rate limit. Under a weighted
+    call nothing is admitted ahead: each request is admitted here with its own weight, known only now (Binance's
+    klines weigh by `limit`), since a weight charged after the start would let several heavy starts through
+    together.
     """
     admission = _admission.get()
     if admission is None:
@@ -105,7 +111,7 @@ async def pace_request() -> None:
     if not admission.used:
         admission.used = True
         return
-    await admission.limiter.admit()
+    await admission.limiter.admit(units)
 
 
 @dataclass
@@ -203,8 +209,9 @@ class Fetcher:
         # Retry timing only, never data. Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
         return random.uniform(0, min(self.http.backoff_max_s, self.http.backoff_base_s * 2**attempt))
 
-    async def call(self, source: str, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run op under the concurrency bound and rate limit, retrying what can heal; raise FetchError otherwise."""
+    async def call(self, source: str, what: str, op: Callable[[], Awaitable[T]], *, weighted: bool = False) -> T:
+        """Run op under the concurrency bound and rate limit, retrying what can heal; raise FetchError otherwise.
+        `weighted`: the op's requests admit themselves with their weight (pace_request), none is admitted ahead."""
         limiter = self.limiter(source)
         attempt = 0
         while True:
@@ -213,9 +220,10 @@ class Fetcher:
             await limiter.wait()
             try:
                 async with self.semaphore:
-                    await limiter.admit()
+                    if not weighted:
+                        await limiter.admit()
                     # The op's task (wait_for runs it as one) inherits this attempt's admission.
-                    token = _admission.set(_Admission(limiter))
+                    token = _admission.set(_Admission(limiter, used=weighted))
                     try:
                         return await asyncio.wait_for(op(), timeout=self.http.timeout_s)
                     finally:

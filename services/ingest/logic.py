@@ -41,17 +41,20 @@ class Fetched:
 
 def build_sources(source: str, settings: Settings, now_ms: int, trades_since: dict[str, int] | None = None,
                   known_files: dict[str, dict] | None = None, coins: list[str] | None = None,
-                  market: bool = True) -> list[Source]:
+                  market: bool = True, universe: list[str] | None = None) -> list[Source]:
     """'live' -> exchange + sentiment + on-chain adapters; a directory -> file import. `trades_since`: per coin,
     where the trades already collected end; `known_files`: what earlier imports of the directory landed; `coins`:
-    the exchange's symbols (the universe unless given); `market`: with the market-wide sources (sentiment,
-    on-chain: one batch of a run fetches them)."""
+    the exchange's symbols to fetch (the universe unless given); `universe`: all the exchange's coins of the run
+    (`universe.coins` unless given: the listed markets when it is "listed"); `market`: with the market-wide
+    sources (sentiment, on-chain: one batch of a run fetches them)."""
     if source != "live":
         files = FileSource(source, known_files)
         files.keep_venue(settings.sources.venue, settings.sources.venue_preference)
         return [files]
-    universe = settings.universe.coins
+    universe = settings.universe.coins if universe is None else universe
     coins = universe if coins is None else coins
+    if universe == "listed" or coins == "listed":
+        raise ValueError("universe.coins is 'listed': the exchange's coins are read first (exchange_coins)")
     timeout = settings.http.timeout_s
     sources: list[Source] = [ExchangeSource(settings.exchange, coins, settings.timeframes, timeout, now_ms=now_ms,
                                             trades_since=trades_since)]
@@ -60,6 +63,37 @@ def build_sources(source: str, settings: Settings, now_ms: int, trades_since: di
         sources += [FearGreedSource(settings.sources), BlockchainSource(settings.sources),
                     CoinMetricsSource(settings.sources, chain_assets, now_ms=now_ms)]
     return sources
+
+
+def exchange_coins(settings: Settings) -> tuple[list[str], list[FetchFailure]]:
+    """The live exchange's coins: `universe.coins`, or with "listed" every active market of the exchange in the
+    quote (and settlement) currency, read from its market list now, at most `exchange.max_symbols` of them (more is
+    reported as a failure naming the coins left out)."""
+    if settings.universe.coins != "listed":
+        return list(settings.universe.coins), []
+
+    async def read() -> list[str]:
+        fetcher = Fetcher(settings.http)
+        source = ExchangeSource(settings.exchange, [], settings.timeframes, settings.http.timeout_s)
+        try:
+            return await source.listed(fetcher)
+        finally:
+            await fetcher.close()
+            await source.close()
+
+    try:
+        listed = asyncio.run(read())
+    except (FetchError, CstError) as exc:
+        raise CstError(exc.code, f"the markets of {settings.exchange.id} could not be read, so no coin is known: "
+                                 f"{exc.message}") from None
+    cap = settings.exchange.max_symbols
+    if len(listed) <= cap:
+        return listed, []
+    left = listed[cap:]
+    return listed[:cap], [FetchFailure(
+        source=settings.exchange.id, task="markets", code="too_many_listed", attempts=1,
+        message=f"{len(listed)} markets listed, exchange.max_symbols is {cap}: {len(left)} not fetched "
+                f"({', '.join(left[:5])}{', ...' if len(left) > 5 else ''}); raise exchange.max_symbols")]
 
 
 async def fetch_all(tasks: list[FetchTask], fetcher: Fetcher, on_done: Callable[[FetchTask], None] | None = None) -> Fetched:

@@ -104,10 +104,16 @@ def fetch(ctx: StepContext, ref: RunRef) -> IngestOutput:
     settings, lake = ctx.settings, ctx.lake
     if ref.item is None or not ref.item.isdigit():
         raise CstError("step_needs_item", f"the fetch step runs once per symbol batch (0, 1, ...), not {ref.item!r}")
-    coins = batch_coins(settings, ref.item)
+    universe, unlisted = logic.exchange_coins(settings)
+    coins = batch_coins(settings, ref.item, universe)
+    if not coins:
+        # A batch past the end of a listed universe (the plan allows for exchange.max_symbols).
+        return IngestOutput(run_id=ref.run_id)
     sources = logic.build_sources("live", settings, iso_to_ms(ref.as_of), trades_since=_trades_since(lake, settings, coins),
-                                  coins=coins, market=ref.item == "0")
+                                  coins=coins, market=ref.item == "0", universe=universe)
     fetched, landed, present = _fetch_and_land(ctx, sources)
+    if ref.item == "0":
+        fetched.failures += unlisted
     staged = put_series(lake, STAGING, [s for _, r in fetched.results for s in r.series], content_addressed=True)
     for src in sources:
         # Only after the trades landed: the next run continues from the end of what this one covered.
@@ -126,11 +132,16 @@ def ingest(ctx: StepContext, ref: RunRef) -> IngestOutput:
         for item in ref.batches:
             batch = ctx.output(ref.run_id, "fetch", item)
             if batch is None:
-                coins = batch_coins(settings, item)
+                n = settings.exchange.batch_symbols
+                if settings.universe.coins == "listed":
+                    which = f"listed markets {int(item) * n + 1}..{(int(item) + 1) * n}"
+                else:
+                    coins = batch_coins(settings, item)
+                    which = f"{len(coins)} symbols, {coins[0]}..{coins[-1]}"
                 out.failures.append(FetchFailure(
                     source=settings.exchange.id, task=f"batch {item}", code="batch_failed", attempts=1,
-                    message=f"fetch batch {item} ({len(coins)} symbols, {coins[0]}..{coins[-1]}) has no output: it "
-                            "failed (the run's failures say why); its symbols are missing from this run"))
+                    message=f"fetch batch {item} ({which}) has no output: it failed (the run's failures say why); "
+                            "its symbols are missing from this run"))
                 continue
             out.landed += batch.landed
             out.already_present += batch.already_present

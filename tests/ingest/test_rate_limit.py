@@ -160,8 +160,8 @@ def test_every_request_of_a_multi_request_operation_is_paced(monkeypatch):
         hooked.append("request")
         await pace_request()
 
-    def record(self: RateLimiter, now: float) -> float:
-        booked.append(book(self, now))
+    def record(self: RateLimiter, now: float, units: float = 1.0) -> float:
+        booked.append(book(self, now, units))
         return booked[-1]
 
     monkeypatch.setattr(exchange_module, "pace_request", hook)

@@ -62,14 +62,21 @@ def make_exchange(settings: ExchangeSettings, timeout_s: float) -> Any:
         # Which market lists load_markets asks for (e.g. Binance spot only, never its futures hosts).
         exchange.options["fetchMarkets"] = {"types": list(settings.market_types)}
     exchange.on_rest_response = _strict_json_hook(exchange)
-    exchange.throttle = _fetcher_pacing
+    exchange.throttle = _weighted_pacing if settings.weighted else _fetcher_pacing
     return exchange
 
 
 async def _fetcher_pacing(cost: float | None = None) -> None:
-    """ccxt's per-request throttle hook: the Fetcher's rate limit. ccxt's per-endpoint `cost` is not used, the rate
-    counts every request alike (hence Kraken's default sits under its costliest endpoint's pace, see settings)."""
+    """ccxt's per-request throttle hook: the Fetcher's rate limit, every request alike (Kraken counts calls; its
+    default rate sits under its costliest endpoint's pace, see settings)."""
     await pace_request()
+
+
+async def _weighted_pacing(cost: float | None = None) -> None:
+    """ccxt's per-request throttle hook for an API that limits request weight: each request spends ccxt's cost
+    for its endpoint and parameters (for Binance's USDT-M API, the published weight: klines by limit, depth by
+    levels)."""
+    await pace_request(float(cost) if cost else 1.0)
 
 
 def redirect_urls(urls: Any, base_url: str) -> Any:
@@ -116,6 +123,21 @@ def aggregate_whales(
     out["whale_notional"] = np.bincount(b, weights=notional * whale, minlength=n)
     out["whale_buy_notional"] = np.bincount(b, weights=notional * (whale & buy), minlength=n)
     return {"ts": starts, **out}
+
+
+def listed_coins(markets: dict[str, dict], settings: ExchangeSettings) -> list[str]:
+    """The base coins of the active markets in `settings.quote`: perpetual swaps settled in `settings.settle` when it
+    is set, spot pairs otherwise (a contract keeps its name: 1000PEPE, not PEPE)."""
+    found = set()
+    for m in markets.values():
+        if m.get("active") is False or m.get("quote") != settings.quote:
+            continue
+        if settings.settle:
+            if m.get("swap") and m.get("settle") == settings.settle:
+                found.add(m["base"])
+        elif m.get("spot"):
+            found.add(m["base"])
+    return sorted(found)
 
 
 def _levels(rows: list) -> np.ndarray:
@@ -167,7 +189,19 @@ class ExchangeSource(Source):
         return self.settings.id
 
     def symbol(self, coin: str) -> str:
-        return f"{coin}/{self.settings.quote}"
+        """ccxt's symbol: BTC/USD (spot), 1000PEPE/USDT:USDT (a perpetual settled in USDT)."""
+        settle = f":{self.settings.settle}" if self.settings.settle else ""
+        return f"{coin}/{self.settings.quote}{settle}"
+
+    def series_symbol(self, coin: str) -> str:
+        """The lake's symbol: BTC-USD, 1000PEPE-USDT:USDT (the perpetual's contract name and settlement, as the
+        file layouts name it, so its venue is `<exchange>-perp`)."""
+        return self.symbol(coin).replace("/", "-")
+
+    async def listed(self, fetcher: Fetcher) -> list[str]:
+        """The coins of every active market in the quote (and settlement) currency the exchange lists, sorted."""
+        await self._markets(fetcher)
+        return listed_coins(self.exchange.markets, self.settings)
 
     def tasks(self) -> list[FetchTask]:
         tasks: list[FetchTask] = []
@@ -177,7 +211,7 @@ class ExchangeSource(Source):
                     tasks.append(self._task(f"ohlcv {coin} {tf}", self._ohlcv_run(coin, tf)))
             if "orderbook" in self.include:
                 tasks.append(self._task(f"orderbook {coin}", self._book_run(coin)))
-            if "trades" in self.include:
+            if "trades" in self.include and (self.settings.trades_coins is None or coin in self.settings.trades_coins):
                 tasks.append(self._task(f"trades {coin}", self._trades_run(coin)))
         return tasks
 
@@ -191,7 +225,7 @@ class ExchangeSource(Source):
             if not self.exchange.markets:
                 self._check_rate(fetcher)
                 try:
-                    await fetcher.call(RATE_KEY, "load_markets", self.exchange.load_markets)
+                    await self.call(fetcher, "load_markets", self.exchange.load_markets)
                     if not self.exchange.markets:
                         # An exchange always lists markets: an empty list is a broken answer, not "no such coin".
                         raise CstError("malformed_response", f"{self.source_id} answered an empty market list")
@@ -199,12 +233,23 @@ class ExchangeSource(Source):
                     self._markets_error = exc
                     raise
 
+    async def call(self, fetcher: Fetcher, what: str, op):
+        """One exchange operation under the exchange's rate (by request weight where the exchange counts it)."""
+        return await fetcher.call(RATE_KEY, what, op, weighted=self.settings.weighted)
+
     def _check_rate(self, fetcher: Fetcher) -> None:
         """Warn when the configured rate is above what ccxt publishes for the exchange (its `rateLimit`, the
         milliseconds between two requests): the exchange would answer rate-limit errors. Skipped with `base_url`:
         that host (a proxy, a fake) has limits of its own."""
         published_s = float(getattr(self.exchange, "rateLimit", 0) or 0) / 1000
         interval = fetcher.limiter(RATE_KEY).interval
+        if self.settings.weighted and self.settings.published_weight_per_min:
+            published_s = 60.0 / self.settings.published_weight_per_min
+            if self.settings.base_url is None and interval < published_s:
+                log.warning("http.rate_per_s[%r] = %.1f weight/s is above %s's published %d request weight a minute: "
+                            "expect rate-limit errors", RATE_KEY, 1 / interval if interval else float("inf"),
+                            self.exchange.id, self.settings.published_weight_per_min)
+            return
         if self.settings.base_url is None and published_s > 0 and interval < published_s:
             log.warning("http.rate_per_s[%r] = %.2f/s is above %s's published limit of %.2f requests/s (ccxt "
                         "rateLimit %d ms): expect rate-limit errors", RATE_KEY, 1 / interval if interval else
@@ -214,7 +259,7 @@ class ExchangeSource(Source):
         return RawRecord(
             provenance=Provenance(source=self.source_id, request=request, fetched_at=utcnow()),
             layer=layer,  # type: ignore[arg-type]
-            symbol=f"{coin}-{self.settings.quote}",
+            symbol=self.series_symbol(coin),
             timeframe=tf,
             body=body,
         )
@@ -254,8 +299,8 @@ class ExchangeSource(Source):
     async def ohlcv_page(self, fetcher: Fetcher, coin: str, tf: str, since: int | None) -> list:
         """One page of candles from `since` (the exchange's own page size at most)."""
         symbol = self.symbol(coin)
-        page = await fetcher.call(
-            RATE_KEY, f"ohlcv {symbol} {tf} since={since}",
+        page = await self.call(
+            fetcher, f"ohlcv {symbol} {tf} since={since}",
             lambda: self.exchange.fetch_ohlcv(symbol, tf, since=since, limit=self.settings.ohlcv_page_limit),
         )
         if not isinstance(page, list):
@@ -270,7 +315,7 @@ class ExchangeSource(Source):
     def candle_series(self, coin: str, tf: str, candles: list[list]) -> Series:
         """Closed candles as delivered ([ts, open, high, low, close, volume]) -> a Series; a null stays NaN."""
         arr = np.asarray([[np.nan if v is None else v for v in c[:6]] for c in candles], dtype=float).reshape(-1, 6)
-        return Series("ohlcv", tf, f"{coin}-{self.settings.quote}", self.source_id, arr[:, 0].astype(np.int64),
+        return Series("ohlcv", tf, self.series_symbol(coin), self.source_id, arr[:, 0].astype(np.int64),
                       {"open": arr[:, 1], "high": arr[:, 2], "low": arr[:, 3], "close": arr[:, 4], "volume": arr[:, 5]},
                       [json.dumps(c) for c in candles])
 
@@ -278,7 +323,7 @@ class ExchangeSource(Source):
         async def run(fetcher: Fetcher) -> FetchResult:
             await self._markets(fetcher)
             symbol, levels = self.symbol(coin), self.settings.orderbook_levels
-            book = await fetcher.call(RATE_KEY, f"orderbook {symbol}",
+            book = await self.call(fetcher, f"orderbook {symbol}",
                                       lambda: self.exchange.fetch_order_book(symbol, limit=levels))
             bids, asks = book.get("bids", [])[:levels], book.get("asks", [])[:levels]
             body = {"bids": bids, "asks": asks, "timestamp": book.get("timestamp"), "nonce": book.get("nonce")}
@@ -286,7 +331,7 @@ class ExchangeSource(Source):
                                   {"method": "fetchOrderBook", "symbol": symbol, "limit": levels}, body)
             observed = book.get("timestamp") or int(record.provenance.fetched_at.timestamp() * 1000)
             summary = book_summary(bids, asks)
-            series = Series("orderbook", "snapshot", f"{coin}-{self.settings.quote}", self.source_id,
+            series = Series("orderbook", "snapshot", self.series_symbol(coin), self.source_id,
                             np.asarray([self.book_time(observed)], dtype=np.int64),
                             {k: np.asarray([v]) for k, v in summary.items()}, [json.dumps(body)[:2000]])
             return FetchResult([record], [series])
@@ -309,21 +354,32 @@ class ExchangeSource(Source):
             trades: list[dict] = []
             seen: set = set()
             cursor, caught_up = since, since is None  # without a start, the latest page reaches the present
+            clock = self.now_ms if self.now_ms is not None else int(utcnow().timestamp() * 1000)
+            span = int(self.settings.trades_span.total_seconds() * 1000) if self.settings.trades_span else None
+            reached = since  # every trade before this is fetched
             for _ in range(self.settings.trades_max_pages):
-                page = await fetcher.call(RATE_KEY, f"trades {symbol} since={cursor}",
-                                          lambda c=cursor: self.exchange.fetch_trades(symbol, since=c, limit=limit))
+                # An exchange that answers at most `span` after `since` (Binance's aggTrades: an hour) is asked for
+                # that window explicitly, so a short page means "nothing more in this window", not "caught up".
+                until = min(cursor + span - 1, clock) if span is not None and cursor is not None else None
+                params = {"until": until} if until is not None else {}
+                page = await self.call(
+                    fetcher, f"trades {symbol} since={cursor}",
+                    lambda c=cursor, p=params: self.exchange.fetch_trades(symbol, since=c, limit=limit, params=p))
                 body = [{k: t.get(k) for k in ("id", "timestamp", "price", "amount", "cost", "side")} for t in page]
                 records.append(self._record("trades", coin, self.settings.whale_timeframe,
                                             {"method": "fetchTrades", "symbol": symbol, "since": cursor,
-                                             "limit": limit}, body))
+                                             "limit": limit, **params}, body))
                 fresh = [t for t in body if (t["id"], t["timestamp"]) not in seen]
                 seen.update((t["id"], t["timestamp"]) for t in fresh)
                 trades.extend(fresh)
                 if since is None:
                     break
                 if len(page) < limit:
-                    caught_up = True  # the exchange has nothing newer: the coverage reaches the fetch
-                    break
+                    if until is None or until + 1 >= clock:
+                        caught_up = True  # the exchange has nothing newer: the coverage reaches the fetch
+                        break
+                    cursor = reached = until + 1  # the window is exhausted: the next one starts after it
+                    continue
                 if not fresh:
                     break
                 cursor = fresh[-1]["timestamp"]
@@ -334,7 +390,8 @@ class ExchangeSource(Source):
             ts = np.asarray([t["timestamp"] for t in trades], dtype=np.int64)
             # Covered: from where the collected trades ended (or the first trade fetched) to the present when the
             # exchange had nothing newer, else only to the last trade fetched. Hours outside are not observed.
-            covered = (since if since is not None else int(ts.min()), now if caught_up else int(ts.max()))
+            covered = (since if since is not None else int(ts.min()),
+                       now if caught_up else max(int(ts.max()) if ts.size else since, reached or since))
             self.coverage[coin] = covered
             agg = aggregate_whales(
                 ts,
@@ -346,7 +403,7 @@ class ExchangeSource(Source):
                 covered_from_ms=covered[0],
                 covered_to_ms=covered[1],
             )
-            series = Series("trades", self.settings.whale_timeframe, f"{coin}-{self.settings.quote}", self.source_id,
+            series = Series("trades", self.settings.whale_timeframe, self.series_symbol(coin), self.source_id,
                             agg.pop("ts"), agg, [])
             return FetchResult(records, [series])
 
