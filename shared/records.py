@@ -88,6 +88,27 @@ class Outcome(Record):
     in_range: bool | None = None
 
 
+class NoOutcome(Record):
+    """A matured prediction that has no outcome, and why; reported once, never dropped silently."""
+
+    run_id: str
+    coin: str
+    horizon: Horizon
+    decision_ts: int
+    matured_ts: int
+    recorded_by: str
+    reason: Literal["stopped_trading", "price_missing"] = Field(
+        description="stopped_trading: the coin has no price from before the horizon's end on (it left the venue, "
+                    "or its prices stopped arriving); price_missing: a price at the decision or the horizon's end "
+                    "is missing while the coin traded on")
+    last_price_ts: int | None = Field(None, description="open time of the coin's last candle read, epoch ms")
+
+    def describe(self) -> str:
+        if self.reason == "stopped_trading":
+            return "no outcome: stopped trading"
+        return "no outcome: price missing"
+
+
 class CoinPerformance(Record):
     """A coin's rolling record on a horizon, over its last `window` outcomes."""
 
@@ -179,6 +200,8 @@ class RunSummary(Record):
     signals: list[Signal] = []
     tradable_signals: int = 0
     outcomes_recorded: int = 0
+    no_outcome: dict[str, dict[str, int]] = Field({}, description="horizon -> reason -> matured predictions that "
+                                                                  "have no outcome (NoOutcome)")
     drift: dict[str, DriftVerdict] = {}
     universes: dict[str, Universe] = Field({}, description="timeframe -> the universe of this run's decision")
     trained: dict[str, str] = {}
@@ -324,6 +347,9 @@ def _arrow_type(annotation: Any) -> pa.DataType:
     if get_origin(annotation) in (Union, types.UnionType):
         (inner,) = [a for a in get_args(annotation) if a is not type(None)]
         return _arrow_type(inner)
+    if get_origin(annotation) is Literal:
+        (kind,) = {type(a) for a in get_args(annotation)}
+        return _ARROW[kind]
     return _ARROW[annotation]
 
 

@@ -50,6 +50,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       f"actionable, {len(doc.signals)} signals ({doc.tradable_signals} past the risk gate), "
                       f"{doc.outcomes_recorded} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
                       f"summary {runs.summary_key(ref.run_id)}")
+    for h, reasons in doc.no_outcome.items():
+        said = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in reasons.items())
+        console.print(f"[yellow]{h}: {sum(reasons.values())} matured predictions have no outcome[/]: {said}")
     for h, why in doc.uncertified_horizons.items():
         console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {escape(why)}")
     for h, why in doc.horizons_without_model.items():

@@ -50,6 +50,7 @@ def summary(ctx: StepContext, ref: RunRef) -> SummaryOutput:
         uncertified_horizons={h: p.uncertified for h, p in preds.items() if p and p.uncertified},
         signals=risk_out.signals if risk_out else [], tradable_signals=risk_out.tradable if risk_out else 0,
         outcomes_recorded=sum(o["outcomes"].recorded.values()) if o["outcomes"] else 0,
+        no_outcome=o["outcomes"].no_outcome if o["outcomes"] else {},
         drift=drift_out.report if drift_out else {},
         universes={tf: f.universe for tf, f in o["features"].frames.items() if f.universe} if o["features"] else {},
         trained=o["train"].trained if o["train"] else {},

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from shared.datasets import day_of, get_table, keys_in_days, put_table, read_tables
 from shared.errors import LakeKeyNotFound
-from shared.records import CoinPerformance, Outcome, Prediction, Record, arrow_fields
+from shared.records import CoinPerformance, NoOutcome, Outcome, Prediction, Record, arrow_fields
 from shared.storage import Lake
 
 R = TypeVar("R", bound=Record)
@@ -26,6 +26,7 @@ _RUN = re.compile(r"/run_id=([^/]+)\.parquet$")
 
 PREDICTION_FIELDS = arrow_fields(Prediction)
 OUTCOME_FIELDS = arrow_fields(Outcome)
+NO_OUTCOME_FIELDS = arrow_fields(NoOutcome)
 PERFORMANCE_FIELDS = arrow_fields(CoinPerformance)
 
 
@@ -119,6 +120,22 @@ def write_outcomes(lake: Lake, horizon: str, as_of_ms: int, run_id: str, rows: l
     key = outcome_key(horizon, as_of_ms, run_id)
     put_table(lake, key, _table(rows, OUTCOME_FIELDS), if_absent=True)
     return key
+
+
+def no_outcome_key(horizon: str, as_of_ms: int, run_id: str) -> str:
+    return f"outcomes/horizon={horizon}/date={day_of(as_of_ms)}/no_outcome/run_id={run_id}.parquet"
+
+
+def write_no_outcomes(lake: Lake, horizon: str, as_of_ms: int, run_id: str, rows: list[NoOutcome]) -> str:
+    """Matured predictions without an outcome, with the reason: beside the outcomes of the run that found them."""
+    key = no_outcome_key(horizon, as_of_ms, run_id)
+    put_table(lake, key, _table(rows, NO_OUTCOME_FIELDS), if_absent=True)
+    return key
+
+
+def read_no_outcomes(lake: Lake, keys: list[str]) -> list[NoOutcome]:
+    table = read_tables(lake, keys)
+    return [] if table is None else _records(NoOutcome, table.to_pylist())
 
 
 def read_outcomes(lake: Lake, keys: list[str]) -> list[Outcome]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import numpy as np
@@ -35,7 +35,7 @@ from shared.pipeline.contracts import (
     PredictOutput,
     RunRef,
 )
-from shared.records import CoinPerformance, DriftVerdict, ModelMetadata, Outcome, Prediction
+from shared.records import CoinPerformance, DriftVerdict, ModelMetadata, NoOutcome, Outcome, Prediction
 from shared.registry import load_metadata
 from shared.runs import quality_key
 from shared.settings import Settings, timeframe_ms
@@ -209,7 +209,8 @@ def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
             continue
         lo = None if mark is None else mark - length
         preds = logbook.maturing(lake, h, lo, as_of - length)
-        records = []
+        records: list[Outcome] = []
+        missing: list[NoOutcome] = []
         if preds:
             first = min(p.decision_ts for p in preds)
             panel = read_panel(lake, tf, since_ms=first - step, until_ms=as_of)
@@ -217,6 +218,11 @@ def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
             for row in preds:
                 r = _realized(panel, column, row, step, spec.bars)
                 if r is None:
+                    # Checked once (the watermark moves past it): reported with its reason, never dropped.
+                    reason, last = _why_no_outcome(panel, column, row, step, spec.bars)
+                    missing.append(NoOutcome(run_id=row.run_id, coin=row.coin, horizon=h,
+                                             decision_ts=row.decision_ts, matured_ts=int(row.decision_ts + length),
+                                             recorded_by=ref.run_id, reason=reason, last_price_ts=last))
                     continue
                 records.append(Outcome(
                     run_id=row.run_id, coin=row.coin, horizon=h, decision_ts=row.decision_ts,
@@ -230,9 +236,29 @@ def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
         if records:
             _absorb_ranges(ctx, ref, h, records)
             out.keys.append(logbook.write_outcomes(lake, h, as_of, ref.run_id, records))
+        if missing:
+            out.no_outcome_keys.append(logbook.write_no_outcomes(lake, h, as_of, ref.run_id, missing))
+            out.no_outcome[h] = dict(sorted(Counter(m.reason for m in missing).items()))
         out.recorded[h] = len(records)
         logbook.set_watermark(lake, h, as_of, ref.run_id)
     return out
+
+
+def _why_no_outcome(panel: Panel | None, column: dict[str, int], row: Prediction, step: int,
+                    bars: int) -> tuple[str, int | None]:
+    """Why a matured prediction has no realized return: its coin has no price from before the horizon's end on
+    (stopped trading), or a price it needs is missing while the coin traded on. (reason, the coin's last candle)"""
+    if panel is None or not panel.open_ts.size:
+        return "price_missing", None
+    if row.coin not in column:
+        return "stopped_trading", None
+    closes = panel.fields["close"][:, column[row.coin]]
+    seen = np.flatnonzero(np.isfinite(closes))
+    if not seen.size:
+        return "stopped_trading", None
+    last = int(panel.open_ts[seen[-1]])
+    end_open = row.decision_ts - step + bars * step  # the candle whose close ends the horizon
+    return ("stopped_trading" if last < end_open else "price_missing"), last
 
 
 def _absorb_ranges(ctx: StepContext, ref: RunRef, horizon: str, records: list[Outcome]) -> None:

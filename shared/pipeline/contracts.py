@@ -160,6 +160,9 @@ class RiskOutput(StepOutput):
 class OutcomesOutput(StepOutput):
     recorded: dict[str, int] = {}
     keys: list[str] = []
+    # horizon -> reason -> matured predictions without an outcome; their records under no_outcome_keys.
+    no_outcome: dict[str, dict[str, int]] = {}
+    no_outcome_keys: list[str] = []
 
 
 class PerformanceOutput(StepOutput):

@@ -373,3 +373,34 @@ def test_a_failed_retrain_keeps_current_names_the_failure_and_a_rerun_finishes_t
         if key.startswith(("predictions/", "outcomes/", "performance/", "raw/", "staging/")):
             assert after[key] == blob, key
     assert {k for k in after if k.startswith("predictions/")} == {k for k in logged if k.startswith("predictions/")}
+
+
+def test_a_coin_that_stops_trading_has_its_matured_predictions_settled_as_no_outcome(shared_data, tmp_path, env,
+                                                                                     capsys):
+    """GONE is DOGE's real daily file cut after 2024-05-04: predicted at 05-01, its prices end before the 7-day
+    horizon does. At 05-09 its two predictions are reported as "no outcome: stopped trading" (its series is stale
+    then, so the run reads none of its prices after 05-01), the other coins' outcomes are recorded, nothing is
+    dropped silently."""
+    import pyarrow.parquet as pq
+
+    coins = ("BTC", "ETH", "XRP")
+    src = daily_source(shared_data, tmp_path / "data", coins)
+    lines = (shared_data / "ohlcv/1d/DOGE-USD.csv").read_text().splitlines(keepends=True)
+    (src / "ohlcv/1d/GONE-USD.csv").write_text(lines[0] + "".join(ln for ln in lines[1:] if ln < "2024-05-05"))
+    lake = tmp_path / "lake"
+    first = run(src, lake, "2024-05-01T00:00:00Z")
+    assert first["coins_predicted"] == 4
+    capsys.readouterr()
+    later = run(src, lake, "2024-05-09T00:00:00Z")
+    said = "".join(capsys.readouterr())
+    assert later["outcomes_recorded"] == 2 * len(coins)
+    assert later["no_outcome"] == {"24h": {"stopped_trading": 1}, "7d": {"stopped_trading": 1}}
+    assert "7d: 1 matured predictions have no outcome: 1 stopped trading" in " ".join(said.split())
+    rows = [r for p in lake.glob("outcomes/horizon=*/date=*/no_outcome/run_id=*.parquet")
+            for r in pq.read_table(p).to_pylist()]
+    assert sorted((r["horizon"], r["coin"], r["reason"]) for r in rows) == \
+        [("24h", "GONE", "stopped_trading"), ("7d", "GONE", "stopped_trading")]
+    assert all(r["decision_ts"] == 1714521600000 and r["recorded_by"] == later["run_id"] for r in rows)
+    # Recorded once: the next day's run finds nothing more to settle for 05-01.
+    again = run(src, lake, "2024-05-10T00:00:00Z")
+    assert again["no_outcome"] == {}
