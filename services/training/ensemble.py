@@ -73,7 +73,8 @@ def prepare(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, dead_zone: flo
     r = label_rows(frame, panel, spec, dead_zone)
     keep = r.full & np.isfinite(r.y)
     rows = np.flatnonzero(keep)
-    ds = Dataset(frame.X[rows], sequences(frame.X, r.idx[rows]), r.y[rows], frame.ts[rows], frame.coin[rows])
+    ds = Dataset(frame.X[rows], sequences(frame.X, r.idx[rows]), r.y[rows], frame.ts[rows], frame.coin[rows],
+                 spec.length_ms)
     return Prepared(ds, r.fwd[rows], r.excluded(np.ones(len(frame), dtype=bool)))
 
 

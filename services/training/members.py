@@ -23,9 +23,12 @@ class Dataset:
     y: np.ndarray  # (n,) 0/1 (NaN where unlabeled)
     ts: np.ndarray
     coin: np.ndarray
+    # How far a row's label reaches past its decision time (the horizon): rows closer than this to rows held out
+    # for validation would share label time with them.
+    label_ms: int = 0
 
     def take(self, idx: np.ndarray) -> Dataset:
-        return Dataset(self.X[idx], self.S[idx], self.y[idx], self.ts[idx], self.coin[idx])
+        return Dataset(self.X[idx], self.S[idx], self.y[idx], self.ts[idx], self.coin[idx], self.label_ms)
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -191,6 +194,14 @@ class SequenceMember:
             "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
         }
 
+    # Training stops at the checkpoint that scores best on the latest decision times of the rows it is given
+    # (this share of them), checked this many times an epoch. Pooled across hundreds of coins, the rows of one
+    # decision time share the market's move: the network learns those dates' directions within an epoch and its
+    # out-of-sample Brier ends far above a constant's (measured on ~300 Binance perpetuals: 0.36 after 6 epochs
+    # against 0.249), so the checkpoint is chosen on time it has not seen.
+    VALIDATION_SHARE = 0.2
+    CHECKS_PER_EPOCH = 4
+
     def fit(self, ds: Dataset, epochs: int = 6) -> SequenceMember:
         import torch
 
@@ -198,7 +209,10 @@ class SequenceMember:
         torch.manual_seed(self.seed)
         torch.set_num_threads(self.threads)
         torch.use_deterministic_algorithms(True)
-        flat = ds.S.reshape(-1, ds.S.shape[-1])
+        train_rows, val_rows = _time_tail(ds.ts, self.VALIDATION_SHARE, ds.label_ms)
+        # The windows are indexed in place (a copy of the training rows' windows would double the largest array).
+        sample = train_rows[:: max(1, train_rows.size // 50_000)]
+        flat = ds.S[sample].reshape(-1, ds.S.shape[-1])
         mean = flat.mean(axis=0)
         std = flat.std(axis=0)
         std = np.where(std > 0, std, 1.0)  # a constant feature divides by 1: it carries no signal either way
@@ -207,17 +221,40 @@ class SequenceMember:
         loss_fn = torch.nn.BCEWithLogitsLoss()
         X = torch.as_tensor(ds.S)
         y = torch.as_tensor(ds.y.astype(np.float32))
+        rows = torch.as_tensor(train_rows)
+        val = torch.as_tensor(val_rows)
         gen = torch.Generator().manual_seed(self.seed)
+        n = len(train_rows)
+        batches = -(-n // 256)
+        every = max(1, batches // self.CHECKS_PER_EPOCH)
+
+        def val_loss() -> float:
+            self.net.eval()
+            with torch.no_grad():
+                out = torch.cat([self.net(X[val[i: i + 4096]]) for i in range(0, len(val), 4096)])
+                score = float(loss_fn(out, y[val]))
+            self.net.train()
+            return score
+
+        best = (val_loss() if len(val_rows) else float("inf"), {k: v.clone() for k, v in self.net.state_dict().items()})
+        self.checkpoint = 0.0
         self.net.train()
-        for _ in range(max(1, epochs)):
-            perm = torch.randperm(len(ds), generator=gen)
-            for i in range(0, len(ds), 256):
+        for epoch in range(max(1, epochs)):
+            perm = rows[torch.randperm(n, generator=gen)]
+            for k, i in enumerate(range(0, n, 256)):
                 b = perm[i: i + 256]
                 opt.zero_grad()
                 loss = loss_fn(self.net(X[b]), y[b])
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
                 opt.step()
+                if len(val_rows) and ((k + 1) % every == 0 or k + 1 == batches):
+                    score = val_loss()
+                    if score < best[0]:
+                        best = (score, {key: v.clone() for key, v in self.net.state_dict().items()})
+                        self.checkpoint = epoch + (k + 1) / batches
+        if len(val_rows):
+            self.net.load_state_dict(best[1])
         self.net.eval()
         return self
 
@@ -249,6 +286,18 @@ class SequenceMember:
         torch.onnx.export(self.net, (example,), buf, input_names=["x"], output_names=["logit"],
                           dynamic_axes={"x": {0: "batch", 1: "steps"}, "logit": {0: "batch"}},
                           opset_version=max(OPSET, 14), dynamo=False)
+
+
+def _time_tail(ts: np.ndarray, share: float, label_ms: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose label ends before the last `share` of distinct decision times start, and the rows of those
+    times (none held out when there are too few times, or too few rows would be left to train on)."""
+    times = np.unique(ts)
+    none = (np.arange(ts.size), np.zeros(0, dtype=np.int64))
+    if times.size < 10 or share <= 0:
+        return none
+    start = times[int(times.size * (1 - share))]
+    train, val = np.flatnonzero(ts + label_ms < start), np.flatnonzero(ts >= start)
+    return (train, val) if train.size >= val.size else none
 
 
 def make_member(name: str, params: dict, seed: int, threads: int = 2):

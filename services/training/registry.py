@@ -88,7 +88,8 @@ def model_card(record: ModelMetadata) -> str:
         "",
         "## Data",
         f"- Training window (decision times): {meta['training_window']['first']} .. {meta['training_window']['last']}, "
-        f"{meta['training_window']['rows']} rows, coins: {', '.join(meta['training_window']['coins'])}",
+        f"{meta['training_window']['rows']:,} rows of {len(meta['training_window']['coins'])} coins: "
+        f"{', '.join(meta['training_window']['coins'])}",
         f"- Rows left out: {json.dumps(meta['rows_excluded'])}",
         f"- Features: {len(meta['features'])} (hash {meta['feature_hash']}); layers {', '.join(meta['declared_layers'])}",
         *[f"- Layer left out, {k}: {v}" for k, v in meta["excluded_layers"].items()],

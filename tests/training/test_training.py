@@ -86,6 +86,7 @@ def test_registry_layout_metadata_and_card(trained):
     assert 0.0 < m["cv_brier"] < 0.5 and 0.0 <= m["ece"] <= 1.0
     card = lake.get(prefix + "MODEL_CARD.md").decode()
     assert "Venn-Abers" in card and "Brier" in card and stored["calibration"]["method"] in card
+    assert f"{stored['training_window']['rows']:,} rows of {len(COINS)} coins" in card
 
 
 def test_sequence_member_is_required(trained, tmp_path):
