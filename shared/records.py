@@ -251,6 +251,7 @@ class DriftVerdict(Record):
     psi_note: str | None = absent("why feature drift was not judged")
     psi_max: float | None = absent()
     psi_drifting: list[str] | None = absent("features whose PSI crossed the threshold")
+    outcome_note: str | None = absent("why calibration and decay were not judged")
     ece_recent: float | None = absent()
     brier_recent: float | None = absent()
 

@@ -355,7 +355,10 @@ class RunSettings(BaseModel):
     brier_decay: float = 0.02
     # Outcomes needed (per horizon) before calibration drift or decay is judged at all.
     min_outcomes: int = 100
+    # The most recent outcomes judged: this many, widened to whole decision times and to at least
+    # `min_outcome_times` of them (the outcomes of one decision time move together across coins).
     recent_outcomes: int = 300
+    min_outcome_times: int = 10
     # Production retrain cadence: a model whose training data ends longer ago than this (per timeframe, a
     # duration such as "7d") is retrained even without drift. `cst evaluate --retrain-every` replays the same.
     retrain_every: dict[str, str] = {"1h": "7d", "1d": "30d"}

@@ -22,6 +22,17 @@ def psi(reference: dict, X: np.ndarray, floor: float = 1e-4) -> np.ndarray:
     return out
 
 
+def recent_outcomes(outcomes: list[Outcome], count: int, min_times: int) -> list[Outcome]:
+    """The last `count` outcomes (in decision order), widened to whole decision times and to at least `min_times`
+    of them: at hundreds of coins one decision time's outcomes are one market move, not hundreds of independent
+    draws (496 outcomes of one hour judged a fresh model's ECE at 0.34 and retrained it an hour after training)."""
+    if not outcomes:
+        return []
+    times = sorted({o.decision_ts for o in outcomes})
+    first = min(outcomes[-min(count, len(outcomes))].decision_ts, times[-min(min_times, len(times))])
+    return [o for o in outcomes if o.decision_ts >= first]
+
+
 def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: list[Outcome], cv_brier: float,
           cfg: RunSettings, *, age_ms: int | None = None, max_age_ms: int | None = None) -> DriftVerdict:
     """The drift report of one horizon; `retrain` says whether any drift crossed its threshold or the model's
@@ -42,8 +53,12 @@ def judge(names: list[str], reference: dict, X_recent: np.ndarray, outcomes: lis
         report.psi_drifting = drifting
         if len(drifting) > cfg.psi_feature_share * len(names):
             reasons.append(f"feature drift: {len(drifting)}/{len(names)} features PSI > {cfg.psi_threshold}")
-    recent = outcomes[-cfg.recent_outcomes:]
-    if len(recent) >= cfg.min_outcomes:
+    recent = recent_outcomes(outcomes, cfg.recent_outcomes, cfg.min_outcome_times)
+    times = len({o.decision_ts for o in recent})
+    if len(recent) >= cfg.min_outcomes and times < cfg.min_outcome_times:
+        report.outcome_note = (f"{len(recent)} outcomes of {times} decision times: calibration and decay are judged "
+                               f"from {cfg.min_outcome_times} decision times on")
+    elif len(recent) >= cfg.min_outcomes:
         p = np.array([o.p_up for o in recent])
         y = np.array([1.0 if o.realized_return > 0 else 0.0 for o in recent])
         report.ece_recent = ece(p, y)

@@ -361,12 +361,12 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         state, info = logbook.recent_outcomes(lake, h)
         # Calibration and decay are judged on the serving model's own outcomes: outcomes of a model it replaced say
         # nothing about it (and would retrain it again on every run until they age out).
-        overall = [r for r in state if r.model_version == meta.version][-settings.run.recent_outcomes:]
+        overall = [r for r in state if r.model_version == meta.version]
         report = drift_mod.judge(meta.features, meta.drift_reference, recent, overall,
                                  float(meta.metrics["cv_brier"]), settings.run, age_ms=as_of - seen,
                                  max_age_ms=timeframe_ms(settings.run.retrain_every[tf]))
         report.outcomes = int(info.get("total", 0))
-        report.outcomes_of_this_model = len(overall)
+        report.outcomes_of_this_model = len(overall)  # on record in the rolling state
         out.report[h] = report
     if ref.retrain:
         # The scheduled full retrain (every horizon with a model) or an operator's (the horizons asked),

@@ -23,6 +23,34 @@ def test_a_model_older_than_the_cadence_is_retrained_without_any_drift():
     assert not judge(["f"], ref, X, [], 0.25, cfg).retrain
 
 
+def outcome(coin: str, t: int, up: bool, p_up: float = 0.5):
+    from shared.records import Outcome
+
+    return Outcome(run_id="r", coin=coin, horizon="1h", decision_ts=t, matured_ts=t + 3_600_000, recorded_as_of="x",
+                   recorded_by="r", realized_return=0.01 if up else -0.01, direction=1, hit=up, p_up=p_up,
+                   confidence=0.5, actionable=False, model_version="v", q10=-0.02, q90=0.02)
+
+
+def test_calibration_is_judged_over_decision_times_not_rows_of_one_market_move():
+    cfg = RunSettings()
+    ref = {"edges": [[0.0] * 9], "proportions": [[0.1] * 10], "rows": 100}
+    X = np.zeros((0, 1))
+    # 496 coins of one hour that all rose, each forecast at 0.5: ECE 0.5 on one market move.
+    one_hour = [outcome(f"C{i}", 0, True) for i in range(496)]
+    verdict = judge(["f"], ref, X, one_hour, 0.25, cfg)
+    assert not verdict.retrain and verdict.ece_recent is None
+    assert "496 outcomes of 1 decision times" in verdict.outcome_note
+    # Ten hours, each market-wide up or down at random: judged, over every outcome of the ten hours (the last 300
+    # rows widened to whole hours and to ten of them); half the hours rose, so a forecast of 0.5 is calibrated.
+    hours = [outcome(f"C{i}", h * 3_600_000, h % 2 == 0) for h in range(10) for i in range(496)]
+    verdict = judge(["f"], ref, X, hours, 0.25, cfg)
+    assert verdict.outcome_note is None and verdict.ece_recent == pytest.approx(0.0) and not verdict.retrain
+    # Twelve coins: the last 300 outcomes span 25 hours, as before.
+    small = [outcome(f"C{i}", h * 3_600_000, (h + i) % 2 == 0, 0.9) for h in range(40) for i in range(12)]
+    verdict = judge(["f"], ref, X, small, 0.25, cfg)
+    assert verdict.ece_recent == pytest.approx(0.4) and verdict.retrain
+
+
 @pytest.mark.parametrize("gap_bars", [0, 5])
 def test_drift_reads_only_the_recent_window_and_reaches_back_over_gaps(tmp_path, gap_bars):
     """The rows drift compares are the last `window` decision times the model never saw, whether the store is
