@@ -117,7 +117,7 @@ def predict_window(settings: Settings, market: History, lake: LocalLake, horizon
     spec = settings.training.horizons[horizon]
     frame = market.frames[spec.timeframe]
     r = market.labels(settings, horizon)
-    inside = (frame.ts >= start_ms) & (frame.ts < end_ms)
+    inside = (frame.ts >= start_ms) & (frame.ts < end_ms) & frame.members()
     rows = np.flatnonzero(inside & r.full & np.isfinite(r.fwd))
     model = HorizonModel.load(lake, horizon, version)
     if frame.names != model.names:
@@ -145,7 +145,7 @@ def level_by_chance(settings: Settings, market: History, horizon: str, split_ms:
     spec = settings.training.horizons[horizon]
     frame = market.frames[spec.timeframe]
     r = market.labels(settings, horizon)
-    hist = np.isfinite(r.y) & (frame.ts + spec.length_ms < split_ms)
+    hist = np.isfinite(r.y) & (frame.ts + spec.length_ms < split_ms) & frame.members()
     if not hist.any() or test_windows < 1:
         return {"stretches": 0}
     _, w = np.unique(horizon_windows(frame.ts[hist], spec.length_ms), return_inverse=True)

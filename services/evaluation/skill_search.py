@@ -113,7 +113,7 @@ def score(c: Candidate, market: History, settings: Settings, horizon: str, start
     r = market.labels(settings, horizon)
     X = c.features(frame)
     y = c.target(r.fwd, frame)
-    ok = np.isfinite(y) & np.isfinite(X).all(axis=1)
+    ok = np.isfinite(y) & np.isfinite(X).all(axis=1) & frame.members()
     h = spec.length_ms
     a, b = iso_to_ms(start), iso_to_ms(end)
     ps, ys, bases, ts = [], [], [], []

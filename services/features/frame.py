@@ -2,7 +2,9 @@
 
 A row's `ts` is its decision time: the close of its latest candle. Everything in the row was
 published at or before that time. A row that lacks any declared feature (warm-up, a window touching
-a gap, a missing market layer) is not emitted; it is counted under its reason instead.
+a gap, a missing market layer) is not emitted; it is counted under its reason instead. A row outside its
+decision's universe is emitted with `member` False: no decision is made on it, but it is the coin's past, read
+by the sequence window of a later decision once the coin has entered.
 """
 
 from __future__ import annotations
@@ -34,11 +36,26 @@ class FeatureFrame:
     rows_per_coin: dict[str, int] = field(default_factory=dict)
     # Extra per-row values some consumers need but the model must not see (e.g. the close at ts).
     close: np.ndarray | None = None
-    # The universe of the frame's latest decision (rows outside each decision's universe are not in the frame).
+    # The universe of the frame's latest decision.
     universe: Universe | None = None
+    # Per row: inside its decision's universe (None: every row is). Training, prediction, drift and evaluation
+    # decide on member rows only; sequence windows read every row of the coin.
+    member: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
+
+    def members(self) -> np.ndarray:
+        """Per row, whether it is a decision of the universe (bool)."""
+        return np.ones(len(self), dtype=bool) if self.member is None else self.member
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Only the rows where `mask` holds."""
+        self.ts, self.coin, self.X = self.ts[mask], self.coin[mask], self.X[mask]
+        if self.close is not None:
+            self.close = self.close[mask]
+        if self.member is not None:
+            self.member = self.member[mask]
 
 
 def coin_of(symbol: str) -> tuple[str, str]:
@@ -217,7 +234,7 @@ def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_o
            has_price: np.ndarray, member: np.ndarray, decision: np.ndarray, fs: FeatureSet, settings: Settings,
            declared: dict) -> FeatureFrame:
     T, N = has_price.shape
-    complete = has_price & member  # a row outside its decision's universe is not a candidate
+    complete = has_price.copy()  # rows outside the universe are kept as history (member False)
     reasons = np.zeros((T, N), dtype=np.int8)  # 0: kept or no candle; k: index into reason_names
     reason_names = ["", "warmup", "gap_window"]
     layer_ok: dict[str, np.ndarray] = {}
@@ -261,10 +278,12 @@ def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_o
             X[:, k] = f[:, 0][rows]
         else:
             X[:, k] = np.ravel(f, order="K")[flat] if f.flags.c_contiguous else f.ravel(order="F")[cols * T + rows]
-    counts = np.bincount(reasons[has_price].ravel(), minlength=len(reason_names))
+    # Reasons are counted for the universe's rows only (the rest are counted under their universe rule).
+    counts = np.bincount(reasons[has_price & member].ravel(), minlength=len(reason_names))
     excluded = {reason_names[i]: int(c) for i, c in enumerate(counts) if i > 0 and c > 0}
     coins = np.asarray(panel.coins, dtype=object)
-    per_coin = np.bincount(cols, minlength=N)
+    in_universe = member[rows, cols]
+    per_coin = np.bincount(cols[in_universe], minlength=N)
     return FeatureFrame(
         timeframe=panel.timeframe,
         ts=decision[rows],
@@ -275,4 +294,5 @@ def _stack(panel: Panel, feats: dict[str, np.ndarray], names: list[str], layer_o
         excluded=excluded,
         rows_per_coin={c: int(per_coin[j]) for j, c in enumerate(panel.coins)},
         close=panel.fields["close"][rows, cols],
+        member=in_universe,
     )

@@ -78,7 +78,7 @@ def features(ctx: StepContext, ref: RunRef) -> FeaturesOutput:
         # (earlier runs wrote the rest); candles have no memory and are written from the span's start.
         out.written += write_frame(lake, frame, settings.settled_from_ms(tf, as_of))
         out.written += write_panel(lake, build_panel(clean, unavailable, tf, settings), as_of - settings.run_span_ms(tf))
-        out.frames[tf] = FrameSummary(rows=len(frame), coins=len(frame.rows_per_coin), features=len(frame.names),
+        out.frames[tf] = FrameSummary(rows=int(frame.members().sum()), coins=len(frame.rows_per_coin), features=len(frame.names),
                                       excluded=dict(sorted(frame.excluded.items())),
                                       excluded_layers=sorted(frame.declared["excluded_layers"]),
                                       universe=frame.universe)

@@ -24,6 +24,8 @@ from shared.storage import Lake
 # Partition granularity per timeframe: a daily frame split per day would be thousands of
 # twelve-row files that cost more to list and open than they save; months keep parts ~100s of rows.
 PARTITION = {"1d": "M", "1w": "M"}
+# The column that says whether a row is inside its decision's universe (FeatureFrame.member).
+MEMBER = "in_universe"
 _DATE = re.compile(r"/date=([0-9-]+)/part\.parquet$")
 
 
@@ -38,6 +40,7 @@ def frame_to_table(frame: FeatureFrame) -> pa.Table:
     }
     for k, name in enumerate(frame.names):
         cols[name] = pa.array(frame.X[:, k], type=pa.float32())
+    cols[MEMBER] = pa.array(frame.members(), type=pa.bool_())
     meta = {"timeframe": frame.timeframe, "names": frame.names, "declared": frame.declared}
     return pa.table(cols).replace_schema_metadata({"cst": json.dumps(meta)})
 
@@ -53,6 +56,8 @@ def table_to_frame(table: pa.Table) -> FeatureFrame:
         X=X,
         names=names,
         declared=meta["declared"],
+        # Frames stored before universes were kept as rows are all members.
+        member=table.column(MEMBER).to_numpy(zero_copy_only=False) if MEMBER in table.column_names else None,
     )
 
 
@@ -119,9 +124,8 @@ def read_frame(lake: Lake, timeframe: str, since_ms: int | None = None, until_ms
         keep &= frame.ts >= since_ms
     if until_ms is not None:
         keep &= frame.ts <= until_ms
-    if keep.all():
-        return frame
-    frame.ts, frame.coin, frame.X = frame.ts[keep], frame.coin[keep], frame.X[keep]
+    if not keep.all():
+        frame.keep(keep)
     return frame
 
 

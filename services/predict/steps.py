@@ -147,7 +147,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
     if frame.names != model.names:
         raise CstError("feature_mismatch", f"model {h}/{model.version} was trained on other features; retrain")
     idx, full = sequence_index(frame.ts, frame.coin, step, spec.sequence_length)
-    now_rows = np.flatnonzero(frame.ts == t_now)
+    now_rows = np.flatnonzero((frame.ts == t_now) & frame.members())
     have = {frame.coin[i]: i for i in now_rows}
     rows = np.asarray([i for i in now_rows if full[i]], dtype=np.int64)
     for c in quality.coins:
@@ -354,6 +354,7 @@ def drift(ctx: StepContext, ref: RunRef) -> DriftOutput:
         if frame is None or len(frame) == 0:
             out.report[h] = DriftVerdict(note=f"no {tf} rows at this as-of")
             continue
+        frame.keep(frame.members())  # drift compares the universe's rows with the training rows
         times = np.unique(frame.ts)[-window:]
         # Slow features (30-day volatility, sentiment level) barely move within a few weeks: a window
         # shorter than the configured one would compare one regime snapshot with a year and always "drift".

@@ -71,11 +71,11 @@ def label_rows(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, dead_zone: 
 def prepare(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, dead_zone: float) -> Prepared:
     """Rows with an observed label outside the dead zone and a complete sequence window."""
     r = label_rows(frame, panel, spec, dead_zone)
-    keep = r.full & np.isfinite(r.y)
+    keep = r.full & np.isfinite(r.y) & frame.members()
     rows = np.flatnonzero(keep)
     ds = Dataset(frame.X[rows], sequences(frame.X, r.idx[rows]), r.y[rows], frame.ts[rows], frame.coin[rows],
                  spec.length_ms)
-    return Prepared(ds, r.fwd[rows], r.excluded(np.ones(len(frame), dtype=bool)))
+    return Prepared(ds, r.fwd[rows], r.excluded(frame.members()))
 
 
 @dataclass

@@ -75,7 +75,7 @@ def test_a_decisions_universe_is_the_same_whatever_came_after_it(wide):
         assert np.array_equal(m[i], member[i]) and np.array_equal(r[i], rule[i]), day
 
 
-def test_stablecoins_leave_by_price_behaviour_and_the_frame_drops_their_rows(shared_data):
+def test_stablecoins_leave_by_price_behaviour_and_their_rows_are_history_only(shared_data):
     cfg = Settings(_env_file=None)
     raw = {**_series(shared_data, "ohlcv/1d"), **_series(shared_data, "sentiment")}
     clean = run_gate(list(raw.values()), iso_to_ms("2024-07-01T00:00:00Z"), cfg.quality).clean
@@ -84,5 +84,30 @@ def test_stablecoins_leave_by_price_behaviour_and_the_frame_drops_their_rows(sha
     u = universe_at(panel, member, rule, panel.open_ts.size - 1, panel.venue)
     assert u.excluded == {"USDC": "stablecoin", "USDT": "stablecoin"} and len(u.members) == 10
     frame = build_frame(clean, {}, "1d", cfg)
-    assert not ({"USDT", "USDC"} & set(frame.coin[frame.ts == frame.ts.max()]))
+    last = frame.ts == frame.ts.max()
+    # Their rows stay in the frame as history (a coin entering later has its past for the sequence window), but
+    # none is a decision of the universe.
+    assert {"USDT", "USDC"} <= set(frame.coin[last])
+    assert not ({"USDT", "USDC"} & set(frame.coin[last & frame.members()]))
     assert frame.universe == u and frame.excluded["universe_stablecoin"] > 0
+    assert frame.rows_per_coin["USDT"] < np.sum(frame.coin == "USDT")
+
+
+def test_a_coin_entering_the_universe_has_its_past_for_the_sequence_window(shared_data):
+    """USDT's real prices leave the 1% band in some months of 2018-2020 and it enters the universe then: its first
+    decision inside is predicted from a full window of its rows before it entered (rows outside a decision's
+    universe are its history, never decisions)."""
+    from services.features.sequences import sequence_index
+
+    cfg = Settings(_env_file=None)
+    raw = {**_series(shared_data, "ohlcv/1d"), **_series(shared_data, "sentiment")}
+    clean = run_gate(list(raw.values()), iso_to_ms("2024-07-01T00:00:00Z"), cfg.quality).clean
+    frame = build_frame(clean, {}, "1d", cfg)
+    usdt = np.flatnonzero(frame.coin == "USDT")
+    inside = frame.members()[usdt]
+    entries = usdt[1:][inside[1:] & ~inside[:-1]]  # a decision inside right after one outside
+    assert entries.size > 0
+    L = cfg.training.horizons["24h"].sequence_length
+    idx, full = sequence_index(frame.ts, frame.coin, 86_400_000, L)
+    assert full[entries].all()
+    assert not frame.members()[idx[entries[0]][:-1]].all()  # its window reaches rows from outside the universe
