@@ -1,0 +1,154 @@
+"""Cross-sectional evaluation of a score that ranks the coins of each decision (which coins beat the others), in the
+conventions quant users read (Qlib, Alphalens): rank IC per decision time, its mean with a block-bootstrap interval
+over non-overlapping horizon windows, ICIR, IC by month, quantile mean forward returns, the top-minus-bottom
+spread and the turnover of the top and bottom quantiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from shared.metrics import horizon_windows
+
+# A decision time ranks at least this many coins before its IC or quantiles count: with fewer, one coin's move is
+# the whole figure.
+MIN_COINS = 10
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties sharing their mean rank (Spearman's convention)."""
+    order = np.argsort(v, kind="mergesort")
+    r = np.empty(v.size, dtype=np.float64)
+    r[order] = np.arange(v.size, dtype=np.float64)
+    s = v[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], s.size]
+    for a, b in zip(starts, ends, strict=True):
+        if b - a > 1:
+            r[order[a:b]] = (a + b - 1) / 2
+    return r
+
+
+@dataclass
+class Decisions:
+    """The rows of each decision time (ts sorted): `groups` holds, per time, the positions of its usable rows."""
+
+    times: np.ndarray
+    groups: list[np.ndarray]
+
+
+def decisions(ts: np.ndarray, score: np.ndarray, fwd: np.ndarray, min_coins: int = MIN_COINS) -> Decisions:
+    """Decision times with at least `min_coins` rows whose score and forward return are both known."""
+    ok = np.flatnonzero(np.isfinite(score) & np.isfinite(fwd))
+    order = ok[np.argsort(ts[ok], kind="mergesort")]
+    t = ts[order]
+    cuts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    times, groups = [], []
+    for a, b in zip(cuts, np.r_[cuts[1:], t.size], strict=True):
+        if b - a >= min_coins:
+            times.append(t[a])
+            groups.append(order[a:b])
+    return Decisions(np.asarray(times, dtype=np.int64), groups)
+
+
+def rank_ic(d: Decisions, score: np.ndarray, fwd: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of score and forward return, per decision time (NaN when either is constant)."""
+    out = np.full(len(d.groups), np.nan)
+    for k, g in enumerate(d.groups):
+        a, b = _ranks(score[g]), _ranks(fwd[g])
+        a, b = a - a.mean(), b - b.mean()
+        den = np.sqrt((a * a).sum() * (b * b).sum())
+        if den > 0:
+            out[k] = float((a * b).sum() / den)
+    return out
+
+
+def buckets(values: np.ndarray, q: int) -> np.ndarray:
+    """Quantile 0..q-1 of each value by its rank within the group (equal counts when q divides the group)."""
+    r = _ranks(values)
+    return np.minimum((r * q / values.size).astype(np.int64), q - 1)
+
+
+def quantile_returns(d: Decisions, score: np.ndarray, fwd: np.ndarray, q: int) -> np.ndarray:
+    """(times, q): the mean forward return of each score quantile at each decision time, lowest score first."""
+    out = np.full((len(d.groups), q), np.nan)
+    for k, g in enumerate(d.groups):
+        b = buckets(score[g], q)
+        sums = np.bincount(b, weights=fwd[g], minlength=q)
+        counts = np.bincount(b, minlength=q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[k] = sums / counts
+    return out
+
+
+def turnover(d: Decisions, coin: np.ndarray, score: np.ndarray, q: int) -> dict[str, float | None]:
+    """Mean share of the top (and bottom) quantile's coins that were not in it at the previous decision time."""
+    shares: dict[str, list[float]] = {"top": [], "bottom": []}
+    previous: dict[str, set] | None = None
+    for g in d.groups:
+        b = buckets(score[g], q)
+        now = {"top": set(coin[g][b == q - 1].tolist()), "bottom": set(coin[g][b == 0].tolist())}
+        if previous is not None:
+            for side in shares:
+                if now[side]:
+                    shares[side].append(len(now[side] - previous[side]) / len(now[side]))
+        previous = now
+    return {side: float(np.mean(v)) if v else None for side, v in shares.items()}
+
+
+def window_interval(values: np.ndarray, times: np.ndarray, horizon_ms: int, *, draws: int = 1000,
+                    level: float = 0.90, seed: int = 0) -> dict:
+    """The mean of a per-decision figure over non-overlapping horizon windows (each window's decisions averaged
+    first: they share one price move), with a bootstrap interval that resamples whole windows."""
+    ok = np.isfinite(values)
+    v, t = values[ok], times[ok]
+    if not v.size:
+        return {"mean": None, "interval": [None, None], "windows": 0}
+    _, w = np.unique(horizon_windows(t, horizon_ms), return_inverse=True)
+    per = np.bincount(w, weights=v) / np.bincount(w)
+    if per.size < 2:
+        return {"mean": float(per.mean()), "interval": [None, None], "windows": int(per.size)}
+    rng = np.random.default_rng(seed)
+    k = rng.multinomial(per.size, np.full(per.size, 1.0 / per.size), size=draws) / per.size
+    boot = k @ per
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    return {"mean": float(per.mean()), "interval": [float(np.quantile(boot, lo)), float(np.quantile(boot, hi))],
+            "windows": int(per.size), "level": level}
+
+
+def by_month(values: np.ndarray, times: np.ndarray) -> dict[str, float]:
+    months = [datetime.fromtimestamp(t / 1000, tz=timezone.utc).strftime("%Y-%m") for t in times.tolist()]
+    out: dict[str, list[float]] = {}
+    for m, v in zip(months, values.tolist(), strict=True):
+        if np.isfinite(v):
+            out.setdefault(m, []).append(v)
+    return {m: float(np.mean(v)) for m, v in sorted(out.items())}
+
+
+def report(ts: np.ndarray, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray, horizon_ms: int, *,
+           seed: int = 0, min_coins: int = MIN_COINS) -> dict:
+    """Every cross-sectional figure of one score on one horizon's test rows (forward returns in log terms)."""
+    d = decisions(ts, score, fwd, min_coins)
+    if not d.groups:
+        return {"decision_times": 0, "note": f"no decision time ranks {min_coins} or more coins"}
+    ic = rank_ic(d, score, fwd)
+    finite = ic[np.isfinite(ic)]
+    quint, dec = quantile_returns(d, score, fwd, 5), quantile_returns(d, score, fwd, 10)
+    spread = dec[:, -1] - dec[:, 0]
+    return {
+        "decision_times": len(d.groups),
+        "coins_per_decision": float(np.mean([g.size for g in d.groups])),
+        "ic": window_interval(ic, d.times, horizon_ms, seed=seed),
+        "ic_per_decision_mean": float(finite.mean()) if finite.size else None,
+        "icir": float(finite.mean() / finite.std()) if finite.size > 1 and finite.std() > 0 else None,
+        "ic_positive_share": float((finite > 0).mean()) if finite.size else None,
+        "ic_by_month": by_month(ic, d.times),
+        "quintile_mean_fwd": np.nanmean(quint, axis=0).tolist(),
+        "decile_mean_fwd": np.nanmean(dec, axis=0).tolist(),
+        "top_minus_bottom": window_interval(spread, d.times, horizon_ms, seed=seed),
+        "turnover_decile": turnover(d, coin, score, 10),
+        # Per decision time, for the plots.
+        "series": {"ts": d.times.tolist(), "ic": ic.tolist(), "spread": spread.tolist()},
+    }
