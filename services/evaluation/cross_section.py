@@ -149,6 +149,35 @@ def report(ts: np.ndarray, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray,
         "decile_mean_fwd": np.nanmean(dec, axis=0).tolist(),
         "top_minus_bottom": window_interval(spread, d.times, horizon_ms, seed=seed),
         "turnover_decile": turnover(d, coin, score, 10),
+        # Decisions in one horizon window (one bar apart): the spread cumulated over non-overlapping windows
+        # takes one decision in this many.
+        "decisions_per_window": int(max(1, round(horizon_ms / np.median(np.diff(d.times))))) if len(d.times) > 1
+        else 1,
         # Per decision time, for the plots.
         "series": {"ts": d.times.tolist(), "ic": ic.tolist(), "spread": spread.tolist()},
     }
+
+
+def past_return(close: np.ndarray, open_ts0: int, step: int, ts: np.ndarray, col: np.ndarray, start_bars: int,
+                end_bars: int) -> np.ndarray:
+    """Log return from `start_bars` to `end_bars` bars before each row's decision (start > end >= 0), from a panel's
+    closes (times x coins); NaN where the panel does not reach."""
+    a = (ts - step - open_ts0) // step  # the panel row of the candle that closes at the decision
+    i, j = a - start_bars, a - end_bars
+    ok = (i >= 0) & (j < close.shape[0]) & (col >= 0)
+    out = np.full(ts.shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[ok] = np.log(close[j[ok], col[ok]] / close[i[ok], col[ok]])
+    return out
+
+
+def reference_scores(close: np.ndarray, coins: list[str], open_ts0: int, step: int, ts: np.ndarray,
+                     coin: np.ndarray) -> dict[str, np.ndarray]:
+    """The field's plain cross-sectional references on the same rows: momentum from four weeks to one week before
+    the decision (skipping the last week, where short-term reversal lives), and short-term reversal (minus the last
+    day's return)."""
+    index = {c: k for k, c in enumerate(coins)}
+    col = np.asarray([index.get(c, -1) for c in coin.tolist()], dtype=np.int64)
+    week, day = 7 * 86_400_000 // step, max(1, 86_400_000 // step)
+    return {"momentum 4w-1w": past_return(close, open_ts0, step, ts, col, 4 * week, week),
+            "reversal 1d": -past_return(close, open_ts0, step, ts, col, day, 0)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.evaluation import report
+from services.evaluation import cross_section, report
 from services.evaluation.backtest import (
     buy_and_hold,
     equal_weight,
@@ -417,6 +417,8 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
         if m["n"]:
             m["level_by_chance"] = level_by_chance(settings, market, h, iso_to_ms(splits[h]),
                                                    int(round(m["independent_outcomes"])))
+        tick(f"cross-section {h}")
+        m["cross_section"] = cross_section_metrics(settings, market, t)
     tick("backtest")
     bt = run_backtests(settings, tests, market, backtest_threshold or thr, out)
     strat = bt.get("table", {}).get("strategy (guards)", {})
@@ -436,6 +438,20 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     return {"metrics": metrics, "tests": tests, "signals": signals, "market": market, "backtest": bt}
 
 
+def cross_section_metrics(settings: Settings, market: History, t: HorizonTest) -> dict[str, dict]:
+    """Which coins beat the others, judged per decision time on the test rows (the universe's members): the served
+    direction model's P(up) and the plain reference read as rankings, and the field's momentum and reversal
+    ranks, on the same rows and forward returns."""
+    tf = settings.training.horizons[t.horizon].timeframe
+    panel = market.panels[tf]
+    step = timeframe_ms(tf)
+    scores = {"stack P(up)": t.p_up, "plain GBT P(up)": t.reference,
+              **cross_section.reference_scores(panel.fields["close"], list(panel.coins), int(panel.open_ts[0]),
+                                               step, t.ts, t.coin)} if panel.open_ts.size else {}
+    return {name: cross_section.report(t.ts, t.coin, s, t.fwd, t.horizon_ms, seed=settings.training.seed)
+            for name, s in scores.items()}
+
+
 def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: dict, threshold: float,
                  nominal: float = 0.8) -> Path:
     lab = {h: t.labeled() for h, t in tests.items()}
@@ -443,7 +459,9 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
               report.reliability_png(out / "reliability_plain_gbt.png",
                                      {f"{h} plain GBT": (t.reference[lab[h]], t.y[lab[h]]) for h, t in tests.items()}),
               report.confidence_hist_png(out / "confidence.png", {h: t.confidence for h, t in tests.items()}, threshold),
-              report.range_coverage_png(out / "ranges.png", {h: _inside(t) for h, t in tests.items()}, nominal)]
+              report.range_coverage_png(out / "ranges.png", {h: _inside(t) for h, t in tests.items()}, nominal),
+              report.cross_section_png(out / "cross_section.png",
+                                       {h: m.get("cross_section", {}) for h, m in metrics["horizons"].items()})]
     images += [out / name for name in bt.get("images", [])]
 
     def ci(m: dict, key: str) -> str | None:
@@ -473,6 +491,21 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
                                                       "range_naive_median_width")}}
               for h, m in metrics["horizons"].items()]
     models = [{"horizon": h, **x} for h, m in metrics["horizons"].items() for x in m["models"]]
+
+    def iv(r: dict, key: str, scale: float = 1.0) -> str | None:
+        x = r.get(key) or {}
+        if x.get("mean") is None:
+            return None
+        lo, hi = x.get("interval") or [None, None]
+        return (f"{scale * x['mean']:+.4f} [{scale * lo:+.4f}, {scale * hi:+.4f}]" if lo is not None
+                else f"{scale * x['mean']:+.4f}")
+
+    cross = [{"horizon": h, "score": name, "decisions": r.get("decision_times"),
+              "coins per decision": r.get("coins_per_decision"), "rank IC [90%]": iv(r, "ic"), "ICIR": r.get("icir"),
+              "IC > 0 share": r.get("ic_positive_share"), "top - bottom decile, % [90%]": iv(r, "top_minus_bottom", 100),
+              "turnover top / bottom": (f"{r['turnover_decile']['top']:.2f} / {r['turnover_decile']['bottom']:.2f}"
+                                        if r.get("turnover_decile", {}).get("top") is not None else None)}
+             for h, m in metrics["horizons"].items() for name, r in m.get("cross_section", {}).items()]
     sections = [
         ("Setup", {"train until": metrics["train_until"], "train until (1h)": metrics["train_until_1h"],
                    "budget": metrics["budget"], "confidence threshold": threshold,
@@ -481,6 +514,8 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
         ("Does the stack earn its place? Climatology and one plain gradient-boosting classifier on the same rows", refs),
         (f"{nominal:.0%} return ranges: served (conformal, adapted by outcomes) vs the model's q10-q90 vs naive "
          "rolling volatility; rows before the first matured outcome have no served range", ranges),
+        ("Which coins beat the others (per decision time, over the universe's coins; intervals resample "
+         "non-overlapping horizon windows; the direction model's P(up) read as a ranking, not trained for it)", cross),
         ("Models served, window by window", models),
         ("Consensus", metrics["consensus"]),
     ]

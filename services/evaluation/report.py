@@ -187,6 +187,41 @@ def drawdown_png(path, ts_ms: np.ndarray, curves: dict[str, np.ndarray],
     return _save(fig, path)
 
 
+def cross_section_png(path, per_horizon: dict[str, dict[str, dict]]) -> Path:
+    """Per horizon, three panels: rank IC through time (mean over the last 30 decisions), decile mean forward
+    returns, and the top-minus-bottom decile spread cumulated over non-overlapping horizon windows; one line or
+    bar group per score."""
+    horizons = [h for h, scores in per_horizon.items() if any(r.get("series") for r in scores.values())]
+    fig, axes = _panels(3 * max(len(horizons), 1))
+    if not horizons:
+        _no_data(axes[0], "cross-section")
+        return _save(fig, path)
+    for k, h in enumerate(horizons):
+        ic_ax, q_ax, s_ax = axes[3 * k: 3 * k + 3]
+        scores = {name: r for name, r in per_horizon[h].items() if r.get("series")}
+        width = 0.8 / len(scores)
+        for n, (name, r) in enumerate(scores.items()):
+            t = np.asarray(r["series"]["ts"], dtype=np.int64).astype("datetime64[ms]")
+            ic = np.asarray(r["series"]["ic"], dtype=float)
+            rolling = np.convolve(np.nan_to_num(ic), np.ones(30) / 30, mode="full")[: ic.size]
+            ic_ax.plot(t, rolling, label=name, lw=1.2, color=f"C{n}")
+            dec = np.asarray(r["decile_mean_fwd"], dtype=float)
+            q_ax.bar(np.arange(dec.size) + n * width, 100 * dec, width=width, label=name, color=f"C{n}")
+            spread = np.asarray(r["series"]["spread"], dtype=float)
+            step = max(1, int(r.get("decisions_per_window", 1)))
+            s_ax.plot(t[::step], 100 * np.cumsum(np.nan_to_num(spread[::step])), label=name, lw=1.2, color=f"C{n}")
+        ic_ax.axhline(0, color="0.5", lw=0.8)
+        ic_ax.set(title=f"{h}: rank IC (30-decision mean)", ylabel="IC")
+        q_ax.set(title=f"{h}: mean forward return by score decile", xlabel="decile (lowest score first)",
+                 ylabel="% log return")
+        s_ax.axhline(0, color="0.5", lw=0.8)
+        s_ax.set(title=f"{h}: top minus bottom decile, cumulated", ylabel="% log return (sum over windows)")
+        for ax in (ic_ax, s_ax):
+            _date_axis(ax)
+        ic_ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
+
+
 # -- HTML ----------------------------------------------------------------------------------------------------------
 
 STYLE = """

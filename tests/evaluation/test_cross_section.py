@@ -79,3 +79,17 @@ def test_a_score_independent_of_the_forward_returns_has_an_ic_within_noise_of_ze
     # A score that does know them is far from zero.
     known = xs.report(ts, coins, fwd + rng.normal(size=ts.size), fwd, DAY, seed=1)
     assert known["ic"]["interval"][0] > 0.3
+
+
+def test_momentum_skips_the_last_week_and_reversal_is_minus_the_last_day_by_hand():
+    # Daily closes of two coins: log close = 0.01 * day for A, 0.02 * day for B (candle k opens at k days).
+    days = 60
+    close = np.exp(np.column_stack([0.01 * np.arange(days), 0.02 * np.arange(days)]))
+    ts = np.array([40 * DAY, 40 * DAY, 10 * DAY], dtype=np.int64)  # decisions at the close of candle 39 / 9
+    coin = np.array(["A", "B", "A"], dtype=object)
+    refs = xs.reference_scores(close, ["A", "B"], 0, DAY, ts, coin)
+    # Momentum from candle 39-28 = 11 to 39-7 = 32: 21 days of drift; reversal: minus one day of drift.
+    assert refs["momentum 4w-1w"][:2] == pytest.approx([0.21, 0.42])
+    assert refs["reversal 1d"][:2] == pytest.approx([-0.01, -0.02])
+    # Four weeks before the close of candle 9 is before the panel: unknown, not zero.
+    assert np.isnan(refs["momentum 4w-1w"][2]) and refs["reversal 1d"][2] == pytest.approx(-0.01)

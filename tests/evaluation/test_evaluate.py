@@ -52,6 +52,10 @@ def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monk
         # No training label window crosses the split: the last training row's label ends before it.
         meta = json.loads(next((out / "lake" / "models" / f"horizon={h}").glob("version=*/metadata.json")).read_text())
         assert iso_to_ms(meta["training_window"]["last"]) + bars * DAY < split
+        # Five coins rank too few to judge which beat the others: said, not scored.
+        assert set(m["cross_section"]) == {"stack P(up)", "plain GBT P(up)", "momentum 4w-1w", "reversal 1d"}
+        assert all(r == {"decision_times": 0, "note": "no decision time ranks 10 or more coins"}
+                   for r in m["cross_section"].values())
     assert {"n", "hit_rate", "wilson_low"} <= set(metrics["consensus"])
     bt = metrics["backtest"]
     assert {"total_return", "sharpe", "max_drawdown", "benchmark_total_return"} <= set(bt)
@@ -59,7 +63,7 @@ def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monk
     assert detail["threshold"] == 0.5 and detail["orders"] > 0
     assert set(detail["table"]) == {"strategy (guards)", "strategy (no guards)", "buy and hold BTC", "equal weight"}
     html = (out / "report.html").read_text()
-    for png in ("reliability.png", "confidence.png", "equity.png", "drawdown.png"):
+    for png in ("reliability.png", "confidence.png", "equity.png", "drawdown.png", "cross_section.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f'src="{png}"' in html
     assert "wrote" in capsys.readouterr().err
