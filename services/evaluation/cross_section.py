@@ -135,11 +135,18 @@ def report(ts: np.ndarray, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray,
         return {"decision_times": 0, "note": f"no decision time ranks {min_coins} or more coins"}
     ic = rank_ic(d, score, fwd)
     finite = ic[np.isfinite(ic)]
+    constant = sum(int(np.ptp(score[g]) == 0) for g in d.groups)
+    if constant == len(d.groups):
+        # A forecast without demonstrated skill serves its base rate to every coin: it ranks nothing.
+        return {"decision_times": len(d.groups), "constant_score_decisions": constant,
+                "note": "the score is the same for every coin at every decision time: it ranks nothing"}
     quint, dec = quantile_returns(d, score, fwd, 5), quantile_returns(d, score, fwd, 10)
     spread = dec[:, -1] - dec[:, 0]
     return {
         "decision_times": len(d.groups),
         "coins_per_decision": float(np.mean([g.size for g in d.groups])),
+        # Decision times where every coin had the same score (no ranking: their IC is undefined, not zero).
+        "constant_score_decisions": constant,
         "ic": window_interval(ic, d.times, horizon_ms, seed=seed),
         "ic_per_decision_mean": float(finite.mean()) if finite.size else None,
         "icir": float(finite.mean() / finite.std()) if finite.size > 1 and finite.std() > 0 else None,

@@ -504,7 +504,8 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
               "coins per decision": r.get("coins_per_decision"), "rank IC [90%]": iv(r, "ic"), "ICIR": r.get("icir"),
               "IC > 0 share": r.get("ic_positive_share"), "top - bottom decile, % [90%]": iv(r, "top_minus_bottom", 100),
               "turnover top / bottom": (f"{r['turnover_decile']['top']:.2f} / {r['turnover_decile']['bottom']:.2f}"
-                                        if r.get("turnover_decile", {}).get("top") is not None else None)}
+                                        if r.get("turnover_decile", {}).get("top") is not None else None),
+              "note": r.get("note")}
              for h, m in metrics["horizons"].items() for name, r in m.get("cross_section", {}).items()]
     sections = [
         ("Setup", {"train until": metrics["train_until"], "train until (1h)": metrics["train_until_1h"],

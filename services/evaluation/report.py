@@ -191,13 +191,21 @@ def cross_section_png(path, per_horizon: dict[str, dict[str, dict]]) -> Path:
     """Per horizon, three panels: rank IC through time (mean over the last 30 decisions), decile mean forward
     returns, and the top-minus-bottom decile spread cumulated over non-overlapping horizon windows; one line or
     bar group per score."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     horizons = [h for h, scores in per_horizon.items() if any(r.get("series") for r in scores.values())]
-    fig, axes = _panels(3 * max(len(horizons), 1))
+    rows = max(len(horizons), 1)
+    fig = Figure(figsize=(max(WIDE[0], 3 * PANEL_W), PANEL_H * rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(rows, 3, squeeze=False)
     if not horizons:
-        _no_data(axes[0], "cross-section")
+        for ax in grid[0][1:]:
+            ax.set_visible(False)
+        _no_data(grid[0][0], "cross-section")
         return _save(fig, path)
     for k, h in enumerate(horizons):
-        ic_ax, q_ax, s_ax = axes[3 * k: 3 * k + 3]
+        ic_ax, q_ax, s_ax = grid[k]
         scores = {name: r for name, r in per_horizon[h].items() if r.get("series")}
         width = 0.8 / len(scores)
         for n, (name, r) in enumerate(scores.items()):
@@ -215,7 +223,7 @@ def cross_section_png(path, per_horizon: dict[str, dict[str, dict]]) -> Path:
         q_ax.set(title=f"{h}: mean forward return by score decile", xlabel="decile (lowest score first)",
                  ylabel="% log return")
         s_ax.axhline(0, color="0.5", lw=0.8)
-        s_ax.set(title=f"{h}: top minus bottom decile, cumulated", ylabel="% log return (sum over windows)")
+        s_ax.set(title=f"{h}: top - bottom decile, summed", ylabel="% log return (sum over windows)")
         for ax in (ic_ax, s_ax):
             _date_axis(ax)
         ic_ax.legend(loc="best", fontsize="small")

@@ -93,3 +93,10 @@ def test_momentum_skips_the_last_week_and_reversal_is_minus_the_last_day_by_hand
     assert refs["reversal 1d"][:2] == pytest.approx([-0.01, -0.02])
     # Four weeks before the close of candle 9 is before the panel: unknown, not zero.
     assert np.isnan(refs["momentum 4w-1w"][2]) and refs["reversal 1d"][2] == pytest.approx(-0.01)
+
+
+def test_a_score_that_is_the_same_for_every_coin_ranks_nothing_and_says_so():
+    ts, coins, _, fwd = small_panel()
+    rep = xs.report(ts, coins, np.full(20, 0.47), fwd, DAY, min_coins=10)
+    assert rep == {"decision_times": 2, "constant_score_decisions": 2,
+                   "note": "the score is the same for every coin at every decision time: it ranks nothing"}
