@@ -188,3 +188,120 @@ def reference_scores(close: np.ndarray, coins: list[str], open_ts0: int, step: i
     week, day = 7 * 86_400_000 // step, max(1, 86_400_000 // step)
     return {"momentum 4w-1w": past_return(close, open_ts0, step, ts, col, 4 * week, week),
             "reversal 1d": -past_return(close, open_ts0, step, ts, col, day, 0)}
+
+
+@dataclass
+class Costs:
+    """What a long-short book pays: taker fees per side on traded notional, the square-root impact model of the
+    risk service (half spread + k * daily volatility * sqrt(notional / average daily quote volume)) per name, and
+    perpetual funding (an assumption printed with the result: no funding rates are recorded in the lake)."""
+
+    fee_bps: float = 5.0  # Binance USDT-M taker fee, 0.05% a side (the published base tier)
+    half_spread_bps: float = 5.0
+    impact_k: float = 1.0
+    funding_bps_per_day: float = 0.0  # paid by the long leg, received by the short leg, net of each other
+    capital: float = 100_000.0  # per leg, in quote currency
+
+
+def long_short(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray, adv_quote: np.ndarray,
+               daily_vol: np.ndarray, every: int, costs: Costs, q: int = 10) -> tuple[np.ndarray, dict]:
+    """Long the top score quantile and short the bottom, equal weight, opened at one decision in `every` (one per
+    non-overlapping horizon window) and held for the horizon. Per window, as returns on one leg's capital: the
+    gross spread of simple returns, the fees on what changed since the previous window (a name that changed is
+    sold and its replacement bought: traded twice; once when the book opens) and the impact of trading it.
+    Returns the decision times of the windows and their per-window arrays."""
+    simple = np.expm1(fwd)
+    times, rows = [], []
+    held: dict[str, set] = {"long": set(), "short": set()}
+    for k in range(0, len(d.groups), max(1, every)):
+        g = d.groups[k]
+        if np.ptp(score[g]) == 0:
+            continue
+        b = buckets(score[g], q)
+        legs = {"long": g[b == q - 1], "short": g[b == 0]}
+        if not legs["long"].size or not legs["short"].size:
+            continue  # ties leave a leg empty: no book at this decision
+        gross = float(simple[legs["long"]].mean() - simple[legs["short"]].mean())
+        fee = impact = 0.0
+        for side, idx in legs.items():
+            names = coin[idx]
+            entering = ~np.isin(names, list(held[side]))
+            times_traded = 2 if held[side] else 1
+            fee += costs.fee_bps / 1e4 * entering.mean() * times_traded
+            notional = costs.capital / idx.size
+            with np.errstate(invalid="ignore", divide="ignore"):
+                bps = costs.half_spread_bps + costs.impact_k * daily_vol[idx[entering]] * np.sqrt(
+                    notional / adv_quote[idx[entering]]) * 1e4
+            impact += float(np.nansum(bps)) / 1e4 * notional * times_traded / costs.capital
+            held[side] = set(names.tolist())
+        times.append(d.times[k])
+        rows.append((gross, fee, impact))
+    arrays = {name: np.asarray(col, dtype=float) for name, col in zip(("gross", "fees", "impact"), zip(*rows, strict=True))} \
+        if rows else {"gross": np.zeros(0), "fees": np.zeros(0), "impact": np.zeros(0)}
+    arrays["net"] = arrays["gross"] - arrays["fees"] - arrays["impact"]
+    return np.asarray(times, dtype=np.int64), arrays
+
+
+def long_short_report(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray, adv_quote: np.ndarray,
+                      daily_vol: np.ndarray, horizon_ms: int, every: int, costs: Costs, *, seed: int = 0) -> dict:
+    """The long-short book's gross and net spread per window with intervals, Sharpe, drawdown, turnover costs and
+    its capacity: the capital per leg at which impact eats half the gross spread."""
+    times, a = long_short(d, coin, score, fwd, adv_quote, daily_vol, every, costs)
+    if not times.size:
+        return {"windows": 0, "note": "no decision time with a ranking score"}
+    per_year = 365.25 * 86_400_000 / max(horizon_ms, 1)
+    net = a["net"]
+    curve = np.cumsum(net)
+    out = {"windows": int(times.size), "capital_per_leg": costs.capital, "fee_bps_per_side": costs.fee_bps,
+           "impact_model": f"half spread {costs.half_spread_bps:g} bps + {costs.impact_k:g} x daily volatility x "
+                           "sqrt(notional / 30-day average daily quote volume) (services/risk/guards.py)",
+           "funding": f"assumed {costs.funding_bps_per_day:g} bps a day on each leg of a dollar-neutral book, paid "
+                      "by the long and received by the short: nets to zero; no funding rates are recorded in the lake",
+           "gross": window_interval(a["gross"], times, horizon_ms, seed=seed),
+           "net": window_interval(net, times, horizon_ms, seed=seed),
+           "fees_mean": float(a["fees"].mean()), "impact_mean": float(a["impact"].mean()),
+           "sharpe_net": float(net.mean() / net.std() * np.sqrt(per_year)) if net.size > 1 and net.std() > 0 else None,
+           "max_drawdown_net": float(np.max(np.maximum.accumulate(np.r_[0, curve]) - np.r_[0, curve])),
+           "series": {"ts": times.tolist(), "net": net.tolist()}}
+    out["capacity_per_leg"] = capacity(d, coin, score, fwd, adv_quote, daily_vol, every, costs, float(a["gross"].mean()))
+    return out
+
+
+def capacity(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray, adv_quote: np.ndarray,
+             daily_vol: np.ndarray, every: int, costs: Costs, gross: float) -> float | None:
+    """The capital per leg at which the impact model's mean cost reaches half the mean gross spread (0 when its
+    half spread alone does; None without a positive spread)."""
+    if not gross > 0:
+        return None
+
+    def impact(capital: float) -> float:
+        _, b = long_short(d, coin, score, fwd, adv_quote, daily_vol, every,
+                          Costs(**{**costs.__dict__, "capital": capital}))
+        return float(b["impact"].mean())
+
+    lo, hi = 1.0, 1e13
+    if impact(lo) >= gross / 2:
+        return 0.0
+    for _ in range(80):  # impact grows with capital: bisect on a log scale
+        mid = float(np.sqrt(lo * hi))
+        lo, hi = (mid, hi) if impact(mid) < gross / 2 else (lo, mid)
+    return lo
+
+
+def liquidity(close: np.ndarray, quote_volume: np.ndarray, step: int, days: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Per panel cell (times x coins), from the `days` before it: average daily quote volume and daily volatility
+    of log returns (NaN until the window is complete): what the impact model reads."""
+    per_day = max(1, 86_400_000 // step)
+    n = days * per_day
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.vstack([np.full((1, close.shape[1]), np.nan), np.diff(np.log(close), axis=0)])
+
+    def rolling(v: np.ndarray, f) -> np.ndarray:
+        out = np.full(v.shape, np.nan)
+        for t in range(n, v.shape[0] + 1):
+            out[t - 1] = f(v[t - n:t], axis=0)
+        return out
+
+    adv = rolling(quote_volume, np.mean) * per_day
+    vol = rolling(r, np.std) * np.sqrt(per_day)
+    return adv, vol

@@ -438,6 +438,13 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     return {"metrics": metrics, "tests": tests, "signals": signals, "market": market, "backtest": bt}
 
 
+_C = cross_section.Costs()
+COSTS_SAID = (f"taker fee {_C.fee_bps:g} bps a side (Binance USDT-M base tier), impact: half spread "
+              f"{_C.half_spread_bps:g} bps + {_C.impact_k:g} x daily volatility x sqrt(notional / 30-day average daily "
+              f"quote volume) at {_C.capital:,.0f} per leg; funding assumed equal on both legs (nets to zero: no "
+              "funding rates are recorded); capacity: the capital per leg at which impact eats half the gross spread")
+
+
 def cross_section_metrics(settings: Settings, market: History, t: HorizonTest) -> dict[str, dict]:
     """Which coins beat the others, judged per decision time on the test rows (the universe's members): the served
     direction model's P(up) and the plain reference read as rankings, and the field's momentum and reversal
@@ -445,11 +452,27 @@ def cross_section_metrics(settings: Settings, market: History, t: HorizonTest) -
     tf = settings.training.horizons[t.horizon].timeframe
     panel = market.panels[tf]
     step = timeframe_ms(tf)
+    if not panel.open_ts.size:
+        return {}
+    close = panel.fields["close"]
     scores = {"stack P(up)": t.p_up, "plain GBT P(up)": t.reference,
-              **cross_section.reference_scores(panel.fields["close"], list(panel.coins), int(panel.open_ts[0]),
-                                               step, t.ts, t.coin)} if panel.open_ts.size else {}
-    return {name: cross_section.report(t.ts, t.coin, s, t.fwd, t.horizon_ms, seed=settings.training.seed)
-            for name, s in scores.items()}
+              **cross_section.reference_scores(close, list(panel.coins), int(panel.open_ts[0]), step, t.ts, t.coin)}
+    # What the long-short book's impact model reads at each row: the 30 days before the decision.
+    adv, vol = cross_section.liquidity(close, panel.quote_volume(), step)
+    index = {c: k for k, c in enumerate(panel.coins)}
+    row = np.clip((t.ts - step - int(panel.open_ts[0])) // step, 0, close.shape[0] - 1)
+    col = np.asarray([index.get(c, 0) for c in t.coin.tolist()], dtype=np.int64)
+    costs = cross_section.Costs()
+    out = {}
+    for name, s in scores.items():
+        r = cross_section.report(t.ts, t.coin, s, t.fwd, t.horizon_ms, seed=settings.training.seed)
+        if "note" not in r:
+            d = cross_section.decisions(t.ts, s, t.fwd)
+            r["long_short"] = cross_section.long_short_report(
+                d, t.coin, s, t.fwd, adv[row, col], vol[row, col], t.horizon_ms, r["decisions_per_window"], costs,
+                seed=settings.training.seed)
+        out[name] = r
+    return out
 
 
 def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: dict, threshold: float,
@@ -505,6 +528,9 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
               "IC > 0 share": r.get("ic_positive_share"), "top - bottom decile, % [90%]": iv(r, "top_minus_bottom", 100),
               "turnover top / bottom": (f"{r['turnover_decile']['top']:.2f} / {r['turnover_decile']['bottom']:.2f}"
                                         if r.get("turnover_decile", {}).get("top") is not None else None),
+              "long-short net, % a window [90%]": iv(r.get("long_short", {}), "net", 100),
+              "gross, %": iv(r.get("long_short", {}), "gross", 100),
+              "capacity per leg": (r.get("long_short") or {}).get("capacity_per_leg"),
               "note": r.get("note")}
              for h, m in metrics["horizons"].items() for name, r in m.get("cross_section", {}).items()]
     sections = [
@@ -516,7 +542,9 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
         (f"{nominal:.0%} return ranges: served (conformal, adapted by outcomes) vs the model's q10-q90 vs naive "
          "rolling volatility; rows before the first matured outcome have no served range", ranges),
         ("Which coins beat the others (per decision time, over the universe's coins; intervals resample "
-         "non-overlapping horizon windows; the direction model's P(up) read as a ranking, not trained for it)", cross),
+         "non-overlapping horizon windows; the direction model's P(up) read as a ranking, not trained for it). "
+         "Long-short: long the top decile, short the bottom, equal weight, one book per horizon window; "
+         f"{COSTS_SAID}", cross),
         ("Models served, window by window", models),
         ("Consensus", metrics["consensus"]),
     ]

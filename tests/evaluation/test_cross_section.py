@@ -100,3 +100,43 @@ def test_a_score_that_is_the_same_for_every_coin_ranks_nothing_and_says_so():
     rep = xs.report(ts, coins, np.full(20, 0.47), fwd, DAY, min_coins=10)
     assert rep == {"decision_times": 2, "constant_score_decisions": 2,
                    "note": "the score is the same for every coin at every decision time: it ranks nothing"}
+
+
+def test_the_long_short_book_pays_fees_and_impact_by_hand_and_its_capacity_is_where_impact_eats_half():
+    """Ten coins, two windows, the same top (C9) and bottom (C0) names both times: long +10%, short -5% each
+    window, so gross 0.15. Opening: fees 5 bps a leg; impact per leg 5 + 0.02 * sqrt(1e5 / 1e6) * 1e4 = 68.25 bps on
+    the whole leg. The second window changes nothing: no cost."""
+    coins = np.array([f"C{i}" for i in range(10)] * 2, dtype=object)
+    ts = np.repeat([0, DAY], 10).astype(np.int64)
+    score = np.tile(np.arange(10.0), 2)
+    fwd = np.tile(np.r_[np.log(0.95), np.zeros(8), np.log(1.10)], 2)
+    adv, vol = np.full(20, 1e6), np.full(20, 0.02)
+    d = xs.decisions(ts, score, fwd, min_coins=10)
+    times, a = xs.long_short(d, coins, score, fwd, adv, vol, 1, xs.Costs(capital=1e5))
+    assert times.tolist() == [0, DAY]
+    assert a["gross"] == pytest.approx([0.15, 0.15])
+    assert a["fees"] == pytest.approx([2 * 5e-4, 0.0])
+    per_leg = (5 + 0.02 * np.sqrt(0.1) * 1e4) / 1e4
+    assert a["impact"] == pytest.approx([2 * per_leg, 0.0])
+    assert a["net"] == pytest.approx([0.15 - 1e-3 - 2 * per_leg, 0.15])
+    # Capacity: mean impact (5e-4 + 0.02 sqrt(C / 1e6)) = 0.15 / 2  ->  C = 1e6 * (0.0745 / 0.02)^2.
+    rep = xs.long_short_report(d, coins, score, fwd, adv, vol, DAY, 1, xs.Costs(capital=1e5))
+    assert rep["capacity_per_leg"] == pytest.approx(1e6 * (0.0745 / 0.02) ** 2, rel=1e-6)
+    assert rep["net"]["mean"] == pytest.approx((0.15 - 1e-3 - 2 * per_leg + 0.15) / 2)
+    assert "nets to zero" in rep["funding"]
+
+
+def test_liquidity_is_the_average_daily_quote_volume_and_daily_volatility_of_the_window_before():
+    close = np.exp(np.column_stack([0.01 * np.arange(40), np.r_[0, 0.02 * np.arange(39)]]))
+    qv = np.column_stack([np.full(40, 2.0), np.arange(40.0)])
+    adv, vol = xs.liquidity(close, qv, DAY, days=30)
+    assert np.isnan(adv[28]).all() and adv[29].tolist() == [2.0, np.arange(30.0).mean()]
+    assert vol[35, 0] == pytest.approx(0.0, abs=1e-12)  # a constant daily drift has no volatility
+
+
+def test_a_decision_whose_ties_leave_a_leg_empty_opens_no_book():
+    coins = np.array([f"C{i}" for i in range(10)], dtype=object)
+    score = np.r_[np.zeros(9), 1.0]  # nine tied at the middle rank: no bottom decile
+    d = xs.decisions(np.zeros(10, dtype=np.int64), score, np.zeros(10), min_coins=10)
+    times, a = xs.long_short(d, coins, score, np.zeros(10), np.full(10, 1e6), np.full(10, 0.02), 1, xs.Costs())
+    assert times.size == 0 and a["net"].size == 0
