@@ -103,11 +103,6 @@ class NoOutcome(Record):
                     "is missing while the coin traded on")
     last_price_ts: int | None = Field(None, description="open time of the coin's last candle read, epoch ms")
 
-    def describe(self) -> str:
-        if self.reason == "stopped_trading":
-            return "no outcome: stopped trading"
-        return "no outcome: price missing"
-
 
 class CoinPerformance(Record):
     """A coin's rolling record on a horizon, over its last `window` outcomes."""

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from services.risk.guards import impact_bps
 from shared.metrics import horizon_windows
 
 # A decision time ranks at least this many coins before its IC or quantiles count: with fewer, one coin's move is
@@ -128,9 +129,10 @@ def by_month(values: np.ndarray, times: np.ndarray) -> dict[str, float]:
 
 
 def report(ts: np.ndarray, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray, horizon_ms: int, *,
-           seed: int = 0, min_coins: int = MIN_COINS) -> dict:
-    """Every cross-sectional figure of one score on one horizon's test rows (forward returns in log terms)."""
-    d = decisions(ts, score, fwd, min_coins)
+           seed: int = 0, min_coins: int = MIN_COINS, d: Decisions | None = None) -> dict:
+    """Every cross-sectional figure of one score on one horizon's test rows (forward returns in log terms);
+    `d`: its decisions, when the caller already grouped them."""
+    d = decisions(ts, score, fwd, min_coins) if d is None else d
     if not d.groups:
         return {"decision_times": 0, "note": f"no decision time ranks {min_coins} or more coins"}
     ic = rank_ic(d, score, fwd)
@@ -230,8 +232,8 @@ def long_short(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np.ndarra
             fee += costs.fee_bps / 1e4 * entering.mean() * times_traded
             notional = costs.capital / idx.size
             with np.errstate(invalid="ignore", divide="ignore"):
-                bps = costs.half_spread_bps + costs.impact_k * daily_vol[idx[entering]] * np.sqrt(
-                    notional / adv_quote[idx[entering]]) * 1e4
+                bps = impact_bps(notional, adv_quote[idx[entering]], daily_vol[idx[entering]], costs.half_spread_bps,
+                                 costs.impact_k)
             impact += float(np.nansum(bps)) / 1e4 * notional * times_traded / costs.capital
             held[side] = set(names.tolist())
         times.append(d.times[k])
@@ -296,12 +298,14 @@ def liquidity(close: np.ndarray, quote_volume: np.ndarray, step: int, days: int 
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.vstack([np.full((1, close.shape[1]), np.nan), np.diff(np.log(close), axis=0)])
 
-    def rolling(v: np.ndarray, f) -> np.ndarray:
+    def window_sum(v: np.ndarray) -> np.ndarray:
+        """Sum over the last n rows (NaN where the window is incomplete or holds a NaN)."""
+        c = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(np.nan_to_num(v), axis=0)])
+        bad = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(~np.isfinite(v), axis=0)])
         out = np.full(v.shape, np.nan)
-        for t in range(n, v.shape[0] + 1):
-            out[t - 1] = f(v[t - n:t], axis=0)
+        out[n - 1:] = np.where(bad[n:] - bad[:-n] > 0, np.nan, c[n:] - c[:-n])
         return out
 
-    adv = rolling(quote_volume, np.mean) * per_day
-    vol = rolling(r, np.std) * np.sqrt(per_day)
-    return adv, vol
+    mean = window_sum(r) / n
+    var = np.maximum(window_sum(r * r) / n - mean * mean, 0.0)
+    return window_sum(quote_volume) / n * per_day, np.sqrt(var) * np.sqrt(per_day)

@@ -465,9 +465,9 @@ def cross_section_metrics(settings: Settings, market: History, t: HorizonTest) -
     costs = cross_section.Costs()
     out = {}
     for name, s in scores.items():
-        r = cross_section.report(t.ts, t.coin, s, t.fwd, t.horizon_ms, seed=settings.training.seed)
+        d = cross_section.decisions(t.ts, s, t.fwd)
+        r = cross_section.report(t.ts, t.coin, s, t.fwd, t.horizon_ms, seed=settings.training.seed, d=d)
         if "note" not in r:
-            d = cross_section.decisions(t.ts, s, t.fwd)
             r["long_short"] = cross_section.long_short_report(
                 d, t.coin, s, t.fwd, adv[row, col], vol[row, col], t.horizon_ms, r["decisions_per_window"], costs,
                 seed=settings.training.seed)

@@ -133,11 +133,6 @@ def write_no_outcomes(lake: Lake, horizon: str, as_of_ms: int, run_id: str, rows
     return key
 
 
-def read_no_outcomes(lake: Lake, keys: list[str]) -> list[NoOutcome]:
-    table = read_tables(lake, keys)
-    return [] if table is None else _records(NoOutcome, table.to_pylist())
-
-
 def read_outcomes(lake: Lake, keys: list[str]) -> list[Outcome]:
     table = read_tables(lake, keys)
     return [] if table is None else _records(Outcome, table.to_pylist())

@@ -7,7 +7,6 @@ a decision carries the guard's reason, so every rejection or scale-down can be l
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -43,6 +42,12 @@ def walk_book(levels: list[list[float]], notional: float, side: str) -> Fill:
     return Fill(vwap, cost, sign * (vwap - touch) / touch * 1e4, left <= 1e-12 * max(1.0, notional))
 
 
+def impact_bps(notional, adv_quote, daily_vol, half_spread_bps: float = 5.0, k: float = 1.0):
+    """The square-root impact model's cost in bps: half spread + k * daily vol * sqrt(notional / average daily quote
+    volume). Scalars or numpy arrays alike."""
+    return half_spread_bps + k * daily_vol * np.sqrt(notional / adv_quote) * 1e4
+
+
 def impact_model(notional: float, adv_quote: float, daily_vol: float, half_spread_bps: float = 5.0,
                  k: float = 1.0) -> Fill:
     """Square-root impact where no book exists (history): cost = half spread + k * vol * sqrt(participation).
@@ -51,8 +56,7 @@ def impact_model(notional: float, adv_quote: float, daily_vol: float, half_sprea
     """
     if not adv_quote > 0:
         raise ValueError(f"impact model needs a positive average daily volume, got {adv_quote}")
-    participation = notional / adv_quote
-    bps = half_spread_bps + k * daily_vol * math.sqrt(participation) * 1e4
+    bps = float(impact_bps(notional, adv_quote, daily_vol, half_spread_bps, k))
     return Fill(float("nan"), notional, bps, True, model="sqrt_impact")
 
 
