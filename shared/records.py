@@ -59,6 +59,18 @@ class Prediction(Record):
     range_low: float | None = Field(None, description="the served 80% return range; null until outcomes exist")
     range_high: float | None = None
     skill: str | None = Field(None, description="the model's verdict on its own skill out of sample")
+    p_beats: float | None = Field(None, description="calibrated probability that the coin's forward log return "
+                                                    "beats the median coin of the decision's universe")
+    p_beats_low: float | None = Field(None, description="Venn-Abers interval of p_beats, lower end")
+    p_beats_high: float | None = None
+    beats_score: float | None = Field(None, description="the cross-sectional stack's logit: ranks the coins")
+    beats_confidence: float | None = Field(None, description="the interval's lower bound for the predicted side "
+                                                             "(beats or lags the universe)")
+    beats_actionable: bool = Field(False, description="certified cross-sectional stack and beats_confidence at or "
+                                                      "above the threshold")
+    beats_skill: str | None = Field(None, description="the cross-sectional stack's verdict on its own skill")
+    beats_top_features: str | None = Field(None, description="JSON list of the largest SHAP contributions to "
+                                                             "beats_score")
 
     def tops(self) -> list[TopFeature]:
         return [TopFeature.model_validate(t) for t in json.loads(self.top_features)]
@@ -278,6 +290,24 @@ class TrainingWindow(Record):
     calibration_rows: int | None = None
 
 
+class TargetModel(BaseModel):
+    """A second target's stack inside a horizon version: P(the coin beats the median coin of its decision's
+    universe), with its own search, calibration and out-of-sample skill verdict."""
+
+    model_config = ConfigDict(extra="allow")
+
+    target: Literal["beats"] = "beats"
+    skill: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
+    members: dict[str, Any] = {}
+    tuning: dict[str, Any] = {}
+    rows: int = 0
+    rows_excluded: dict[str, Any] = {}
+    calibration_from: str = ""
+    calibration_rows: int = 0
+
+
 class ModelMetadata(BaseModel):
     """A model version as the registry stores it beside its ONNX files: what it was trained on and how, its
     out-of-sample metrics and skill verdict, the gate's decision, and what reproduces it (settings, libraries,
@@ -310,6 +340,8 @@ class ModelMetadata(BaseModel):
     drift_reference: dict[str, Any] = {}
     created: str = ""
     wall_seconds: float | None = Field(None, description="training's wall time (set by the training run)")
+    beats: TargetModel | None = Field(None, description="the cross-sectional stack, P(beats the universe's median)")
+    beats_note: str | None = Field(None, description="why this version has no cross-sectional stack")
 
     @field_validator("gate", mode="before")
     @classmethod

@@ -290,6 +290,11 @@ class TrainingSettings(BaseModel):
     # |forward log return| at or below this is a move too small to trade after costs: such rows
     # do not teach direction (they are left out of training labels, never relabelled).
     dead_zone: float = 0.0025
+    # What each horizon forecasts: the direction of the coin's price, and whether the coin beats the median coin
+    # of its decision's universe (the cross-section). Both are stacked, calibrated and served with every prediction.
+    targets: list[Literal["direction", "beats"]] = ["direction", "beats"]
+    # A decision time with fewer observed coins in its universe has no cross-section to beat: no beats label.
+    beats_min_coins: int = 5
     quantiles: tuple[float, float, float] = (0.1, 0.5, 0.9)
     budgets: dict[str, Budget] = {
         "quick": Budget(folds=3, trials={"lr": 4, "gbt": 3, "gru": 1}, timeout_s=1800, epochs=6, gbt_max_estimators=150),

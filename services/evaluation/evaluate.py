@@ -78,6 +78,14 @@ class HorizonTest:
     base_rate: np.ndarray  # climatology: the serving model's training base rate
     cal_range: np.ndarray  # (n, 2) the serving model's calibration score range
     reference: np.ndarray  # the plain gradient-boosting reference's P(up) on the same row
+    # The cross-sectional target: served P(beats the universe's median), the stack's score that ranks the coins,
+    # the label (NaN for a tie or outside the universe), and the plain reference on the same target (its
+    # calibrated probability and its raw score); NaN where a served version has no cross-sectional stack.
+    p_beats: np.ndarray
+    beats_score: np.ndarray
+    y_beats: np.ndarray
+    beats_reference: np.ndarray
+    beats_reference_score: np.ndarray
     excluded: dict[str, int]
     horizon_ms: int = 0
     models: list[dict] = field(default_factory=list)  # one entry per retrain window
@@ -89,7 +97,8 @@ class HorizonTest:
         return np.isfinite(self.y)
 
     ARRAYS = ("ts", "coin", "p_up", "low", "high", "confidence", "direction", "quantiles", "score", "fwd", "y",
-              "base_rate", "cal_range", "reference")
+              "base_rate", "cal_range", "reference", "p_beats", "beats_score", "y_beats", "beats_reference",
+              "beats_reference_score")
 
     @classmethod
     def join(cls, parts: list[HorizonTest]) -> HorizonTest:
@@ -112,7 +121,7 @@ def retrain_points(start_ms: int, end_ms: int, every_ms: int | None) -> list[int
 
 
 def predict_window(settings: Settings, market: History, lake: LocalLake, horizon: str, version: str, start_ms: int,
-                   end_ms: int, reference: PlainReference) -> HorizonTest:
+                   end_ms: int, reference: PlainReference, beats_reference: PlainReference | None) -> HorizonTest:
     """Decision times in [start_ms, end_ms) whose label the source holds, predicted by model `version`."""
     spec = settings.training.horizons[horizon]
     frame = market.frames[spec.timeframe]
@@ -127,14 +136,21 @@ def predict_window(settings: Settings, market: History, lake: LocalLake, horizon
     cal = model.metadata.calibration
     n = rows.size
     lo, hi = cal.get("score_range", [-np.inf, np.inf])
+    nan = np.full(n, np.nan)
+    with_ref = beats_reference is not None and n
     t = HorizonTest(horizon, start_ms, frame.ts[rows], frame.coin[rows], pred.p_up, pred.low, pred.high,
                     pred.confidence, pred.direction, pred.quantiles, pred.meta_logit, r.fwd[rows], r.y[rows],
                     np.full(n, float(model.metadata.metrics["base_rate_train"])), np.tile([lo, hi], (n, 1)),
-                    reference.predict(X) if n else np.zeros(0), r.excluded(inside), spec.length_ms)
+                    reference.predict(X) if n else np.zeros(0),
+                    nan if pred.beats is None else pred.beats, nan if pred.beats is None else pred.beats_logit,
+                    r.labels("beats")[rows], beats_reference.predict(X) if with_ref else nan,
+                    beats_reference.score(X) if with_ref else nan, r.excluded(inside), spec.length_ms)
     skill = model.metadata.skill or {}
+    beats = (model.metadata.beats.skill or {}) if model.metadata.beats is not None else {}
     t.models = [{"from": ms_to_iso(start_ms), "version": version, "rows": int(n),
                  "trained_on_data_before": model.metadata.training_window.last,
-                 "skill": skill.get("verdict"), "strength": skill.get("strength")}]
+                 "skill": skill.get("verdict"), "strength": skill.get("strength"),
+                 "beats_skill": beats.get("verdict", model.metadata.beats_note), "beats_strength": beats.get("strength")}]
     t.search = model.metadata.tuning
     return t
 
@@ -331,9 +347,13 @@ def walk_forward_tests(settings: Settings, lake: LocalLake, run_id: str, market:
     pieces: dict[str, list[HorizonTest]] = defaultdict(list)
     failures: list[dict] = []
     references: dict[str, PlainReference] = {}
+    beats_refs: dict[str, PlainReference | None] = {}
 
     def keep(t: Trained) -> None:
         references[t.horizon] = reference_for(settings).fit(t.ds, t.spec.length_ms, cfg.calibration_share)
+        # The plain reference on the cross-sectional target: fitted on the same rows as the served beats stack.
+        beats_refs[t.horizon] = (reference_for(settings).fit(t.beats.ds, t.spec.length_ms, cfg.calibration_share)
+                                 if t.beats is not None else None)
 
     for (until, every, tf), hs in groups.items():
         frame = market.frames[tf]
@@ -355,7 +375,8 @@ def walk_forward_tests(settings: Settings, lake: LocalLake, run_id: str, market:
                 version = current_version(lake, h)
                 if version is None or h not in references:
                     continue
-                piece = predict_window(settings, market, lake, h, version, start, stop, references[h])
+                piece = predict_window(settings, market, lake, h, version, start, stop, references[h],
+                                       beats_refs.get(h))
                 trained = isinstance(meta, ModelMetadata)
                 piece.models[0].update(trained=meta.version if trained else None,
                                        promoted=meta.promoted if trained else None)
@@ -447,16 +468,18 @@ COSTS_SAID = (f"taker fee {_C.fee_bps:g} bps a side (Binance USDT-M base tier), 
 
 def cross_section_metrics(settings: Settings, market: History, t: HorizonTest) -> dict[str, dict]:
     """Which coins beat the others, judged per decision time on the test rows (the universe's members): the served
-    direction model's P(up) and the plain reference read as rankings, and the field's momentum and reversal
-    ranks, on the same rows and forward returns."""
+    cross-sectional stack's score and the plain reference on the same target, and the field's momentum and
+    reversal ranks, on the same rows and forward returns; the probabilities of beating the median are scored
+    against the coin flip (0.5) by Brier skill and ECE."""
     tf = settings.training.horizons[t.horizon].timeframe
     panel = market.panels[tf]
     step = timeframe_ms(tf)
     if not panel.open_ts.size:
         return {}
     close = panel.fields["close"]
-    scores = {"stack P(up)": t.p_up, "plain GBT P(up)": t.reference,
+    scores = {"stack P(beats)": t.beats_score, "plain GBT P(beats)": t.beats_reference_score,
               **cross_section.reference_scores(close, list(panel.coins), int(panel.open_ts[0]), step, t.ts, t.coin)}
+    probabilities = {"stack P(beats)": t.p_beats, "plain GBT P(beats)": t.beats_reference}
     # What the long-short book's impact model reads at each row: the 30 days before the decision.
     adv, vol = cross_section.liquidity(close, panel.quote_volume(), step)
     index = {c: k for k, c in enumerate(panel.coins)}
@@ -471,8 +494,23 @@ def cross_section_metrics(settings: Settings, market: History, t: HorizonTest) -
             r["long_short"] = cross_section.long_short_report(
                 d, t.coin, s, t.fwd, adv[row, col], vol[row, col], t.horizon_ms, r["decisions_per_window"], costs,
                 seed=settings.training.seed)
+        if name in probabilities:
+            r["probability"] = _against_half(probabilities[name], t.y_beats, t.ts, t.horizon_ms, settings.training.seed)
         out[name] = r
     return out
+
+
+def _against_half(p: np.ndarray, y: np.ndarray, ts: np.ndarray, horizon_ms: int, seed: int) -> dict:
+    """P(beats the median) against the coin flip it must beat: Brier skill vs 0.5 (interval over horizon windows)
+    and ECE, on the labeled rows."""
+    ok = np.isfinite(p) & np.isfinite(y)
+    if not ok.any():
+        return {"n": 0}
+    half = np.full(int(ok.sum()), 0.5)
+    m = _scored(p[ok], half, y[ok], horizon_windows(ts[ok], horizon_ms), seed)
+    return {"n": int(ok.sum()), "brier": m["brier"], "brier_skill_vs_half": m["brier_skill"],
+            "brier_skill_vs_half_interval": m["brier_skill_interval"], "ece": m["ece"],
+            "ece_interval": m["ece_interval"]}
 
 
 def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: dict, threshold: float,
@@ -531,6 +569,8 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
               "long-short net, % a window [90%]": iv(r.get("long_short", {}), "net", 100),
               "gross, %": iv(r.get("long_short", {}), "gross", 100),
               "capacity per leg": (r.get("long_short") or {}).get("capacity_per_leg"),
+              "P(beats) Brier skill vs 0.5 [90%]": ci(r.get("probability") or {}, "brier_skill_vs_half"),
+              "P(beats) ECE": (r.get("probability") or {}).get("ece"),
               "note": r.get("note")}
              for h, m in metrics["horizons"].items() for name, r in m.get("cross_section", {}).items()]
     sections = [
@@ -542,7 +582,9 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
         (f"{nominal:.0%} return ranges: served (conformal, adapted by outcomes) vs the model's q10-q90 vs naive "
          "rolling volatility; rows before the first matured outcome have no served range", ranges),
         ("Which coins beat the others (per decision time, over the universe's coins; intervals resample "
-         "non-overlapping horizon windows; the direction model's P(up) read as a ranking, not trained for it). "
+         "non-overlapping horizon windows). The served cross-sectional stack ranks by its score (the logit behind "
+         "P(beats the universe's median)); the plain GBT on the same target by its raw probability; momentum = "
+         "return from 4 weeks to 1 week before, reversal = minus the last day's return. "
          "Long-short: long the top decile, short the bottom, equal weight, one book per horizon window; "
          f"{COSTS_SAID}", cross),
         ("Models served, window by window", models),

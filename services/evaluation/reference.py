@@ -39,8 +39,12 @@ class PlainReference:
             self.model.predict_proba(ds.X[cal])[:, 1], ds.y[cal])
         return self
 
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """The classifier's own probability before calibration: it ranks rows without the isotonic steps' ties."""
+        return self.model.predict_proba(X)[:, 1]
+
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.iso.predict(self.model.predict_proba(X)[:, 1])
+        return self.iso.predict(self.score(X))
 
 
 def naive_ranges(panel: Panel, coin: np.ndarray, ts: np.ndarray, bars: int, window: int, alpha: float) -> np.ndarray:

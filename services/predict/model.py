@@ -20,6 +20,11 @@ OTHER_FILES = {"meta": "meta.onnx", "calibrator": "calibrator.onnx", "q10": "q10
 ALL_FILES = {**MEMBER_FILES, **OTHER_FILES}
 # Exported since issue 16 (exact SHAP); a model trained before it has none and is explained by permutation.
 EXPLAIN_FILE = "explain.npz"
+# The cross-sectional stack of a version (P(beats the universe's median)): its own members, meta-learner,
+# calibrator and SHAP arrays; required when the version's metadata says it has one.
+BEATS = "beats/"
+BEATS_FILES = {f"{BEATS}{k}": f"{BEATS}{f}" for k, f in {**MEMBER_FILES, "meta": "meta.onnx",
+                                                         "calibrator": "calibrator.onnx"}.items()}
 
 
 def _session(blob: bytes, threads: int) -> ort.InferenceSession:
@@ -46,24 +51,39 @@ class Predictions:
     confidence: np.ndarray  # the interval's lower bound for the predicted direction
     quantiles: np.ndarray  # (n, 3) forward log-return quantiles
     meta_logit: np.ndarray
+    # P(the coin beats the median coin of its universe), its Venn-Abers interval and the stack's logit (the score
+    # that ranks the coins); None when the version has no cross-sectional stack.
+    beats: np.ndarray | None = None
+    beats_low: np.ndarray | None = None
+    beats_high: np.ndarray | None = None
+    beats_logit: np.ndarray | None = None
+
+    @property
+    def beats_confidence(self) -> np.ndarray | None:
+        """The interval's lower bound for the predicted side (beats or lags), as confidence is for direction."""
+        if self.beats is None:
+            return None
+        return np.where(self.beats >= 0.5, self.beats_low, 1.0 - self.beats_high)
 
 
 class HorizonModel:
     """One horizon's stacked ensemble as exported by training; every artifact is required."""
 
     def __init__(self, horizon: str, version: str, blobs: dict[str, bytes], metadata: ModelMetadata, threads: int = 1):
-        missing = [name for name, f in ALL_FILES.items() if f not in blobs]
+        files = {**ALL_FILES, **(BEATS_FILES if metadata.beats is not None else {})}
+        missing = [name for name, f in files.items() if f not in blobs]
         if missing:
             raise CstError("model_incomplete",
-                           f"model {horizon}/{version} lacks {', '.join(ALL_FILES[m] for m in missing)}; "
+                           f"model {horizon}/{version} lacks {', '.join(files[m] for m in missing)}; "
                            "every member (the sequence network included) is required")
         self.horizon, self.version, self.metadata = horizon, version, metadata
         self.names: list[str] = metadata.features
-        self.sessions = {name: _session(blobs[f], threads) for name, f in ALL_FILES.items() if f.endswith(".onnx")}
+        self.has_beats = metadata.beats is not None
+        self.sessions = {name: _session(blobs[f], threads) for name, f in files.items() if f.endswith(".onnx")}
         bg = np.load(io.BytesIO(blobs["background.npz"]))
         self.bg_X, self.bg_S = bg["X"].astype(np.float32), bg["S"].astype(np.float32)
-        self._explain_blob = blobs.get(EXPLAIN_FILE)
-        self._explainer = None
+        self._explain_blobs = {stack: blobs.get(stack + EXPLAIN_FILE) for stack in ("", BEATS)}
+        self._explainers: dict[str, object] = {}
 
     @classmethod
     def load(cls, lake: Lake, horizon: str, version: str | None = None, threads: int = 1) -> HorizonModel:
@@ -75,7 +95,8 @@ class HorizonModel:
         if meta is None:
             raise CstError("model_incomplete", f"model {horizon}/{version} has no metadata yet (still being written)")
         blobs = {}
-        for f in [*ALL_FILES.values(), EXPLAIN_FILE]:
+        extra = [*BEATS_FILES.values(), BEATS + EXPLAIN_FILE] if meta.beats is not None else []
+        for f in [*ALL_FILES.values(), EXPLAIN_FILE, *extra]:
             try:
                 blobs[f] = lake.get(prefix + f)
             except LakeKeyNotFound:
@@ -86,16 +107,20 @@ class HorizonModel:
         s = self.sessions[name]
         return s.run(None, {s.get_inputs()[0].name: x})
 
-    def member_logits(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
+    def member_logits(self, X: np.ndarray, S: np.ndarray, stack: str = "") -> np.ndarray:
+        """The members' logits of the direction stack, or of the cross-sectional one (stack="beats/")."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         S = np.ascontiguousarray(S, dtype=np.float32)
-        lr = logit(self._run("lr", X)[1][:, 1])
-        gbt = logit(self._run("gbt", X)[1][:, 1])
-        return np.column_stack([lr, gbt, self.sequence_logit(S)])
+        lr = logit(self._run(stack + "lr", X)[1][:, 1])
+        gbt = logit(self._run(stack + "gbt", X)[1][:, 1])
+        return np.column_stack([lr, gbt, self.sequence_logit(S, stack)])
 
-    def meta_logit(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
-        z = self.member_logits(X, S).astype(np.float32)
-        return logit(self._run("meta", z)[1][:, 1])
+    def meta_logit(self, X: np.ndarray, S: np.ndarray, stack: str = "") -> np.ndarray:
+        z = self.member_logits(X, S, stack).astype(np.float32)
+        return logit(self._run(stack + "meta", z)[1][:, 1])
+
+    def beats_logit(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
+        return self.meta_logit(X, S, BEATS)
 
     def predict(self, X: np.ndarray, S: np.ndarray) -> Predictions:
         if X.shape[1] != len(self.names):
@@ -104,7 +129,8 @@ class HorizonModel:
         if X.shape[0] == 0:
             # onnxruntime aborts the process on an empty batch for some graphs (the GRU's): nothing to predict.
             e = np.zeros(0)
-            return Predictions(e, e, e, np.zeros(0, dtype=np.int64), e, np.zeros((0, 3)), e)
+            b = e if self.has_beats else None
+            return Predictions(e, e, e, np.zeros(0, dtype=np.int64), e, np.zeros((0, 3)), e, b, b, b, b)
         score = self.meta_logit(X, S)
         p, low, high = (a.astype(np.float64) for a in self._run("calibrator", score.astype(np.float32)))
         up = p >= 0.5
@@ -114,10 +140,17 @@ class HorizonModel:
         q = np.column_stack([self._run(k, X32)[0].reshape(-1) for k in ("q10", "q50", "q90")]).astype(np.float64)
         # Quantile models are fitted separately; their estimates are rearranged into order (never moved).
         q = np.sort(q, axis=1)
-        return Predictions(p, low, high, direction, confidence, q, score)
+        out = Predictions(p, low, high, direction, confidence, q, score)
+        if self.has_beats:
+            out.beats_logit = self.beats_logit(X, S)
+            out.beats, out.beats_low, out.beats_high = (
+                a.astype(np.float64) for a in self._run(BEATS + "calibrator", out.beats_logit.astype(np.float32)))
+        return out
 
-    def explain(self, X: np.ndarray, S: np.ndarray, *, permutations: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """SHAP of the meta-learner's logit against the stored background rows: (phi (n, F), base (n,)).
+    def explain(self, X: np.ndarray, S: np.ndarray, *, permutations: int = 4, seed: int = 0,
+                stack: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """SHAP of the meta-learner's logit against the stored background rows: (phi (n, F), base (n,)); of the
+        direction stack, or of the cross-sectional one (stack="beats/").
 
         With the exported explain arrays: exact for the logistic and tree members, permutation (these
         permutations, this seed) for the sequence network, combined through the meta-learner's weights. Without
@@ -126,14 +159,17 @@ class HorizonModel:
         """
         from services.predict.explain import StackExplainer, permutation_shap
 
-        if self._explain_blob is None:
-            return permutation_shap(self.meta_logit, X, S, self.bg_X, self.bg_S, permutations=permutations, seed=seed)
-        if self._explainer is None:  # built on first use: predicting alone never pays for the tables
-            self._explainer = StackExplainer(dict(np.load(io.BytesIO(self._explain_blob))), self.bg_X, self.bg_S)
-        return self._explainer.explain(X, S, self.sequence_logit, permutations=permutations, seed=seed)
+        blob = self._explain_blobs.get(stack)
+        if blob is None:
+            return permutation_shap(lambda x, s: self.meta_logit(x, s, stack), X, S, self.bg_X, self.bg_S,
+                                    permutations=permutations, seed=seed)
+        if stack not in self._explainers:  # built on first use: predicting alone never pays for the tables
+            self._explainers[stack] = StackExplainer(dict(np.load(io.BytesIO(blob))), self.bg_X, self.bg_S)
+        return self._explainers[stack].explain(X, S, lambda s: self.sequence_logit(s, stack),
+                                               permutations=permutations, seed=seed)
 
-    def sequence_logit(self, S: np.ndarray) -> np.ndarray:
-        return self._run("gru", np.ascontiguousarray(S, dtype=np.float32))[0].astype(np.float64).reshape(-1)
+    def sequence_logit(self, S: np.ndarray, stack: str = "") -> np.ndarray:
+        return self._run(stack + "gru", np.ascontiguousarray(S, dtype=np.float32))[0].astype(np.float64).reshape(-1)
 
 
 def top_features(phi: np.ndarray, names: list[str], k: int) -> list[list[dict]]:

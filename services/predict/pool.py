@@ -25,18 +25,18 @@ def _init(lake_uri: str, horizon: str, version: str) -> None:
     _model = HorizonModel.load(open_lake(lake_uri), horizon, version)
 
 
-def _explain(args: tuple[np.ndarray, np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    X, S, permutations, seed = args
-    return _model.explain(X, S, permutations=permutations, seed=seed)
+def _explain(args: tuple[np.ndarray, np.ndarray, int, int, str]) -> tuple[np.ndarray, np.ndarray]:
+    X, S, permutations, seed, stack = args
+    return _model.explain(X, S, permutations=permutations, seed=seed, stack=stack)
 
 
 def explain_rows(model, lake_uri: str, X: np.ndarray, S: np.ndarray, *, permutations: int, seed: int,
-                 workers: int, min_rows: int) -> tuple[np.ndarray, np.ndarray]:
+                 workers: int, min_rows: int, stack: str = "") -> tuple[np.ndarray, np.ndarray]:
     n = X.shape[0]
     if workers < 2 or n < min_rows:
-        return model.explain(X, S, permutations=permutations, seed=seed)
+        return model.explain(X, S, permutations=permutations, seed=seed, stack=stack)
     chunks = [c for c in np.array_split(np.arange(n), workers) if c.size]
     with ProcessPoolExecutor(len(chunks), mp_context=mp.get_context("spawn"), initializer=_init,
                              initargs=(lake_uri, model.horizon, model.version)) as pool:
-        parts = list(pool.map(_explain, [(X[c], S[c], permutations, seed) for c in chunks]))
+        parts = list(pool.map(_explain, [(X[c], S[c], permutations, seed, stack) for c in chunks]))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

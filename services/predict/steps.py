@@ -35,16 +35,26 @@ from shared.pipeline.contracts import (
     PredictOutput,
     RunRef,
 )
-from shared.records import CoinPerformance, DriftVerdict, ModelMetadata, NoOutcome, Outcome, Prediction
+from shared.records import (
+    CoinPerformance,
+    DriftVerdict,
+    ModelMetadata,
+    NoOutcome,
+    Outcome,
+    Prediction,
+    TargetModel,
+)
 from shared.registry import load_metadata
 from shared.runs import quality_key
 from shared.settings import Settings, timeframe_ms
 from shared.storage import Lake
 
 
-def certification(metadata: ModelMetadata, threshold: float, min_n: int) -> str | None:
-    """None when the model showed skill out of sample and its held-out confident bucket backs its confidences;
-    otherwise why not."""
+def certification(metadata: ModelMetadata | TargetModel | None, threshold: float, min_n: int) -> str | None:
+    """None when the model (or a version's cross-sectional stack) showed skill out of sample and its held-out
+    confident bucket backs its confidences; otherwise why not."""
+    if metadata is None:
+        return "no cross-sectional model in this version"
     skill = metadata.skill
     if not skill or not skill.get("demonstrated"):
         return "no demonstrated skill" + ("" if skill else " (the model predates the skill test; retrain)")
@@ -129,6 +139,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
     out.model_version = version
     thr = settings.confidence_threshold
     out.uncertified = certification(model.metadata, thr, settings.run.certify_min_n)
+    out.beats_uncertified = certification(model.metadata.beats, thr, settings.run.certify_min_n)
     quality = quality_index(ctx, ref.run_id)
     frame = read_frame(lake, tf, since_ms=t_now - (spec.sequence_length - 1) * step, until_ms=t_now)
     panel = functools.cache(lambda: read_panel(lake, tf, since_ms=t_now - step, until_ms=t_now - step))
@@ -161,6 +172,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
                              seed=settings.training.seed, workers=settings.run.process_workers,
                              min_rows=settings.run.pool_min_rows)
     tops = top_features(phi, model.names, settings.training.shap_top_k)
+    beats = _beats_fields(model, pred, X, S, lake.uri, settings, thr, out.beats_uncertified)
     ranges = conformal.load(lake, h, settings.run.range_alpha)
     verdict = (model.metadata.skill or {}).get("verdict", "no demonstrated skill")
     records = []
@@ -176,13 +188,31 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
             actionable=out.uncertified is None and actionable(float(pred.confidence[k]), thr),
             shap_base=float(base[k]), top_features=json.dumps(tops[k]),
             range_low=served[0] if served else None, range_high=served[1] if served else None,
-            skill=verdict,
+            skill=verdict, **beats[k],
         ))
     out.log_key = logbook.write_predictions(lake, ref.run_id, h, t_now, records)
     out.predictions = out.new = len(records)
     out.predicted_by = ref.run_id
     out.coins = sorted(r.coin for r in records)
     return out
+
+
+def _beats_fields(model: HorizonModel, pred, X: np.ndarray, S: np.ndarray, lake_uri: str, settings: Settings,
+                  thr: float, uncertified: str | None) -> list[dict]:
+    """Each row's cross-sectional forecast (P(beats the universe's median), interval, score, SHAP), or nothing
+    when the version has no cross-sectional stack."""
+    if pred.beats is None:
+        return [{} for _ in range(X.shape[0])]
+    phi, _ = explain_rows(model, lake_uri, X, S, permutations=settings.training.shap_permutations,
+                          seed=settings.training.seed, workers=settings.run.process_workers,
+                          min_rows=settings.run.pool_min_rows, stack="beats/")
+    tops = top_features(phi, model.names, settings.training.shap_top_k)
+    verdict = (model.metadata.beats.skill or {}).get("verdict", "no demonstrated skill")
+    conf = pred.beats_confidence
+    return [{"p_beats": float(pred.beats[k]), "p_beats_low": float(pred.beats_low[k]),
+             "p_beats_high": float(pred.beats_high[k]), "beats_score": float(pred.beats_logit[k]),
+             "beats_confidence": float(conf[k]), "beats_actionable": uncertified is None and actionable(float(conf[k]), thr),
+             "beats_skill": verdict, "beats_top_features": json.dumps(tops[k])} for k in range(X.shape[0])]
 
 
 def served_predictions(ctx: StepContext, ref: RunRef) -> list[Prediction]:

@@ -1,4 +1,5 @@
-"""Labels: the sign of the forward log return over a horizon, from the clean candles (never from features)."""
+"""Labels from the clean candles (never from features): the sign of a coin's forward log return over a horizon, and
+whether it beat the median coin of its decision's universe."""
 
 from __future__ import annotations
 
@@ -33,4 +34,26 @@ def direction_labels(fwd: np.ndarray, dead_zone: float) -> np.ndarray:
     y = np.full(fwd.shape, np.nan)
     y[fwd > dead_zone] = 1.0
     y[fwd < -dead_zone] = 0.0
+    return y
+
+
+def beats_labels(fwd: np.ndarray, ts: np.ndarray, member: np.ndarray, min_coins: int) -> np.ndarray:
+    """1 when a member row's forward log return exceeds the median of its decision time's universe (the member rows
+    of that time whose return is observed), 0 when below; NaN for a tie with the median, for rows outside the
+    universe or unobserved, and for decision times with fewer than `min_coins` observed members (no cross-section
+    to beat). The universe is the one the decision saw: membership is decided at its time, never by its future."""
+    y = np.full(fwd.shape, np.nan)
+    ok = member & np.isfinite(fwd)
+    rows = np.flatnonzero(ok)
+    if not rows.size:
+        return y
+    order = rows[np.argsort(ts[rows], kind="stable")]
+    times, starts, counts = np.unique(ts[order], return_index=True, return_counts=True)
+    for s, n in zip(starts, counts, strict=True):
+        if n < min_coins:
+            continue
+        at = order[s:s + n]
+        r = fwd[at]
+        med = np.median(r)
+        y[at] = np.where(r > med, 1.0, np.where(r < med, 0.0, np.nan))
     return y

@@ -72,7 +72,19 @@ def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: GateDe
         # model saw last, not whether a few weeks differ from a multi-year average (they always do).
         "drift_reference": drift_reference(ds.X[-max(1, len(ds) // 4):]),
         "created": datetime.now(UTC).isoformat(),
+        "beats": _beats(t),
+        "beats_note": t.beats_note,
     })
+
+
+def _beats(t: Trained) -> dict | None:
+    b = t.beats
+    if b is None:
+        return None
+    return {"target": "beats", "skill": b.metrics["skill"], "metrics": b.metrics,
+            "calibration": {"method": b.calibrator.method, **b.calibrator.selection, "interval": "venn_abers"},
+            "members": b.params, "tuning": b.tuning, "rows": len(b.ds), "rows_excluded": b.excluded,
+            "calibration_from": ms_to_iso(int(b.ds.ts[b.cal_rows].min())), "calibration_rows": int(b.cal_rows.size)}
 
 
 def model_card(record: ModelMetadata) -> str:
@@ -131,12 +143,34 @@ def model_card(record: ModelMetadata) -> str:
         f"- Member CV Brier: {json.dumps({k: round(v, 4) for k, v in m['member_cv_brier'].items()})}",
         f"- Confidence >= {conf['threshold']}: n = {conf['n']}, hit rate = {conf['hit_rate']}",
         "",
+        *beats_lines(record),
         "## Gate",
         f"- {json.dumps(meta['gate'])}",
         "",
         f"Libraries: {json.dumps(meta['libraries'])}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def beats_lines(record: ModelMetadata) -> list[str]:
+    """The model card's section on the cross-sectional target."""
+    head = ["## Cross-section: P(the coin beats the median coin of its decision's universe)"]
+    b = record.beats
+    if b is None:
+        return [*head, f"- Not in this version: {record.beats_note or 'not trained'}", ""]
+    m = b.metrics
+    conf = m["confident"]
+    return [
+        *head,
+        f"- A second stack of the same members, searched in its own Optuna journals, on {b.rows:,} rows (left out: "
+        f"{json.dumps(b.rows_excluded)}); calibrated on the {b.calibration_rows} rows from {b.calibration_from} with "
+        f"**{b.calibration.get('method')}** and a Venn-Abers interval.",
+        *skill_lines(b.skill or {}, m["base_rate_train"]),
+        f"- Held out: Brier {m['cv_brier']:.4f}, Brier skill {m['brier_skill']:+.4f} vs {m['base_rate_train']:.3f}, "
+        f"ECE {m['ece']:.4f}, n = {m['validation_rows']}; confidence >= {conf['threshold']}: n = {conf['n']}, "
+        f"hit rate = {conf['hit_rate']}",
+        "",
+    ]
 
 
 def skill_lines(skill: dict, base_rate: float) -> list[str]:

@@ -35,7 +35,7 @@ class History:
         if horizon not in self._labels:
             spec = settings.training.horizons[horizon]
             self._labels[horizon] = label_rows(self.frames[spec.timeframe], self.panels[spec.timeframe], spec,
-                                               settings.training.dead_zone)
+                                               settings.training.dead_zone, settings.training.beats_min_coins)
         return self._labels[horizon]
 
 
@@ -70,7 +70,8 @@ def train(settings: Settings, lake: Lake, run_id: str, *, until: str | None = No
         tf = cfg.horizons[h].timeframe
         started = time.perf_counter()
         try:
-            t = train_horizon(h, frames[tf], panels[tf], settings, cfg.budgets[budget], lake, tick)
+            t = train_horizon(h, frames[tf], panels[tf], settings, cfg.budgets[budget], lake, tick,
+                              rows=history.labels(settings, h))
         except CstError as exc:
             # One horizon without enough data must not stop the others; the result says why.
             log.error("horizon %s not trained: %s", h, exc)

@@ -109,14 +109,16 @@ def earlier_best(study_summaries, current: str, keep: int) -> list[dict]:
 
 def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, seed: int, lake: Lake | None,
                 horizon: str, first_trial: dict, warm_starts: int = 2, threads: int = 2,
-                on_trial: Callable[[], None] | None = None) -> TuneResult:
-    """Optuna on the purged folds, in this window's own study; earlier windows' best parameters go first."""
+                on_trial: Callable[[], None] | None = None, target: str = "direction") -> TuneResult:
+    """Optuna on the purged folds, in this window's own study; earlier windows' best parameters go first. Each
+    target of a horizon (direction, beats) keeps its own journal: what one learned is no warm start for the other."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    key = tuning_journal_key(horizon, member)
+    journal = member if target == "direction" else f"{target}-{member}"
+    key = tuning_journal_key(horizon, journal)
     requested = budget.trials.get(member, 1)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "journal.log"
@@ -126,7 +128,7 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
             except LakeKeyNotFound:
                 pass
         storage = JournalStorage(JournalFileBackend(str(path)))
-        name = f"{horizon}-{member}-{window_id(ds, folds)}"
+        name = f"{horizon}-{journal}-{window_id(ds, folds)}"
         warm = earlier_best(optuna.get_all_study_summaries(storage), name, warm_starts)
         study = optuna.create_study(
             study_name=name, storage=storage, load_if_exists=True, direction="minimize",

@@ -140,6 +140,7 @@ class PredictOutput(StepOutput):
     coins: list[str] = []
     excluded: dict[str, str] = {}
     uncertified: str | None = None
+    beats_uncertified: str | None = None  # why the cross-sectional probabilities are not actionable
     no_model: str | None = None
 
     def metrics(self) -> dict[str, float]:

@@ -53,9 +53,15 @@ def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monk
         meta = json.loads(next((out / "lake" / "models" / f"horizon={h}").glob("version=*/metadata.json")).read_text())
         assert iso_to_ms(meta["training_window"]["last"]) + bars * DAY < split
         # Five coins rank too few to judge which beat the others: said, not scored.
-        assert set(m["cross_section"]) == {"stack P(up)", "plain GBT P(up)", "momentum 4w-1w", "reversal 1d"}
-        assert all(r == {"decision_times": 0, "note": "no decision time ranks 10 or more coins"}
+        assert set(m["cross_section"]) == {"stack P(beats)", "plain GBT P(beats)", "momentum 4w-1w", "reversal 1d"}
+        assert all({k: r[k] for k in ("decision_times", "note")} ==
+                   {"decision_times": 0, "note": "no decision time ranks 10 or more coins"}
                    for r in m["cross_section"].values())
+        # Whether a coin beats the median of five is still a label: the probabilities are scored against 0.5.
+        for name in ("stack P(beats)", "plain GBT P(beats)"):
+            prob = m["cross_section"][name]["probability"]
+            assert prob["n"] > 200 and -1 < prob["brier_skill_vs_half"] < 1 and 0 <= prob["ece"] < 0.5
+        assert all(x["beats_skill"] for x in m["models"])
     assert {"n", "hit_rate", "wilson_low"} <= set(metrics["consensus"])
     bt = metrics["backtest"]
     assert {"total_return", "sharpe", "max_drawdown", "benchmark_total_return"} <= set(bt)
@@ -77,6 +83,8 @@ def _test(p, y, direction, confidence, base_rate=0.5) -> HorizonTest:
                        quantiles=np.zeros((n, 3)), score=np.log(p / (1 - p)),
                        fwd=np.where(np.asarray(y) == 1, 0.01, -0.01), y=np.asarray(y, float),
                        base_rate=np.full(n, base_rate), cal_range=np.full((n, 2), np.nan), reference=np.full(n, 0.5),
+                       p_beats=np.full(n, np.nan), beats_score=np.full(n, np.nan), y_beats=np.full(n, np.nan),
+                       beats_reference=np.full(n, np.nan), beats_reference_score=np.full(n, np.nan),
                        excluded={"dead_zone": 2}, horizon_ms=2 * DAY)
 
 

@@ -58,7 +58,7 @@ def _reference(trained) -> np.ndarray:
 def test_tree_shap_equals_shaps_interventional_explainer(trained):
     model = trained["model"]
     model.explain(trained["X"][:1], trained["S"][:1], permutations=2)  # builds the explainer from explain.npz
-    trees = model._explainer.trees
+    trees = model._explainers[""].trees
     ref, expected = _reference(trained)
     assert np.abs(expected).max() > 1e-3  # the trees do split on these rows: the comparison means something
     np.testing.assert_allclose(trees.shap(trained["X"]), expected, atol=1e-6)
@@ -69,7 +69,7 @@ def test_deep_leaves_computed_per_request_equal_the_tables(trained, monkeypatch)
     """Leaves testing more features than the tables hold take the per-request path; force most leaves onto it."""
     model = trained["model"]
     monkeypatch.setattr(explain, "TABLE_MAX_FEATURES", 2)
-    blob = np.load(io.BytesIO(model._explain_blob))
+    blob = np.load(io.BytesIO(model._explain_blobs[""]))
     trees = explain.TreeShap({k[4:]: v for k, v in blob.items() if k.startswith("gbt_")}, model.bg_X)
     assert trees.deep.size > trees.leaf_d.size // 2
     np.testing.assert_allclose(trees.shap(trained["X"]), _reference(trained)[1], atol=1e-6)
@@ -79,8 +79,8 @@ def test_exported_arrays_reproduce_the_served_members(trained):
     model, X, S = trained["model"], trained["X"], trained["S"]
     model.explain(X[:1], S[:1], permutations=2)
     z = model.member_logits(X, S)
-    np.testing.assert_allclose(model._explainer.lr_logit(X), z[:, 0], atol=1e-4)
-    np.testing.assert_allclose(model._explainer.trees.raw(X), z[:, 1], atol=1e-4)
+    np.testing.assert_allclose(model._explainers[""].lr_logit(X), z[:, 0], atol=1e-4)
+    np.testing.assert_allclose(model._explainers[""].trees.raw(X), z[:, 1], atol=1e-4)
 
 
 def test_shap_is_additive_on_the_served_meta_logit(trained):

@@ -86,3 +86,21 @@ def test_features_without_information_serve_the_base_rate_and_are_never_certifie
     assert abs(skill) <= 0.005
     # And the confidence filter can never pass: the larger side of the base rate is far below 80%.
     assert pred.confidence.max() < cfg.confidence_threshold
+
+    # The cross-sectional target alike: no skill, strength 0, P(beats) the base rate (about one half) for every
+    # coin, never certified; its score ranks the coins no better than chance (rank IC within noise of zero).
+    beats = meta.beats
+    assert beats is not None, meta.beats_note
+    assert beats.skill["demonstrated"] is False and beats.skill["strength"] == 0.0
+    assert certification(beats, cfg.confidence_threshold, cfg.run.certify_min_n) == "no demonstrated skill"
+    assert np.allclose(pred.beats, beats.metrics["base_rate_train"], atol=1e-6)
+    assert abs(beats.metrics["base_rate_train"] - 0.5) < 0.05
+    assert pred.beats_confidence.max() < cfg.confidence_threshold
+    from services.evaluation.cross_section import decisions, rank_ic
+
+    fwd = r.fwd[rows]
+    d = decisions(frame.ts[rows], pred.beats_logit, fwd, min_coins=5)
+    ic = rank_ic(d, pred.beats_logit, fwd)
+    ic = ic[np.isfinite(ic)]
+    assert ic.size > 100 and np.abs(ic).mean() > 0.1  # five coins: each IC is noisy; the mean is not
+    assert abs(ic.mean()) < 3 * ic.std() / np.sqrt(ic.size), (ic.mean(), ic.std(), ic.size)

@@ -124,6 +124,46 @@ def test_onnx_matches_native_models_on_real_rows(trained):
     assert differ.mean() < 0.01
 
 
+def test_the_cross_sectional_stack_is_served_from_onnx_like_the_direction_stack(trained):
+    """Every version carries the second target: its own members, meta-learner, calibrator and SHAP arrays under
+    beats/, served through ONNX with the same parity, an ordered interval and additive SHAP."""
+    t, lake = trained["t"], trained["lake"]
+    meta = trained["results"]["24h"]
+    assert t.beats is not None and meta.beats is not None, meta.beats_note
+    assert meta.beats.rows == len(t.beats.ds) and set(meta.beats.members) == set(MEMBERS)
+    # Labels balanced by construction: about half the coins beat the median at each decision.
+    assert 0.4 < meta.beats.metrics["base_rate_train"] < 0.6
+    prefix = model_prefix("24h", meta.version)
+    for f in ("lr.onnx", "gbt.onnx", "gru.onnx", "meta.onnx", "calibrator.onnx", "explain.npz"):
+        assert lake.exists(prefix + "beats/" + f), f
+    card = lake.get(prefix + "MODEL_CARD.md").decode()
+    assert "## Cross-section: P(the coin beats the median coin" in card
+    ds = t.beats.ds.take(np.arange(0, len(t.beats.ds), 7))
+    model = HorizonModel.load(lake, "24h")
+    # float32 features under ONNX: a row whose value lies within float32 rounding of a tree's threshold takes the
+    # other branch (seen: 1 row of 1,286, 0.005 in logit); every other row agrees to float32 precision.
+    gap = np.abs(model.beats_logit(ds.X, ds.S) - native_meta_logit(t.beats, ds))
+    assert np.median(gap) < 1e-5 and (gap > 2e-4).mean() < 0.005, (np.median(gap), (gap > 2e-4).mean())
+    pred = model.predict(ds.X, ds.S)
+    differ = np.abs(pred.beats - native_p_up(t.beats, ds)) > 1e-6
+    assert differ.mean() < 0.01
+    assert ((pred.beats_low <= pred.beats + 1e-7) & (pred.beats <= pred.beats_high + 1e-7)).all()
+    side = pred.beats >= 0.5
+    np.testing.assert_allclose(pred.beats_confidence[side], pred.beats_low[side])
+    X, S = ds.X[-3:], ds.S[-3:]
+    phi, base = model.explain(X, S, permutations=2, stack="beats/")
+    np.testing.assert_allclose(phi.sum(axis=1) + base, model.beats_logit(X, S), atol=1e-4)
+    # A version whose metadata names a cross-sectional stack is incomplete without its files.
+    copy = LocalLake(trained["lake"].root.parent / "no-beats")
+    for k in lake.list(prefix):
+        if "/beats/gru.onnx" not in k:
+            copy.put(k, lake.get(k))
+    copy.put("models/horizon=24h/CURRENT", lake.get("models/horizon=24h/CURRENT"))
+    with pytest.raises(CstError) as info:
+        HorizonModel.load(copy, "24h")
+    assert info.value.code == "model_incomplete" and "beats/gru.onnx" in info.value.message
+
+
 def test_predictions_are_well_formed(trained):
     t = trained["t"]
     pred = HorizonModel.load(trained["lake"], "24h").predict(t.ds.X[:200], t.ds.S[:200])
