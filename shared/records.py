@@ -166,14 +166,45 @@ class Signal(Record):
     """A coin on which enough horizons agree at or above the threshold, and the risk gate's decision on it."""
 
     coin: str
-    direction: Literal["up", "down"]
+    direction: Literal["up", "down", "beats", "lags"] = Field(
+        description="up/down: the price's direction; beats/lags: against the median coin of the universe")
+    target: Literal["direction", "cross_section"] = "direction"
     horizons: list[str]
     min_confidence: float
-    p_up: dict[str, float]
+    p_up: dict[str, float] = Field(description="per agreeing horizon: P(up), or P(beats) for a cross-sectional signal")
     q: dict[str, list[float]] = {}
     decision_ts: dict[str, int] = {}
     risk: RiskDecision | None = None
     tradable: bool = False
+
+
+class BasketLeg(Record):
+    """One name of the market-neutral basket."""
+
+    coin: str
+    side: Literal["long", "short"]
+    score: float = Field(description="the cross-sectional stack's score (its logit of P(beats))")
+    p_beats: float | None = None
+    weight: float = Field(description="signed share of equity")
+    notional: float
+    impact_bps: float = Field(description="the square-root impact model's cost of entering it")
+
+
+class Basket(Record):
+    """Long the top of the cross-sectional ranking, short the bottom, within the guards; labelled with what the
+    ranking showed on data it never fitted on. A research basket unless that skill is demonstrated."""
+
+    horizon: str
+    decision_ts: int
+    model_version: str
+    skill: str | None = Field(None, description="the cross-sectional stack's verdict on its own skill")
+    held_out_ic: dict[str, Any] | None = Field(None, description="rank IC of the score on the calibration rows")
+    long: list[BasketLeg] = []
+    short: list[BasketLeg] = []
+    ranked: int = 0
+    left_out: dict[str, str] = {}
+    guards: dict[str, str] = {}
+    label: str = ""
 
 
 class Failure(Record):
@@ -206,6 +237,12 @@ class RunSummary(Record):
     uncertified_horizons: dict[str, str] = {}
     signals: list[Signal] = []
     tradable_signals: int = 0
+    # The cross-sectional probabilities under the same rule: long (beats) and short (lags) candidates; why a
+    # horizon's cross-sectional stack is not certified; the market-neutral basket, or why there is none.
+    cross_section_signals: list[Signal] = []
+    cross_section_uncertified: dict[str, str] = {}
+    basket: Basket | None = None
+    basket_note: str | None = None
     outcomes_recorded: int = 0
     no_outcome: dict[str, dict[str, int]] = Field({}, description="horizon -> reason -> matured predictions that "
                                                                   "have no outcome (NoOutcome)")

@@ -412,6 +412,25 @@ class ApiSettings(BaseModel):
     run_source: str = "live"
 
 
+class BasketSettings(BaseModel):
+    """The market-neutral basket (long the top decile of the cross-sectional score, short the bottom) and what a
+    long-short book of Binance USDT-M perpetuals pays; the risk step and the evaluation's book read the same values."""
+
+    horizon: str = "7d"  # whose cross-sectional score ranks the coins
+    quantile: float = 0.1  # each leg: this share of the ranked coins
+    gross: float = 1.0  # both legs together, as a share of equity (half long, half short)
+    taker_fee_bps: float = 5.0  # Binance USDT-M taker fee, 0.05% a side (the published base tier)
+    half_spread_bps: float = 5.0
+    impact_k: float = 1.0  # the risk service's square-root impact model
+    # Perpetual funding where the lake holds no recorded rates: an assumption printed with every result. Binance's
+    # rate when the premium is zero is its interest component, 0.01% per 8 hours: 3 bps a day, paid by longs and
+    # received by shorts.
+    funding_long_bps_per_day: float = 3.0
+    funding_short_bps_per_day: float = 3.0
+    capital_per_leg: float = 100_000.0  # the evaluation's book, in quote currency
+    max_impact_bps: float = 50.0  # a name whose impact at its weight would cost more is left out (liquidity)
+
+
 class RiskSettings(BaseModel):
     """Sizing, costs and guards: the main job's risk gate and the backtest read the same values."""
 
@@ -440,6 +459,7 @@ class RiskSettings(BaseModel):
     allocation: Literal["kelly", "mean_variance"] = "kelly"
     # Annualisation of daily figures (CAGR, Sharpe, turnover): crypto trades every day of the year.
     periods_per_year: float = 365.0
+    basket: BasketSettings = BasketSettings()
 
 
 # What an exchange needs beyond the defaults above (Kraken spot); a value set explicitly wins over its profile.

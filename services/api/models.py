@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from shared.contracts import QualityReport
 from shared.records import (
+    Basket,
     CoinPerformance,
     DriftVerdict,
     Failure,
@@ -112,6 +113,11 @@ class SignalsView(BaseModel):
     as_of: str | None = None
     signals: list[Signal]
     why_none: dict[str, str]
+    cross_section: list[Signal] = Field([], description="long (beats) and short (lags) candidates against the "
+                                                        "universe's median coin, under the same 80% rule")
+    cross_section_why_none: dict[str, str] = {}
+    basket: Basket | None = Field(None, description="the market-neutral basket by cross-sectional score")
+    basket_note: str | None = None
 
 
 class PredictionPage(BaseModel):

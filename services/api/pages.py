@@ -78,13 +78,19 @@ def _finite(x: float | None) -> float | None:
 def signals_page(settings: Settings, summary: RunSummary | None) -> dict:
     if summary is None:
         return {"signals": [], "why": [], "nothing": "No run has completed yet.",
-                "min_horizons": settings.consensus_min_horizons}
+                "min_horizons": settings.consensus_min_horizons, "cross_section": [], "cross_why": [],
+                "basket": None, "basket_note": "no run has completed yet"}
     why = sorted(summary.uncertified_horizons.items())
     for h, reason in sorted(summary.horizons_without_model.items()):
         why.append((h, reason))
     nothing = "" if why else "Every horizon is certified, and no coin reached 80% on enough agreeing horizons."
     return {"signals": summary.signals, "why": why, "nothing": nothing,
-            "min_horizons": settings.consensus_min_horizons}
+            "min_horizons": settings.consensus_min_horizons,
+            "cross_section": summary.cross_section_signals,
+            "cross_why": sorted(summary.cross_section_uncertified.items()),
+            "basket": summary.basket, "basket_note": summary.basket_note,
+            "basket_decision": day(summary.basket.decision_ts, "1h" if summary.basket.horizon == "1h" else "1d")
+            if summary.basket else None}
 
 
 def ranges_page(lake: Lake, horizons: list[str], summary: RunSummary | None) -> dict:

@@ -10,65 +10,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from services.risk.guards import impact_bps
-from shared.metrics import horizon_windows
-
-# A decision time ranks at least this many coins before its IC or quantiles count: with fewer, one coin's move is
-# the whole figure.
-MIN_COINS = 10
-
-
-def _ranks(v: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1, ties sharing their mean rank (Spearman's convention)."""
-    order = np.argsort(v, kind="mergesort")
-    r = np.empty(v.size, dtype=np.float64)
-    r[order] = np.arange(v.size, dtype=np.float64)
-    s = v[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    for a, b in zip(starts, ends, strict=True):
-        if b - a > 1:
-            r[order[a:b]] = (a + b - 1) / 2
-    return r
-
-
-@dataclass
-class Decisions:
-    """The rows of each decision time (ts sorted): `groups` holds, per time, the positions of its usable rows."""
-
-    times: np.ndarray
-    groups: list[np.ndarray]
-
-
-def decisions(ts: np.ndarray, score: np.ndarray, fwd: np.ndarray, min_coins: int = MIN_COINS) -> Decisions:
-    """Decision times with at least `min_coins` rows whose score and forward return are both known."""
-    ok = np.flatnonzero(np.isfinite(score) & np.isfinite(fwd))
-    order = ok[np.argsort(ts[ok], kind="mergesort")]
-    t = ts[order]
-    cuts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
-    times, groups = [], []
-    for a, b in zip(cuts, np.r_[cuts[1:], t.size], strict=True):
-        if b - a >= min_coins:
-            times.append(t[a])
-            groups.append(order[a:b])
-    return Decisions(np.asarray(times, dtype=np.int64), groups)
-
-
-def rank_ic(d: Decisions, score: np.ndarray, fwd: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of score and forward return, per decision time (NaN when either is constant)."""
-    out = np.full(len(d.groups), np.nan)
-    for k, g in enumerate(d.groups):
-        a, b = _ranks(score[g]), _ranks(fwd[g])
-        a, b = a - a.mean(), b - b.mean()
-        den = np.sqrt((a * a).sum() * (b * b).sum())
-        if den > 0:
-            out[k] = float((a * b).sum() / den)
-    return out
-
+from services.risk.guards import impact_bps, liquidity  # noqa: F401 - the evaluation reads liquidity here
+from shared.ranking import MIN_COINS, Decisions, decisions, rank_ic, ranks, window_interval  # noqa: F401 - the evaluation's names too
 
 def buckets(values: np.ndarray, q: int) -> np.ndarray:
     """Quantile 0..q-1 of each value by its rank within the group (equal counts when q divides the group)."""
-    r = _ranks(values)
+    r = ranks(values)
     return np.minimum((r * q / values.size).astype(np.int64), q - 1)
 
 
@@ -97,26 +44,6 @@ def turnover(d: Decisions, coin: np.ndarray, score: np.ndarray, q: int) -> dict[
                     shares[side].append(len(now[side] - previous[side]) / len(now[side]))
         previous = now
     return {side: float(np.mean(v)) if v else None for side, v in shares.items()}
-
-
-def window_interval(values: np.ndarray, times: np.ndarray, horizon_ms: int, *, draws: int = 1000,
-                    level: float = 0.90, seed: int = 0) -> dict:
-    """The mean of a per-decision figure over non-overlapping horizon windows (each window's decisions averaged
-    first: they share one price move), with a bootstrap interval that resamples whole windows."""
-    ok = np.isfinite(values)
-    v, t = values[ok], times[ok]
-    if not v.size:
-        return {"mean": None, "interval": [None, None], "windows": 0}
-    _, w = np.unique(horizon_windows(t, horizon_ms), return_inverse=True)
-    per = np.bincount(w, weights=v) / np.bincount(w)
-    if per.size < 2:
-        return {"mean": float(per.mean()), "interval": [None, None], "windows": int(per.size)}
-    rng = np.random.default_rng(seed)
-    k = rng.multinomial(per.size, np.full(per.size, 1.0 / per.size), size=draws) / per.size
-    boot = k @ per
-    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
-    return {"mean": float(per.mean()), "interval": [float(np.quantile(boot, lo)), float(np.quantile(boot, hi))],
-            "windows": int(per.size), "level": level}
 
 
 def by_month(values: np.ndarray, times: np.ndarray) -> dict[str, float]:
@@ -196,21 +123,36 @@ def reference_scores(close: np.ndarray, coins: list[str], open_ts0: int, step: i
 class Costs:
     """What a long-short book pays: taker fees per side on traded notional, the square-root impact model of the
     risk service (half spread + k * daily volatility * sqrt(notional / average daily quote volume)) per name, and
-    perpetual funding (an assumption printed with the result: no funding rates are recorded in the lake)."""
+    perpetual funding (an assumption printed with the result: no funding rates are recorded in the lake). The
+    defaults are those of settings.risk.basket."""
 
-    fee_bps: float = 5.0  # Binance USDT-M taker fee, 0.05% a side (the published base tier)
+    fee_bps: float = 5.0
     half_spread_bps: float = 5.0
     impact_k: float = 1.0
-    funding_bps_per_day: float = 0.0  # paid by the long leg, received by the short leg, net of each other
+    funding_long_bps_per_day: float = 3.0  # paid by the long leg
+    funding_short_bps_per_day: float = 3.0  # received by the short leg
     capital: float = 100_000.0  # per leg, in quote currency
+
+    @classmethod
+    def of(cls, basket) -> Costs:
+        """The costs of settings.risk.basket."""
+        return cls(basket.taker_fee_bps, basket.half_spread_bps, basket.impact_k, basket.funding_long_bps_per_day,
+                   basket.funding_short_bps_per_day, basket.capital_per_leg)
+
+    def funding_said(self) -> str:
+        net = self.funding_long_bps_per_day - self.funding_short_bps_per_day
+        return (f"assumed: the long leg pays {self.funding_long_bps_per_day:g} bps a day, the short leg receives "
+                f"{self.funding_short_bps_per_day:g}: {net:+g} bps a day net; no funding rates are recorded in the lake")
 
 
 def long_short(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray, adv_quote: np.ndarray,
-               daily_vol: np.ndarray, every: int, costs: Costs, q: int = 10) -> tuple[np.ndarray, dict]:
+               daily_vol: np.ndarray, every: int, costs: Costs, q: int = 10,
+               days: float = 0.0) -> tuple[np.ndarray, dict]:
     """Long the top score quantile and short the bottom, equal weight, opened at one decision in `every` (one per
     non-overlapping horizon window) and held for the horizon. Per window, as returns on one leg's capital: the
     gross spread of simple returns, the fees on what changed since the previous window (a name that changed is
-    sold and its replacement bought: traded twice; once when the book opens) and the impact of trading it.
+    sold and its replacement bought: traded twice; once when the book opens), the impact of trading it, and the
+    funding of `days` held (the long leg pays its rate, the short leg receives its own).
     Returns the decision times of the windows and their per-window arrays."""
     simple = np.expm1(fwd)
     times, rows = [], []
@@ -240,7 +182,9 @@ def long_short(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np.ndarra
         rows.append((gross, fee, impact))
     arrays = {name: np.asarray(col, dtype=float) for name, col in zip(("gross", "fees", "impact"), zip(*rows, strict=True))} \
         if rows else {"gross": np.zeros(0), "fees": np.zeros(0), "impact": np.zeros(0)}
-    arrays["net"] = arrays["gross"] - arrays["fees"] - arrays["impact"]
+    arrays["funding"] = np.full(arrays["gross"].size,
+                                (costs.funding_long_bps_per_day - costs.funding_short_bps_per_day) / 1e4 * days)
+    arrays["net"] = arrays["gross"] - arrays["fees"] - arrays["impact"] - arrays["funding"]
     return np.asarray(times, dtype=np.int64), arrays
 
 
@@ -248,7 +192,7 @@ def long_short_report(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np
                       daily_vol: np.ndarray, horizon_ms: int, every: int, costs: Costs, *, seed: int = 0) -> dict:
     """The long-short book's gross and net spread per window with intervals, Sharpe, drawdown, turnover costs and
     its capacity: the capital per leg at which impact eats half the gross spread."""
-    times, a = long_short(d, coin, score, fwd, adv_quote, daily_vol, every, costs)
+    times, a = long_short(d, coin, score, fwd, adv_quote, daily_vol, every, costs, days=horizon_ms / 86_400_000)
     if not times.size:
         return {"windows": 0, "note": "no decision time with a ranking score"}
     per_year = 365.25 * 86_400_000 / max(horizon_ms, 1)
@@ -257,8 +201,7 @@ def long_short_report(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np
     out = {"windows": int(times.size), "capital_per_leg": costs.capital, "fee_bps_per_side": costs.fee_bps,
            "impact_model": f"half spread {costs.half_spread_bps:g} bps + {costs.impact_k:g} x daily volatility x "
                            "sqrt(notional / 30-day average daily quote volume) (services/risk/guards.py)",
-           "funding": f"assumed {costs.funding_bps_per_day:g} bps a day on each leg of a dollar-neutral book, paid "
-                      "by the long and received by the short: nets to zero; no funding rates are recorded in the lake",
+           "funding": costs.funding_said(), "funding_mean": float(a["funding"].mean()),
            "gross": window_interval(a["gross"], times, horizon_ms, seed=seed),
            "net": window_interval(net, times, horizon_ms, seed=seed),
            "fees_mean": float(a["fees"].mean()), "impact_mean": float(a["impact"].mean()),
@@ -288,24 +231,3 @@ def capacity(d: Decisions, coin: np.ndarray, score: np.ndarray, fwd: np.ndarray,
         mid = float(np.sqrt(lo * hi))
         lo, hi = (mid, hi) if impact(mid) < gross / 2 else (lo, mid)
     return lo
-
-
-def liquidity(close: np.ndarray, quote_volume: np.ndarray, step: int, days: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Per panel cell (times x coins), from the `days` before it: average daily quote volume and daily volatility
-    of log returns (NaN until the window is complete): what the impact model reads."""
-    per_day = max(1, 86_400_000 // step)
-    n = days * per_day
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.vstack([np.full((1, close.shape[1]), np.nan), np.diff(np.log(close), axis=0)])
-
-    def window_sum(v: np.ndarray) -> np.ndarray:
-        """Sum over the last n rows (NaN where the window is incomplete or holds a NaN)."""
-        c = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(np.nan_to_num(v), axis=0)])
-        bad = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(~np.isfinite(v), axis=0)])
-        out = np.full(v.shape, np.nan)
-        out[n - 1:] = np.where(bad[n:] - bad[:-n] > 0, np.nan, c[n:] - c[:-n])
-        return out
-
-    mean = window_sum(r) / n
-    var = np.maximum(window_sum(r * r) / n - mean * mean, 0.0)
-    return window_sum(quote_volume) / n * per_day, np.sqrt(var) * np.sqrt(per_day)

@@ -432,6 +432,7 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
         "horizons": {h: horizon_metrics(t, thr, settings.training.seed) for h, t in tests.items()},
         "not_evaluated": sorted(set(horizons) - set(tests)),
         "consensus": consensus_metrics(settings, signals),
+        "long_short_costs": costs_said(cross_section.Costs.of(settings.risk.basket)),
     }
     for h, t in tests.items():
         m = metrics["horizons"][h]
@@ -459,11 +460,11 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
     return {"metrics": metrics, "tests": tests, "signals": signals, "market": market, "backtest": bt}
 
 
-_C = cross_section.Costs()
-COSTS_SAID = (f"taker fee {_C.fee_bps:g} bps a side (Binance USDT-M base tier), impact: half spread "
-              f"{_C.half_spread_bps:g} bps + {_C.impact_k:g} x daily volatility x sqrt(notional / 30-day average daily "
-              f"quote volume) at {_C.capital:,.0f} per leg; funding assumed equal on both legs (nets to zero: no "
-              "funding rates are recorded); capacity: the capital per leg at which impact eats half the gross spread")
+def costs_said(c: cross_section.Costs) -> str:
+    return (f"taker fee {c.fee_bps:g} bps a side (settings.risk.basket; Binance USDT-M base tier by default), impact: "
+            f"half spread {c.half_spread_bps:g} bps + {c.impact_k:g} x daily volatility x sqrt(notional / 30-day "
+            f"average daily quote volume) at {c.capital:,.0f} per leg; funding {c.funding_said()}; capacity: the "
+            "capital per leg at which impact eats half the gross spread")
 
 
 def cross_section_metrics(settings: Settings, market: History, t: HorizonTest) -> dict[str, dict]:
@@ -485,7 +486,7 @@ def cross_section_metrics(settings: Settings, market: History, t: HorizonTest) -
     index = {c: k for k, c in enumerate(panel.coins)}
     row = np.clip((t.ts - step - int(panel.open_ts[0])) // step, 0, close.shape[0] - 1)
     col = np.asarray([index.get(c, 0) for c in t.coin.tolist()], dtype=np.int64)
-    costs = cross_section.Costs()
+    costs = cross_section.Costs.of(settings.risk.basket)
     out = {}
     for name, s in scores.items():
         d = cross_section.decisions(t.ts, s, t.fwd)
@@ -586,7 +587,7 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
          "P(beats the universe's median)); the plain GBT on the same target by its raw probability; momentum = "
          "return from 4 weeks to 1 week before, reversal = minus the last day's return. "
          "Long-short: long the top decile, short the bottom, equal weight, one book per horizon window; "
-         f"{COSTS_SAID}", cross),
+         f"{metrics.get('long_short_costs', '')}", cross),
         ("Models served, window by window", models),
         ("Consensus", metrics["consensus"]),
     ]

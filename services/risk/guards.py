@@ -48,6 +48,27 @@ def impact_bps(notional, adv_quote, daily_vol, half_spread_bps: float = 5.0, k: 
     return half_spread_bps + k * daily_vol * np.sqrt(notional / adv_quote) * 1e4
 
 
+def liquidity(close: np.ndarray, quote_volume: np.ndarray, step: int, days: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Per panel cell (times x coins), from the `days` before it: average daily quote volume and daily volatility
+    of log returns (NaN until the window is complete): what the impact model reads."""
+    per_day = max(1, 86_400_000 // step)
+    n = days * per_day
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.vstack([np.full((1, close.shape[1]), np.nan), np.diff(np.log(close), axis=0)])
+
+    def window_sum(v: np.ndarray) -> np.ndarray:
+        """Sum over the last n rows (NaN where the window is incomplete or holds a NaN)."""
+        c = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(np.nan_to_num(v), axis=0)])
+        bad = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(~np.isfinite(v), axis=0)])
+        out = np.full(v.shape, np.nan)
+        out[n - 1:] = np.where(bad[n:] - bad[:-n] > 0, np.nan, c[n:] - c[:-n])
+        return out
+
+    mean = window_sum(r) / n
+    var = np.maximum(window_sum(r * r) / n - mean * mean, 0.0)
+    return window_sum(quote_volume) / n * per_day, np.sqrt(var) * np.sqrt(per_day)
+
+
 def impact_model(notional: float, adv_quote: float, daily_vol: float, half_spread_bps: float = 5.0,
                  k: float = 1.0) -> Fill:
     """Square-root impact where no book exists (history): cost = half spread + k * vol * sqrt(participation).

@@ -30,6 +30,7 @@ from services.training.members import (
 )
 from services.training.tuning import TuneResult, tune_member
 from shared.errors import CstError
+from shared.ranking import MIN_COINS, decisions, rank_ic, window_interval
 from shared.settings import Budget, HorizonSpec, Settings, timeframe_ms
 from shared.storage import Lake
 
@@ -150,7 +151,7 @@ def calibration_split(ts: np.ndarray, horizon_ms: int, share: float) -> tuple[np
 
 
 def fit_stack(target: str, horizon: str, ds: Dataset, settings: Settings, budget: Budget, lake: Lake | None,
-              tick: Callable[[str], None]) -> Stack:
+              tick: Callable[[str], None], fwd: np.ndarray | None = None) -> Stack:
     """Purged walk-forward search of every member, the meta-learner on their out-of-fold logits, the final fit on
     the member rows, and calibration with earned skill on the latest block they never saw."""
     cfg = settings.training
@@ -210,8 +211,20 @@ def fit_stack(target: str, horizon: str, ds: Dataset, settings: Settings, budget
         "hit_rate_all": float(hit.mean()),
         "skill": skill.summary,
     }
+    if target == "beats" and fwd is not None:
+        metrics["rank_ic"] = held_out_ic(s_cal, fwd[cal_rows], ts_cal, horizon_ms, seed)
     return Stack(target, members, meta, cal, metrics, {m: tuned[m].params for m in MEMBERS},
                  {m: tuned[m].summary() for m in MEMBERS}, ds, cal_rows, len(folds), int(fit.ts.max()))
+
+
+def held_out_ic(score: np.ndarray, fwd: np.ndarray, ts: np.ndarray, horizon_ms: int, seed: int) -> dict:
+    """How well the stack's score ranked the coins on the calibration rows (fitted on none of them): Spearman IC
+    per decision time, its mean over non-overlapping horizon windows with a 90% bootstrap interval."""
+    d = decisions(ts, score, fwd)
+    if not d.groups:
+        return {"mean": None, "interval": [None, None], "windows": 0, "decision_times": 0,
+                "note": f"no calibration decision ranks {MIN_COINS} or more coins"}
+    return {**window_interval(rank_ic(d, score, fwd), d.times, horizon_ms, seed=seed), "decision_times": len(d.groups)}
 
 
 def _too_few(name: str, prep: Prepared, min_rows: int) -> CstError | None:
@@ -242,7 +255,7 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
         problem = _too_few(f"{horizon} beats", prep_b, cfg.min_training_rows)
         if problem is None:
             try:
-                beats = fit_stack("beats", horizon, prep_b.ds, settings, budget, lake, tick)
+                beats = fit_stack("beats", horizon, prep_b.ds, settings, budget, lake, tick, prep_b.fwd)
                 beats.excluded = prep_b.excluded
             except CstError as exc:
                 problem = exc

@@ -160,6 +160,11 @@ def beats_lines(record: ModelMetadata) -> list[str]:
         return [*head, f"- Not in this version: {record.beats_note or 'not trained'}", ""]
     m = b.metrics
     conf = m["confident"]
+    ic = m.get("rank_ic") or {}
+    ic_line = ([f"- Held-out rank IC of the score (Spearman per decision time, mean over {ic['windows']} "
+                f"non-overlapping windows): {ic['mean']:+.4f} [{ic['interval'][0]:+.4f}, {ic['interval'][1]:+.4f}]"]
+               if ic.get("mean") is not None and ic["interval"][0] is not None else
+               [f"- Held-out rank IC: {ic.get('note', 'not measured')}"])
     return [
         *head,
         f"- A second stack of the same members, searched in its own Optuna journals, on {b.rows:,} rows (left out: "
@@ -169,6 +174,7 @@ def beats_lines(record: ModelMetadata) -> list[str]:
         f"- Held out: Brier {m['cv_brier']:.4f}, Brier skill {m['brier_skill']:+.4f} vs {m['base_rate_train']:.3f}, "
         f"ECE {m['ece']:.4f}, n = {m['validation_rows']}; confidence >= {conf['threshold']}: n = {conf['n']}, "
         f"hit rate = {conf['hit_rate']}",
+        *ic_line,
         "",
     ]
 

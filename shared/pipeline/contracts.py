@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from shared.contracts import FetchFailure
-from shared.records import DriftVerdict, Failure, Signal, Universe
+from shared.records import Basket, DriftVerdict, Failure, Signal, Universe
 
 
 class RunStart(BaseModel):
@@ -152,6 +152,11 @@ class RiskOutput(StepOutput):
     actionable: int = 0
     signals: list[Signal] = []
     tradable: int = 0
+    # The cross-sectional probabilities under the same 80% rule and consensus: long (beats) and short (lags)
+    # candidates; and the market-neutral basket by score (None, with the reason, when it cannot be built).
+    cross_section: list[Signal] = []
+    basket: Basket | None = None
+    basket_note: str | None = None
 
     def metrics(self) -> dict[str, float]:
         return {**super().metrics(), "Predictions": self.predictions, "Actionable": self.actionable,

@@ -45,7 +45,7 @@ def test_rank_ic_quantile_returns_spread_and_turnover_by_hand():
 
 
 def test_ties_share_their_mean_rank_and_a_time_with_too_few_coins_does_not_count():
-    assert xs._ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+    assert xs.ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
     ts = np.array([0, 0, 0, DAY, DAY], dtype=np.int64)
     d = xs.decisions(ts, np.arange(5.0), np.arange(5.0), min_coins=3)
     assert d.times.tolist() == [0]
@@ -123,7 +123,12 @@ def test_the_long_short_book_pays_fees_and_impact_by_hand_and_its_capacity_is_wh
     rep = xs.long_short_report(d, coins, score, fwd, adv, vol, DAY, 1, xs.Costs(capital=1e5))
     assert rep["capacity_per_leg"] == pytest.approx(1e6 * (0.0745 / 0.02) ** 2, rel=1e-6)
     assert rep["net"]["mean"] == pytest.approx((0.15 - 1e-3 - 2 * per_leg + 0.15) / 2)
-    assert "nets to zero" in rep["funding"]
+    assert "+0 bps a day net" in rep["funding"] and rep["funding_mean"] == 0
+    # Funding where the legs' rates differ: the long pays 3 bps a day, the short receives 1, held 7 days.
+    costs = xs.Costs(capital=1e5, funding_long_bps_per_day=3.0, funding_short_bps_per_day=1.0)
+    _, b = xs.long_short(d, coins, score, fwd, adv, vol, 1, costs, days=7)
+    assert b["funding"] == pytest.approx([14e-4, 14e-4])
+    assert b["net"] == pytest.approx(a["net"] - 14e-4)
 
 
 def test_liquidity_is_the_average_daily_quote_volume_and_daily_volatility_of_the_window_before():

@@ -79,6 +79,20 @@ def test_first_run_trains_predicts_and_excludes_with_reasons(source, lake_dir, e
     row = rows[0]
     assert row["p_low"] <= row["p_up"] <= row["p_high"] and len(json.loads(row["top_features"])) == 5
     assert row["model_version"].startswith("v") and row["decision_ts"] == 1714521600000
+    # Every prediction carries the cross-sectional target too: P(beats the universe's median), its interval, the
+    # score that ranks the coins, its verdict and its own SHAP contributions.
+    for r in rows:
+        assert r["p_beats_low"] <= r["p_beats"] <= r["p_beats_high"] and np.isfinite(r["beats_score"])
+        assert r["beats_skill"] and len(json.loads(r["beats_top_features"])) == 5
+        assert r["beats_actionable"] is False  # five coins, a tiny budget: nothing certified
+    assert set(s["cross_section_uncertified"]) == {"24h", "7d"} and s["cross_section_signals"] == []
+    # The basket ranks the five 7d scores: one name a leg (10% of five, at least one), labelled as research.
+    b = s["basket"]
+    assert b["horizon"] == "7d" and b["ranked"] == 5 and len(b["long"]) == len(b["short"]) == 1
+    assert b["long"][0]["weight"] == -b["short"][0]["weight"] > 0
+    by_coin = {r["coin"]: r["beats_score"] for r in rows if r["horizon"] == "7d"}
+    assert b["long"][0]["coin"] == max(by_coin, key=by_coin.get) and b["short"][0]["coin"] == min(by_coin, key=by_coin.get)
+    assert b["label"].startswith("Research (no demonstrated skill)")
 
 
 def test_rerunning_the_same_as_of_changes_nothing(source, lake_dir, env):
