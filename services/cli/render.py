@@ -7,7 +7,7 @@ from collections import Counter
 from rich.table import Table
 
 from shared.contracts import QualityReport
-from shared.records import Prediction, Signal, TrainingFailure, TrainingResult
+from shared.records import Basket, Prediction, Signal, TrainingFailure, TrainingResult
 
 
 def quality_table(report: QualityReport) -> Table:
@@ -39,6 +39,18 @@ def signals_table(predictions: list[Prediction], signals: list[Signal]) -> Table
         table.add_row(p.coin, p.horizon, "up" if p.direction == 1 else "down", f"{p.p_up:.3f}",
                       f"[{p.p_low:.3f}, {p.p_high:.3f}]", f"{p.confidence:.3f}",
                       f"{p.q10:+.3f} / {p.q50:+.3f} / {p.q90:+.3f}", tops, signal_cell(signalled.get(p.coin)))
+    return table
+
+
+def basket_table(basket: Basket, cross_section: list[Signal]) -> Table:
+    """The market-neutral basket, under its label, with the cross-sectional candidates beside its names."""
+    table = Table(title=basket.label)
+    for col in ("side", "coin", "score", "P(beats)", "weight", "notional", "entry impact", "candidate"):
+        table.add_column(col)
+    cand = {s.coin: f"{s.direction} ({', '.join(s.horizons)})" for s in cross_section}
+    for x in basket.long + basket.short:
+        table.add_row(x.side, x.coin, f"{x.score:+.3f}", "-" if x.p_beats is None else f"{x.p_beats:.3f}",
+                      f"{x.weight:+.1%}", f"{x.notional:,.0f}", f"{x.impact_bps:.1f} bps", cand.get(x.coin, ""))
     return table
 
 

@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from services.cli.common import console, lake_of, parse_as_of, step_progress
 from services.cli.ingest import backfill_with_progress, print_ingest
-from services.cli.render import signals_table
+from services.cli.render import basket_table, signals_table
 from services.orchestrator import runner, usecases
 from shared import runs
 from shared.contracts import iso_to_ms, ms_to_iso
@@ -43,6 +43,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         console.print(escape(u.describe()))
     if ctx.output(ref.run_id, "risk") is not None:
         console.print(signals_table(served_predictions(ctx, ref), doc.signals))
+        if doc.basket is not None:
+            console.print(basket_table(doc.basket, doc.cross_section_signals))
+        elif doc.basket_note:
+            console.print(f"no market-neutral basket: {escape(doc.basket_note)}")
         drift = ctx.output(ref.run_id, "drift")
         retrain = drift.retrain if drift is not None else []
         console.print(f"run {ref.run_id}: as-of {doc.as_of}, {doc.coins_predicted}/{doc.coins_total} coins "
@@ -55,6 +59,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"[yellow]{h}: {sum(reasons.values())} matured predictions have no outcome[/]: {said}")
     for h, why in doc.uncertified_horizons.items():
         console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {escape(why)}")
+    for h, why in doc.cross_section_uncertified.items():
+        console.print(f"[yellow]{h} P(beats the universe) is logged but never actionable[/]: {escape(why)}")
     for h, why in doc.horizons_without_model.items():
         console.print(f"[yellow]{h} has no model[/]: {escape(why)}")
     if result.status != "complete":

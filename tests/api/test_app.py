@@ -71,6 +71,11 @@ def test_viewer_reads_signals_predictions_coins_runs_models_and_quality(served):
     c, h = served["client"], bearer(served, "vera")
     sig = c.get("/api/signals", headers=h).json()
     assert sig["run_id"] and sig["signals"] == [] and set(sig["why_none"]) == {"24h", "7d"}
+    # The cross-section beside them: no certified candidates, and the research basket with its label and legs.
+    assert sig["cross_section"] == [] and set(sig["cross_section_why_none"]) == {"24h", "7d"}
+    basket = sig["basket"]
+    assert basket["label"].startswith("Research (no demonstrated skill) basket by the 7d cross-sectional score")
+    assert len(basket["long"]) == len(basket["short"]) == 1 and basket["ranked"] == 5
     page = c.get("/api/predictions", params={"coin": "BTC", "horizon": "24h", "limit": 1}, headers=h).json()
     assert page["total"] == 2 and len(page["items"]) == 1 and page["items"][0]["coin"] == "BTC"
     ranged = c.get("/api/predictions", params={"since": "2024-05-02T00:00:00Z", "until": "2024-05-02T00:00:00Z"},

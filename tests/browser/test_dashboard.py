@@ -164,6 +164,10 @@ def test_a_viewer_reads_every_page_with_its_charts_and_no_buttons(site, browser,
     browser.get(site["base"] + "/")
     assert "No signals in this run" in browser.find_element(By.ID, "no-signals").text
     assert "24h:" in browser.find_element(By.ID, "no-signals").text
+    # The market-neutral basket under its label, one long and one short name of the five ranked.
+    assert "Research (no demonstrated skill) basket" in browser.find_element(By.CSS_SELECTOR, ".basket-label").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#basket-legs tbody tr")) == 2
+    assert "No long or short candidates" in browser.find_element(By.ID, "no-cross-section").text
     browser.get(site["base"] + "/ranges")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#ranges-24h tbody tr")) == len(COINS)
     browser.get(site["base"] + "/coins/BTC?horizon=24h")

@@ -203,6 +203,8 @@ def comparable(summary: dict) -> dict:
     doc.pop("timings", None)
     for key in ("trained", "retrained", "models"):
         doc.pop(key, None)
+    if doc.get("basket"):
+        doc["basket"].pop("model_version", None)
     return doc
 
 
