@@ -56,8 +56,11 @@ class Prediction(Record):
     actionable: bool = Field(description="certified horizon and confidence at or above the threshold")
     shap_base: float
     top_features: str = Field(description="JSON list of the largest SHAP contributions: [{feature, contribution}]")
-    range_low: float | None = Field(None, description="the served 80% return range; null until outcomes exist")
+    range_low: float | None = Field(None, description="the served 80% range of the forward log return: q50 +- the "
+                                                      "conformal multiple of vol_forecast; null until outcomes exist")
     range_high: float | None = None
+    vol_forecast: float | None = Field(None, description="the volatility forecast: standard deviation of the forward "
+                                                         "log return over the horizon; null when the model has none")
     skill: str | None = Field(None, description="the model's verdict on its own skill out of sample")
     p_beats: float | None = Field(None, description="calibrated probability that the coin's forward log return "
                                                     "beats the median coin of the decision's universe")
@@ -98,6 +101,8 @@ class Outcome(Record):
     range_low: float | None = None
     range_high: float | None = None
     in_range: bool | None = None
+    q50: float | None = None
+    vol_forecast: float | None = None
 
 
 class NoOutcome(Record):
@@ -173,6 +178,8 @@ class Signal(Record):
     min_confidence: float
     p_up: dict[str, float] = Field(description="per agreeing horizon: P(up), or P(beats) for a cross-sectional signal")
     q: dict[str, list[float]] = {}
+    vol: dict[str, float] = Field({}, description="per agreeing horizon with one: the volatility forecast (sd of the "
+                                                  "forward log return over the horizon)")
     decision_ts: dict[str, int] = {}
     risk: RiskDecision | None = None
     tradable: bool = False
@@ -345,6 +352,20 @@ class TargetModel(BaseModel):
     calibration_rows: int = 0
 
 
+class VolModel(BaseModel):
+    """The volatility forecast inside a horizon version: realized variance over the horizon from HAR and pooled
+    gradient-boosting members, linearly stacked; its held-out QLIKE and R2 against HAR alone and the rolling mean."""
+
+    model_config = ConfigDict(extra="allow")
+
+    target: Literal["log_realized_variance"] = "log_realized_variance"
+    log_residual_variance: float = Field(description="s2: the served variance is exp(log forecast + s2 / 2)")
+    metrics: dict[str, Any] = {}
+    members: dict[str, Any] = {}
+    rows: int = 0
+    rows_excluded: dict[str, Any] = {}
+
+
 class ModelMetadata(BaseModel):
     """A model version as the registry stores it beside its ONNX files: what it was trained on and how, its
     out-of-sample metrics and skill verdict, the gate's decision, and what reproduces it (settings, libraries,
@@ -379,6 +400,8 @@ class ModelMetadata(BaseModel):
     wall_seconds: float | None = Field(None, description="training's wall time (set by the training run)")
     beats: TargetModel | None = Field(None, description="the cross-sectional stack, P(beats the universe's median)")
     beats_note: str | None = Field(None, description="why this version has no cross-sectional stack")
+    vol: VolModel | None = Field(None, description="the volatility forecast (realized variance over the horizon)")
+    vol_note: str | None = Field(None, description="why this version has no volatility forecast")
 
     @field_validator("gate", mode="before")
     @classmethod

@@ -196,6 +196,9 @@ class FeatureSettings(BaseModel):
     rsi_period: int = 14
     atr_period: int = 14
     parkinson_window: int = 14
+    # HAR terms (Corsi 2009): log of the mean Parkinson variance per bar over the last 1, 7 and 30 bars
+    # (features har_<w>); the volatility forecast's HAR member reads exactly these.
+    har_windows: list[int] = [1, 7, 30]
     macd: tuple[int, int, int] = (12, 26, 9)
     stoch: tuple[int, int, int] = (14, 3, 3)
     bollinger: tuple[int, float] = (20, 2.0)
@@ -333,6 +336,11 @@ class TrainingSettings(BaseModel):
     quantile_num_leaves: int = 15
     quantile_learning_rate: float = 0.05
     quantile_min_child_samples: int = 100
+    # The volatility forecast (log of the realized Parkinson variance over the horizon): the HAR member has no
+    # parameters to tune; the pooled gradient-boosting member on log variance uses these (the budget's
+    # gbt_max_estimators caps the trees).
+    vol_gbt: dict[str, int | float] = {"n_estimators": 300, "num_leaves": 15, "learning_rate": 0.05,
+                                       "min_child_samples": 100, "colsample_bytree": 0.7, "reg_lambda": 1.0}
     # A new model replaces CURRENT only if its CV Brier is not worse than the current one's by more than this.
     gate_brier_tolerance: float = 0.002
     # The gate compares both models on validation rows the current one never saw when at least this many exist

@@ -102,7 +102,8 @@ def ranges_page(lake: Lake, horizons: list[str], summary: RunSummary | None) -> 
             lo, hi = r.range_low, r.range_high
             has = lo is not None and hi is not None
             table.append({"coin": r.coin, "range": f"{pct(lo, signed=True)} to {pct(hi, signed=True)}" if has else "–",
-                          "median": pct(r.q50, signed=True), "p_up": pct(r.p_up), "skill": r.skill or ""})
+                          "median": pct(r.q50, signed=True), "p_up": pct(r.p_up), "skill": r.skill or "",
+                          "vol": pct(r.vol_forecast) if r.vol_forecast is not None else "–"})
             if has:
                 labels.append(r.coin)
                 bands.append([round(100 * lo, 3), round(100 * hi, 3)])
@@ -129,6 +130,7 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
         "horizon": h, "p_up": pct(r.p_up), "interval": f"{pct(r.p_low)} – {pct(r.p_high)}",
         "range": (f"{pct(r.range_low, signed=True)} to {pct(r.range_high, signed=True)}"
                   if r.range_low is not None else "not calibrated yet"),
+        "vol": pct(r.vol_forecast) if r.vol_forecast is not None else "no forecast in this model",
         "decision": day(r.decision_ts, "1h" if h == "1h" else "1d"), "model_version": r.model_version,
         "certified": h not in uncertified, "why": uncertified.get(h, "")} for h, r in latest.items()]
     spec = settings.training.horizons[horizon]

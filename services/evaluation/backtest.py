@@ -238,5 +238,7 @@ def _metrics(run: _Run, equity: np.ndarray, gross: np.ndarray, ts: np.ndarray, n
         "fees_paid": float(run.fees),
         "impact_paid": float(run.impact),
         "final_equity": float(equity[-1]),
+        # Entries sized by the volatility forecast, and by the trailing daily sd where an order carried none.
+        "sized_by": dict(run.sizing_vol),
     })
     return out

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from services.evaluation import cross_section, report
+from services.evaluation import ranges as ranges_eval
 from services.evaluation.backtest import (
     buy_and_hold,
     equal_weight,
@@ -35,6 +36,7 @@ from services.risk.history import price_history_from_panel
 from services.risk.orders import orders_from_signals
 from services.training.ensemble import Trained
 from services.training.train import History, load_history, train
+from services.training.volatility import forward_variance, rolling_log_variance
 from shared.contracts import iso_to_ms, ms_to_iso
 from shared.errors import CstError
 from shared.metrics import (
@@ -90,21 +92,29 @@ class HorizonTest:
     horizon_ms: int = 0
     models: list[dict] = field(default_factory=list)  # one entry per retrain window
     search: dict = field(default_factory=dict)  # the last served model's per-member search summary
+    # The volatility forecast: realized variance over the horizon (NaN where a candle is missing), the served sd
+    # of the forward log return, the HAR member's alone, and the 30-bar rolling mean's (NaN without a forecast).
+    rv: np.ndarray | None = None
+    vol: np.ndarray | None = None
+    vol_har: np.ndarray | None = None
+    vol_roll: np.ndarray | None = None
     ranges: np.ndarray | None = None  # (n, 2) the 80% range served (conformal, replayed); NaN before any outcome
     naive: np.ndarray | None = None  # (n, 2) rolling-volatility range of the same nominal level
+    references: dict[str, np.ndarray] = field(default_factory=dict)  # every range, served included, by name
 
     def labeled(self) -> np.ndarray:
         return np.isfinite(self.y)
 
     ARRAYS = ("ts", "coin", "p_up", "low", "high", "confidence", "direction", "quantiles", "score", "fwd", "y",
               "base_rate", "cal_range", "reference", "p_beats", "beats_score", "y_beats", "beats_reference",
-              "beats_reference_score")
+              "beats_reference_score", "rv", "vol", "vol_har", "vol_roll")
 
     @classmethod
     def join(cls, parts: list[HorizonTest]) -> HorizonTest:
         """The windows of one horizon, in time order, as one test."""
         first = parts[0]
-        arrays = {a: np.concatenate([getattr(p, a) for p in parts]) for a in cls.ARRAYS}
+        arrays = {a: np.concatenate([getattr(p, a) for p in parts]) for a in cls.ARRAYS
+                  if all(getattr(p, a) is not None for p in parts)}
         excluded: dict[str, int] = defaultdict(int)
         for p in parts:
             for k, v in p.excluded.items():
@@ -145,6 +155,10 @@ def predict_window(settings: Settings, market: History, lake: LocalLake, horizon
                     nan if pred.beats is None else pred.beats, nan if pred.beats is None else pred.beats_logit,
                     r.labels("beats")[rows], beats_reference.predict(X) if with_ref else nan,
                     beats_reference.score(X) if with_ref else nan, r.excluded(inside), spec.length_ms)
+    t.rv = forward_variance(market.panels[spec.timeframe], frame, spec.bars)[rows]
+    t.vol = pred.vol if pred.vol is not None else nan
+    t.vol_har = model.har_sigma(X) if model.has_vol and n else nan
+    t.vol_roll = np.sqrt(np.exp(rolling_log_variance(X, frame.names, spec.bars))) if n else nan
     skill = model.metadata.skill or {}
     beats = (model.metadata.beats.skill or {}) if model.metadata.beats is not None else {}
     t.models = [{"from": ms_to_iso(start_ms), "version": version, "rows": int(n),
@@ -216,7 +230,7 @@ def _range_figures(t: HorizonTest) -> dict:
     return out
 
 
-def horizon_metrics(t: HorizonTest, threshold: float, seed: int = 0) -> dict:
+def horizon_metrics(t: HorizonTest, threshold: float, seed: int = 0, alpha: float = 0.2) -> dict:
     m = t.labeled()
     p, y, base = t.p_up[m], t.y[m], t.base_rate[m]
     n = int(m.sum())
@@ -244,6 +258,11 @@ def horizon_metrics(t: HorizonTest, threshold: float, seed: int = 0) -> dict:
         "hit_rate_all": float(hit.mean()) if n else None,
         "scores": score_shift(t),
         **_range_figures(t),
+        "ranges": ranges_eval.range_metrics(t.ts, t.coin, t.fwd, t.references, t.vol, t.horizon_ms, alpha,
+                                            seed) if t.references else {},
+        "volatility": ranges_eval.vol_metrics(t.rv, {"stack": t.vol ** 2, ranges_eval.HAR: t.vol_har ** 2,
+                                                     "rolling 30-bar mean": t.vol_roll ** 2}, t.ts, t.horizon_ms,
+                                              seed) if t.vol is not None else {},
         "excluded": int(sum(t.excluded.values())), "excluded_by_reason": t.excluded,
         "confident": {"threshold": threshold, **_rate(hit[conf])},
         "models": t.models,
@@ -281,6 +300,7 @@ class ReplayedVote:
     q90: float
     decision_ts: int
     fwd: float
+    vol_forecast: float | None = None
 
 
 class ReplayedSignal(Signal):
@@ -299,7 +319,8 @@ def consensus_signals(tests: dict[str, HorizonTest], threshold: float, min_horiz
             by_ts[int(t.ts[i])].append(ReplayedVote(
                 coin=str(t.coin[i]), horizon=h, direction=int(t.direction[i]), confidence=float(t.confidence[i]),
                 p_up=float(t.p_up[i]), actionable=bool(t.confidence[i] >= threshold), q10=q10, q50=q50, q90=q90,
-                decision_ts=int(t.ts[i]), fwd=float(t.fwd[i])))
+                decision_ts=int(t.ts[i]), fwd=float(t.fwd[i]),
+                vol_forecast=float(t.vol[i]) if t.vol is not None and np.isfinite(t.vol[i]) else None))
     signals = []
     for ts in sorted(by_ts):
         votes = by_ts[ts]
@@ -382,14 +403,29 @@ def walk_forward_tests(settings: Settings, lake: LocalLake, run_id: str, market:
                                        promoted=meta.promoted if trained else None)
                 pieces[h].append(piece)
     tests = {h: HorizonTest.join(ps) for h, ps in pieces.items() if ps}
-    run = settings.run
     for h, t in tests.items():
-        spec = cfg.horizons[h]
-        t.ranges = conformal.replay(t.ts, t.quantiles[:, 0], t.quantiles[:, 2], t.fwd, t.horizon_ms,
-                                    alpha=run.range_alpha, gamma=run.range_gamma, window=run.range_window)
-        t.naive = naive_ranges(market.panels[spec.timeframe], t.coin, t.ts, spec.bars,
-                               run.range_naive_window[spec.timeframe], run.range_alpha)
+        replay_ranges(settings, market, t, tick)
     return tests, failures
+
+
+def replay_ranges(settings: Settings, market: History, t: HorizonTest, tick: Callable[[str], None]) -> None:
+    """The served range replayed as the outcome step serves it, and every reference range on the same rows."""
+    run, spec = settings.run, settings.training.horizons[t.horizon]
+    panel = market.panels[spec.timeframe]
+    adapt = {"alpha": run.range_alpha, "gamma": run.range_gamma, "window": run.range_window}
+    t.ranges = conformal.replay(t.ts, t.quantiles[:, 1], t.vol, t.fwd, t.horizon_ms, **adapt)
+    t.naive = naive_ranges(panel, t.coin, t.ts, spec.bars, run.range_naive_window[spec.timeframe], run.range_alpha)
+    starts = sorted({iso_to_ms(m["from"]) for m in t.models})
+    tick(f"{t.horizon}: GARCH(1,1) per coin")
+    garch = ranges_eval.garch_sigma(panel, t.coin, t.ts, spec.bars, starts, tick=tick)
+    t.references = {
+        ranges_eval.SERVED: t.ranges,
+        ranges_eval.PREVIOUS: conformal.replay(t.ts, t.quantiles[:, 0], t.quantiles[:, 2], t.fwd, t.horizon_ms,
+                                               kind=conformal.CQR, **adapt),
+        ranges_eval.NAIVE: t.naive,
+        ranges_eval.HAR: ranges_eval.normal_range(t.vol_har, run.range_alpha),
+        ranges_eval.GARCH: ranges_eval.normal_range(garch, run.range_alpha),
+    }
 
 
 def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: str,
@@ -429,7 +465,8 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
                            "window served by the model CURRENT at its start" if cadence[h] else
                            "none: trained once before the split and used for the whole test") for h in tests},
         "retrain_failures": failures,
-        "horizons": {h: horizon_metrics(t, thr, settings.training.seed) for h, t in tests.items()},
+        "horizons": {h: horizon_metrics(t, thr, settings.training.seed, settings.run.range_alpha)
+                     for h, t in tests.items()},
         "not_evaluated": sorted(set(horizons) - set(tests)),
         "consensus": consensus_metrics(settings, signals),
         "long_short_costs": costs_said(cross_section.Costs.of(settings.risk.basket)),
@@ -562,6 +599,27 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
         return (f"{scale * x['mean']:+.4f} [{scale * lo:+.4f}, {scale * hi:+.4f}]" if lo is not None
                 else f"{scale * x['mean']:+.4f}")
 
+    def pct(x: float | None) -> str | None:
+        return None if x is None else f"{x:.3f}"
+
+    range_rows = [{"horizon": h, "range": name, "rows (same for all)": m["ranges"].get("common_rows"),
+                   "coverage": pct(r["coverage"]),
+                   "by vol tercile (low / mid / high)": " / ".join(f"{c:.3f}" for c in r["coverage_by_vol_tercile"]),
+                   "by coin: median [min, max]": (f"{r['coverage_by_coin']['median']:.3f} "
+                                                  f"[{r['coverage_by_coin']['min']:.3f}, {r['coverage_by_coin']['max']:.3f}]"
+                                                  if r["coverage_by_coin"].get("coins") else None),
+                   "coins in [0.70, 0.90]": pct(r["coverage_by_coin"].get("share_within_0.70_0.90")),
+                   "median width": pct(r["median_width"]), "interval score [90%]": iv(r, "interval_score"),
+                   "served minus this [90%]": (iv({"d": m["ranges"]["served_minus_best_reference"]}, "d")
+                                               if name == m["ranges"].get("best_reference") else
+                                               (f"{m['ranges']['served_minus_reference'][name]:+.4f}"
+                                                if name in m["ranges"].get("served_minus_reference", {}) else None))}
+                  for h, m in metrics["horizons"].items() for name, r in (m.get("ranges") or {}).get("kinds", {}).items()]
+    vol_rows = [{"horizon": h, "forecast": name, "rows": m["volatility"]["rows"], "QLIKE": f"{r['qlike']:.4f}",
+                 "QLIKE [90%]": f"[{r['qlike_interval'][0]:.4f}, {r['qlike_interval'][1]:.4f}]"
+                 if r["qlike_interval"][0] is not None else None, "R2 of log variance": f"{r['r2_log']:.3f}",
+                 "stack minus HAR, QLIKE [90%]": iv(m["volatility"], "stack_minus_HAR_qlike") if name == "stack" else None}
+                for h, m in metrics["horizons"].items() for name, r in (m.get("volatility") or {}).get("forecasts", {}).items()]
     cross = [{"horizon": h, "score": name, "decisions": r.get("decision_times"),
               "coins per decision": r.get("coins_per_decision"), "rank IC [90%]": iv(r, "ic"), "ICIR": r.get("icir"),
               "IC > 0 share": r.get("ic_positive_share"), "top - bottom decile, % [90%]": iv(r, "top_minus_bottom", 100),
@@ -582,6 +640,14 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
         ("Does the stack earn its place? Climatology and one plain gradient-boosting classifier on the same rows", refs),
         (f"{nominal:.0%} return ranges: served (conformal, adapted by outcomes) vs the model's q10-q90 vs naive "
          "rolling volatility; rows before the first matured outcome have no served range", ranges),
+        (f"{nominal:.0%} return ranges against every standard baseline, on the rows where all exist: served = the "
+         "model's median +- the normalized conformal multiple of the volatility forecast (adapted online); previous "
+         "served = the model's q10-q90 conformalized with ACI; naive, HAR and GARCH(1,1) ranges are +-z sd of their "
+         "forecast. Interval score (Gneiting & Raftery 2007; lower is better) = width + 2/alpha x the miss; "
+         "'served minus this' is negative where the served range is better (interval for the best reference)",
+         range_rows),
+        ("Volatility forecast: realized Parkinson variance over the horizon; QLIKE (lower is better) and R2 of log "
+         "variance, the stack against HAR alone and the 30-bar rolling mean", vol_rows),
         ("Which coins beat the others (per decision time, over the universe's coins; intervals resample "
          "non-overlapping horizon windows). The served cross-sectional stack ranks by its score (the logit behind "
          "P(beats the universe's median)); the plain GBT on the same target by its raw probability; momentum = "
@@ -602,18 +668,10 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
                               sections, images)
 
 
-def _inside(t: HorizonTest) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per kind of range: the decision times where it exists (and a served range existed) and whether the outcome
-    fell inside."""
-    has = np.isfinite(t.ranges[:, 0]) if t.ranges is not None else np.zeros(t.ts.size, bool)
-    kinds = {"served": t.ranges, "model q10-q90": t.quantiles[:, [0, 2]], "naive volatility": t.naive}
-    out = {}
-    for label, r in kinds.items():
-        if r is None:
-            continue
-        ok = has & np.isfinite(r[:, 0])
-        out[label] = (t.ts[ok], (t.fwd[ok] >= r[ok, 0]) & (t.fwd[ok] <= r[ok, 1]))
-    return out
+def _inside(t: HorizonTest) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per kind of range: (decision times where it exists, whether the outcome fell inside, its width)."""
+    kinds = t.references or {"served": t.ranges, "model q10-q90": t.quantiles[:, [0, 2]], "naive volatility": t.naive}
+    return ranges_eval.through_time(t.ts, t.fwd, {k: r for k, r in kinds.items() if r is not None})
 
 
 def _json_default(o):

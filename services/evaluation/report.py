@@ -109,32 +109,46 @@ def confidence_hist_png(path, per_horizon: dict[str, np.ndarray], threshold: flo
     return _save(fig, path)
 
 
-def range_coverage_png(path, per_horizon: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], nominal: float,
-                       window: int = 30) -> Path:
-    """Per horizon: the share of outcomes inside each kind of range over the last `window` decision times, against
-    the nominal level. `per_horizon[h] = {label: (decision ts, inside)}` over the rows where that range exists."""
-    fig, axes = _panels(len(per_horizon))
-    fig.suptitle(f"Realized coverage of {nominal:.0%} return ranges (rolling {window} decision times)")
-    for ax, (name, kinds) in zip(axes, per_horizon.items(), strict=False):
-        if not any(len(ts) for ts, _ in kinds.values()):
-            _no_data(ax, name)
+def range_coverage_png(path, per_horizon: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+                       nominal: float, window: int = 30) -> Path:
+    """Per horizon (a column): the share of outcomes inside each kind of range over the last `window` decision
+    times against the nominal level (top), and the range's median width per decision time over the same window
+    (bottom). `per_horizon[h] = {label: (decision ts, inside, width)}` over the rows where that range exists."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(len(per_horizon), 1)
+    fig = Figure(figsize=(max(WIDE[0], PANEL_W * n), 2 * PANEL_H), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, n, squeeze=False)
+    fig.suptitle(f"{nominal:.0%} return ranges: realized coverage and median width (rolling {window} decision times)")
+    for k, (name, kinds) in enumerate(per_horizon.items()):
+        cov_ax, width_ax = axes[0, k], axes[1, k]
+        if not any(len(v[0]) for v in kinds.values()):
+            _no_data(cov_ax, name)
+            width_ax.set_visible(False)
             continue
-        for label, (ts, inside) in kinds.items():
+        for label, (ts, inside, width) in kinds.items():
             if not len(ts):
                 continue
             times, which = np.unique(ts, return_inverse=True)
             hits = np.bincount(which, weights=inside.astype(float), minlength=times.size)
             counts = np.bincount(which, minlength=times.size).astype(float)
-            k = np.ones(min(window, times.size))
+            kern = np.ones(min(window, times.size))
             with np.errstate(invalid="ignore", divide="ignore"):
-                rolled = np.convolve(hits, k, "valid") / np.convolve(counts, k, "valid")
-            x = times[k.size - 1:].astype("datetime64[ms]")
-            ax.plot(x, rolled, lw=1.2, label=f"{label}: {inside.mean():.3f}")
-        ax.axhline(nominal, ls="--", color="0.3", lw=1)
-        ax.set(ylim=(0, 1.02), title=f"{name}: overall coverage in legend", ylabel="share inside the range")
-        ax.title.set_fontsize(9)
-        _date_axis(ax)
-        ax.legend(loc="lower left", fontsize=7)
+                rolled = np.convolve(hits, kern, "valid") / np.convolve(counts, kern, "valid")
+            mid = np.asarray([np.median(width[which == i]) for i in range(times.size)])
+            x = times[kern.size - 1:].astype("datetime64[ms]")
+            cov_ax.plot(x, rolled, lw=1.1, label=f"{label}: {inside.mean():.3f}")
+            width_ax.plot(x, np.convolve(mid, kern, "valid") / kern.size, lw=1.1,
+                          label=f"{label}: {np.median(width):.3f}")
+        cov_ax.axhline(nominal, ls="--", color="0.3", lw=1)
+        cov_ax.set(ylim=(0, 1.02), title=f"{name}: coverage (overall in legend)", ylabel="share inside the range")
+        width_ax.set(title=f"{name}: median width (overall in legend)", ylabel="width, log return")
+        for ax in (cov_ax, width_ax):
+            ax.title.set_fontsize(9)
+            _date_axis(ax)
+            ax.legend(loc="lower left", fontsize=6)
     return _save(fig, path)
 
 

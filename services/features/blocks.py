@@ -37,6 +37,13 @@ def volatility(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings)
     return out
 
 
+@feature_block("har", kind="coin", layer="price", inputs=("high", "low"),
+               lookback=lambda fs, fst: max(fst.har_windows),
+               outputs=lambda fs, fst: [f"har_{w}" for w in fst.har_windows])
+def har(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
+    return {f"har_{w}": v for w, v in ind.har_terms(seg["high"], seg["low"], fst.har_windows).items()}
+
+
 @feature_block("oscillators", kind="coin", layer="price", inputs=("high", "low", "close"),
                lookback=lambda fs, fst: max(fst.macd[1] + fst.macd[2], fst.rsi_period + 1, sum(fst.stoch), fst.bollinger[0]),
                outputs=lambda fs, fst: ["rsi", "macd", "macd_signal", "macd_hist", "stoch_k", "stoch_d", "bb_pctb", "bb_width"])

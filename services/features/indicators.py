@@ -29,6 +29,26 @@ def atr_ratio(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int)
     return talib.ATR(high, low, close, timeperiod=period) / close
 
 
+def parkinson_variance(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Parkinson (1980) variance of each bar's log return from its range: ln(H/L)^2 / (4 ln 2); NaN where a bar is
+    missing or its range is not a range (H < L)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.log(high / low) ** 2 / (4.0 * np.log(2.0))
+    return np.where(np.isfinite(v) & (high >= low), v, np.nan)
+
+
+def har_terms(high: np.ndarray, low: np.ndarray, windows: list[int]) -> dict[int, np.ndarray]:
+    """HAR terms (Corsi 2009): log of the mean Parkinson variance per bar over the last w bars, for each w. A mean
+    of zero (flat bars only) has no log: NaN, and the row drops."""
+    v = parkinson_variance(high, low)
+    out = {}
+    for w in windows:
+        m = v if w == 1 else talib.SMA(v, timeperiod=w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[w] = np.where(m > 0, np.log(np.where(m > 0, m, 1.0)), np.nan)
+    return out
+
+
 def parkinson(high: np.ndarray, low: np.ndarray, window: int) -> np.ndarray:
     """Parkinson (1980) range volatility: sqrt(mean(ln(H/L)^2) / (4 ln 2)) over the window."""
     hl2 = np.log(high / low) ** 2

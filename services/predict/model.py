@@ -25,6 +25,10 @@ EXPLAIN_FILE = "explain.npz"
 BEATS = "beats/"
 BEATS_FILES = {f"{BEATS}{k}": f"{BEATS}{f}" for k, f in {**MEMBER_FILES, "meta": "meta.onnx",
                                                          "calibrator": "calibrator.onnx"}.items()}
+# The volatility forecast (log realized variance over the horizon): HAR and LightGBM members, a linear meta-learner;
+# required when the version's metadata says it has one.
+VOL = "vol/"
+VOL_FILES = {f"{VOL}{k}": f"{VOL}{k}.onnx" for k in ("har", "gbt", "meta")}
 
 
 def _session(blob: bytes, threads: int) -> ort.InferenceSession:
@@ -57,6 +61,9 @@ class Predictions:
     beats_low: np.ndarray | None = None
     beats_high: np.ndarray | None = None
     beats_logit: np.ndarray | None = None
+    # The volatility forecast: the standard deviation of the forward log return over the horizon (the square root
+    # of the forecast realized variance); None when the version has none.
+    vol: np.ndarray | None = None
 
     @property
     def beats_confidence(self) -> np.ndarray | None:
@@ -70,7 +77,8 @@ class HorizonModel:
     """One horizon's stacked ensemble as exported by training; every artifact is required."""
 
     def __init__(self, horizon: str, version: str, blobs: dict[str, bytes], metadata: ModelMetadata, threads: int = 1):
-        files = {**ALL_FILES, **(BEATS_FILES if metadata.beats is not None else {})}
+        files = {**ALL_FILES, **(BEATS_FILES if metadata.beats is not None else {}),
+                 **(VOL_FILES if metadata.vol is not None else {})}
         missing = [name for name, f in files.items() if f not in blobs]
         if missing:
             raise CstError("model_incomplete",
@@ -79,6 +87,7 @@ class HorizonModel:
         self.horizon, self.version, self.metadata = horizon, version, metadata
         self.names: list[str] = metadata.features
         self.has_beats = metadata.beats is not None
+        self.has_vol = metadata.vol is not None
         self.sessions = {name: _session(blobs[f], threads) for name, f in files.items() if f.endswith(".onnx")}
         bg = np.load(io.BytesIO(blobs["background.npz"]))
         self.bg_X, self.bg_S = bg["X"].astype(np.float32), bg["S"].astype(np.float32)
@@ -96,6 +105,7 @@ class HorizonModel:
             raise CstError("model_incomplete", f"model {horizon}/{version} has no metadata yet (still being written)")
         blobs = {}
         extra = [*BEATS_FILES.values(), BEATS + EXPLAIN_FILE] if meta.beats is not None else []
+        extra += list(VOL_FILES.values()) if meta.vol is not None else []
         for f in [*ALL_FILES.values(), EXPLAIN_FILE, *extra]:
             try:
                 blobs[f] = lake.get(prefix + f)
@@ -122,6 +132,22 @@ class HorizonModel:
     def beats_logit(self, X: np.ndarray, S: np.ndarray) -> np.ndarray:
         return self.meta_logit(X, S, BEATS)
 
+    def vol_log_variance(self, X: np.ndarray) -> np.ndarray:
+        """The stacked log realized-variance forecast (before the log-normal mean correction)."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        z = np.column_stack([self._run(VOL + m, X)[0].reshape(-1) for m in ("har", "gbt")]).astype(np.float32)
+        return self._run(VOL + "meta", z)[0].reshape(-1).astype(np.float64)
+
+    def vol_sigma(self, X: np.ndarray) -> np.ndarray:
+        s2 = self.metadata.vol.log_residual_variance
+        return np.sqrt(np.exp(self.vol_log_variance(X) + s2 / 2))
+
+    def har_sigma(self, X: np.ndarray) -> np.ndarray:
+        """The HAR member alone (mean-corrected by its own out-of-fold residual variance): a reference."""
+        s2 = float(self.metadata.vol.metrics.get("har_log_residual_variance", 0.0))
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        return np.sqrt(np.exp(self._run(VOL + "har", X)[0].reshape(-1).astype(np.float64) + s2 / 2))
+
     def predict(self, X: np.ndarray, S: np.ndarray) -> Predictions:
         if X.shape[1] != len(self.names):
             raise CstError("feature_mismatch", f"model {self.horizon}/{self.version} expects {len(self.names)} "
@@ -130,7 +156,8 @@ class HorizonModel:
             # onnxruntime aborts the process on an empty batch for some graphs (the GRU's): nothing to predict.
             e = np.zeros(0)
             b = e if self.has_beats else None
-            return Predictions(e, e, e, np.zeros(0, dtype=np.int64), e, np.zeros((0, 3)), e, b, b, b, b)
+            return Predictions(e, e, e, np.zeros(0, dtype=np.int64), e, np.zeros((0, 3)), e, b, b, b, b,
+                               e if self.has_vol else None)
         score = self.meta_logit(X, S)
         p, low, high = (a.astype(np.float64) for a in self._run("calibrator", score.astype(np.float32)))
         up = p >= 0.5
@@ -145,6 +172,8 @@ class HorizonModel:
             out.beats_logit = self.beats_logit(X, S)
             out.beats, out.beats_low, out.beats_high = (
                 a.astype(np.float64) for a in self._run(BEATS + "calibrator", out.beats_logit.astype(np.float32)))
+        if self.has_vol:
+            out.vol = self.vol_sigma(X)
         return out
 
     def explain(self, X: np.ndarray, S: np.ndarray, *, permutations: int = 4, seed: int = 0,

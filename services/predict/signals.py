@@ -61,5 +61,6 @@ def _agree(predictions: Iterable, min_horizons: int, view, names: tuple[str, str
             horizons=sorted(p.horizon for p, *_ in acts), min_confidence=min(c for _, _, c, _ in acts),
             p_up={p.horizon: prob for p, _, _, prob in acts},
             q={p.horizon: [p.q10, p.q50, p.q90] for p, *_ in acts},
+            vol={p.horizon: p.vol_forecast for p, *_ in acts if getattr(p, "vol_forecast", None) is not None},
             decision_ts={p.horizon: p.decision_ts for p, *_ in acts}))
     return signals

@@ -177,7 +177,8 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
     verdict = (model.metadata.skill or {}).get("verdict", "no demonstrated skill")
     records = []
     for k, i in enumerate(rows):
-        served = ranges.served(float(pred.quantiles[k, 0]), float(pred.quantiles[k, 2]))
+        sigma = float(pred.vol[k]) if pred.vol is not None else None
+        served = ranges.served(float(pred.quantiles[k, 1]), sigma) if sigma is not None else None
         records.append(Prediction(
             run_id=ref.run_id, coin=str(frame.coin[i]), horizon=h, as_of=ref.as_of,
             decision_ts=int(frame.ts[i]), p_up=float(pred.p_up[k]), p_low=float(pred.low[k]),
@@ -188,7 +189,7 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
             actionable=out.uncertified is None and actionable(float(pred.confidence[k]), thr),
             shap_base=float(base[k]), top_features=json.dumps(tops[k]),
             range_low=served[0] if served else None, range_high=served[1] if served else None,
-            skill=verdict, **beats[k],
+            vol_forecast=sigma, skill=verdict, **beats[k],
         ))
     out.log_key = logbook.write_predictions(lake, ref.run_id, h, t_now, records)
     out.predictions = out.new = len(records)
@@ -262,7 +263,8 @@ def outcomes(ctx: StepContext, ref: RunRef) -> OutcomesOutput:
                     p_up=row.p_up, confidence=row.confidence, actionable=row.actionable,
                     model_version=row.model_version, q10=row.q10, q90=row.q90,
                     range_low=row.range_low, range_high=row.range_high,
-                    in_range=(None if row.range_low is None else bool(row.range_low <= r <= row.range_high))))
+                    in_range=(None if row.range_low is None else bool(row.range_low <= r <= row.range_high)),
+                    q50=row.q50, vol_forecast=row.vol_forecast))
         if records:
             _absorb_ranges(ctx, ref, h, records)
             out.keys.append(logbook.write_outcomes(lake, h, as_of, ref.run_id, records))
@@ -292,14 +294,17 @@ def _why_no_outcome(panel: Panel | None, column: dict[str, int], row: Prediction
 
 
 def _absorb_ranges(ctx: StepContext, ref: RunRef, horizon: str, records: list[Outcome]) -> None:
-    """The horizon's adaptive range learns from this run's matured outcomes, in decision order, once per run."""
+    """The horizon's adaptive range learns from this run's matured outcomes, in decision order, once per run; an
+    outcome whose prediction carried no volatility forecast has no normalized score and teaches nothing."""
     cfg = ctx.settings.run
     state = conformal.load(ctx.lake, horizon, cfg.range_alpha)
     if state.last_run == ref.run_id:
         return
     for rec in sorted(records, key=lambda d: (d.decision_ts, d.coin)):
+        if rec.vol_forecast is None or rec.q50 is None:
+            continue
         served = (rec.range_low, rec.range_high) if rec.range_low is not None else None
-        state.update(rec.q10, rec.q90, rec.realized_return, cfg.range_alpha, cfg.range_gamma,
+        state.update(rec.q50, rec.vol_forecast, rec.realized_return, cfg.range_alpha, cfg.range_gamma,
                      cfg.range_window, served)
     state.last_run = ref.run_id
     ctx.lake.put_json(conformal.state_key(horizon), state.to_json())

@@ -77,6 +77,8 @@ class Portfolio:
         self.open: dict[str, Position] = {}
         self.decisions: list[BookDecision] = []
         self.skipped: Counter[str] = Counter()
+        # Which volatility sized each entry: the model's forecast, or the trailing daily sd where it had none.
+        self.sizing_vol: Counter[str] = Counter()
         self.traded_notional = 0.0
         self.fees = 0.0
         self.impact = 0.0
@@ -154,7 +156,9 @@ class Portfolio:
             return equity, gross
         if fraction is None:
             f = kelly_fraction(o.p_up, o.q10, o.q50, o.q90, o.direction, cfg.kelly_fraction, cap=cfg.max_position)
-            notional = equity * f * vol_target_scale(dv, cfg.target_daily_vol)
+            fv = o.forecast_daily_vol()
+            self.sizing_vol["forecast" if fv is not None else "trailing"] += 1
+            notional = equity * f * vol_target_scale(fv if fv is not None else dv, cfg.target_daily_vol)
         else:
             notional = equity * fraction
         if not notional > 0:

@@ -21,6 +21,12 @@ class Order:
     q50: float
     q90: float
     horizon_days: int
+    # The volatility forecast of the horizon (sd of its forward log return); None when the model had none.
+    vol_forecast: float | None = None
+
+    def forecast_daily_vol(self) -> float | None:
+        """The forecast as a daily sd (square-root-of-time over the holding days), what volatility targeting reads."""
+        return None if self.vol_forecast is None else self.vol_forecast / self.horizon_days ** 0.5
 
 
 def orders_from_signals(signals: list[Signal], horizons: dict[str, HorizonSpec]) -> list[Order]:
@@ -34,5 +40,5 @@ def orders_from_signals(signals: list[Signal], horizons: dict[str, HorizonSpec])
         h = min(daily, key=lambda k: horizons[k].bars)
         q10, q50, q90 = s.q[h]
         out.append(Order(int(s.decision_ts[h]), s.coin, 1 if s.direction == "up" else -1,
-                         float(s.p_up[h]), float(q10), float(q50), float(q90), horizons[h].bars))
+                         float(s.p_up[h]), float(q10), float(q50), float(q90), horizons[h].bars, s.vol.get(h)))
     return out

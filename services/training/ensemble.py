@@ -29,6 +29,7 @@ from services.training.members import (
     make_member,
 )
 from services.training.tuning import TuneResult, tune_member
+from services.training.volatility import VolStack, fit_vol, forward_variance
 from shared.errors import CstError
 from shared.ranking import MIN_COINS, decisions, rank_ic, window_interval
 from shared.settings import Budget, HorizonSpec, Settings, timeframe_ms
@@ -134,6 +135,9 @@ class Trained:
     # The cross-sectional target (P(the coin beats its universe's median)), or why this horizon has none.
     beats: Stack | None = None
     beats_note: str | None = None
+    # The volatility forecast (realized variance over the horizon), or why this horizon has none.
+    vol: VolStack | None = None
+    vol_note: str | None = None
 
 
 def _meta_model():
@@ -264,6 +268,13 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
             log.warning("horizon %s: no cross-sectional model: %s", horizon, beats_note)
     else:
         beats_note = "not configured (training.targets)"
+    vol, vol_note = None, None
+    try:
+        tick(f"{horizon}: volatility")
+        vol = train_vol(frame, panel, spec, settings, budget)
+    except CstError as exc:
+        vol_note = f"[{exc.code}] {exc.message}"
+        log.warning("horizon %s: no volatility forecast: %s", horizon, vol_note)
     quant = QuantileModels(cfg.quantiles, n_estimators=min(cfg.quantile_max_estimators, budget.gbt_max_estimators),
                            num_leaves=cfg.quantile_num_leaves, learning_rate=cfg.quantile_learning_rate,
                            min_child_samples=cfg.quantile_min_child_samples, seed=seed,
@@ -284,10 +295,33 @@ def train_horizon(horizon: str, frame: FeatureFrame, panel: Panel, settings: Set
         val_idx=stack.cal_rows,
         beats=beats,
         beats_note=beats_note,
+        vol=vol,
+        vol_note=vol_note,
     )
     tick(f"{horizon}: exporting")
     trained.blobs = export(trained, ds)
     return trained
+
+
+def train_vol(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, settings: Settings, budget: Budget) -> VolStack:
+    """The horizon's volatility forecast on every universe row whose realized variance is observed (no dead zone:
+    calm rows are what a volatility model must see most)."""
+    cfg = settings.training
+    rv = forward_variance(panel, frame, spec.bars)
+    member = frame.members()
+    keep = member & np.isfinite(rv)
+    rows = np.flatnonzero(keep)
+    excluded = {"variance_not_yet_observed": int((member & ~np.isfinite(rv)).sum())}
+    if rows.size < cfg.min_training_rows:
+        raise CstError("too_few_rows", f"volatility: {rows.size} rows with an observed realized variance "
+                                       f"(excluded: {excluded}); at least {cfg.min_training_rows} are needed")
+    ts = frame.ts[rows]
+    fit_rows, cal_rows = calibration_split(ts, spec.length_ms, cfg.calibration_share)
+    params = {**cfg.vol_gbt, "n_estimators": min(int(cfg.vol_gbt["n_estimators"]), budget.gbt_max_estimators)}
+    vol = fit_vol(frame.X[rows], rv[rows], ts, list(frame.names), spec.bars, spec.length_ms, fit_rows, cal_rows,
+                  budget.folds, params, cfg.seed, cfg.threads)
+    vol.excluded = excluded
+    return vol
 
 
 BEATS_PREFIX = "beats/"
@@ -322,6 +356,8 @@ def export(t: Trained, ds: Dataset) -> dict[str, bytes]:
     blobs["background.npz"] = buf.getvalue()
     if t.beats is not None:
         blobs.update(_stack_blobs(t.beats.members, t.beats.meta, t.beats.calibrator, F, BEATS_PREFIX))
+    if t.vol is not None:
+        blobs.update(t.vol.blobs(F))
     return blobs
 
 

@@ -74,7 +74,17 @@ def metadata(t: Trained, version: str, ds: Dataset, declared: dict, gate: GateDe
         "created": datetime.now(UTC).isoformat(),
         "beats": _beats(t),
         "beats_note": t.beats_note,
+        "vol": _vol(t),
+        "vol_note": t.vol_note,
     })
+
+
+def _vol(t: Trained) -> dict | None:
+    v = t.vol
+    if v is None:
+        return None
+    return {"log_residual_variance": v.s2, "metrics": v.metrics, "rows": v.rows, "rows_excluded": v.excluded,
+            "members": {"har": {"windows": [n for n in t.names if n.startswith("har_")]}, "gbt": v.gbt.params}}
 
 
 def _beats(t: Trained) -> dict | None:
@@ -144,6 +154,7 @@ def model_card(record: ModelMetadata) -> str:
         f"- Confidence >= {conf['threshold']}: n = {conf['n']}, hit rate = {conf['hit_rate']}",
         "",
         *beats_lines(record),
+        *vol_lines(record),
         "## Gate",
         f"- {json.dumps(meta['gate'])}",
         "",
@@ -175,6 +186,28 @@ def beats_lines(record: ModelMetadata) -> list[str]:
         f"ECE {m['ece']:.4f}, n = {m['validation_rows']}; confidence >= {conf['threshold']}: n = {conf['n']}, "
         f"hit rate = {conf['hit_rate']}",
         *ic_line,
+        "",
+    ]
+
+
+def vol_lines(record: ModelMetadata) -> list[str]:
+    """The model card's section on the volatility forecast."""
+    head = ["## Volatility: realized variance over the horizon"]
+    v = record.vol
+    if v is None:
+        return [*head, f"- Not in this version: {record.vol_note or 'not trained'}", ""]
+    m = v.metrics
+    w = m.get("meta_weights", {})
+    held = m.get("held_out", {})
+    return [
+        *head,
+        f"- Target: log of the summed Parkinson variances of the horizon's candles; {v.rows:,} member rows (left "
+        f"out: {json.dumps(v.rows_excluded)}). HAR member ({', '.join(v.members.get('har', {}).get('windows', []))}) "
+        f"and a pooled LightGBM regressor {json.dumps(v.members.get('gbt', {}))}, stacked linearly on out-of-fold "
+        f"forecasts: {w.get('har', 0):.3f} x HAR + {w.get('gbt', 0):.3f} x GBT {w.get('intercept', 0):+.3f}; "
+        f"served variance exp(forecast + {v.log_residual_variance:.3f} / 2).",
+        f"- Held out ({m.get('held_out_rows', 0):,} calibration rows the members never saw): "
+        + "; ".join(f"{k}: QLIKE {r['qlike']:.4f}, R2 of log variance {r['r2_log']:.3f}" for k, r in held.items()),
         "",
     ]
 

@@ -143,7 +143,12 @@ def test_later_run_records_matured_outcomes_exactly_once(source, lake_dir, env):
     assert all(p["range_low"] is None for p in first_day)
     tenth = [p for (h, c, t), p in preds.items() if h == "24h" and t == 1715299200000]
     assert tenth and all(p["range_low"] < p["range_high"] for p in tenth)
-    assert all((p["range_low"] - p["q10"]) == pytest.approx(p["q90"] - p["range_high"]) for p in tenth)
+    # The range is the model's median +- one conformal multiple of each coin's volatility forecast: centred on q50,
+    # as wide as the coin's forecast volatility, the same multiple for every coin of the horizon.
+    assert all(p["vol_forecast"] > 0 for p in preds.values())
+    assert all((p["range_low"] + p["range_high"]) / 2 == pytest.approx(p["q50"]) for p in tenth)
+    multiples = [(p["range_high"] - p["q50"]) / p["vol_forecast"] for p in tenth]
+    assert max(multiples) == pytest.approx(min(multiples)) and multiples[0] > 0
     # Every prediction carries its model's verdict on skill; a base-rate horizon serves one probability.
     assert all(p["skill"] in ("no demonstrated skill", "skill demonstrated out of sample") for p in preds.values())
     for h in ("24h", "7d"):

@@ -164,6 +164,50 @@ def test_the_cross_sectional_stack_is_served_from_onnx_like_the_direction_stack(
     assert info.value.code == "model_incomplete" and "beats/gru.onnx" in info.value.message
 
 
+def test_the_volatility_forecast_is_served_from_onnx_with_its_held_out_figures(trained):
+    """Every version carries the volatility forecast: HAR and LightGBM members and their linear stack under vol/,
+    the same forecast through ONNX as natively, figures against HAR alone and the rolling mean on rows it never
+    fitted on, and a model card section."""
+    t, lake = trained["t"], trained["lake"]
+    meta = trained["results"]["24h"]
+    assert t.vol is not None and meta.vol is not None, meta.vol_note
+    held = meta.vol.metrics["held_out"]
+    assert set(held) == {"stack", "HAR", "rolling 30-bar mean"}
+    assert all(np.isfinite(r["qlike"]) and r["qlike"] >= 0 for r in held.values())
+    prefix = model_prefix("24h", meta.version)
+    for f in ("har.onnx", "gbt.onnx", "meta.onnx"):
+        assert lake.exists(prefix + "vol/" + f), f
+    card = lake.get(prefix + "MODEL_CARD.md").decode()
+    assert "## Volatility: realized variance over the horizon" in card and "QLIKE" in card
+    model = HorizonModel.load(lake, "24h")
+    X = t.ds.X[::5]
+    np.testing.assert_allclose(model.vol_log_variance(X), t.vol.log_forecast(X), atol=2e-4)
+    pred = model.predict(X, t.ds.S[::5])
+    np.testing.assert_allclose(pred.vol ** 2, t.vol.variance(X), rtol=1e-3)
+    assert (pred.vol > 0).all() and np.median(pred.vol) < 0.2  # a daily sd of log return, not a percentage
+
+
+def test_realized_variance_sums_the_parkinson_variances_of_the_horizon_candles():
+    from types import SimpleNamespace
+
+    from services.training.volatility import forward_variance
+
+    day = 86_400_000
+    high = np.array([[1.1], [1.2], [1.05], [np.nan], [1.3]])
+    low = np.array([[1.0], [1.0], [1.0], [np.nan], [1.0]])
+    panel = SimpleNamespace(open_ts=np.arange(5) * day, coins=["A"], fields={"high": high, "low": low})
+    pk = np.log(high / low)[:, 0] ** 2 / (4 * np.log(2))
+
+    class Frame(SimpleNamespace):
+        def __len__(self):
+            return self.ts.size
+
+    got = forward_variance(panel, Frame(ts=np.array([1, 2, 3]) * day, coin=np.array(["A", "A", "A"])), 2)
+    # Decision at the close of candle 0 (ts = 1 day): the next two candles are 1 and 2.
+    np.testing.assert_allclose(got[0], pk[1] + pk[2])
+    assert np.isnan(got[1]) and np.isnan(got[2])  # candle 3 is missing: no variance is made up for it
+
+
 def test_predictions_are_well_formed(trained):
     t = trained["t"]
     pred = HorizonModel.load(trained["lake"], "24h").predict(t.ds.X[:200], t.ds.S[:200])

@@ -1,0 +1,193 @@
+"""How good the served return ranges and the volatility forecast are, against the standard baselines on the same rows.
+
+Ranges (nominal level 1 - alpha): the served one (the model's median +- the normalized conformal multiple of the
+volatility forecast, adapted online), the one served before it (the model's q10-q90 conformalized with ACI), the
+naive rolling-volatility range, a HAR range and a GARCH(1,1) range per coin (normal quantiles of their forecast
+sd). Each is judged by coverage (overall, by tercile of the served volatility forecast, by coin), median width and
+the interval score of Gneiting & Raftery (2007), width + 2/alpha x the distance by which the outcome missed,
+which rewards coverage and sharpness together; means and differences carry block-bootstrap intervals over
+non-overlapping horizon windows. The volatility forecast is judged by QLIKE and R2 of log variance against HAR
+alone and the 30-bar rolling mean.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from services.training.volatility import qlike, r2_log
+from shared.ranking import window_interval
+
+log = logging.getLogger(__name__)
+
+SERVED = "served (volatility-scaled conformal)"
+PREVIOUS = "previous served (q10-q90 + ACI)"
+NAIVE = "naive rolling volatility"
+HAR = "HAR"
+GARCH = "GARCH(1,1)"
+
+
+def interval_score(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Per row: (hi - lo) + 2/alpha (lo - y) if y < lo, + 2/alpha (y - hi) if y > hi (lower is better)."""
+    return (hi - lo) + (2.0 / alpha) * np.maximum(lo - y, 0.0) + (2.0 / alpha) * np.maximum(y - hi, 0.0)
+
+
+def normal_range(sigma: np.ndarray, alpha: float) -> np.ndarray:
+    from scipy.stats import norm
+
+    half = norm.ppf(1 - alpha / 2) * sigma
+    return np.column_stack([-half, half])
+
+
+def garch_sigma(panel, coin: np.ndarray, ts: np.ndarray, bars: int, starts: list[int], *, min_obs: int = 250,
+                max_obs: int = 2000, tick: Callable[[str], None] | None = None) -> np.ndarray:
+    """Per row, the sd of the forward log return over `bars` bars from a GARCH(1,1) with a constant mean and normal
+    errors, fitted per coin on its one-bar log returns before the start of the row's retrain window (the served
+    model's data horizon) and run forward with those parameters to the decision time. NaN where the coin has fewer
+    than `min_obs` contiguous returns before the window (no fit is invented for it)."""
+    from arch import arch_model
+
+    out = np.full(ts.size, np.nan)
+    close = panel.fields["close"]
+    step = int(panel.open_ts[1] - panel.open_ts[0]) if panel.open_ts.size > 1 else 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.full_like(close, np.nan)
+        r[1:] = 100.0 * np.diff(np.log(close), axis=0)  # percent: the scale arch's optimizer expects
+    col = {c: j for j, c in enumerate(panel.coins)}
+    row_bar = (ts - step - panel.open_ts[0]) // step  # the candle that closes at the decision time
+    bounds = [*starts, np.iinfo(np.int64).max]
+    coins = sorted(set(coin.tolist()))
+    for n, c in enumerate(coins):
+        if tick and n % 25 == 0:
+            tick(f"GARCH(1,1) per coin: {n}/{len(coins)}")
+        j = col.get(c)
+        if j is None:
+            continue
+        series = r[:, j]
+        for k in range(len(starts)):
+            rows = np.flatnonzero((coin == c) & (ts >= bounds[k]) & (ts < bounds[k + 1]))
+            if not rows.size:
+                continue
+            first_bar = int((bounds[k] - step - panel.open_ts[0]) // step)
+            last_bar = int(row_bar[rows].max())
+            # The contiguous stretch of returns that ends at the window's last decision.
+            seg_end = last_bar + 1
+            bad = np.flatnonzero(~np.isfinite(series[:seg_end]))
+            seg_start = int(bad[-1]) + 1 if bad.size else 0
+            if first_bar - seg_start < min_obs:
+                continue
+            seg_start = max(seg_start, first_bar - max_obs)
+            train = series[seg_start:first_bar + 1]
+            try:
+                fit = arch_model(train, mean="Constant", vol="GARCH", p=1, q=1, dist="normal",
+                                 rescale=False).fit(disp="off", show_warning=False)
+                run = arch_model(series[seg_start:seg_end], mean="Constant", vol="GARCH", p=1, q=1, dist="normal",
+                                 rescale=False)
+                first_row = int(row_bar[rows].min()) - seg_start
+                f = run.fix(fit.params).forecast(horizon=bars, start=first_row, reindex=False)
+            except (ValueError, np.linalg.LinAlgError) as exc:  # a degenerate series: no GARCH for it here
+                log.warning("GARCH(1,1) for %s before %s failed: %s", c, bounds[k], exc)
+                continue
+            var = f.variance.to_numpy().sum(axis=1)  # the sum of the h-step variances: the horizon's variance
+            at = row_bar[rows] - seg_start - first_row
+            out[rows] = np.sqrt(var[at]) / 100.0
+    return out
+
+
+def _coverage(lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (y >= lo) & (y <= hi)
+
+
+def _by_coin(inside: np.ndarray, coin: np.ndarray, min_rows: int = 20) -> dict:
+    names, which = np.unique(coin, return_inverse=True)
+    counts = np.bincount(which)
+    cov = np.bincount(which, weights=inside.astype(float)) / np.maximum(counts, 1)
+    enough = counts >= min_rows
+    c = cov[enough]
+    if not c.size:
+        return {"coins": 0}
+    return {"coins": int(c.size), "min_rows": min_rows, "min": float(c.min()), "median": float(np.median(c)),
+            "max": float(c.max()), "share_within_0.70_0.90": float(np.mean((c >= 0.7) & (c <= 0.9))),
+            "lowest": {str(names[enough][i]): float(c[i]) for i in np.argsort(c)[:3]}}
+
+
+def range_metrics(ts: np.ndarray, coin: np.ndarray, fwd: np.ndarray, ranges: dict[str, np.ndarray],
+                  vol: np.ndarray, horizon_ms: int, alpha: float, seed: int = 0) -> dict:
+    """Every range on the rows where all of them exist (the same rows), plus each one's own coverage where it
+    exists. Terciles are of the served volatility forecast."""
+    common = np.isfinite(fwd) & np.isfinite(vol)
+    for r in ranges.values():
+        common &= np.isfinite(r[:, 0])
+    out: dict = {"alpha": alpha, "nominal": 1 - alpha, "common_rows": int(common.sum()),
+                 "rows": int(ts.size), "kinds": {}}
+    if not common.any():
+        out["note"] = "no row has every range"
+        return out
+    t, c, y, v = ts[common], coin[common], fwd[common], vol[common]
+    cuts = np.quantile(v, [1 / 3, 2 / 3])
+    tercile = np.digitize(v, cuts)
+    scores = {}
+    for name, r in ranges.items():
+        lo, hi = r[common, 0], r[common, 1]
+        inside = _coverage(lo, hi, y)
+        s = interval_score(lo, hi, y, alpha)
+        scores[name] = s
+        own = np.isfinite(r[:, 0]) & np.isfinite(fwd)
+        out["kinds"][name] = {
+            "coverage": float(inside.mean()),
+            "coverage_by_vol_tercile": [float(inside[tercile == k].mean()) for k in range(3)],
+            "coverage_by_coin": _by_coin(inside, c),
+            "median_width": float(np.median(hi - lo)),
+            "interval_score": window_interval(s, t, horizon_ms, seed=seed),
+            "rows_with_this_range": int(own.sum()),
+            "coverage_where_it_exists": float(_coverage(r[own, 0], r[own, 1], fwd[own]).mean()) if own.any() else None,
+        }
+    if SERVED in scores:
+        refs = {k: window_interval(scores[SERVED] - s, t, horizon_ms, seed=seed)["mean"] for k, s in scores.items()
+                if k != SERVED}
+        best = min((k for k in scores if k != SERVED), key=lambda k: out["kinds"][k]["interval_score"]["mean"],
+                   default=None)
+        if best is not None:
+            out["best_reference"] = best
+            out["served_minus_best_reference"] = window_interval(scores[SERVED] - scores[best], t, horizon_ms,
+                                                                 seed=seed)
+            out["served_minus_reference"] = refs
+    out["vol_tercile_bounds"] = [float(x) for x in cuts]
+    return out
+
+
+def vol_metrics(rv: np.ndarray, forecasts: dict[str, np.ndarray], ts: np.ndarray, horizon_ms: int,
+                seed: int = 0) -> dict:
+    """QLIKE (with a window-bootstrap interval) and R2 of log variance per variance forecast, on the rows where
+    the realized variance and every forecast exist."""
+    ok = np.isfinite(rv) & (rv > 0)
+    for f in forecasts.values():
+        ok &= np.isfinite(f) & (f > 0)
+    if not ok.any():
+        return {"rows": 0}
+    out: dict = {"rows": int(ok.sum()), "forecasts": {}}
+    for name, f in forecasts.items():
+        x = rv[ok] / f[ok]
+        loss = x - np.log(x) - 1.0
+        out["forecasts"][name] = {"qlike": qlike(rv[ok], f[ok]), "r2_log": r2_log(rv[ok], np.log(f[ok])),
+                                  "qlike_interval": window_interval(loss, ts[ok], horizon_ms, seed=seed)["interval"]}
+    if "stack" in forecasts and HAR in forecasts:
+        x_s, x_h = rv[ok] / forecasts["stack"][ok], rv[ok] / forecasts[HAR][ok]
+        d = (x_s - np.log(x_s)) - (x_h - np.log(x_h))
+        out["stack_minus_HAR_qlike"] = window_interval(d, ts[ok], horizon_ms, seed=seed)
+    return out
+
+
+def through_time(ts: np.ndarray, fwd: np.ndarray, ranges: dict[str, np.ndarray]) -> dict[str, tuple]:
+    """Per range: (decision ts, inside, width) where it exists, for the coverage-and-width plot."""
+    out = {}
+    for name, r in ranges.items():
+        ok = np.isfinite(r[:, 0]) & np.isfinite(fwd)
+        out[name] = (ts[ok], _coverage(r[ok, 0], r[ok, 1], fwd[ok]), r[ok, 1] - r[ok, 0])
+    return out
+
+
+__all__ = ["GARCH", "HAR", "NAIVE", "PREVIOUS", "SERVED", "garch_sigma", "interval_score", "normal_range",
+           "range_metrics", "through_time", "vol_metrics"]

@@ -1,0 +1,197 @@
+"""The volatility forecast of a horizon: how much a coin will move, as the realized variance of its log return over
+the horizon.
+
+Target: the sum of the Parkinson range variances of the horizon's bars after the decision (log of it: variance is
+skewed, its log is nearly normal). Members: HAR (Corsi 2009), a linear model of the log target on the log mean
+variance of the last 1, 7 and 30 bars (the frame's har_* features), and a pooled LightGBM regressor on every
+feature. A linear meta-learner combines their out-of-fold forecasts (purged walk-forward folds, as the direction
+stack). The served variance is exp(forecast + s2/2), the mean of a log-normal whose log-scale residual variance s2
+the out-of-fold forecasts measured. Held-out figures on the calibration block (which the members never saw): QLIKE
+and R2 of log variance against HAR alone and the 30-bar rolling mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.features.frame import FeatureFrame, Panel
+from services.features.indicators import parkinson_variance
+from services.training.cv import walk_forward
+from services.training.members import OPSET
+from shared.errors import CstError
+
+VOL_PREFIX = "vol/"
+VOL_FILES = ("har.onnx", "gbt.onnx", "meta.onnx")
+
+
+def forward_variance(panel: Panel, frame: FeatureFrame, bars: int) -> np.ndarray:
+    """Sum of the Parkinson variances of the `bars` candles after each frame row's decision time; NaN unless every
+    one of them is observed and the sum is positive (no variance is made up for a missing candle)."""
+    out = np.full(len(frame), np.nan)
+    if len(frame) == 0 or panel.open_ts.size == 0:
+        return out
+    step = int(panel.open_ts[1] - panel.open_ts[0]) if panel.open_ts.size > 1 else 1
+    v = parkinson_variance(panel.fields["high"], panel.fields["low"])
+    T = v.shape[0]
+    pad = np.zeros((1, v.shape[1]))
+    csum = np.cumsum(np.vstack([pad, np.nan_to_num(v)]), axis=0)
+    cnt = np.cumsum(np.vstack([pad, np.isfinite(v)]), axis=0)
+    col = {c: j for j, c in enumerate(panel.coins)}
+    j = np.asarray([col.get(c, -1) for c in frame.coin])
+    now = (frame.ts - step - panel.open_ts[0]) // step  # the candle that closes at the decision time
+    inside = (j >= 0) & (now >= 0) & (now + bars < T)
+    a, b, jj = now[inside] + 1, now[inside] + 1 + bars, j[inside]
+    total, seen = csum[b, jj] - csum[a, jj], cnt[b, jj] - cnt[a, jj]
+    out[inside] = np.where((seen == bars) & (total > 0), total, np.nan)
+    return out
+
+
+def qlike(rv: np.ndarray, h: np.ndarray) -> float:
+    """Mean QLIKE loss of variance forecasts h for realized variances rv (Patton 2011): rv/h - log(rv/h) - 1;
+    zero for a perfect forecast, robust to noise in the realized proxy."""
+    x = rv / h
+    return float(np.mean(x - np.log(x) - 1.0))
+
+
+def r2_log(rv: np.ndarray, log_forecast: np.ndarray) -> float:
+    y = np.log(rv)
+    ss = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - log_forecast) ** 2)) / ss if ss > 0 else 0.0
+
+
+def har_columns(names: list[str]) -> list[int]:
+    cols = [i for i, n in enumerate(names) if n.startswith("har_")]
+    if not cols:
+        raise CstError("no_har_features", "the feature set has no har_* features: the volatility forecast needs them "
+                                          "(features.har_windows, the price layer)")
+    return cols
+
+
+def rolling_log_variance(X: np.ndarray, names: list[str], bars: int) -> np.ndarray:
+    """The naive forecast: the longest HAR window's mean variance per bar, times the horizon's bars (log)."""
+    cols = [(int(n.split("_")[1]), i) for i, n in enumerate(names) if n.startswith("har_")]
+    return X[:, max(cols)[1]].astype(np.float64) + np.log(bars)
+
+
+class HarMember:
+    """log target ~ a + b . har terms (ordinary least squares); exported as a linear model over the whole row."""
+
+    def __init__(self, cols: list[int]):
+        self.cols = cols
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> HarMember:
+        from sklearn.linear_model import LinearRegression
+
+        self.model = LinearRegression().fit(X[:, self.cols], y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict(X[:, self.cols])
+
+    def to_onnx(self, n_features: int) -> bytes:
+        from skl2onnx import to_onnx
+        from sklearn.linear_model import LinearRegression
+
+        full = LinearRegression()
+        full.coef_ = np.zeros(n_features)
+        full.coef_[self.cols] = self.model.coef_
+        full.intercept_ = float(self.model.intercept_)
+        full.n_features_in_ = n_features
+        return to_onnx(full, np.zeros((1, n_features), np.float32), target_opset=OPSET).SerializeToString()
+
+
+class GbtVolMember:
+    def __init__(self, params: dict, seed: int, threads: int):
+        self.params, self.seed, self.threads = params, seed, threads
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> GbtVolMember:
+        import lightgbm as lgb
+
+        self.model = lgb.LGBMRegressor(objective="regression", **self.params, random_state=self.seed,
+                                       n_jobs=self.threads, deterministic=True, force_row_wise=True,
+                                       verbose=-1).fit(X, y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict(X)
+
+    def to_onnx(self, n_features: int) -> bytes:
+        from onnxmltools import convert_lightgbm
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        return convert_lightgbm(self.model, initial_types=[("x", FloatTensorType([None, n_features]))],
+                                target_opset=OPSET, name="vol_gbt").SerializeToString()
+
+
+@dataclass
+class VolStack:
+    har: HarMember
+    gbt: GbtVolMember
+    meta: object  # LinearRegression over [har, gbt] log forecasts
+    s2: float  # residual variance of the out-of-fold log forecasts (the log-normal mean correction)
+    metrics: dict = field(default_factory=dict)
+    rows: int = 0
+    excluded: dict = field(default_factory=dict)
+
+    def log_forecast(self, X: np.ndarray) -> np.ndarray:
+        return self.meta.predict(np.column_stack([self.har.predict(X), self.gbt.predict(X)]))
+
+    def variance(self, X: np.ndarray) -> np.ndarray:
+        return np.exp(self.log_forecast(X) + self.s2 / 2)
+
+    def blobs(self, n_features: int) -> dict[str, bytes]:
+        from skl2onnx import to_onnx
+
+        return {f"{VOL_PREFIX}har.onnx": self.har.to_onnx(n_features),
+                f"{VOL_PREFIX}gbt.onnx": self.gbt.to_onnx(n_features),
+                f"{VOL_PREFIX}meta.onnx": to_onnx(self.meta, np.zeros((1, 2), np.float32),
+                                                  target_opset=OPSET).SerializeToString()}
+
+
+def _held_out(rv: np.ndarray, forecasts: dict[str, tuple[np.ndarray, float]]) -> dict:
+    """QLIKE (of the mean-corrected variance) and R2 of log variance per forecast on the same rows."""
+    return {name: {"qlike": qlike(rv, np.exp(f + s2 / 2)), "r2_log": r2_log(rv, f)}
+            for name, (f, s2) in forecasts.items()}
+
+
+def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bars: int, horizon_ms: int,
+            fit_rows: np.ndarray, cal_rows: np.ndarray, folds: int, params: dict, seed: int, threads: int) -> VolStack:
+    """Members on the fit rows (out-of-fold forecasts from purged walk-forward folds feed the meta-learner), scored
+    on the calibration rows they never saw."""
+    from sklearn.linear_model import LinearRegression
+
+    y = np.log(rv)
+    cols = har_columns(names)
+    Xf, yf = X[fit_rows], y[fit_rows]
+    try:
+        cv = walk_forward(ts[fit_rows], horizon_ms, folds)
+    except ValueError as exc:
+        raise CstError("too_few_rows", f"volatility: the {fit_rows.size} rows before the calibration block cannot "
+                                       f"fill {folds} walk-forward folds ({exc})") from None
+    oof_rows = np.concatenate([f.test for f in cv])
+    oof = np.full((fit_rows.size, 2), np.nan)
+    for f in cv:
+        oof[f.test, 0] = HarMember(cols).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
+        oof[f.test, 1] = GbtVolMember(params, seed, threads).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
+    meta = LinearRegression().fit(oof[oof_rows], yf[oof_rows])
+    s2 = float(np.var(yf[oof_rows] - meta.predict(oof[oof_rows])))
+    s2_har = float(np.var(yf[oof_rows] - oof[oof_rows, 0]))
+    stack = VolStack(HarMember(cols).fit(Xf, yf), GbtVolMember(params, seed, threads).fit(Xf, yf), meta, s2,
+                     rows=int(fit_rows.size))
+    Xc, rvc = X[cal_rows], rv[cal_rows]
+    roll = rolling_log_variance(Xc, names, bars)
+    s2_roll = float(np.var(yf[oof_rows] - rolling_log_variance(Xf[oof_rows], names, bars)))
+    stack.metrics = {
+        "held_out_rows": int(cal_rows.size),
+        "meta_weights": {"har": float(meta.coef_[0]), "gbt": float(meta.coef_[1]), "intercept": float(meta.intercept_)},
+        "log_residual_variance": s2,
+        "har_log_residual_variance": s2_har,
+        "held_out": _held_out(rvc, {"stack": (stack.log_forecast(Xc), s2), "HAR": (stack.har.predict(Xc), s2_har),
+                                    "rolling 30-bar mean": (roll, s2_roll)}),
+    }
+    return stack
+
+
+__all__ = ["VOL_FILES", "VOL_PREFIX", "VolStack", "fit_vol", "forward_variance", "qlike", "r2_log"]
