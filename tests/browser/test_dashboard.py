@@ -170,8 +170,13 @@ def test_a_viewer_reads_every_page_with_its_charts_and_no_buttons(site, browser,
     assert "No long or short candidates" in browser.find_element(By.ID, "no-cross-section").text
     browser.get(site["base"] + "/ranges")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#ranges-24h tbody tr")) == len(COINS)
+    # Every coin's volatility forecast beside its range (a percentage, not a dash: the model carries one).
+    vols = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#ranges-24h td.vol")]
+    assert len(vols) == len(COINS) and all(v.endswith("%") for v in vols), vols
     browser.get(site["base"] + "/coins/BTC?horizon=24h")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#latest .card")) == 2
+    card_vols = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#latest .card .vol")]
+    assert len(card_vols) == 2 and all("forecast volatility" in v and v.endswith("%") for v in card_vols), card_vols
     assert browser.find_elements(By.ID, "price-chart") and browser.find_elements(By.ID, "shap-chart")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#outcomes tbody tr")) >= 1
     browser.get(site["base"] + "/runs")
