@@ -170,6 +170,18 @@ def test_run_replays_the_real_files_into_the_lake_and_again_lands_nothing(shared
     assert lake_keys(lake) == keys
     assert {k: (lake / k).read_bytes() for k in landed} == landed
     assert "already complete; nothing changed" in again
+    # Every forecast of the run on the console (the board), and as JSON on stdout for a file or a pipe.
+    assert main([*argv, "--format", "json"]) == 0
+    board = json.loads(capsys.readouterr().out)
+    predicted = int(re.search(r"(\d+)/\d+ coins predicted", first)[1])
+    assert len(board) == predicted >= 8 and {r["horizon"] for r in board} == {"24h"}
+    assert f"every forecast of this run ({predicted})" in first and f"every forecast of this run ({predicted})" in again
+    assert [r["coin"] for r in board] == sorted(r["coin"] for r in board)
+    for r in board:
+        assert 0 <= r["p_up_low"] <= r["p_up"] <= r["p_up_high"] <= 1 and r["vol_forecast"] > 0
+        assert r["close"] > 0 and r["why"].startswith(("actionable", "not actionable: "))
+        assert r["range_low"] is None and r["price_low"] is None  # the first run: no outcome has calibrated a range
+    assert {(r["coin"], r["decision"]) for r in board} == {(r["coin"], "2024-07-01T00:00:00Z") for r in board}
     # Ingest of another as-of (a new run) reads nothing new from unchanged files (nothing landed, nothing even
     # offered to the lake again), and stages the same content-addressed parts.
     staged = sorted(k for k in keys if k.startswith("staging/"))

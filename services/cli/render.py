@@ -123,3 +123,57 @@ def training_table(results: dict[str, TrainingResult]) -> Table:
                       f"{conf['n']} / {hit}", "moved" if m.promoted else f"kept ({m.gate.reason if m.gate else 'no gate decision'})",
                       "" if m.wall_seconds is None else str(m.wall_seconds))
     return table
+
+
+def forecast_rows(predictions: list[Prediction], horizons: list[str], uncertified: dict[str, str],
+                  threshold: float, closes: dict[tuple[str, int], float]) -> list[dict]:
+    """Every forecast of the run, horizons in their configured order and coins by name: P(up) with its interval,
+    P(beats the universe), the volatility forecast, the 80% range as returns and as prices (from the close at the
+    decision time, where the lake holds it), and in words whether it is actionable and why not."""
+    import math
+
+    from shared.contracts import ms_to_iso
+
+    order = {h: k for k, h in enumerate(horizons)}
+    rows = []
+    for p in sorted(predictions, key=lambda p: (order.get(p.horizon, len(order)), p.coin)):
+        close = closes.get((p.coin, p.decision_ts))
+        has = p.range_low is not None and p.range_high is not None
+        if p.actionable:
+            why = "actionable"
+        elif p.horizon in uncertified:
+            why = f"not actionable: {uncertified[p.horizon]}"
+        else:
+            why = f"not actionable: confidence {p.confidence:.3f} < {threshold}"
+        rows.append({
+            "coin": p.coin, "horizon": p.horizon, "decision": ms_to_iso(p.decision_ts),
+            "p_up": p.p_up, "p_up_low": p.p_low, "p_up_high": p.p_high, "p_beats": p.p_beats,
+            "vol_forecast": p.vol_forecast, "range_low": p.range_low, "range_high": p.range_high,
+            "close": close,
+            "price_low": close * math.exp(p.range_low) if has and close else None,
+            "price_high": close * math.exp(p.range_high) if has and close else None,
+            "skill": p.skill, "actionable": p.actionable, "why": why,
+        })
+    return rows
+
+
+def _price(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.2f}" if x >= 100 else f"{x:.4g}"
+
+
+def forecasts_table(rows: list[dict]) -> Table:
+    table = Table(title=f"every forecast of this run ({len(rows)})")
+    for col in ("horizon", "coin", "P(up) [interval]", "P(beats)", "volatility", "80% range (return)",
+                "80% range (price)", "verdict"):
+        table.add_column(col)
+    for r in rows:
+        rng = (f"{r['range_low']:+.1%} to {r['range_high']:+.1%}" if r["range_low"] is not None
+               else "none yet (no outcome has calibrated it)")
+        prices = (f"{_price(r['price_low'])} to {_price(r['price_high'])}" if r["price_low"] is not None else "-")
+        table.add_row(r["horizon"], r["coin"], f"{r['p_up']:.1%} [{r['p_up_low']:.1%}, {r['p_up_high']:.1%}]",
+                      "-" if r["p_beats"] is None else f"{r['p_beats']:.1%}",
+                      "-" if r["vol_forecast"] is None else f"{r['vol_forecast']:.1%}", rng, prices,
+                      ("[green]" if r["actionable"] else "[dim]") + r["why"] + "[/]")
+    return table

@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from services.cli.common import console, lake_of, parse_as_of, step_progress
 from services.cli.ingest import backfill_with_progress, print_ingest
-from services.cli.render import basket_table, signals_table
+from services.cli.render import basket_table, forecast_rows, forecasts_table, signals_table
 from services.orchestrator import runner, usecases
 from shared import runs
 from shared.contracts import iso_to_ms, ms_to_iso
@@ -23,6 +23,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     ref = runs.new_ref(settings, args.source, parse_as_of(args.as_of))
     done = runs.complete_summary(lake, ref.run_id)
     if done is not None:
+        from shared.pipeline.context import StepContext
+
+        served = served_predictions(StepContext(settings, lake), ref)
+        print_forecasts(forecast_rows(served, list(settings.horizons), done.uncertified_horizons,
+                                      settings.confidence_threshold, decision_closes(settings, lake, served)),
+                        args.format)
         console.print(f"run {ref.run_id} (as-of {done.as_of}) is already complete; nothing changed. "
                       f"{done.predictions} predictions, {done.actionable} actionable, {len(done.signals)} signals.")
         return 0
@@ -42,7 +48,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     for u in doc.universes.values():
         console.print(escape(u.describe()))
     if ctx.output(ref.run_id, "risk") is not None:
-        console.print(signals_table(served_predictions(ctx, ref), doc.signals))
+        served = served_predictions(ctx, ref)
+        rows = forecast_rows(served, list(settings.horizons), doc.uncertified_horizons,
+                             settings.confidence_threshold, decision_closes(settings, lake, served))
+        print_forecasts(rows, args.format)
+        console.print(signals_table(served, doc.signals))
         if doc.basket is not None:
             console.print(basket_table(doc.basket, doc.cross_section_signals))
         elif doc.basket_note:
@@ -73,6 +83,49 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def decision_closes(settings: Settings, lake, predictions) -> dict[tuple[str, int], float]:
+    """The close of the candle each prediction's features end with (its decision time), where the lake holds it."""
+    import numpy as np
+
+    from services.features.store import read_panel
+    from shared.settings import timeframe_ms
+
+    out: dict[tuple[str, int], float] = {}
+    by_tf: dict[str, list] = {}
+    for p in predictions:
+        by_tf.setdefault(settings.training.horizons[p.horizon].timeframe, []).append(p)
+    for tf, ps in by_tf.items():
+        step = timeframe_ms(tf)
+        opens = {p.decision_ts - step for p in ps}
+        panel = read_panel(lake, tf, since_ms=min(opens), until_ms=max(opens))
+        if panel is None:
+            continue
+        row = {int(t): i for i, t in enumerate(panel.open_ts)}
+        col = {c: j for j, c in enumerate(panel.coins)}
+        for p in ps:
+            i, j = row.get(p.decision_ts - step), col.get(p.coin)
+            if i is not None and j is not None and np.isfinite(panel.fields["close"][i, j]):
+                out[(p.coin, p.decision_ts)] = float(panel.fields["close"][i, j])
+    return out
+
+
+def print_forecasts(rows: list[dict], fmt: str) -> None:
+    """The board of every forecast: a table on the console, or JSON / CSV on stdout (for a file or a pipe)."""
+    import csv
+    import json
+    import sys
+
+    if fmt == "json":
+        print(json.dumps(rows, indent=1))
+    elif fmt == "csv":
+        if rows:
+            w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        console.print(forecasts_table(rows))
+
+
 def cmd_step(args: argparse.Namespace, settings: Settings) -> int:
     """One pipeline step alone, from what the lake holds: the call a Lambda handler makes."""
     lake = lake_of(args, settings)
@@ -92,6 +145,8 @@ def register(sub, lake: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run", parents=[lake], help="the main job: every pipeline step, " + " -> ".join(STEPS))
     p.add_argument("--source", default="live", help="'live' (exchange + public APIs) or a directory of files")
     p.add_argument("--as-of", help="replay as if now were this UTC time")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="every forecast of the run as a table (console) or as JSON / CSV on stdout")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("step", parents=[lake],
                        help="run one pipeline step alone from what the lake holds (what a Lambda handler does)")
