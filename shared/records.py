@@ -257,6 +257,8 @@ class RunSummary(Record):
     universes: dict[str, Universe] = Field({}, description="timeframe -> the universe of this run's decision")
     trained: dict[str, str] = {}
     retrained: dict[str, dict[str, Any]] = {}
+    retrain_deferred: dict[str, str] = Field({}, description="horizon -> why retraining is due, where the run served "
+                                                             "with the current models (--no-retrain)")
     horizons_without_model: dict[str, str] = {}
     quality_key: str | None = None
     fetch_failures: int | None = None

@@ -66,14 +66,14 @@ def batch_coins(settings: Settings, item: str, coins: list[str] | None = None) -
 
 
 def new_ref(settings: Settings, source: str, at_ms: int | None = None, *, retrain: bool = False,
-            retrain_only: list[str] | None = None) -> RunRef:
+            retrain_only: list[str] | None = None, no_retrain: bool = False) -> RunRef:
     """The run of `source` for the cycle at `at_ms` (now when None): the one way every face names a run."""
     sid = source_id(source)
     as_of = cycle_as_of(settings, at_ms)
     return RunRef(run_id=run_id_for(sid, as_of), as_of=ms_to_iso(as_of), source=sid,
                   horizons=[h for h in settings.horizons if h in settings.training.horizons],
                   batches=fetch_batches(settings) if sid == "live" else [], retrain=retrain,
-                  retrain_only=list(retrain_only or []))
+                  retrain_only=list(retrain_only or []), no_retrain=no_retrain)
 
 
 # --- the store --------------------------------------------------------------------------------------------------

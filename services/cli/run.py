@@ -20,7 +20,7 @@ from shared.settings import Settings
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from services.predict.steps import served_predictions
     lake = lake_of(args, settings)
-    ref = runs.new_ref(settings, args.source, parse_as_of(args.as_of))
+    ref = runs.new_ref(settings, args.source, parse_as_of(args.as_of), no_retrain=args.no_retrain)
     done = runs.complete_summary(lake, ref.run_id)
     if done is not None:
         from shared.pipeline.context import StepContext
@@ -71,6 +71,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"[yellow]{h} predictions are logged but never actionable[/]: {escape(why)}")
     for h, why in doc.cross_section_uncertified.items():
         console.print(f"[yellow]{h} P(beats the universe) is logged but never actionable[/]: {escape(why)}")
+    for h, why in doc.retrain_deferred.items():
+        console.print(f"[yellow]{h}: retraining is due ({escape(why)}); served with the current model "
+                      "(--no-retrain): a run without --no-retrain retrains it[/]")
     for h, why in doc.horizons_without_model.items():
         console.print(f"[yellow]{h} has no model[/]: {escape(why)}")
     if result.status != "complete":
@@ -145,6 +148,8 @@ def register(sub, lake: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run", parents=[lake], help="the main job: every pipeline step, " + " -> ".join(STEPS))
     p.add_argument("--source", default="live", help="'live' (exchange + public APIs) or a directory of files")
     p.add_argument("--as-of", help="replay as if now were this UTC time")
+    p.add_argument("--no-retrain", action="store_true",
+                   help="serve with the current models: drift and cadence are judged and reported, nothing retrains")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help="every forecast of the run as a table (console) or as JSON / CSV on stdout")
     p.set_defaults(func=cmd_run)

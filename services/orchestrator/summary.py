@@ -58,6 +58,7 @@ def summary(ctx: StepContext, ref: RunRef) -> SummaryOutput:
         universes={tf: f.universe for tf, f in o["features"].frames.items() if f.universe} if o["features"] else {},
         trained=o["train"].trained if o["train"] else {},
         retrained=o["retrain"].results if o["retrain"] else {},
+        retrain_deferred=o["retrain"].deferred if o["retrain"] else {},
         horizons_without_model={h: p.no_model for h, p in preds.items() if p and p.no_model},
         quality_key=o["validate"].quality_key if o["validate"] else None,
         fetch_failures=len(o["ingest"].failures) if o["ingest"] else None,

@@ -50,7 +50,11 @@ def retrain(ctx: StepContext, ref: RunRef) -> TrainOutput:
         horizons = [h for h in horizons if h in earlier.failed]
     if not horizons:
         return out
-    ctx.tick(f"drift in {', '.join(horizons)}: retraining ({settings.run.retrain_budget} budget)")
+    why = {h: "; ".join(drift.report[h].reasons) or "drift" for h in horizons}
+    if ref.no_retrain:
+        out.deferred = why
+        return out
+    ctx.tick("retraining " + ", ".join(f"{h} ({why[h]})" for h in horizons) + f", {settings.run.retrain_budget} budget")
     results = train(settings, ctx.lake, ref.run_id, until=ref.as_of, horizons=horizons,
                     budget=settings.run.retrain_budget, tick=ctx.tick)
     _record(out, results)

@@ -32,6 +32,8 @@ class RunRef(BaseModel):
     item: str | None = None
     retrain: bool = False  # every horizon is retrained by this run (a scheduled full retrain)
     retrain_only: list[str] = []  # with retrain: only these horizons (an operator asked for one)
+    # Judge drift and cadence but retrain nothing: serve with the current models (`cst run --no-retrain`).
+    no_retrain: bool = False
     # Failures of earlier steps (the local runner puts them here; the summary step reports them).
     failures: list[Failure] = []
 
@@ -122,6 +124,8 @@ class TrainOutput(StepOutput):
     trained: dict[str, str] = Field({}, description="horizon -> new version, or why it was not trained")
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, str]] = Field({}, description="horizon -> code and message of a training that broke")
+    deferred: dict[str, str] = Field({}, description="horizon -> why retraining is due, where the run was asked not "
+                                                     "to retrain (--no-retrain)")
 
     @property
     def complete(self) -> bool:

@@ -228,6 +228,28 @@ def test_an_operators_retrain_asks_only_for_its_horizon_and_the_schedule_for_all
     assert sorted(drift(ctx, ref.model_copy(update={"retrain": True})).retrain) == ["24h", "7d"]
 
 
+def test_no_retrain_judges_and_reports_but_trains_nothing(source, lake_dir, env):
+    """`cst run --no-retrain`: the drift step still says retraining is due and why; the retrain step defers it and
+    every model stays as it was."""
+    from services.orchestrator import runner
+    from shared.contracts import iso_to_ms
+    from shared.pipeline.context import StepContext
+    from shared.runs import new_ref
+    from shared.settings import Settings
+    from shared.storage import LocalLake
+
+    settings = Settings()
+    lake = LocalLake(lake_dir)
+    ctx = StepContext(settings, lake)
+    current = {h: lake.get(f"models/horizon={h}/CURRENT") for h in ("24h", "7d")}
+    ref = new_ref(settings, str(source), iso_to_ms("2024-05-03T00:00:00Z"), retrain=True, no_retrain=True)
+    assert runner.run_step(ctx, "drift", ref).retrain == ["24h", "7d"]
+    out = runner.run_step(ctx, "retrain", ref)
+    assert out.deferred == {"24h": "scheduled full retrain", "7d": "scheduled full retrain"}
+    assert out.trained == {} and out.complete
+    assert {h: lake.get(f"models/horizon={h}/CURRENT") for h in current} == current
+
+
 def test_calibration_drift_is_judged_on_the_serving_models_own_outcomes(source, lake_dir, env, monkeypatch, tmp_path):
     """Outcomes of a replaced model must not retrain its successor again and again."""
     from services.predict import logbook
