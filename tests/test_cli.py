@@ -188,3 +188,27 @@ def test_run_replays_the_real_files_into_the_lake_and_again_lands_nothing(shared
     assert main(["ingest", *argv[1:-1], "2024-07-02T00:00:00Z"]) == 0
     assert "landed 0 raw records (0 already present)" in text(capsys)
     assert sorted(k for k in lake_keys(lake) if k.startswith("staging/")) == staged
+
+
+def test_a_heartbeat_speaks_at_once_and_then_every_interval_where_no_terminal_draws():
+    """Off a terminal (logs, files, schedulers) long work prints a line at its start and then one per interval with
+    the latest step; the interval is the one asked (checked without sleeping: the waits are recorded)."""
+    import io
+
+    from services.cli.common import HEARTBEAT_S, Heartbeat
+
+    out = io.StringIO()
+    waits: list[float] = []
+    beat = Heartbeat("running", stream=out)
+
+    def wait(timeout):  # three beats, then the work ends
+        waits.append(timeout)
+        beat.tick(f"step {len(waits)}")
+        return len(waits) >= 3
+
+    beat._stop.wait = wait
+    with beat:
+        pass
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0].endswith("running: starting") and lines[2].endswith("running: step 2")
+    assert waits == [HEARTBEAT_S] * 3 and HEARTBEAT_S <= 10

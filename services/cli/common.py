@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import contextmanager
+import threading
+import time
+from contextlib import contextmanager, nullcontext
 
 from rich.console import Console
 from rich.progress import (
@@ -42,6 +44,53 @@ def parse_as_of(text: str | None) -> int | None:
         raise CstError("bad_as_of", f"--as-of {text!r} is not an ISO-8601 time (e.g. 2024-07-01T00:00:00Z)") from None
 
 
+HEARTBEAT_S = 10.0
+
+
+class Heartbeat:
+    """Where no terminal draws the progress bars (CI logs, files, a scheduler), one line on stderr at the start and
+    then every `every` seconds: the time elapsed and the latest thing being done, so long work never looks hung."""
+
+    def __init__(self, label: str, every: float = HEARTBEAT_S, stream=None):
+        self.label, self.every, self.stream = label, every, stream or sys.stderr
+        self.message = "starting"
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="cst-heartbeat", daemon=True)
+
+    def tick(self, message: str) -> None:
+        self.message = message
+
+    def line(self) -> str:
+        return f"[{time.monotonic() - self.t0:7.1f}s] {self.label}: {self.message}"
+
+    def _beat(self) -> None:
+        while True:
+            print(self.line(), file=self.stream, flush=True)
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def activity(label: str):
+    """Yields tick(message): a rich status line with the time elapsed on a terminal, a heartbeat elsewhere."""
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(label, total=None)
+            yield lambda msg: bar.update(task, description=msg)
+    else:
+        with Heartbeat(label) as beat:
+            yield beat.tick
+
+
 @contextmanager
 def progress(label: str):
     """Yields (on_start, on_done) callbacks for the ingest runner, drawn as a rich progress bar."""
@@ -59,10 +108,17 @@ def lake_of(args: argparse.Namespace, settings: Settings):
 def step_progress(settings: Settings, lake, label: str):
     """A step context whose fetch progress and step names are drawn as rich progress bars."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+                  console=console, transient=True) as bar, \
+            (nullcontext() if console.is_terminal else Heartbeat(label)) as beat:
         steps = bar.add_task(label, total=None)
         fetch = bar.add_task("fetching", total=None, visible=False)
-        ctx = StepContext(settings, lake, tick=lambda msg: bar.update(steps, description=msg),
+
+        def tick(msg: str) -> None:
+            bar.update(steps, description=msg)
+            if beat is not None:
+                beat.tick(msg)
+
+        ctx = StepContext(settings, lake, tick=tick,
                           fetch_progress=(lambda n: bar.update(fetch, total=n, visible=True),
                                           lambda _t: bar.advance(fetch)))
-        yield ctx, (lambda name: bar.update(steps, description=f"step {name}"))
+        yield ctx, (lambda name: tick(f"step {name}"))

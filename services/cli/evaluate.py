@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.progress import Progress, TextColumn, TimeElapsedColumn
-
-from services.cli.common import console
+from services.cli.common import activity, console
 from services.cli.render import backtest_table, evaluation_table
 from shared.errors import CstError
 from shared.settings import Settings
@@ -34,9 +32,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                   "retrain_every": args.retrain_every}
         source = args.source
     out = Path(args.out)
-    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("evaluating", total=None)
-        res = evaluate(settings, source, out, tick=lambda msg: bar.update(task, description=msg), **kwargs)
+    with activity("evaluating") as tick:
+        res = evaluate(settings, source, out, tick=tick, **kwargs)
     console.print(evaluation_table(res["metrics"]))
     bt = res["backtest"]
     if "table" in bt:

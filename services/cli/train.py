@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rich.progress import Progress, TextColumn, TimeElapsedColumn
-
-from services.cli.common import console, lake_of, step_progress
+from services.cli.common import activity, console, lake_of, step_progress
 from services.cli.render import training_table
 from services.orchestrator import runner, usecases
 from shared.contracts import iso_to_ms
@@ -29,10 +27,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         run_id = ref.run_id
     else:
         raise CstError("train_needs_data", "give --source DIR (imported into the lake first) or --run-id of a run")
-    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("training", total=None)
-        results = train(settings, lake, run_id, until=args.until, horizons=horizons, budget=args.budget,
-                        tick=lambda msg: bar.update(task, description=msg))
+    with activity("training") as tick:
+        results = train(settings, lake, run_id, until=args.until, horizons=horizons, budget=args.budget, tick=tick)
     console.print(training_table(results))
     return 0
 
