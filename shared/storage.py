@@ -225,4 +225,8 @@ def open_lake(uri: str, *, client: Any | None = None, region: str | None = None)
         if not bucket:
             raise CstError("lake_bad_uri", f"no bucket in lake URI {uri!r}")
         return S3Lake(bucket, prefix, client=client, region=region)
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri.split("/", 1)[0] else ""
+    if scheme and len(scheme) > 1:  # "s3:/bucket", "s3:bucket", "http:...": a URI meant, not a folder (C: passes)
+        raise CstError("lake_bad_uri", f"lake {uri!r} is neither a folder nor s3://bucket[/prefix] (two slashes); "
+                                       "nothing was written")
     return LocalLake(uri)

@@ -212,3 +212,11 @@ def test_a_heartbeat_speaks_at_once_and_then_every_interval_where_no_terminal_dr
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and lines[0].endswith("running: starting") and lines[2].endswith("running: step 2")
     assert waits == [HEARTBEAT_S] * 3 and HEARTBEAT_S <= 10
+
+
+def test_a_mistyped_s3_lake_exits_2_and_writes_no_local_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--source", str(tmp_path), "--lake", "s3:/bucket"]) == 2
+    printed = text(capsys)
+    assert "lake_bad_uri" in printed and "s3://bucket[/prefix]" in printed
+    assert not (tmp_path / "s3:").exists()

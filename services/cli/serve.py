@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Each worker builds the app from the settings (serve_app): the lake and the issuer it trusts travel as the
     # settings' own variables, the only thing a worker process inherits.
     os.environ["CST_LAKE__URI"], os.environ["CST_API__ISSUER"] = uri, issuer_url
+    console.print(f"cst dashboard on http://{args.host}:{args.port}/ (lake {uri}); Ctrl+C stops it", markup=False)
     uvicorn.run("services.cli.serve:serve_app", factory=True, workers=args.workers, host=args.host, port=args.port,
                 log_level="warning", access_log=False, server_header=False)
     return 0

@@ -102,3 +102,17 @@ def test_open_lake_picks_the_implementation(tmp_path, monkeypatch):
         assert isinstance(lake, S3Lake) and lake.bucket == "bucket" and lake.prefix == "some/prefix"
     with pytest.raises(CstError):
         open_lake("s3:///nobucket")
+
+
+@pytest.mark.parametrize("uri", ["s3:/bucket", "s3:bucket/prefix", "S3:/bucket", "https://bucket"])
+def test_a_mistyped_lake_uri_is_refused_before_anything_is_written(uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CstError) as info:
+        open_lake(uri)
+    assert info.value.code == "lake_bad_uri" and "s3://bucket" in info.value.message
+    assert not any(tmp_path.iterdir())  # no folder named "s3:" appeared
+
+
+def test_a_folder_with_a_colon_later_in_its_path_is_still_a_folder(tmp_path):
+    assert isinstance(open_lake(str(tmp_path / "lake:2024")), LocalLake)
+    assert isinstance(open_lake("./lake"), LocalLake)
