@@ -374,6 +374,8 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
     def coin(request: Request, who: Viewer, coin: str, horizon: str | None = None):
         if not coin.isascii() or not coin.isalnum() or len(coin) > 15 or (horizon and horizon not in horizons):
             raise HTTPException(404, detail={"error": "unknown_coin", "message": "no such coin or horizon"})
+        if coin != coin.upper():  # coins are named in capitals; /coins/btc is BTC's page
+            return RedirectResponse(f"/coins/{coin.upper()}" + (f"?horizon={horizon}" if horizon else ""), 307)
         summary = reads.latest_summary(lake)
         chosen = horizon or next((h for h in ("24h", *horizons) if h in horizons), horizons[0])
         ctx = coin_page(lake, settings, horizons, coin, chosen, summary)

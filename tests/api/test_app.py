@@ -290,6 +290,9 @@ def test_page_attacks_are_refused_and_lake_content_is_escaped(served, tmp_path):
         r = c.get(path)
         assert r.status_code == 404 and "<script>" not in r.text, path
     assert c.get("/coin", params={"coin": "<script>"}).headers["location"] == "/ranges"
+    # Coin URLs ignore case: /coins/btc is BTC's page.
+    r = c.get("/coins/btc?horizon=7d", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/coins/BTC?horizon=7d"
     # What the lake holds is shown as text, never as markup.
     lake = LocalLake(served["lake"])
     version = c.get("/api/models", headers=bearer(served, "vera")).json()["24h"]["current"]
