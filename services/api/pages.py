@@ -75,19 +75,40 @@ def _finite(x: float | None) -> float | None:
 # --- page builders: plain functions of lake contents, so each is testable without a browser ----------------------
 
 
+def human(value) -> str:
+    """A reason stored as a mapping (e.g. {"code": ..., "message": ...}) as one line of text."""
+    if isinstance(value, dict):
+        msg = value.get("message") or value.get("reason")
+        code = value.get("code") or value.get("error")
+        if msg:
+            return f"{msg} ({code})" if code else str(msg)
+        return "; ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
+
+
 def signals_page(settings: Settings, summary: RunSummary | None) -> dict:
     if summary is None:
         return {"signals": [], "why": [], "nothing": "No run has completed yet.",
                 "min_horizons": settings.consensus_min_horizons, "cross_section": [], "cross_why": [],
                 "basket": None, "basket_note": "no run has completed yet"}
-    why = sorted(summary.uncertified_horizons.items())
-    for h, reason in sorted(summary.horizons_without_model.items()):
-        why.append((h, reason))
-    nothing = "" if why else "Every horizon is certified, and no coin reached 80% on enough agreeing horizons."
+    order = {h: k for k, h in enumerate(settings.training.horizons)}
+
+    def in_order(d: dict) -> list[tuple[str, str]]:
+        return sorted(((h, reason if isinstance(reason, str) else human(reason)) for h, reason in d.items()),
+                      key=lambda kv: order.get(kv[0], len(order)))
+
+    why = in_order({**summary.uncertified_horizons, **summary.horizons_without_model})
+    if summary.status != "complete":
+        # A failed run judged only some horizons (or none): never call the others certified.
+        steps = ", ".join(sorted({f.step for f in summary.failures})) or "a step"
+        nothing = (f"This run did not complete ({steps} failed): horizons it did not judge are not certified, and "
+                   "its signals, if any, are partial.")
+    else:
+        nothing = "" if why else "Every horizon is certified, and no coin reached 80% on enough agreeing horizons."
     return {"signals": summary.signals, "why": why, "nothing": nothing,
             "min_horizons": settings.consensus_min_horizons,
             "cross_section": summary.cross_section_signals,
-            "cross_why": sorted(summary.cross_section_uncertified.items()),
+            "cross_why": in_order(summary.cross_section_uncertified),
             "basket": summary.basket, "basket_note": summary.basket_note,
             "basket_decision": day(summary.basket.decision_ts, "1h" if summary.basket.horizon == "1h" else "1d")
             if summary.basket else None}

@@ -216,3 +216,22 @@ def test_a_fresh_write_is_not_settled_until_its_time_is_past(local):
     aged = local.stamp("a/b.json")
     assert aged.settled and aged.identity != fresh.identity
     assert local.stamp("a/missing.json") is None and local.folders("a/") == [] and local.folders("") == ["a"]
+
+
+def test_the_signals_page_never_calls_an_unjudged_horizon_certified_and_lists_horizons_in_order():
+    from services.api.pages import signals_page
+    from shared.records import Failure, RunSummary
+    from shared.settings import Settings
+
+    settings = Settings(_env_file=None)
+    failed = RunSummary(run_id="r", as_of="2024-07-01T00:00:00Z", status="failed",
+                        failures=[Failure(step="predict", item="1h", code="no_model", message="no CURRENT model")])
+    page = signals_page(settings, failed)
+    assert "did not complete (predict failed)" in page["nothing"] and "certified" in page["nothing"]
+    assert "Every horizon is certified" not in page["nothing"]
+    done = RunSummary(run_id="r", as_of="2024-07-01T00:00:00Z",
+                      uncertified_horizons={"30d": "no demonstrated skill", "7d": "no demonstrated skill",
+                                            "24h": "no demonstrated skill"},
+                      horizons_without_model={"1h": "no CURRENT model"})
+    page = signals_page(settings, done)
+    assert [h for h, _ in page["why"]] == ["1h", "24h", "7d", "30d"] and page["nothing"] == ""
