@@ -220,3 +220,32 @@ def test_a_mistyped_s3_lake_exits_2_and_writes_no_local_folder(tmp_path, monkeyp
     printed = text(capsys)
     assert "lake_bad_uri" in printed and "s3://bucket[/prefix]" in printed
     assert not (tmp_path / "s3:").exists()
+
+
+def _folder_with(folder, name):
+    folder.mkdir()
+    (folder / name).write_text("not a series")
+    return folder
+
+
+@pytest.mark.parametrize("make, code, said", [
+    (lambda d: d / "absent", "source_unreadable", "does not exist"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "source_empty", "the folder is empty"),
+    (lambda d: _folder_with(d / "junk", "notes.txt"), "source_empty", "notes.txt"),
+])
+def test_a_source_folder_cst_cannot_read_exits_2_before_any_run_is_recorded(make, code, said, tmp_path, capsys):
+    src = make(tmp_path)
+    lake = tmp_path / "lake"
+    assert main(["run", "--source", str(src), "--lake", str(lake)]) == 2
+    printed = text(capsys)
+    assert code in printed and said in printed
+    assert not lake.exists()  # no failed run recorded, no advice to run the same command again
+
+
+def test_users_add_without_a_terminal_asks_for_password_stdin(tmp_path, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["users", "add", "vera", "--group", "viewer", "--lake", str(tmp_path)]) == 2
+    printed = text(capsys)
+    assert "no_terminal" in printed and "--password-stdin" in printed

@@ -17,8 +17,28 @@ from shared.pipeline.definition import STEPS
 from shared.settings import Settings
 
 
+def check_source(source: str) -> None:
+    """A folder source must exist and hold at least one file cst can read, before a run is recorded for it."""
+    from pathlib import Path
+
+    from services.ingest.sources.files import discover
+
+    if source == "live":
+        return
+    root = Path(source)
+    if not root.is_dir():
+        raise CstError("source_unreadable", f"source folder {source!r} does not exist or is not a folder; give a folder "
+                                            "laid out like ../shared/data (see the README) or 'live'")
+    specs, ignored = discover(root)
+    if not specs:
+        said = "; ".join(f"{k}: {v}" for k, v in list(ignored.items())[:5]) or "the folder is empty"
+        raise CstError("source_empty", f"no file in {source!r} is a series cst reads ({len(ignored)} ignored: {said}); "
+                                       "see the README for the layout")
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from services.predict.steps import served_predictions
+    check_source(args.source)
     lake = lake_of(args, settings)
     ref = runs.new_ref(settings, args.source, parse_as_of(args.as_of), no_retrain=args.no_retrain)
     done = runs.complete_summary(lake, ref.run_id)

@@ -66,6 +66,8 @@ def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
+    elif not sys.stdin.isatty():
+        raise CstError("no_terminal", "no terminal to ask for the password: pipe it in with --password-stdin")
     else:
         import getpass
 
@@ -73,7 +75,8 @@ def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
         if getpass.getpass("again: ") != password:
             raise CstError("password_mismatch", "the two passwords differ")
     issuer.add_user(args.name, password, args.group)
-    console.print(f"{args.name}: {args.group}", markup=False)
+    console.print(f"{args.name}: {args.group} (users of lake {args.lake or settings.lake.uri}: `cst serve` must "
+                  "be given the same --lake)", markup=False)
     return 0
 
 
