@@ -38,8 +38,8 @@ def check_source(source: str) -> None:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from services.predict.steps import served_predictions
+    lake = lake_of(args, settings)  # a mistyped lake is refused first (nothing is created by opening one)
     check_source(args.source)
-    lake = lake_of(args, settings)
     ref = runs.new_ref(settings, args.source, parse_as_of(args.as_of), no_retrain=args.no_retrain)
     done = runs.complete_summary(lake, ref.run_id)
     if done is not None:
