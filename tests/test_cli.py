@@ -182,6 +182,9 @@ def test_run_replays_the_real_files_into_the_lake_and_again_lands_nothing(shared
         assert r["close"] > 0 and r["why"].startswith(("actionable", "not actionable: "))
         assert r["range_low"] is None and r["price_low"] is None  # the first run: no outcome has calibrated a range
     assert {(r["coin"], r["decision"]) for r in board} == {(r["coin"], "2024-07-01T00:00:00Z") for r in board}
+    assert main([*argv, "--no-retrain", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("coin,horizon,decision,p_up,") and len(lines) == 1 + len(board)
     # Ingest of another as-of (a new run) reads nothing new from unchanged files (nothing landed, nothing even
     # offered to the lake again), and stages the same content-addressed parts.
     staged = sorted(k for k in keys if k.startswith("staging/"))
