@@ -152,7 +152,8 @@ def forecast_rows(predictions: list[Prediction], horizons: list[str], uncertifie
             "close": close,
             "price_low": close * math.exp(p.range_low) if has and close else None,
             "price_high": close * math.exp(p.range_high) if has and close else None,
-            "skill": p.skill, "actionable": p.actionable, "why": why,
+            "skill": p.skill, "confidence": p.confidence, "actionable": p.actionable, "why": why,
+            "horizon_certified": p.horizon not in uncertified,
         })
     return rows
 
@@ -163,17 +164,27 @@ def _price(x: float | None) -> str:
     return f"{x:,.2f}" if x >= 100 else f"{x:.4g}"
 
 
-def forecasts_table(rows: list[dict]) -> Table:
+def forecasts_table(rows: list[dict], uncertified: dict[str, str] | None = None) -> Table:
+    """The board: one line per forecast; why a horizon is not certified is said once, under the table."""
     table = Table(title=f"every forecast of this run ({len(rows)})")
     for col in ("horizon", "coin", "P(up) [interval]", "P(beats)", "volatility", "80% range (return)",
-                "80% range (price)", "verdict"):
+                "80% range (price)", "actionable?"):
         table.add_column(col)
     for r in rows:
-        rng = (f"{r['range_low']:+.1%} to {r['range_high']:+.1%}" if r["range_low"] is not None
-               else "none yet (no outcome has calibrated it)")
+        rng = f"{r['range_low']:+.1%} to {r['range_high']:+.1%}" if r["range_low"] is not None else "none yet"
         prices = (f"{_price(r['price_low'])} to {_price(r['price_high'])}" if r["price_low"] is not None else "-")
+        if r["actionable"]:
+            verdict = "[green]yes[/]"
+        elif not r["horizon_certified"]:
+            verdict = "[dim]no: horizon not certified[/]"
+        else:
+            verdict = f"[dim]no: confidence {r['confidence']:.2f}[/]"
         table.add_row(r["horizon"], r["coin"], f"{r['p_up']:.1%} [{r['p_up_low']:.1%}, {r['p_up_high']:.1%}]",
                       "-" if r["p_beats"] is None else f"{r['p_beats']:.1%}",
-                      "-" if r["vol_forecast"] is None else f"{r['vol_forecast']:.1%}", rng, prices,
-                      ("[green]" if r["actionable"] else "[dim]") + r["why"] + "[/]")
+                      "-" if r["vol_forecast"] is None else f"{r['vol_forecast']:.1%}", rng, prices, verdict)
+    notes = [f"{h}: not certified: {why}" for h, why in (uncertified or {}).items() if any(r["horizon"] == h for r in rows)]
+    if any(r["range_low"] is None for r in rows):
+        notes.append("range 'none yet': no outcome has calibrated that horizon's range")
+    if notes:
+        table.caption = "\n".join(notes)
     return table

@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         served = served_predictions(StepContext(settings, lake), ref)
         print_forecasts(forecast_rows(served, list(settings.horizons), done.uncertified_horizons,
                                       settings.confidence_threshold, decision_closes(settings, lake, served)),
-                        args.format)
+                        args.format, done.uncertified_horizons)
         console.print(f"run {ref.run_id} (as-of {done.as_of}) is already complete; nothing changed. "
                       f"{done.predictions} predictions, {done.actionable} actionable, {len(done.signals)} signals.")
         return 0
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         served = served_predictions(ctx, ref)
         rows = forecast_rows(served, list(settings.horizons), doc.uncertified_horizons,
                              settings.confidence_threshold, decision_closes(settings, lake, served))
-        print_forecasts(rows, args.format)
+        print_forecasts(rows, args.format, doc.uncertified_horizons)
         console.print(signals_table(served, doc.signals))
         if doc.basket is not None:
             console.print(basket_table(doc.basket, doc.cross_section_signals))
@@ -132,7 +132,7 @@ def decision_closes(settings: Settings, lake, predictions) -> dict[tuple[str, in
     return out
 
 
-def print_forecasts(rows: list[dict], fmt: str) -> None:
+def print_forecasts(rows: list[dict], fmt: str, uncertified: dict[str, str] | None = None) -> None:
     """The board of every forecast: a table on the console, or JSON / CSV on stdout (for a file or a pipe)."""
     import csv
     import json
@@ -146,7 +146,7 @@ def print_forecasts(rows: list[dict], fmt: str) -> None:
             w.writeheader()
             w.writerows(rows)
     else:
-        console.print(forecasts_table(rows))
+        console.print(forecasts_table(rows, uncertified))
 
 
 def cmd_step(args: argparse.Namespace, settings: Settings) -> int:
