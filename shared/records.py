@@ -185,6 +185,29 @@ class Signal(Record):
     tradable: bool = False
 
 
+class Forecast(Record):
+    """One line of the forecast board: a prediction as a trader reads it, with its range as prices and its verdict."""
+
+    coin: str
+    horizon: Horizon
+    decision: str = Field(description="the decision time (ISO, UTC)")
+    p_up: float
+    p_up_low: float
+    p_up_high: float
+    p_beats: float | None = None
+    vol_forecast: float | None = None
+    range_low: float | None = Field(None, description="the 80% range's low end, as a log return")
+    range_high: float | None = None
+    close: float | None = Field(None, description="the close at the decision time, where the lake holds it")
+    price_low: float | None = None
+    price_high: float | None = None
+    skill: str | None = Field(None, description="the model's verdict on its own skill out of sample")
+    confidence: float
+    actionable: bool
+    why: str = Field(description="'actionable', or in words why not")
+    horizon_certified: bool
+
+
 class BasketLeg(Record):
     """One name of the market-neutral basket."""
 

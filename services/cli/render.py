@@ -7,7 +7,7 @@ from collections import Counter
 from rich.table import Table
 
 from shared.contracts import QualityReport
-from shared.records import Basket, Prediction, Signal, TrainingFailure, TrainingResult
+from shared.records import Basket, Forecast, Prediction, Signal, TrainingFailure, TrainingResult
 
 
 def quality_table(report: QualityReport) -> Table:
@@ -126,7 +126,7 @@ def training_table(results: dict[str, TrainingResult]) -> Table:
 
 
 def forecast_rows(predictions: list[Prediction], horizons: list[str], uncertified: dict[str, str],
-                  threshold: float, closes: dict[tuple[str, int], float]) -> list[dict]:
+                  threshold: float, closes: dict[tuple[str, int], float]) -> list[Forecast]:
     """Every forecast of the run, horizons in their configured order and coins by name: P(up) with its interval,
     P(beats the universe), the volatility forecast, the 80% range as returns and as prices (from the close at the
     decision time, where the lake holds it), and in words whether it is actionable and why not."""
@@ -145,16 +145,14 @@ def forecast_rows(predictions: list[Prediction], horizons: list[str], uncertifie
             why = f"not actionable: {uncertified[p.horizon]}"
         else:
             why = f"not actionable: confidence {p.confidence:.3f} < {threshold}"
-        rows.append({
-            "coin": p.coin, "horizon": p.horizon, "decision": ms_to_iso(p.decision_ts),
-            "p_up": p.p_up, "p_up_low": p.p_low, "p_up_high": p.p_high, "p_beats": p.p_beats,
-            "vol_forecast": p.vol_forecast, "range_low": p.range_low, "range_high": p.range_high,
-            "close": close,
-            "price_low": close * math.exp(p.range_low) if has and close else None,
-            "price_high": close * math.exp(p.range_high) if has and close else None,
-            "skill": p.skill, "confidence": p.confidence, "actionable": p.actionable, "why": why,
-            "horizon_certified": p.horizon not in uncertified,
-        })
+        rows.append(Forecast(
+            coin=p.coin, horizon=p.horizon, decision=ms_to_iso(p.decision_ts),
+            p_up=p.p_up, p_up_low=p.p_low, p_up_high=p.p_high, p_beats=p.p_beats,
+            vol_forecast=p.vol_forecast, range_low=p.range_low, range_high=p.range_high, close=close,
+            price_low=close * math.exp(p.range_low) if has and close else None,
+            price_high=close * math.exp(p.range_high) if has and close else None,
+            skill=p.skill, confidence=p.confidence, actionable=p.actionable, why=why,
+            horizon_certified=p.horizon not in uncertified))
     return rows
 
 
@@ -164,26 +162,26 @@ def _price(x: float | None) -> str:
     return f"{x:,.2f}" if x >= 100 else f"{x:.4g}"
 
 
-def forecasts_table(rows: list[dict], uncertified: dict[str, str] | None = None) -> Table:
+def forecasts_table(rows: list[Forecast], uncertified: dict[str, str] | None = None) -> Table:
     """The board: one line per forecast; why a horizon is not certified is said once, under the table."""
     table = Table(title=f"every forecast of this run ({len(rows)})")
     for col in ("horizon", "coin", "P(up) [interval]", "P(beats)", "volatility", "80% range (return)",
                 "80% range (price)", "actionable?"):
         table.add_column(col)
     for r in rows:
-        rng = f"{r['range_low']:+.1%} to {r['range_high']:+.1%}" if r["range_low"] is not None else "none yet"
-        prices = (f"{_price(r['price_low'])} to {_price(r['price_high'])}" if r["price_low"] is not None else "-")
-        if r["actionable"]:
+        rng = f"{r.range_low:+.1%} to {r.range_high:+.1%}" if r.range_low is not None else "none yet"
+        prices = f"{_price(r.price_low)} to {_price(r.price_high)}" if r.price_low is not None else "-"
+        if r.actionable:
             verdict = "[green]yes[/]"
-        elif not r["horizon_certified"]:
+        elif not r.horizon_certified:
             verdict = "[dim]no: horizon not certified[/]"
         else:
-            verdict = f"[dim]no: confidence {r['confidence']:.2f}[/]"
-        table.add_row(r["horizon"], r["coin"], f"{r['p_up']:.1%} [{r['p_up_low']:.1%}, {r['p_up_high']:.1%}]",
-                      "-" if r["p_beats"] is None else f"{r['p_beats']:.1%}",
-                      "-" if r["vol_forecast"] is None else f"{r['vol_forecast']:.1%}", rng, prices, verdict)
-    notes = [f"{h}: not certified: {why}" for h, why in (uncertified or {}).items() if any(r["horizon"] == h for r in rows)]
-    if any(r["range_low"] is None for r in rows):
+            verdict = f"[dim]no: confidence {r.confidence:.2f}[/]"
+        table.add_row(r.horizon, r.coin, f"{r.p_up:.1%} [{r.p_up_low:.1%}, {r.p_up_high:.1%}]",
+                      "-" if r.p_beats is None else f"{r.p_beats:.1%}",
+                      "-" if r.vol_forecast is None else f"{r.vol_forecast:.1%}", rng, prices, verdict)
+    notes = [f"{h}: not certified: {why}" for h, why in (uncertified or {}).items() if any(r.horizon == h for r in rows)]
+    if any(r.range_low is None for r in rows):
         notes.append("range 'none yet': no outcome has calibrated that horizon's range")
     if notes:
         table.caption = "\n".join(notes)

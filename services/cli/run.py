@@ -13,6 +13,7 @@ from services.orchestrator import runner, usecases
 from shared import runs
 from shared.contracts import iso_to_ms, ms_to_iso
 from shared.errors import CstError
+from shared.records import Forecast
 from shared.pipeline.definition import STEPS
 from shared.settings import Settings
 
@@ -132,19 +133,18 @@ def decision_closes(settings: Settings, lake, predictions) -> dict[tuple[str, in
     return out
 
 
-def print_forecasts(rows: list[dict], fmt: str, uncertified: dict[str, str] | None = None) -> None:
+def print_forecasts(rows: list[Forecast], fmt: str, uncertified: dict[str, str] | None = None) -> None:
     """The board of every forecast: a table on the console, or JSON / CSV on stdout (for a file or a pipe)."""
     import csv
     import json
     import sys
 
     if fmt == "json":
-        print(json.dumps(rows, indent=1))
+        print(json.dumps([r.model_dump(mode="json") for r in rows], indent=1))
     elif fmt == "csv":
-        if rows:
-            w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        w = csv.DictWriter(sys.stdout, fieldnames=list(Forecast.model_fields))
+        w.writeheader()
+        w.writerows(r.model_dump(mode="json") for r in rows)
     else:
         console.print(forecasts_table(rows, uncertified))
 
