@@ -22,10 +22,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[training,dev,infra,api]"
 	touch $@ $(VENV)/.installed-run
 
-# The dashboard's charting library (Chart.js, pinned by services/api/package-lock.json), from the npm registry.
+# The dashboard's charting library (Chart.js) and the API's Swagger UI (swagger-ui-dist), pinned by
+# services/api/package-lock.json, from the npm registry; no package's install script runs (--ignore-scripts).
 CHARTS := services/api/node_modules/.package-lock.json
 $(CHARTS): services/api/package-lock.json
-	@if command -v npm >/dev/null; then npm ci --prefix services/api --no-audit --no-fund --loglevel=error; \
+	@if command -v npm >/dev/null; then npm ci --prefix services/api --ignore-scripts --no-audit --no-fund --loglevel=error; \
 	else echo "!!! make: npm is missing: the dashboard's charts cannot be installed (apt-get install nodejs npm)" >&2; fi
 charts: $(CHARTS)
 

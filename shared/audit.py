@@ -1,14 +1,16 @@
 """The audit store: operators' actions (who started which run or retrain, when, and what came of it) and users'
-feedback on predictions, each one immutable file; the only module that spells their keys (the API writes them, the
-cloud grants the API exactly these prefixes)."""
+feedback on predictions, each one immutable file, and each user's watchlist; the only module that spells their keys
+(the API writes them, the cloud grants the API exactly these prefixes)."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 
 AUDIT = "audit/"
 FEEDBACK = "feedback/"
+WATCHLISTS = "watchlists/"
 
 
 def _unique(at: datetime, stamp: str) -> str:
@@ -21,3 +23,8 @@ def audit_key(at: datetime) -> str:
 
 def feedback_key(horizon: str, coin: str, run_id: str, at: datetime) -> str:
     return f"{FEEDBACK}horizon={horizon}/coin={coin}/run_id={run_id}/" + _unique(at, "%Y%m%dT%H%M%S%f")
+
+
+def watchlist_key(username: str) -> str:
+    """A user's watchlist; the name is hashed so no user name ever becomes a path."""
+    return f"{WATCHLISTS}user={hashlib.sha256(username.encode()).hexdigest()[:24]}.json"

@@ -46,14 +46,20 @@ def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     return float(np.sum(counts[full] / counts.sum() * np.abs(mean_p[full] - freq[full]))) if full.any() else 0.0
 
 
-def wilson_low(hits: int, n: int, z: float = 1.959964) -> float | None:
-    """Lower end of the Wilson score interval for a hit rate (95% by default); None when n is 0."""
+def wilson(hits: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """The Wilson score interval for a hit rate (95% by default); None when n is 0."""
     if n == 0:
         return None
     phat = hits / n
     centre = phat + z * z / (2 * n)
     margin = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
-    return (centre - margin) / (1 + z * z / n)
+    return (centre - margin) / (1 + z * z / n), (centre + margin) / (1 + z * z / n)
+
+
+def wilson_low(hits: int, n: int, z: float = 1.959964) -> float | None:
+    """Lower end of the Wilson score interval for a hit rate (95% by default); None when n is 0."""
+    w = wilson(hits, n, z)
+    return None if w is None else w[0]
 
 
 def horizon_windows(ts: np.ndarray, horizon_ms: int) -> np.ndarray:

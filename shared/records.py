@@ -132,6 +132,7 @@ class CoinPerformance(Record):
     brier: float
     ece: float
     actionable_hit_rate: float | None = None
+    actionable_outcomes: int | None = absent("how many of the window's outcomes were actionable")
 
 
 class GuardDecision(Record):
@@ -206,6 +207,7 @@ class Forecast(Record):
     actionable: bool
     why: str = Field(description="'actionable', or in words why not")
     horizon_certified: bool
+    change: float | None = Field(None, description="P(up) minus the coin's previous forecast's, where there is one")
 
 
 class BasketLeg(Record):
@@ -385,6 +387,8 @@ class VolModel(BaseModel):
 
     target: Literal["log_realized_variance"] = "log_realized_variance"
     log_residual_variance: float = Field(description="s2: the served variance is exp(log forecast + s2 / 2)")
+    served: Literal["stack", "HAR"] = Field("stack", description="the forecast served: the stack, or HAR alone when "
+                                                                   "the stack did not beat it on held-out rows")
     metrics: dict[str, Any] = {}
     members: dict[str, Any] = {}
     rows: int = 0

@@ -394,11 +394,13 @@ class RunSettings(BaseModel):
     # every model costs about a second (see BENCHMARKS.md, bench_predict: 128 rows of ONE horizon take
     # 2.5 s in process and 1.5 s in a 2-worker pool, start-up included).
     pool_min_rows: int = 512
-    # The served return range: nominal miscoverage (0.2 = an 80% range), the adaptive conformal step (Gibbs &
-    # Candes 2021: alpha_t+1 = alpha_t + gamma * (alpha - miss_t)) and how many recent conformity scores it ranks.
+    # The served return range: nominal miscoverage (0.2 = an 80% range); the adaptive conformal step per decision
+    # time (Gibbs & Candes 2021: alpha_t+1 = alpha_t + gamma / bars * (alpha - miss share_t)); the scores of how
+    # many recent decision times it ranks; how many volatility bins keep their own scores and alpha (terciles).
     range_alpha: float = 0.2
-    range_gamma: float = 0.005
-    range_window: int = 500
+    range_gamma: float = 0.01
+    range_window: int = 60
+    range_bins: int = 3
     # The naive range evaluation shows beside the served one: +-z sd of this many one-bar returns per timeframe.
     range_naive_window: dict[str, int] = {"1h": 168, "1d": 30}
 
@@ -418,6 +420,8 @@ class ApiSettings(BaseModel):
     state_machine_arn: str = ""
     # Where an operator's run reads its data: "live" (the exchanges and feeds), or locally a folder of recorded files.
     run_source: str = "live"
+    # The Board page reloads itself this often (seconds; 0: never), so a screen left open follows the runs.
+    board_refresh_seconds: int = 300
 
 
 class BasketSettings(BaseModel):

@@ -33,6 +33,7 @@ OWNERS = {
     "state/backfill": "services/ingest/backfill.py",
     "audit": "shared/audit.py",
     "feedback": "shared/audit.py",
+    "watchlists": "shared/audit.py",
 }
 STORES = set(OWNERS.values())
 TOP = re.compile(r"^(%s)/" % "|".join(sorted({k.split("/")[0] for k in OWNERS}, key=len, reverse=True)))

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The producers, stores and readers of the domain's documents.
 DOCUMENT_MODULES = [
     "shared/records.py", "shared/runs.py", "shared/registry.py", "shared/audit.py",
-    "services/predict/steps.py", "services/predict/logbook.py", "services/predict/drift.py",
+    "services/predict/steps.py", "services/predict/logbook.py", "services/predict/drift.py", "services/predict/board.py",
     "services/risk/steps.py", "services/risk/gate.py", "services/training/registry.py", "services/training/train.py",
     "services/training/steps.py", "services/orchestrator/summary.py", "services/orchestrator/usecases.py",
     "services/api/reads.py", "services/api/context.py", "services/api/routes", "services/cli",

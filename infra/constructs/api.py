@@ -20,11 +20,11 @@ from infra.constructs import acknowledge, logical_ref
 from infra.constructs.functions import serving_image
 from infra.constructs.lake import LakeBucket
 from infra.constructs.users import Users
-from shared.audit import AUDIT, FEEDBACK
+from shared.audit import AUDIT, FEEDBACK, WATCHLISTS
 
 HANDLER = "services.api.lambda_handler.handler"
 # The lake keys the API writes: operators' actions and users' feedback. Everything else it only reads.
-WRITES = (AUDIT + "*", FEEDBACK + "*")
+WRITES = (AUDIT + "*", FEEDBACK + "*", WATCHLISTS + "*")
 # API Gateway gives an integration at most 30 s.
 TIMEOUT_S = 29
 
@@ -58,7 +58,7 @@ class Api(Construct):
         log_group = logs.LogGroup(self, "FunctionLogs", retention=logs.RetentionDays.THREE_MONTHS,
                                   removal_policy=RemovalPolicy.DESTROY)
         self.role = iam.Role(self, "FunctionRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-                             description="cst API: reads the lake, writes audit and feedback, starts runs")
+                             description="cst API: reads the lake, writes audit, feedback and watchlists, starts runs")
         log_group.grant_write(self.role)
         lake_findings = lake.grant(self.role, write=False)
         self.role.add_to_principal_policy(iam.PolicyStatement(
@@ -66,7 +66,7 @@ class Api(Construct):
         state_machine.grant_start_execution(self.role)
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "Objects inside the lake bucket: read anywhere (the API shows every run, model and prediction), "
-                    "written only under audit/ and feedback/ (their keys are per date and per coin).",
+                    "written only under audit/, feedback/ and watchlists/ (their keys are per date, per coin and per user).",
                     lake_findings + [f"Resource::{logical_ref(lake.bucket)}/{prefix}" for prefix in WRITES])
         self.function = lambda_.DockerImageFunction(
             self, "Function", role=self.role, log_group=log_group, code=serving_image(HANDLER, "[api]"),

@@ -4,7 +4,7 @@
 # The function's CMD names its handler (services.orchestrator.handlers.<step>, services.api.lambda_handler.handler).
 FROM public.ecr.aws/docker/library/node:20-slim AS charts
 COPY services/api/package.json services/api/package-lock.json /charts/
-RUN npm ci --prefix /charts --no-audit --no-fund --omit=dev
+RUN npm ci --prefix /charts --ignore-scripts --no-audit --no-fund --omit=dev
 
 FROM public.ecr.aws/lambda/python:3.12
 ARG EXTRAS=""

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse
 
 from services.api.auth import Verifier
 from services.api.context import CSRF_HEADER, Actions, ApiContext, token_identity
@@ -29,6 +30,14 @@ from shared.storage import Lake
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE", "Actions", "create_app", "local_actions"]
 
 STATIC = Path(__file__).resolve().parent / "static"
+SWAGGER = Path(__file__).resolve().parent / "node_modules" / "swagger-ui-dist"
+SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>cst API</title><link rel="stylesheet" href="/static/vendor/swagger/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/vendor/swagger/swagger-ui-bundle.js"></script><script src="/static/docs.js"></script>
+</body></html>"""
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
@@ -48,7 +57,9 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
                secure_cookies: bool = True) -> FastAPI:
     from fastapi.staticfiles import StaticFiles
 
-    app = FastAPI(title="cst", version="1", description=__doc__, docs_url="/api/docs", redoc_url=None,
+    # The interactive docs load Swagger UI from the app itself (npm's swagger-ui-dist), never from a CDN: the
+    # content-security policy allows only this origin, and a machine without internet still has its docs.
+    app = FastAPI(title="cst", version="1", description=__doc__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")
     ctx = ApiContext(settings=settings, lake=lake, verifier=verifier, actions=actions, now=now)
     app.state.cst = ctx
@@ -65,6 +76,17 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
     @app.get("/health", include_in_schema=False)
     def health() -> dict:
         return {"status": "ok"}
+
+    @app.get("/api/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_PAGE)
+
+    @app.get("/static/vendor/swagger/{name}", include_in_schema=False)
+    def swagger_file(name: str):
+        if name not in SWAGGER_FILES or not (SWAGGER / name).is_file():
+            raise HTTPException(404, detail={"error": "docs_not_installed",
+                                             "message": "run npm ci --prefix services/api"})
+        return FileResponse(SWAGGER / name, media_type=SWAGGER_FILES[name])
 
     for router in ROUTERS:
         app.include_router(router)

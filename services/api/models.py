@@ -185,6 +185,7 @@ class ModelVersion(BaseModel):
     brier_skill: float | None
     ece: float | None
     gate: GateDecision | None
+    features: list[str] = Field([], description="the features the version reads, in order")
 
 
 class HorizonModels(BaseModel):

@@ -24,6 +24,8 @@ from services.api import reads
 from services.api.auth import Identity, Unauthorized
 from services.api.login import CSRF_COOKIE
 from services.api.models import QualityView
+from services.predict.board import price_text
+from shared.metrics import wilson
 from shared.records import DriftVerdict, RunSummary
 from shared.settings import Settings
 from shared.storage import Lake
@@ -31,7 +33,7 @@ from shared.storage import Lake
 HERE = Path(__file__).resolve().parent
 # The charting library, installed from the npm registry by `npm ci --prefix services/api` (package-lock.json pins it).
 CHART_JS = HERE / "node_modules" / "chart.js" / "dist" / "chart.umd.min.js"
-NAV = [("/", "Signals"), ("/ranges", "Ranges"), ("/performance", "Performance"), ("/runs", "Runs"),
+NAV = [("/", "Signals"), ("/board", "Board"), ("/ranges", "Ranges"), ("/performance", "Performance"), ("/runs", "Runs"),
        ("/quality", "Data quality"), ("/models", "Models")]
 UP, DOWN, BAND, GREY = "#1b7f3b", "#b3261e", "rgba(54, 110, 201, 0.18)", "#5d6673"
 COLORS = ["#366ec9", "#d9822b", "#1b7f3b", "#8e44ad", "#b3261e", "#2c9aa0", "#7a6a2a", "#c2185b", "#455a64"]
@@ -139,6 +141,47 @@ def ranges_page(lake: Lake, horizons: list[str], summary: RunSummary | None) -> 
     return {"horizons": out}
 
 
+def watchlist(lake: Lake, username: str) -> list[str]:
+    from shared.audit import watchlist_key
+    from shared.errors import LakeKeyNotFound
+
+    try:
+        return [str(c) for c in lake.get_json(watchlist_key(username)).get("coins", [])]
+    except LakeKeyNotFound:
+        return []
+
+
+def save_watchlist(lake: Lake, username: str, coins: list[str]) -> None:
+    from shared.audit import watchlist_key
+
+    lake.put_json(watchlist_key(username), {"coins": sorted(set(coins))[:200]})
+
+
+def board_page(lake: Lake, settings: Settings, horizons: list[str], summary: RunSummary | None,
+               watched: list[str], only_watched: bool) -> dict:
+    """Every coin and horizon of the newest decisions: P(up), P(beats), the range as prices, volatility, the verdict
+    and how P(up) moved since the coin's previous forecast of the horizon; the user's watched coins first."""
+    uncertified = summary.uncertified_horizons if summary else {}
+    rows = [r for r in reads.board(lake, settings, horizons, summary) if not only_watched or r.coin in watched]
+    seen = set(watched)
+    table = [{"coin": r.coin, "horizon": r.horizon, "order": horizons.index(r.horizon), "watched": r.coin in seen,
+              "decision": r.decision.replace("T", " ")[:16],
+              "p_up": r.p_up, "p_up_text": f"{pct(r.p_up)} [{pct(r.p_up_low)}, {pct(r.p_up_high)}]",
+              "p_beats": r.p_beats, "vol": r.vol_forecast, "change": r.change,
+              "range": (f"{pct(r.range_low, signed=True)} to {pct(r.range_high, signed=True)}"
+                        if r.range_low is not None else "not calibrated yet"),
+              "prices": (f"{price_text(r.price_low)} – {price_text(r.price_high)}" if r.price_low is not None
+                         else "–"),
+              "close": price_text(r.close), "actionable": r.actionable,
+              "verdict": "actionable" if r.actionable else
+              ("horizon not certified" if not r.horizon_certified else f"confidence {pct(r.confidence)}")}
+             for r in rows]
+    table.sort(key=lambda r: (not r["watched"], r["order"], r["coin"]))
+    notes = [(h, why) for h, why in uncertified.items() if h in horizons]
+    return {"rows": table, "watched": sorted(seen), "only_watched": only_watched, "notes": notes,
+            "refresh_seconds": settings.api.board_refresh_seconds}
+
+
 def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, horizon: str,
               summary: RunSummary | None) -> dict | None:
     from services.features.store import read_panel
@@ -184,7 +227,8 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
                 o = by_decision.get(p.decision_ts)
                 if o is not None and np.isfinite(close[k1]):
                     reached[k1] = _finite(close[k1])
-                    colors[k1] = UP if o.in_range else DOWN
+                    # Judged only where a range was served: grey where there was none to be in or out of.
+                    colors[k1] = GREY if o.in_range is None else (UP if o.in_range else DOWN)
             labels = [day(int(t), tf) for t in grid]
             page["price_chart"] = _chart("line", labels, [
                 {"label": "close", "data": [_finite(c) for c in close], "borderColor": "#1d2330", "pointRadius": 0,
@@ -196,21 +240,31 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
                 {"label": "price reached", "data": reached, "showLine": False, "pointRadius": 4,
                  "pointBackgroundColor": [c or GREY for c in colors], "borderColor": "transparent"},
             ], y="price", extra={"scales": {"x": {"ticks": {"maxTicksLimit": 12}}}})
-        decisions = [day(p.decision_ts, tf) for p in preds]
-        realized = [(1.0 if by_decision[p.decision_ts].realized_return > 0 else 0.0)
-                    if p.decision_ts in by_decision else None for p in preds]
-        page["p_chart"] = _chart("line", decisions, [
-            {"label": "P(up)", "data": [_finite(p.p_up) for p in preds], "borderColor": COLORS[0], "pointRadius": 1},
-            {"label": "interval low", "data": [_finite(p.p_low) for p in preds], "borderColor": BAND,
-             "pointRadius": 0, "fill": "+1", "backgroundColor": BAND},
-            {"label": "interval high", "data": [_finite(p.p_high) for p in preds], "borderColor": BAND,
-             "pointRadius": 0},
+        # One slot per decision step, so a gap in the record is a gap on the axis, not two days drawn side by side.
+        slots = np.arange(preds[0].decision_ts, preds[-1].decision_ts + step, step, dtype=np.int64)[-2000:]
+        at = {p.decision_ts: p for p in preds}
+
+        def series(fn):
+            return [_finite(fn(at[int(t)])) if int(t) in at else None for t in slots]
+
+        realized = [(1.0 if by_decision[int(t)].realized_return > 0 else 0.0) if int(t) in by_decision and int(t) in at
+                    else None for t in slots]
+        page["p_chart"] = _chart("line", [day(int(t), tf) for t in slots], [
+            {"label": "P(up)", "data": series(lambda p: p.p_up), "borderColor": COLORS[0], "pointRadius": 1,
+             "spanGaps": False},
+            {"label": "interval low", "data": series(lambda p: p.p_low), "borderColor": BAND,
+             "pointRadius": 0, "fill": "+1", "backgroundColor": BAND, "spanGaps": False},
+            {"label": "interval high", "data": series(lambda p: p.p_high), "borderColor": BAND,
+             "pointRadius": 0, "spanGaps": False},
             {"label": "went up (1) / down (0)", "data": realized, "showLine": False, "pointRadius": 3,
              "borderColor": GREY, "backgroundColor": GREY},
-        ], y="probability", extra={"scales": {"y": {"min": 0, "max": 1}, "x": {"ticks": {"maxTicksLimit": 12}}}})
+        ], y="probability", x="decision time", extra={"scales": {"y": {"min": 0, "max": 1},
+                                                                 "x": {"ticks": {"maxTicksLimit": 12}}}})
     newest = latest.get(horizon)
     if newest is not None:
         feats = json.loads(newest.top_features or "[]")
+        page["shap_terms"] = [{"feature": f["feature"], "meaning": meaning(f["feature"]),
+                               "contribution": f"{f['contribution']:+.3f}"} for f in feats]
         if feats:
             page["shap_chart"] = _chart("bar", [f["feature"] for f in feats], [{
                 "label": "contribution to the log-odds", "data": [_finite(f["contribution"]) for f in feats],
@@ -234,6 +288,22 @@ def drift_text(d: DriftVerdict | None, none: str = "–") -> str:
     return "stable" + (f" ({d.psi_note or d.note})" if d.psi_note or d.note else "")
 
 
+def rate(hits: int, n: int) -> str:
+    """A hit rate as people should read it: the rate, the count it rests on and its 95% Wilson interval."""
+    if n == 0:
+        return "–"
+    lo, hi = wilson(hits, n)
+    return f"{pct(hits / n)} ({hits}/{n}; 95% {100 * lo:.0f}–{100 * hi:.0f}%)"
+
+
+def mean_interval(x: np.ndarray, digits: int = 3) -> str:
+    """A mean with its 95% normal interval (the sd of the mean), or the mean alone from fewer than two values."""
+    if x.size < 2:
+        return num(float(x.mean()) if x.size else None, digits)
+    half = 1.959964 * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return f"{x.mean():.{digits}f} (95% {x.mean() - half:.{digits}f}–{x.mean() + half:.{digits}f}, n {x.size})"
+
+
 def performance_page(lake: Lake, horizons: list[str], summary: RunSummary | None) -> dict:
     drift = summary.drift if summary else {}
     out = []
@@ -244,8 +314,8 @@ def performance_page(lake: Lake, horizons: list[str], summary: RunSummary | None
         if rows:
             p = np.array([r.p_up for r in rows])
             y = np.array([1.0 if r.realized_return > 0 else 0.0 for r in rows])
-            entry.update(hit=pct(float(np.mean([r.hit for r in rows]))), brier=num(float(np.mean((p - y) ** 2))),
-                         mean_p=pct(float(p.mean())), up_rate=pct(float(y.mean())))
+            entry.update(hit=rate(sum(1 for r in rows if r.hit), len(rows)), brier=mean_interval((p - y) ** 2),
+                         mean_p=pct(float(p.mean())), up_rate=rate(int(y.sum()), len(rows)))
             pts = [{"x": round(b.mean_p, 4), "y": round(b.up_rate, 4)} for b in reads.reliability(rows)]
             entry["reliability"] = _chart("scatter", [], [
                 {"label": "realized up-rate per P(up) bin (≥5 outcomes)", "data": pts, "backgroundColor": COLORS[0],
@@ -255,15 +325,41 @@ def performance_page(lake: Lake, horizons: list[str], summary: RunSummary | None
             ], x="forecast P(up)", y="realized up-rate",
                 extra={"scales": {"x": {"min": 0, "max": 1, "type": "linear"}, "y": {"min": 0, "max": 1}}})
         perf = reads.latest_performance(lake, h)
-        entry["coins"] = [{"coin": r.coin, "window": r.window, "hit_rate": pct(r.hit_rate),
+        entry["coins"] = [{"coin": r.coin, "window": r.window,
+                           "hit_rate": rate(round(r.hit_rate * r.window), r.window),
                            "brier": num(r.brier), "ece": num(r.ece),
-                           "actionable_hit_rate": pct(r.actionable_hit_rate)} for r in perf]
-        entry["hits"] = _chart("bar", [r.coin for r in perf], [
+                           "actionable_hit_rate": (
+                               rate(round(r.actionable_hit_rate * r.actionable_outcomes), r.actionable_outcomes)
+                               if r.actionable_outcomes else pct(r.actionable_hit_rate))} for r in perf]
+        entry["hits"] = _chart("bar", [f"{r.coin} (n {r.window})" for r in perf], [
             {"label": "hit rate (%)", "data": [round(100 * r.hit_rate, 2) for r in perf],
              "backgroundColor": COLORS[1]}], y="hit rate over the coin's recent window (%)", legend=False,
             extra={"scales": {"y": {"min": 0, "max": 100}}})
+        entry["few"] = [r.coin for r in perf if r.window < 20]
         out.append(entry)
     return {"horizons": out}
+
+
+def age_text(ms: int) -> str:
+    hours = ms / 3_600_000
+    if hours < 1:
+        return f"{max(0, round(ms / 60_000))} min"
+    return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
+
+
+def freshness(latest: RunSummary | None, newest_decision_ms: int | None, fresh_ms: int,
+              now_ms: int | None = None) -> dict:
+    """What every page says about the data behind it: the newest decision time any forecast was made at, its age,
+    whether that is older than the shortest horizon's bar allows (two bars: a missed run, or a run on old data), and
+    whether the latest run finished."""
+    status = None if latest is None or latest.status == "complete" else latest.status
+    run_id = latest.run_id if latest is not None else None
+    if newest_decision_ms is None:
+        return {"text": "no forecast yet", "stale": True, "status": status, "run_id": run_id}
+    now_ms = now_ms if now_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
+    age = now_ms - newest_decision_ms
+    return {"text": f"newest forecasts made at {day(newest_decision_ms, '1h')} UTC, {age_text(age)} ago",
+            "stale": age > fresh_ms, "status": status, "run_id": run_id}
 
 
 def runs_page(lake: Lake, offset: int) -> dict:
@@ -316,13 +412,23 @@ def quality_page(report: QualityView | None) -> dict:
 
 def models_page(lake: Lake, horizons: list[str]) -> dict:
     out = []
-    for h, m in reads.models(lake, horizons).items():
+    every = reads.models(lake, horizons)
+    for h, m in every.items():
         out.append({"horizon": h, "versions": [{
             "version": v.version, "current": v.current, "created": (v.created or "")[:19],
             "window": f"{v.training_window.first[:10]} – {v.training_window.last[:10]}" if v.training_window else "–",
             "skill": (v.skill or {}).get("verdict", "–"), "brier_skill": num(v.brier_skill, 4), "ece": num(v.ece),
             "gate": v.gate.reason if v.gate else "–"} for v in m.versions]})
-    return {"horizons": out}
+    used = sorted({f for m in every.values() for v in m.versions if v.current
+                   for f in v.features})
+    return {"horizons": out, "glossary": [{"feature": f, "meaning": meaning(f)} for f in used]}
+
+
+def meaning(feature: str) -> str:
+    from services.features.registry import describe
+    import services.features.blocks  # noqa: F401  (registers the blocks and their glossaries)
+
+    return describe(feature) or "not described in the feature registry"
 
 
 # --- routes ----------------------------------------------------------------------------------------------------
@@ -332,6 +438,9 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
               identify: Callable[[Request], Identity], act: Callable[[Identity, str, dict], str], *,
               secure_cookies: bool = True) -> None:
     """The page routes. `identify` verifies the request's token; `act` starts a run or a retrain and audits it."""
+    from shared.settings import timeframe_ms
+
+    fresh_ms = 2 * min(timeframe_ms(settings.training.horizons[h].timeframe) for h in horizons)
 
     class SignIn(Exception):
         """A page asked without a valid session: the browser goes to the sign-in form and comes back."""
@@ -357,6 +466,8 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
     def render(request: Request, who: Identity, template: str, title: str, active: str, **ctx: Any) -> HTMLResponse:
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
         summary = ctx.pop("summary", None)
+        newest = [rows[0].decision_ts for h in horizons if (rows := reads.latest_rows(lake, h))]
+        ctx["freshness"] = freshness(reads.latest_summary(lake), max(newest, default=None), fresh_ms)
         ctx.setdefault("as_of", summary.as_of if summary else None)
         ctx.setdefault("run_id", summary.run_id if summary else None)
         body = _env.get_template(template).render(title=title, nav=NAV, active=active, who=who, csrf=csrf,
@@ -377,6 +488,25 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
     def signals(request: Request, who: Viewer):
         summary = reads.latest_summary(lake)
         return render(request, who, "signals.html", "Signals", "/", summary=summary, **signals_page(settings, summary))
+
+    @page("/board")
+    def board(request: Request, who: Viewer, watched: bool = False):
+        summary = reads.latest_summary(lake)
+        mine = watchlist(lake, who.username)
+        return render(request, who, "board.html", "Board", "/board", summary=summary,
+                      **board_page(lake, settings, horizons, summary, mine, watched))
+
+    @app.post("/board/watch", include_in_schema=False)
+    def watch(request: Request, coin: str = Form(max_length=15), action: str = Form("add", max_length=8),
+              csrf: str = Form("", max_length=128)):
+        who = _form_user(request, csrf)
+        target = coin.strip().upper()
+        if not target.isascii() or not target.isalnum() or action not in ("add", "remove"):
+            raise HTTPException(400, detail={"error": "bad_watch", "message": "a coin name (letters and digits) "
+                                                                              "and add or remove"})
+        mine = watchlist(lake, who.username)
+        save_watchlist(lake, who.username, [*mine, target] if action == "add" else [c for c in mine if c != target])
+        return RedirectResponse("/board", status_code=303)
 
     @page("/ranges")
     def ranges(request: Request, who: Viewer):
@@ -443,11 +573,18 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
             raise HTTPException(404, detail={"error": "unknown_model", "message": "no such model version"})
         return render(request, who, "card.html", f"Model {horizon} {version}", "/models", card=text)
 
-    def _operator_form(request: Request, csrf: str) -> Identity:
+    def _form_user(request: Request, csrf: str) -> Identity:
+        """A signed-in dashboard user posting a form with the CSRF token of the session."""
         who = identify(request)  # a missing or bad token answers 401 with its code
         expected = request.cookies.get(CSRF_COOKIE, "")
         if not expected or not secrets.compare_digest(csrf, expected):
             raise HTTPException(403, detail={"error": "csrf", "message": "missing or wrong CSRF token"})
+        if not who.is_viewer:
+            raise HTTPException(403, detail={"error": "forbidden", "message": "no dashboard group"})
+        return who
+
+    def _operator_form(request: Request, csrf: str) -> Identity:
+        who = _form_user(request, csrf)
         if not who.is_operator:
             raise HTTPException(403, detail={"error": "forbidden", "message": "operators only"})
         return who

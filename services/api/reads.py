@@ -17,6 +17,7 @@ from shared.datasets import get_table, partition_dates
 from shared.errors import LakeKeyNotFound
 from shared.records import (
     CoinPerformance,
+    Forecast,
     ModelMetadata,
     Outcome,
     Prediction,
@@ -233,7 +234,7 @@ def models(lake: Lake, horizons: list[str]) -> dict[str, HorizonModels]:
             entries.append(ModelVersion(version=v, current=v == current, created=meta.created,
                                         training_window=meta.training_window, skill=meta.skill,
                                         brier_skill=meta.metrics.get("brier_skill"), ece=meta.metrics.get("ece"),
-                                        gate=meta.gate))
+                                        gate=meta.gate, features=list(meta.features)))
         out[h] = HorizonModels(current=current, versions=entries)
     return out
 
@@ -297,3 +298,24 @@ def reliability(outcomes: list[Outcome], bins: int = 10, min_count: int = 5) -> 
             out.append(ReliabilityBin(bin=[lo, hi], n=len(inside), mean_p=sum(o.p_up for o in inside) / len(inside),
                                       up_rate=sum(o.realized_return > 0 for o in inside) / len(inside)))
     return out
+
+
+def board(lake: Lake, settings, horizons: list[str], summary: RunSummary | None) -> list[Forecast]:
+    """Every coin and horizon of the newest decisions as board lines, with how P(up) moved since each coin's
+    previous forecast of the horizon (within three bars before)."""
+    from services.predict.board import decision_closes, forecast_rows
+    from shared.settings import timeframe_ms
+
+    latest, previous = [], {}
+    for h in horizons:
+        rows = latest_rows(lake, h)
+        if not rows:
+            continue
+        latest += rows
+        t = rows[0].decision_ts
+        step = timeframe_ms(settings.training.horizons[h].timeframe)
+        for p in predictions(lake, [h], since_ms=t - 3 * step, until_ms=t - 1):  # newest first
+            previous.setdefault((h, p.coin), p)
+    uncertified = summary.uncertified_horizons if summary else {}
+    return forecast_rows(latest, horizons, uncertified, settings.confidence_threshold,
+                         decision_closes(settings, lake, latest), previous)

@@ -6,6 +6,7 @@ from collections import Counter
 
 from rich.table import Table
 
+from services.predict.board import price_text
 from shared.contracts import QualityReport
 from shared.records import Basket, Forecast, Prediction, Signal, TrainingFailure, TrainingResult
 
@@ -125,43 +126,6 @@ def training_table(results: dict[str, TrainingResult]) -> Table:
     return table
 
 
-def forecast_rows(predictions: list[Prediction], horizons: list[str], uncertified: dict[str, str],
-                  threshold: float, closes: dict[tuple[str, int], float]) -> list[Forecast]:
-    """Every forecast of the run, horizons in their configured order and coins by name: P(up) with its interval,
-    P(beats the universe), the volatility forecast, the 80% range as returns and as prices (from the close at the
-    decision time, where the lake holds it), and in words whether it is actionable and why not."""
-    import math
-
-    from shared.contracts import ms_to_iso
-
-    order = {h: k for k, h in enumerate(horizons)}
-    rows = []
-    for p in sorted(predictions, key=lambda p: (order.get(p.horizon, len(order)), p.coin)):
-        close = closes.get((p.coin, p.decision_ts))
-        has = p.range_low is not None and p.range_high is not None
-        if p.actionable:
-            why = "actionable"
-        elif p.horizon in uncertified:
-            why = f"not actionable: {uncertified[p.horizon]}"
-        else:
-            why = f"not actionable: confidence {p.confidence:.3f} < {threshold}"
-        rows.append(Forecast(
-            coin=p.coin, horizon=p.horizon, decision=ms_to_iso(p.decision_ts),
-            p_up=p.p_up, p_up_low=p.p_low, p_up_high=p.p_high, p_beats=p.p_beats,
-            vol_forecast=p.vol_forecast, range_low=p.range_low, range_high=p.range_high, close=close,
-            price_low=close * math.exp(p.range_low) if has and close else None,
-            price_high=close * math.exp(p.range_high) if has and close else None,
-            skill=p.skill, confidence=p.confidence, actionable=p.actionable, why=why,
-            horizon_certified=p.horizon not in uncertified))
-    return rows
-
-
-def _price(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.2f}" if x >= 100 else f"{x:.4g}"
-
-
 def forecasts_table(rows: list[Forecast], uncertified: dict[str, str] | None = None) -> Table:
     """The board: one line per forecast; why a horizon is not certified is said once, under the table."""
     table = Table(title=f"every forecast of this run ({len(rows)})")
@@ -170,7 +134,7 @@ def forecasts_table(rows: list[Forecast], uncertified: dict[str, str] | None = N
         table.add_column(col)
     for r in rows:
         rng = f"{r.range_low:+.1%} to {r.range_high:+.1%}" if r.range_low is not None else "none yet"
-        prices = f"{_price(r.price_low)} to {_price(r.price_high)}" if r.price_low is not None else "-"
+        prices = f"{price_text(r.price_low)} to {price_text(r.price_high)}" if r.price_low is not None else "-"
         if r.actionable:
             verdict = "[green]yes[/]"
         elif not r.horizon_certified:

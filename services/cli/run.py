@@ -8,8 +8,9 @@ from rich.markup import escape
 
 from services.cli.common import console, lake_of, parse_as_of, step_progress
 from services.cli.ingest import backfill_with_progress, print_ingest
-from services.cli.render import basket_table, forecast_rows, forecasts_table, signals_table
+from services.cli.render import basket_table, forecasts_table, signals_table
 from services.orchestrator import runner, usecases
+from services.predict.board import decision_closes, forecast_rows
 from shared import runs
 from shared.contracts import iso_to_ms, ms_to_iso
 from shared.errors import CstError
@@ -105,32 +106,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       "command again finishes it, keeping every step that landed")
         return 1
     return 0
-
-
-def decision_closes(settings: Settings, lake, predictions) -> dict[tuple[str, int], float]:
-    """The close of the candle each prediction's features end with (its decision time), where the lake holds it."""
-    import numpy as np
-
-    from services.features.store import read_panel
-    from shared.settings import timeframe_ms
-
-    out: dict[tuple[str, int], float] = {}
-    by_tf: dict[str, list] = {}
-    for p in predictions:
-        by_tf.setdefault(settings.training.horizons[p.horizon].timeframe, []).append(p)
-    for tf, ps in by_tf.items():
-        step = timeframe_ms(tf)
-        opens = {p.decision_ts - step for p in ps}
-        panel = read_panel(lake, tf, since_ms=min(opens), until_ms=max(opens))
-        if panel is None:
-            continue
-        row = {int(t): i for i, t in enumerate(panel.open_ts)}
-        col = {c: j for j, c in enumerate(panel.coins)}
-        for p in ps:
-            i, j = row.get(p.decision_ts - step), col.get(p.coin)
-            if i is not None and j is not None and np.isfinite(panel.fields["close"][i, j]):
-                out[(p.coin, p.decision_ts)] = float(panel.fields["close"][i, j])
-    return out
 
 
 def print_forecasts(rows: list[Forecast], fmt: str, uncertified: dict[str, str] | None = None) -> None:

@@ -97,6 +97,7 @@ class HorizonTest:
     rv: np.ndarray | None = None
     vol: np.ndarray | None = None
     vol_har: np.ndarray | None = None
+    vol_stack: np.ndarray | None = None
     vol_roll: np.ndarray | None = None
     ranges: np.ndarray | None = None  # (n, 2) the 80% range served (conformal, replayed); NaN before any outcome
     naive: np.ndarray | None = None  # (n, 2) rolling-volatility range of the same nominal level
@@ -107,7 +108,7 @@ class HorizonTest:
 
     ARRAYS = ("ts", "coin", "p_up", "low", "high", "confidence", "direction", "quantiles", "score", "fwd", "y",
               "base_rate", "cal_range", "reference", "p_beats", "beats_score", "y_beats", "beats_reference",
-              "beats_reference_score", "rv", "vol", "vol_har", "vol_roll")
+              "beats_reference_score", "rv", "vol", "vol_har", "vol_stack", "vol_roll")
 
     @classmethod
     def join(cls, parts: list[HorizonTest]) -> HorizonTest:
@@ -158,13 +159,15 @@ def predict_window(settings: Settings, market: History, lake: LocalLake, horizon
     t.rv = forward_variance(market.panels[spec.timeframe], frame, spec.bars)[rows]
     t.vol = pred.vol if pred.vol is not None else nan
     t.vol_har = model.har_sigma(X) if model.has_vol and n else nan
+    t.vol_stack = model.stack_sigma(X) if model.has_vol and n else nan
     t.vol_roll = np.sqrt(np.exp(rolling_log_variance(X, frame.names, spec.bars))) if n else nan
     skill = model.metadata.skill or {}
     beats = (model.metadata.beats.skill or {}) if model.metadata.beats is not None else {}
     t.models = [{"from": ms_to_iso(start_ms), "version": version, "rows": int(n),
                  "trained_on_data_before": model.metadata.training_window.last,
                  "skill": skill.get("verdict"), "strength": skill.get("strength"),
-                 "beats_skill": beats.get("verdict", model.metadata.beats_note), "beats_strength": beats.get("strength")}]
+                 "beats_skill": beats.get("verdict", model.metadata.beats_note), "beats_strength": beats.get("strength"),
+                 "vol_served": model.metadata.vol.served if model.has_vol else None}]
     t.search = model.metadata.tuning
     return t
 
@@ -260,9 +263,10 @@ def horizon_metrics(t: HorizonTest, threshold: float, seed: int = 0, alpha: floa
         **_range_figures(t),
         "ranges": ranges_eval.range_metrics(t.ts, t.coin, t.fwd, t.references, t.vol, t.horizon_ms, alpha,
                                             seed) if t.references else {},
-        "volatility": ranges_eval.vol_metrics(t.rv, {"stack": t.vol ** 2, ranges_eval.HAR: t.vol_har ** 2,
-                                                     "rolling 30-bar mean": t.vol_roll ** 2}, t.ts, t.horizon_ms,
-                                              seed) if t.vol is not None else {},
+        "volatility": {**ranges_eval.vol_metrics(
+            t.rv, {"served": t.vol ** 2, "stack": t.vol_stack ** 2, ranges_eval.HAR: t.vol_har ** 2,
+                   "rolling 30-bar mean": t.vol_roll ** 2}, t.ts, t.horizon_ms, seed),
+            "served_by_window": [m.get("vol_served") for m in t.models]} if t.vol is not None else {},
         "excluded": int(sum(t.excluded.values())), "excluded_by_reason": t.excluded,
         "confident": {"threshold": threshold, **_rate(hit[conf])},
         "models": t.models,
@@ -412,7 +416,8 @@ def replay_ranges(settings: Settings, market: History, t: HorizonTest, tick: Cal
     """The served range replayed as the outcome step serves it, and every reference range on the same rows."""
     run, spec = settings.run, settings.training.horizons[t.horizon]
     panel = market.panels[spec.timeframe]
-    adapt = {"alpha": run.range_alpha, "gamma": run.range_gamma, "window": run.range_window}
+    adapt = {"alpha": run.range_alpha, "gamma": run.range_gamma, "window": run.range_window, "overlap": spec.bars,
+             "bins": run.range_bins}
     t.ranges = conformal.replay(t.ts, t.quantiles[:, 1], t.vol, t.fwd, t.horizon_ms, **adapt)
     t.naive = naive_ranges(panel, t.coin, t.ts, spec.bars, run.range_naive_window[spec.timeframe], run.range_alpha)
     starts = sorted({iso_to_ms(m["from"]) for m in t.models})
@@ -618,7 +623,7 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
     vol_rows = [{"horizon": h, "forecast": name, "rows": m["volatility"]["rows"], "QLIKE": f"{r['qlike']:.4f}",
                  "QLIKE [90%]": f"[{r['qlike_interval'][0]:.4f}, {r['qlike_interval'][1]:.4f}]"
                  if r["qlike_interval"][0] is not None else None, "R2 of log variance": f"{r['r2_log']:.3f}",
-                 "stack minus HAR, QLIKE [90%]": iv(m["volatility"], "stack_minus_HAR_qlike") if name == "stack" else None}
+                 "minus HAR, QLIKE [90%]": iv(m["volatility"].get("minus_HAR_qlike", {}), name)}
                 for h, m in metrics["horizons"].items() for name, r in (m.get("volatility") or {}).get("forecasts", {}).items()]
     cross = [{"horizon": h, "score": name, "decisions": r.get("decision_times"),
               "coins per decision": r.get("coins_per_decision"), "rank IC [90%]": iv(r, "ic"), "ICIR": r.get("icir"),

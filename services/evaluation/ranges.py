@@ -173,10 +173,14 @@ def vol_metrics(rv: np.ndarray, forecasts: dict[str, np.ndarray], ts: np.ndarray
         loss = x - np.log(x) - 1.0
         out["forecasts"][name] = {"qlike": qlike(rv[ok], f[ok]), "r2_log": r2_log(rv[ok], np.log(f[ok])),
                                   "qlike_interval": window_interval(loss, ts[ok], horizon_ms, seed=seed)["interval"]}
-    if "stack" in forecasts and HAR in forecasts:
-        x_s, x_h = rv[ok] / forecasts["stack"][ok], rv[ok] / forecasts[HAR][ok]
-        d = (x_s - np.log(x_s)) - (x_h - np.log(x_h))
-        out["stack_minus_HAR_qlike"] = window_interval(d, ts[ok], horizon_ms, seed=seed)
+    if HAR in forecasts:  # each other forecast's QLIKE minus HAR's, row by row, with its window interval
+        x_h = rv[ok] / forecasts[HAR][ok]
+        out["minus_HAR_qlike"] = {}
+        for name, f in forecasts.items():
+            if name != HAR:
+                x = rv[ok] / f[ok]
+                d = (x - np.log(x)) - (x_h - np.log(x_h))
+                out["minus_HAR_qlike"][name] = window_interval(d, ts[ok], horizon_ms, seed=seed)
     return out
 
 

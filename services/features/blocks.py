@@ -21,14 +21,18 @@ from shared.settings import FeatureSet, FeatureSettings
 
 @feature_block("returns", kind="coin", layer="price", inputs=("close",),
                lookback=lambda fs, fst: max(fs.return_lookbacks),
-               outputs=lambda fs, fst: [f"ret_{k}" for k in fs.return_lookbacks])
+               outputs=lambda fs, fst: [f"ret_{k}" for k in fs.return_lookbacks],
+               glossary={r"ret_(\d+)": 'log return of the close over the last {0} bars'})
 def returns(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     return {f"ret_{k}": log_return(seg["close"], k) for k in fs.return_lookbacks}
 
 
 @feature_block("volatility", kind="coin", layer="price", inputs=("high", "low", "close"),
                lookback=lambda fs, fst: max(max(fs.vol_windows) + 1, fst.atr_period + 1, fst.parkinson_window),
-               outputs=lambda fs, fst: [f"rvol_{w}" for w in fs.vol_windows] + ["atr", "parkinson"])
+               outputs=lambda fs, fst: [f"rvol_{w}" for w in fs.vol_windows] + ["atr", "parkinson"],
+               glossary={r"rvol_(\d+)": 'standard deviation of one-bar log returns over the last {0} bars',
+                         'atr': 'average true range as a share of the close',
+                         'parkinson': "Parkinson volatility from each bar's high and low"})
 def volatility(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     r1 = log_return(seg["close"], 1)
     out = {f"rvol_{w}": rolling_std(r1, w) for w in fs.vol_windows}
@@ -39,14 +43,23 @@ def volatility(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings)
 
 @feature_block("har", kind="coin", layer="price", inputs=("high", "low"),
                lookback=lambda fs, fst: max(fst.har_windows),
-               outputs=lambda fs, fst: [f"har_{w}" for w in fst.har_windows])
+               outputs=lambda fs, fst: [f"har_{w}" for w in fst.har_windows],
+               glossary={r"har_(\d+)": 'mean Parkinson variance of the last {0} bars (a HAR term of the volatility forecast)'})
 def har(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     return {f"har_{w}": v for w, v in ind.har_terms(seg["high"], seg["low"], fst.har_windows).items()}
 
 
 @feature_block("oscillators", kind="coin", layer="price", inputs=("high", "low", "close"),
                lookback=lambda fs, fst: max(fst.macd[1] + fst.macd[2], fst.rsi_period + 1, sum(fst.stoch), fst.bollinger[0]),
-               outputs=lambda fs, fst: ["rsi", "macd", "macd_signal", "macd_hist", "stoch_k", "stoch_d", "bb_pctb", "bb_width"])
+               outputs=lambda fs, fst: ["rsi", "macd", "macd_signal", "macd_hist", "stoch_k", "stoch_d", "bb_pctb", "bb_width"],
+               glossary={'rsi': 'relative strength index (0 to 100)',
+                         'macd': 'MACD line: fast minus slow moving average of the close, as a share of the close',
+                         'macd_signal': "the MACD line's signal (its own moving average)",
+                         'macd_hist': 'MACD line minus its signal',
+                         'stoch_k': 'stochastic %K: where the close sits in the recent high-low range',
+                         'stoch_d': 'stochastic %D: %K smoothed',
+                         'bb_pctb': 'Bollinger %B: where the close sits between the lower (0) and upper (1) band',
+                         'bb_width': 'Bollinger band width as a share of the middle band'})
 def oscillators(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     h, l, c = seg["high"], seg["low"], seg["close"]
     line, sig, hist = ind.macd(c, *fst.macd)
@@ -58,7 +71,10 @@ def oscillators(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings
 
 @feature_block("volume", kind="coin", layer="volume", inputs=("close", "volume"),
                lookback=lambda fs, fst: fs.zscore_window + 1,
-               outputs=lambda fs, fst: ["volume_z", "volume_rel", "obv_flow"])
+               outputs=lambda fs, fst: ["volume_z", "volume_rel", "obv_flow"],
+               glossary={'volume_z': 'z-score of log volume against its trailing window',
+                         'volume_rel': 'log volume minus its trailing mean',
+                         'obv_flow': "on-balance volume flow: volume signed by the close's direction, over the trailing window"})
 def volume(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     v = seg["volume"]
     with np.errstate(divide="ignore"):
@@ -74,7 +90,11 @@ def volume(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> 
 
 @feature_block("liquidity", kind="coin_join", layer="liquidity", inputs=("trades/*", "orderbook/snapshot/*"),
                lookback=lambda fs, fst: 1,
-               outputs=lambda fs, fst: ["whale_share", "whale_buy_share", "spread_bps", "depth_imbalance"])
+               outputs=lambda fs, fst: ["whale_share", "whale_buy_share", "spread_bps", "depth_imbalance"],
+               glossary={'whale_share': "share of the bar's traded notional in large (whale) trades",
+                         'whale_buy_share': 'share of the whale notional that bought',
+                         'spread_bps': 'order book bid-ask spread in basis points',
+                         'depth_imbalance': 'order book depth imbalance: (bids - asks) / (bids + asks)'})
 def liquidity(layers: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], decision: np.ndarray, step: int,
               fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     """Whale-trade share of the bar (trades bucketed on the same timeframe) and the latest order book.
@@ -108,7 +128,11 @@ def liquidity(layers: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], decis
 @feature_block("fear_greed", kind="market", layer="sentiment", inputs=("sentiment/1d/market",),
                lookback=lambda fs, fst: fs.zscore_window,
                outputs=lambda fs, fst: ["fg_level", *[f"fg_chg_{k}" for k in fst.fear_greed_changes],
-                                        "fg_extreme", "fg_z"])
+                                        "fg_extreme", "fg_z"],
+               glossary={'fg_level': 'Fear & Greed index, scaled to 0 (extreme fear) to 1 (extreme greed)',
+                         r"fg_chg_(\d+)": 'change of the Fear & Greed index over {0} days (scaled)',
+                         'fg_extreme': '-1 in extreme fear, +1 in extreme greed, 0 between',
+                         'fg_z': 'z-score of the Fear & Greed index against its trailing window'})
 def fear_greed(daily: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     v = daily["sentiment/1d/market"]
     lo, hi = fst.fear_greed_extremes
@@ -134,7 +158,9 @@ def _onchain_name(key: str) -> str:
 @feature_block("onchain", kind="market", layer="onchain", inputs=("onchain/1d/*",),
                lookback=lambda fs, fst: max(fst.onchain_growth) + fs.zscore_window,
                outputs=lambda fs, fst: [f"{_onchain_name(k)}_{s}" for k in _onchain_keys(fst)
-                                        for s in (*[f"g{g}" for g in fst.onchain_growth], "z")])
+                                        for s in (*[f"g{g}" for g in fst.onchain_growth], "z")],
+               glossary={r"oc_(.+)_g(\d+)": 'on-chain series {0}: log growth over {1} days',
+                         'oc_(.+)_z': 'on-chain series {0}: z-score of its log against the trailing window'})
 def onchain(daily: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key in _onchain_keys(fst):
@@ -172,7 +198,10 @@ def market_return(r1: np.ndarray, coins: list[str], fst: FeatureSettings) -> np.
 
 @feature_block("market", kind="cross", layer="cross", inputs=("ret_1",),
                lookback=lambda fs, fst: 1,
-               outputs=lambda fs, fst: ["mkt_ret", "breadth", "dispersion"])
+               outputs=lambda fs, fst: ["mkt_ret", "breadth", "dispersion"],
+               glossary={'mkt_ret': "equal-weight mean one-bar return of the market's coins (stablecoins out)",
+                         'breadth': "share of the market's coins that rose over the bar",
+                         'dispersion': "spread of the coins' one-bar returns around the market's"})
 def market(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     r1 = panel["ret_1"]
     m = r1[:, _market_columns(coins, fst)]
@@ -191,7 +220,11 @@ def market(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: 
 
 @feature_block("beta", kind="cross", layer="cross", inputs=("ret_1",),
                lookback=lambda fs, fst: fs.beta_window + 1,
-               outputs=lambda fs, fst: ["beta_btc", "corr_btc", "beta_mkt", "corr_mkt"])
+               outputs=lambda fs, fst: ["beta_btc", "corr_btc", "beta_mkt", "corr_mkt"],
+               glossary={'beta_btc': "rolling beta of the coin's returns to BTC's",
+                         'corr_btc': "rolling correlation of the coin's returns with BTC's",
+                         'beta_mkt': "rolling beta of the coin's returns to the market's",
+                         'corr_mkt': "rolling correlation of the coin's returns with the market's"})
 def beta(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     r1 = panel["ret_1"]
     lead = fst.reference_coins[0]
@@ -221,7 +254,13 @@ def cross_rank_z(x: np.ndarray, min_coins: int) -> tuple[np.ndarray, np.ndarray]
 @feature_block("cross_section", kind="cross", layer="cross", inputs=("ret_*", "rvol_*", "volume_rel"),
                lookback=lambda fs, fst: max(max(fs.return_lookbacks), max(fs.vol_windows) + 1),
                outputs=lambda fs, fst: ["mom_rank", "mom_z", "vol_rank", "vol_z"]
-               + (["volume_rank", "volume_xz"] if "volume" in fs.layers else []))
+               + (["volume_rank", "volume_xz"] if "volume" in fs.layers else []),
+               glossary={'mom_rank': "the coin's rank (0 to 1) among the coins by its longest return (momentum)",
+                         'mom_z': "z-score of the coin's longest return among the coins",
+                         'vol_rank': "the coin's rank (0 to 1) among the coins by its longest volatility",
+                         'vol_z': "z-score of the coin's longest volatility among the coins",
+                         'volume_rank': "the coin's rank (0 to 1) among the coins by relative volume",
+                         'volume_xz': "z-score of the coin's relative volume among the coins"})
 def cross_section(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     sources = {"mom": f"ret_{max(fs.return_lookbacks)}", "vol": f"rvol_{max(fs.vol_windows)}"}
@@ -236,7 +275,9 @@ def cross_section(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet
 
 @feature_block("lead_lag", kind="cross", layer="cross", inputs=("ret_1",),
                lookback=lambda fs, fst: 2,
-               outputs=lambda fs, fst: [f"{c.lower()}_ret_1{s}" for c in fst.reference_coins for s in ("", "_lag1")])
+               outputs=lambda fs, fst: [f"{c.lower()}_ret_1{s}" for c in fst.reference_coins for s in ("", "_lag1")],
+               glossary={'([a-z0-9]+)_ret_1': "one-bar return of the reference coin {0} (the same for every coin)",
+                         '([a-z0-9]+)_ret_1_lag1': "one-bar return of the reference coin {0}, one bar earlier"})
 def lead_lag(panel: dict[str, np.ndarray], coins: list[str], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
     r1 = panel["ret_1"]
     out = {}

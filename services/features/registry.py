@@ -9,8 +9,9 @@ Adding a feature is one decorated function in blocks.py, which also selects a fe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.settings import FeatureSet, FeatureSettings
@@ -29,6 +30,8 @@ class FeatureBlock:
     # The feature names it emits, in order.
     outputs: Callable[[FeatureSet, FeatureSettings], list[str]]
     fn: Callable[..., dict]
+    # What each output means, for people: a pattern its names match fully, and the words ({1}: the first group).
+    glossary: dict[str, str] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, FeatureBlock] = {}
@@ -36,12 +39,22 @@ REGISTRY: dict[str, FeatureBlock] = {}
 
 def feature_block(name: str, *, kind: Kind, layer: str, inputs: tuple[str, ...],
                   lookback: Callable[[FeatureSet, FeatureSettings], int],
-                  outputs: Callable[[FeatureSet, FeatureSettings], list[str]]):
+                  outputs: Callable[[FeatureSet, FeatureSettings], list[str]], glossary: dict[str, str]):
     def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
         if name in REGISTRY:
             raise ValueError(f"feature block {name!r} registered twice")
-        REGISTRY[name] = FeatureBlock(name, kind, layer, inputs, lookback, outputs, fn)
+        REGISTRY[name] = FeatureBlock(name, kind, layer, inputs, lookback, outputs, fn, glossary)
         return fn
 
     return wrap
+
+
+def describe(feature: str) -> str | None:
+    """A feature's meaning in words, from the glossary of the block that emits it; None for a name no block has."""
+    for block in REGISTRY.values():
+        for pattern, text in block.glossary.items():
+            m = re.fullmatch(pattern, feature)
+            if m:
+                return text.format(*m.groups(default=""), layer=block.layer).strip()
+    return None
 

@@ -1,14 +1,21 @@
-"""Honest return ranges: conformal ranges scaled by the volatility forecast, adapted online (ACI).
+"""Honest return ranges: conformal ranges scaled by the volatility forecast, by volatility bin, adapted online (ACI).
 
 The served range is centre +- m * sigma, with the model's median return as centre and the horizon's volatility
 forecast as sigma: each matured prediction scores s = |r - centre| / sigma, so one calibration serves calm and wild
-coins alike (a normalized conformal score), and m is the (1 - alpha_t) quantile of the recent scores. Adaptive
-conformal inference (Gibbs & Candes 2021) moves alpha_t after every outcome: alpha_t+1 = alpha_t + gamma * (alpha -
-miss_t), so a run of misses widens the range and a run of covers narrows it, and the long-run miss rate approaches
-alpha whatever the market does. The state lives in the lake per horizon.
+coins alike (a normalized conformal score). A forecast that spreads the coins too far apart (calm coins too calm,
+wild ones too wild) would still cover 80% overall and not within each kind of coin, so the scores are kept apart by
+volatility bin (Mondrian conformal: terciles of the recent forecasts) and m is the (1 - alpha_t) quantile of the
+recent scores of the prediction's own bin.
 
-The kind "cqr" (conformalized quantile regression: s = max(q_lo - r, r - q_hi), range [q_lo - m, q_hi + m]) is the
-range served before the volatility forecast; cst evaluate replays it as a reference.
+Adaptive conformal inference (Gibbs & Candes 2021) moves each bin's alpha_t with its misses: alpha_t+1 = alpha_t +
+gamma * (alpha - miss share). One step per decision time, not per outcome: the coins of one decision time miss
+together when the market jumps, and a step per coin would answer one market move with as many steps as there are
+coins (hundreds in a wide universe). Outcomes of overlapping horizons (a 30-day outcome every day) repeat the same
+news for as many decision times as the horizon has bars, so the step is gamma / bars. The recent scores are those
+of the last `window` decision times. The state lives in the lake per horizon.
+
+The kind "cqr" (conformalized quantile regression: s = max(q_lo - r, r - q_hi), range [q_lo - m, q_hi + m], one
+bin) is the range served before the volatility forecast; cst evaluate replays it as a reference.
 """
 
 from __future__ import annotations
@@ -19,112 +26,177 @@ import numpy as np
 
 
 NORMALIZED, CQR = "normalized", "cqr"
+FORM = 2  # the state's layout: scores with their sigma and decision time, one alpha per bin
+MIN_BIN_SCORES = 20  # a bin with fewer recent scores is served the quantile of all of them
 
 
-def score(kind: str, a: float, b: float, realized: float) -> float:
-    """The conformity score of one outcome: (a, b) = (centre, sigma) for "normalized", (q_lo, q_hi) for "cqr"."""
+def scores_of(kind: str, a: np.ndarray, b: np.ndarray, realized: np.ndarray) -> np.ndarray:
+    """Conformity scores: (a, b) = (centre, sigma) for "normalized", (q_lo, q_hi) for "cqr"."""
     if kind == NORMALIZED:
-        return abs(realized - a) / b
-    return max(a - realized, realized - b)
+        return np.abs(realized - a) / b
+    return np.maximum(a - realized, realized - b)
 
 
-def interval(kind: str, a: float, b: float, m: float) -> tuple[float, float]:
+def interval(kind: str, a, b, m):
     if kind == NORMALIZED:
         return a - m * b, a + m * b
     return a - m, b + m
 
 
+def _quantile(scores: np.ndarray, alpha: float) -> float:
+    """The (1 - alpha) quantile with split conformal's finite-sample correction. alpha <= 0 asks for more than every
+    score seen: the largest one is served (the widest evidence there is); alpha >= 1: the smallest one."""
+    s = np.sort(scores)
+    n = s.size
+    k = int(np.clip(np.ceil((1.0 - alpha) * (1.0 + 1.0 / n) * n) - 1, 0, n - 1))
+    return float(s[k])
+
+
 @dataclass
 class RangeState:
-    alpha: float  # the current working miscoverage level alpha_t
+    alphas: list[float]  # per volatility bin, the current working miscoverage level alpha_t
     scores: list[float] = field(default_factory=list)  # recent conformity scores, oldest first
+    sigmas: list[float] = field(default_factory=list)  # the volatility forecast (its bin) of each score
+    times: list[int] = field(default_factory=list)  # the decision time of each score
     outcomes: int = 0  # outcomes absorbed since the state began
     misses: int = 0
     last_run: str | None = None  # the run whose outcomes were absorbed last (absorbing is once per run)
     kind: str = NORMALIZED
 
-    def margin(self) -> float | None:
-        """How far both ends move: the (1 - alpha_t) quantile of the recent scores; None without any score yet.
+    @classmethod
+    def new(cls, alpha: float, kind: str = NORMALIZED, bins: int = 3, last_run: str | None = None) -> RangeState:
+        return cls([alpha] * (bins if kind == NORMALIZED else 1), kind=kind, last_run=last_run)
 
-        alpha_t <= 0 asks for more than every score seen: the largest one is served (the widest evidence there is);
-        alpha_t >= 1 asks for less than any: the smallest one is served."""
+    @property
+    def bins(self) -> int:
+        return len(self.alphas)
+
+    def edges(self) -> np.ndarray:
+        """The sigma bounds between bins: quantiles of the recent scores' forecasts (none with one bin)."""
+        if self.bins == 1 or not self.sigmas:
+            return np.zeros(0)
+        return np.quantile(np.asarray(self.sigmas), np.arange(1, self.bins) / self.bins)
+
+    def bin_of(self, b, edges: np.ndarray | None = None):
+        edges = self.edges() if edges is None else edges
+        return np.searchsorted(edges, b, side="right") if edges.size else np.zeros(np.shape(b), dtype=np.int64)
+
+    def margins(self) -> list[float] | None:
+        """Per bin, how far both ends move (in sigmas for "normalized"); None without any score yet."""
         if not self.scores:
             return None
-        s = np.sort(np.asarray(self.scores))
-        n = s.size
-        level = (1.0 - self.alpha) * (1.0 + 1.0 / n)  # the finite-sample correction of split conformal
-        k = int(np.clip(np.ceil(level * n) - 1, 0, n - 1))
-        return float(s[k])
+        scores = np.asarray(self.scores)
+        where = self.bin_of(np.asarray(self.sigmas))
+        out = []
+        for k, alpha in enumerate(self.alphas):
+            mine = scores[where == k]
+            out.append(_quantile(mine if mine.size >= MIN_BIN_SCORES else scores, alpha))
+        return out
+
+    def margin(self, b: float | None = None) -> float | None:
+        m = self.margins()
+        if m is None:
+            return None
+        return m[0] if b is None or self.bins == 1 else m[int(self.bin_of(b))]
+
+    def serve(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(n, 2) ranges for predictions with (centre, sigma) or (q_lo, q_hi); NaN before any score."""
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        m = self.margins()
+        out = np.full((a.size, 2), np.nan)
+        if m is None or not a.size:
+            return out
+        mm = np.asarray(m)[self.bin_of(b)] if self.bins > 1 else np.full(a.size, m[0])
+        out[:, 0], out[:, 1] = interval(self.kind, a, b, mm)
+        return out
 
     def served(self, a: float, b: float) -> tuple[float, float] | None:
-        """The range for a prediction with (centre, sigma) ("normalized") or (q_lo, q_hi) ("cqr")."""
-        m = self.margin()
-        return None if m is None else interval(self.kind, a, b, m)
+        """The range for one prediction with (centre, sigma) ("normalized") or (q_lo, q_hi) ("cqr")."""
+        r = self.serve(np.array([a]), np.array([b]))[0]
+        return None if np.isnan(r[0]) else (float(r[0]), float(r[1]))
 
-    def update(self, a: float, b: float, realized: float, target_alpha: float, gamma: float,
-               window: int, served: tuple[float, float] | None = None) -> bool | None:
-        """Absorb one matured outcome of a prediction with (centre, sigma) or (q_lo, q_hi); returns whether the
-        range served for it (the one the prediction carried, else the one this state serves now) missed, None
-        when there was none (before any score): its score joins the window, alpha_t stays."""
-        served = served or self.served(a, b)
-        miss = None if served is None else bool(realized < served[0] or realized > served[1])
-        if miss is not None:
-            self.alpha += gamma * (target_alpha - float(miss))
-        self.scores.append(float(score(self.kind, a, b, realized)))
-        del self.scores[:-window]
-        self.outcomes += 1
-        self.misses += int(bool(miss))
+    def absorb(self, ts: int, a: np.ndarray, b: np.ndarray, realized: np.ndarray, served: np.ndarray | None,
+               target_alpha: float, gamma: float, window: int, overlap: int = 1) -> np.ndarray:
+        """Absorb the matured outcomes of one decision time. `served` holds the ranges the predictions carried (NaN
+        where none was; None: the ranges this state serves now). Returns per outcome 1.0 for a miss, 0.0 for a
+        cover, NaN where no range was served (before any score): those scores join the window, no alpha moves."""
+        a, b, realized = (np.asarray(x, float) for x in (a, b, realized))
+        served = self.serve(a, b) if served is None else np.asarray(served, float).reshape(-1, 2)
+        miss = np.where(np.isnan(served[:, 0]), np.nan,
+                        ((realized < served[:, 0]) | (realized > served[:, 1])).astype(float))
+        where = self.bin_of(b if self.kind == NORMALIZED else b - a,
+                            self.edges() if self.sigmas else self._edges_of(b))
+        for k in range(self.bins):
+            judged = miss[(where == k) & ~np.isnan(miss)]
+            if judged.size:
+                self.alphas[k] += gamma / max(overlap, 1) * (target_alpha - float(judged.mean()))
+        self.scores += scores_of(self.kind, a, b, realized).tolist()
+        self.sigmas += (b if self.kind == NORMALIZED else b - a).tolist()
+        self.times += [int(ts)] * a.size
+        kept = np.unique(self.times)[-window:]
+        if kept.size and self.times[0] < kept[0]:
+            first = int(np.searchsorted(np.asarray(self.times), kept[0], side="left"))
+            del self.scores[:first], self.sigmas[:first], self.times[:first]
+        self.outcomes += a.size
+        self.misses += int(np.nansum(miss))
         return miss
 
+    def _edges_of(self, b: np.ndarray) -> np.ndarray:
+        return np.quantile(b, np.arange(1, self.bins) / self.bins) if self.bins > 1 and b.size else np.zeros(0)
+
     def to_json(self) -> dict:
-        return {"alpha": self.alpha, "scores": self.scores, "outcomes": self.outcomes, "misses": self.misses,
-                "last_run": self.last_run, "kind": self.kind}
+        return {"form": FORM, "kind": self.kind, "alphas": self.alphas, "scores": self.scores, "sigmas": self.sigmas,
+                "times": self.times, "outcomes": self.outcomes, "misses": self.misses, "last_run": self.last_run}
 
     @classmethod
     def from_json(cls, doc: dict) -> RangeState:
-        return cls(float(doc["alpha"]), list(doc["scores"]), int(doc["outcomes"]), int(doc["misses"]),
-                   doc.get("last_run"), doc.get("kind", CQR))
+        return cls([float(x) for x in doc["alphas"]], [float(x) for x in doc["scores"]],
+                   [float(x) for x in doc["sigmas"]], [int(x) for x in doc["times"]], int(doc["outcomes"]),
+                   int(doc["misses"]), doc.get("last_run"), doc["kind"])
 
 
 def state_key(horizon: str) -> str:
     return f"state/conformal/horizon={horizon}.json"
 
 
-def load(lake, horizon: str, alpha: float) -> RangeState:
-    """The horizon's state; a state of the earlier kind (cqr scores, in return units) cannot serve normalized
-    ranges: the range starts afresh from the next outcomes."""
+def load(lake, horizon: str, alpha: float, bins: int = 3) -> RangeState:
+    """The horizon's state; a state of an earlier layout (cqr scores in return units, or one alpha for all coins)
+    cannot serve these ranges: the range starts afresh from the next outcomes."""
     from shared.errors import LakeKeyNotFound
 
     try:
-        state = RangeState.from_json(lake.get_json(state_key(horizon)))
+        doc = lake.get_json(state_key(horizon))
     except LakeKeyNotFound:
-        return RangeState(alpha)
-    return state if state.kind == NORMALIZED else RangeState(alpha, last_run=state.last_run)
+        return RangeState.new(alpha, bins=bins)
+    if doc.get("form") != FORM or doc.get("kind") != NORMALIZED or len(doc["alphas"]) != bins:
+        return RangeState.new(alpha, bins=bins, last_run=doc.get("last_run"))
+    return RangeState.from_json(doc)
 
 
 def replay(ts: np.ndarray, a: np.ndarray, b: np.ndarray, realized: np.ndarray, horizon_ms: int, *,
-           alpha: float, gamma: float, window: int, kind: str = NORMALIZED) -> np.ndarray:
+           alpha: float, gamma: float, window: int, overlap: int = 1, bins: int = 3,
+           kind: str = NORMALIZED) -> np.ndarray:
     """The ranges the outcome step would have served, decision time by decision time: before each decision time
-    every outcome matured by then is absorbed (in decision order, as the outcome step does), then the ranges of
-    that time are served. (a, b) per row: (centre, sigma) or (q_lo, q_hi) by kind; a row whose a or b is not finite
-    is served no range and absorbs nothing. Returns (n, 2); NaN where no outcome had matured yet (the live path
-    serves none either)."""
+    every outcome matured by then is absorbed (one decision time at a time, in order, as the outcome step does), then
+    the ranges of that time are served. (a, b) per row: (centre, sigma) or (q_lo, q_hi) by kind; a row whose a or b
+    is not finite is served no range and absorbs nothing. Returns (n, 2); NaN where no outcome had matured yet (the
+    live path serves none either)."""
     order = np.lexsort((np.arange(ts.size), ts))
-    state = RangeState(alpha, kind=kind)
+    state = RangeState.new(alpha, kind=kind, bins=bins)
     ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(realized)
     out = np.full((ts.size, 2), np.nan)
-    pending = 0  # position in `order` of the oldest served prediction not yet absorbed
     times, starts = np.unique(ts[order], return_index=True)
-    for t, start, stop in zip(times, starts, np.append(starts[1:], ts.size)):
-        while pending < start and ts[order[pending]] + horizon_ms <= t:
-            i = order[pending]
-            if ok[i]:
-                served = None if np.isnan(out[i, 0]) else (float(out[i, 0]), float(out[i, 1]))
-                state.update(float(a[i]), float(b[i]), float(realized[i]), alpha, gamma, window, served)
+    stops = np.append(starts[1:], ts.size)
+    pending = 0  # index in `times` of the oldest decision time not yet absorbed
+    for j, t in enumerate(times):
+        while pending < j and times[pending] + horizon_ms <= t:
+            rows = order[starts[pending]:stops[pending]]
+            rows = rows[ok[rows]]
+            if rows.size:
+                state.absorb(int(times[pending]), a[rows], b[rows], realized[rows], out[rows], alpha, gamma,
+                             window, overlap)
             pending += 1
-        m = state.margin()
-        if m is not None:
-            rows = order[start:stop]
-            rows = rows[np.isfinite(a[rows]) & np.isfinite(b[rows])]
-            out[rows, 0], out[rows, 1] = interval(kind, a[rows], b[rows], m)
+        rows = order[starts[j]:stops[j]]
+        rows = rows[np.isfinite(a[rows]) & np.isfinite(b[rows])]
+        out[rows] = state.serve(a[rows], b[rows])
     return out

@@ -139,6 +139,11 @@ class HorizonModel:
         return self._run(VOL + "meta", z)[0].reshape(-1).astype(np.float64)
 
     def vol_sigma(self, X: np.ndarray) -> np.ndarray:
+        """The served volatility forecast: the stack's, or HAR's where the stack did not earn its place."""
+        return self.har_sigma(X) if self.metadata.vol.served == "HAR" else self.stack_sigma(X)
+
+    def stack_sigma(self, X: np.ndarray) -> np.ndarray:
+        """The stacked forecast (mean-corrected by its out-of-fold residual variance)."""
         s2 = self.metadata.vol.log_residual_variance
         return np.sqrt(np.exp(self.vol_log_variance(X) + s2 / 2))
 

@@ -10,6 +10,7 @@ import functools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import groupby
 
 import numpy as np
 
@@ -173,12 +174,14 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
                              min_rows=settings.run.pool_min_rows)
     tops = top_features(phi, model.names, settings.training.shap_top_k)
     beats = _beats_fields(model, pred, X, S, lake.uri, settings, thr, out.beats_uncertified)
-    ranges = conformal.load(lake, h, settings.run.range_alpha)
+    ranges = conformal.load(lake, h, settings.run.range_alpha, settings.run.range_bins)
+    served_all = ranges.serve(pred.quantiles[:, 1], pred.vol) if pred.vol is not None else None
     verdict = (model.metadata.skill or {}).get("verdict", "no demonstrated skill")
     records = []
     for k, i in enumerate(rows):
         sigma = float(pred.vol[k]) if pred.vol is not None else None
-        served = ranges.served(float(pred.quantiles[k, 1]), sigma) if sigma is not None else None
+        served = None if served_all is None or np.isnan(served_all[k, 0]) else \
+            (float(served_all[k, 0]), float(served_all[k, 1]))
         records.append(Prediction(
             run_id=ref.run_id, coin=str(frame.coin[i]), horizon=h, as_of=ref.as_of,
             decision_ts=int(frame.ts[i]), p_up=float(pred.p_up[k]), p_low=float(pred.low[k]),
@@ -294,18 +297,21 @@ def _why_no_outcome(panel: Panel | None, column: dict[str, int], row: Prediction
 
 
 def _absorb_ranges(ctx: StepContext, ref: RunRef, horizon: str, records: list[Outcome]) -> None:
-    """The horizon's adaptive range learns from this run's matured outcomes, in decision order, once per run; an
-    outcome whose prediction carried no volatility forecast has no normalized score and teaches nothing."""
+    """The horizon's adaptive range learns from this run's matured outcomes, one decision time at a time, once per
+    run; an outcome whose prediction carried no volatility forecast has no normalized score and teaches nothing."""
     cfg = ctx.settings.run
-    state = conformal.load(ctx.lake, horizon, cfg.range_alpha)
+    state = conformal.load(ctx.lake, horizon, cfg.range_alpha, cfg.range_bins)
     if state.last_run == ref.run_id:
         return
-    for rec in sorted(records, key=lambda d: (d.decision_ts, d.coin)):
-        if rec.vol_forecast is None or rec.q50 is None:
-            continue
-        served = (rec.range_low, rec.range_high) if rec.range_low is not None else None
-        state.update(rec.q50, rec.vol_forecast, rec.realized_return, cfg.range_alpha, cfg.range_gamma,
-                     cfg.range_window, served)
+    bars = ctx.settings.training.horizons[horizon].bars
+    usable = sorted((r for r in records if r.vol_forecast is not None and r.q50 is not None),
+                    key=lambda d: (d.decision_ts, d.coin))
+    for ts, group in groupby(usable, key=lambda d: d.decision_ts):
+        g = list(group)
+        served = np.array([(r.range_low, r.range_high) if r.range_low is not None else (np.nan, np.nan) for r in g])
+        state.absorb(ts, np.array([r.q50 for r in g]), np.array([r.vol_forecast for r in g]),
+                     np.array([r.realized_return for r in g]), served, cfg.range_alpha, cfg.range_gamma,
+                     cfg.range_window, bars)
     state.last_run = ref.run_id
     ctx.lake.put_json(conformal.state_key(horizon), state.to_json())
 
@@ -350,7 +356,8 @@ def performance(ctx: StepContext, ref: RunRef) -> PerformanceOutput:
                 horizon=h, coin=c, run_id=ref.run_id, window=len(docs),
                 hit_rate=float(np.mean([d.hit for d in docs])), brier=brier(p, y), ece=ece(p, y),
                 actionable_hit_rate=(float(np.mean([d.hit for d in docs if d.actionable]))
-                                     if any(d.actionable for d in docs) else None)))
+                                     if any(d.actionable for d in docs) else None),
+                actionable_outcomes=sum(1 for d in docs if d.actionable)))
         out.keys.append(logbook.write_performance(lake, h, iso_to_ms(ref.as_of), ref.run_id, rows))
         out.coins[h] = len(rows)
     return out

@@ -83,7 +83,8 @@ def _vol(t: Trained) -> dict | None:
     v = t.vol
     if v is None:
         return None
-    return {"log_residual_variance": v.s2, "metrics": v.metrics, "rows": v.rows, "rows_excluded": v.excluded,
+    return {"log_residual_variance": v.s2, "served": v.served, "metrics": v.metrics, "rows": v.rows,
+            "rows_excluded": v.excluded,
             "members": {"har": {"windows": [n for n in t.names if n.startswith("har_")]}, "gbt": v.gbt.params}}
 
 
@@ -208,6 +209,8 @@ def vol_lines(record: ModelMetadata) -> list[str]:
         f"served variance exp(forecast + {v.log_residual_variance:.3f} / 2).",
         f"- Held out ({m.get('held_out_rows', 0):,} calibration rows the members never saw): "
         + "; ".join(f"{k}: QLIKE {r['qlike']:.4f}, R2 of log variance {r['r2_log']:.3f}" for k, r in held.items()),
+        "- Served: " + ("the stack." if v.served == "stack" else
+                        "**HAR alone**: the stack did not beat it on the held-out rows."),
         "",
     ]
 

@@ -132,6 +132,7 @@ class VolStack:
     meta: object  # LinearRegression over [har, gbt] log forecasts
     s2: float  # residual variance of the out-of-fold log forecasts (the log-normal mean correction)
     metrics: dict = field(default_factory=dict)
+    served: str = "stack"  # "stack", or "HAR" when the stack did not beat HAR alone on the held-out rows
     rows: int = 0
     excluded: dict = field(default_factory=dict)
 
@@ -191,6 +192,9 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
         "held_out": _held_out(rvc, {"stack": (stack.log_forecast(Xc), s2), "HAR": (stack.har.predict(Xc), s2_har),
                                     "rolling 30-bar mean": (roll, s2_roll)}),
     }
+    # What is served earns its place on rows no member saw: the stack, unless HAR alone forecasts them better.
+    held = stack.metrics["held_out"]
+    stack.served = "HAR" if held["HAR"]["qlike"] < held["stack"]["qlike"] else "stack"
     return stack
 
 

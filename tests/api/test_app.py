@@ -290,6 +290,13 @@ def test_page_attacks_are_refused_and_lake_content_is_escaped(served, tmp_path):
         r = c.get(path)
         assert r.status_code == 404 and "<script>" not in r.text, path
     assert c.get("/coin", params={"coin": "<script>"}).headers["location"] == "/ranges"
+    # A browser is answered with a page it can read: what went wrong, its code, ways back; the API stays JSON.
+    page = c.get("/coins/NOSUCHCOIN", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert 'id="error-code">unknown_coin<' in page.text and "no forecast for NOSUCHCOIN" in page.text
+    assert c.get("/nowhere", headers={"Accept": "text/html"}).text.count("not_found") == 1
+    api = c.get("/api/runs/nope", headers={"Accept": "text/html", **bearer(served, "vera")})
+    assert api.headers["content-type"].startswith("application/json") and api.json()["error"]
     # Coin URLs ignore case: /coins/btc is BTC's page.
     r = c.get("/coins/btc?horizon=7d", follow_redirects=False)
     assert r.status_code == 307 and r.headers["location"] == "/coins/BTC?horizon=7d"
@@ -320,3 +327,33 @@ def test_a_runs_universe_is_in_its_answer_and_on_its_page(served, browser_app):
     _sign_in(browser_app, "vera", PASSWORD)
     page = browser_app.get(f"/runs/{run_id}").text
     assert f"1d universe at {ms_to_iso(universe['decision_ms'])} (yahoo): {len(universe['members'])} coins" in page
+
+
+def test_the_board_shows_every_forecast_and_each_users_watchlist_first(served, browser_app):
+    """Every coin and horizon of the newest decisions, as prices where the lake holds the close; a viewer's watched
+    coins come first and can be shown alone; watchlists are per user and need the session's CSRF token."""
+    c = browser_app
+    _sign_in(c, "vera", PASSWORD)
+    page = c.get("/board").text
+    assert 'id="board"' in page and 'http-equiv="refresh" content="300"' in page
+    rows = page.split("<tbody>")[1].split("</tbody>")[0].count("<tr")
+    board = served["client"].get("/api/board", headers=bearer(served, "vera")).json()
+    assert rows == len(board) > 0 and {r["horizon"] for r in board} <= {"1h", "24h", "7d", "30d"}
+    # The close at each decision time comes from the lake; two runs in, no outcome has calibrated a range yet, so no
+    # price band is drawn and the page says so rather than showing an uncalibrated one.
+    assert all(r["close"] > 0 for r in board) and all(r["range_low"] is None and r["price_low"] is None for r in board)
+    assert page.count("not calibrated yet") == rows
+    csrf = c.cookies.get(CSRF_COOKIE)
+    assert c.post("/board/watch", data={"coin": "ETH", "csrf": "forged"}).status_code == 403
+    assert c.post("/board/watch", data={"coin": "../x", "csrf": csrf}).status_code == 400
+    assert c.post("/board/watch", data={"coin": "eth", "csrf": csrf}).status_code == 303
+    first = c.get("/board").text.split("<tbody>")[1].split("</tr>")[0]
+    assert "/coins/ETH?" in first and "★" in first
+    only = c.get("/board?watched=true").text.split("<tbody>")[1].split("</tbody>")[0]
+    assert only.count("<tr") == only.count("/coins/ETH?") > 0
+    # Another user's board is theirs: nothing watched.
+    other = TestClient(browser_app.app, base_url="https://testserver", follow_redirects=False)
+    _sign_in(other, "otto", PASSWORD)
+    assert "Watching: nothing yet" in other.get("/board").text
+    assert c.post("/board/watch", data={"coin": "ETH", "action": "remove", "csrf": csrf}).status_code == 303
+    assert "Watching: nothing yet" in c.get("/board").text

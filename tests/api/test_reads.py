@@ -235,3 +235,34 @@ def test_the_signals_page_never_calls_an_unjudged_horizon_certified_and_lists_ho
                       horizons_without_model={"1h": "no CURRENT model"})
     page = signals_page(settings, done)
     assert [h for h, _ in page["why"]] == ["1h", "24h", "7d", "30d"] and page["nothing"] == ""
+
+
+def test_every_page_says_how_old_its_data_is_and_whether_the_latest_run_finished():
+    from services.api.pages import freshness
+    from shared.records import RunSummary
+
+    day = 86_400_000
+    assert freshness(None, None, 2 * day)["stale"]
+    done = RunSummary(run_id="r", as_of="2026-12-04T18:00:00Z")
+    decided = T0 + 61 * day  # 2024-07-01T00:00Z
+    fresh = freshness(done, decided, 2 * day, decided + 12 * HOUR)
+    assert fresh == {"text": "newest forecasts made at 2024-07-01 00:00 UTC, 12 h ago", "stale": False,
+                     "status": None, "run_id": "r"}
+    # A run today on data that ends long ago is a run on old data: the page says its forecasts are old.
+    old = freshness(done, decided, 2 * day, decided + 3 * day)
+    assert old["stale"] and old["text"].endswith("3 days ago")
+    failed = freshness(RunSummary(run_id="r", as_of="2024-07-01T00:00:00Z", status="failed"), decided, 2 * day,
+                       decided + HOUR)
+    assert failed["status"] == "failed" and not failed["stale"]
+
+
+def test_a_hit_rate_is_shown_with_its_count_and_interval():
+    from services.api.pages import mean_interval, rate
+    import numpy as np
+
+    # One outcome right: 100%, but the 95% Wilson interval runs from 21% (1 / (1 + z^2)) to 100%.
+    assert rate(1, 1) == "100.0% (1/1; 95% 21–100%)"
+    assert rate(0, 0) == "–"
+    assert rate(60, 100) == "60.0% (60/100; 95% 50–69%)"
+    assert mean_interval(np.array([0.2, 0.3])) == "0.250 (95% 0.152–0.348, n 2)"
+    assert mean_interval(np.array([0.2])) == "0.200"

@@ -34,7 +34,7 @@ COINS = ("BTC", "ETH", "XRP", "LTC", "ADA")
 TINY = {"folds": 2, "trials": {"lr": 1, "gbt": 1, "gru": 1}, "timeout_s": 120, "epochs": 1, "gbt_max_estimators": 50}
 PASSWORD = "correct horse battery staple"
 AS_OFS = ("2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z", "2024-05-03T00:00:00Z", "2024-05-10T00:00:00Z")
-PAGES = {"/": "Signals", "/ranges": "Ranges", "/coins/BTC": "BTC", "/performance": "Performance", "/runs": "Runs",
+PAGES = {"/": "Signals", "/board": "Board", "/ranges": "Ranges", "/coins/BTC": "BTC", "/performance": "Performance", "/runs": "Runs",
          "/quality": "Data quality", "/models": "Models"}
 CHARTED = {"/ranges", "/coins/BTC", "/performance", "/runs"}
 
@@ -233,3 +233,44 @@ def test_the_charting_library_is_served_by_the_app_itself(site, browser):
     sources = browser.execute_script("return [...document.scripts].map(s => s.src)")
     assert sources and all(s.startswith(site["base"] + "/static/") for s in sources)
     assert browser.execute_script("return typeof Chart") == "function"
+
+
+def test_the_board_sorts_by_a_column_and_keeps_a_watchlist(site, browser, shots):
+    sign_in(browser, site, "vera", "/board")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#board tbody tr")
+    assert len(rows) == 2 * len(COINS)  # every coin on 24h and 7d
+    header = browser.find_elements(By.CSS_SELECTOR, "#board thead th")[2]  # P(up)
+    header.click()
+    ups = [float(td.get_attribute("data-sort")) for td in browser.find_elements(By.CSS_SELECTOR, "#board tbody tr td:nth-child(3)")]
+    assert ups == sorted(ups) and header.get_attribute("aria-sort") == "ascending"
+    header.click()
+    ups = [float(td.get_attribute("data-sort")) for td in browser.find_elements(By.CSS_SELECTOR, "#board tbody tr td:nth-child(3)")]
+    assert ups == sorted(ups, reverse=True)
+    browser.find_element(By.ID, "watch-coin").send_keys("XRP")
+    browser.find_element(By.ID, "watch-add").click()
+    WebDriverWait(browser, 10).until(lambda d: "XRP" in d.find_element(By.ID, "watchlist").text)
+    first = browser.find_element(By.CSS_SELECTOR, "#board tbody tr td a").text
+    assert first == "XRP"
+    browser.save_screenshot(str(shots / "viewer_board.png"))
+    assert errors_in_console(browser) == []
+
+
+def test_every_page_reads_on_a_phone_without_sideways_scrolling(site, browser, shots):
+    """390 px wide (a phone): the page itself never scrolls sideways; wide tables scroll inside their box."""
+    sign_in(browser, site, "vera")
+    browser.set_window_size(390, 844)
+    for path in [*PAGES, "/models"]:
+        browser.get(site["base"] + path)
+        charts_drawn(browser)
+        wide = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert wide <= 1, (path, wide)
+        browser.save_screenshot(str(shots / f"phone_{path.strip('/').replace('/', '_') or 'signals'}.png"))
+
+
+def test_the_api_docs_render_from_the_app_itself(site, browser):
+    browser.get(site["base"] + "/api/docs")
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/api/board", "/api/signals", "/api/predictions"} <= paths, paths
+    sources = browser.execute_script("return [...document.scripts].map(s => s.src)")
+    assert all(s.startswith(site["base"] + "/static/") for s in sources), sources

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from pathlib import Path
 
@@ -57,6 +58,21 @@ def test_declared_sets_match_the_registry(cfg):
         all_layers = {b.layer for b in REGISTRY.values()} | {"liquidity"}
         assert all_layers <= set(fs.layers) | set(fs.excluded_layers), tf
     assert "volume" in cfg.features.sets["1h"].excluded_layers
+
+
+def test_every_feature_has_words_in_the_glossary(cfg):
+    """The dashboard explains every feature it names (Models page, SHAP bars): each output of each block, of every
+    block whether a set uses it or not, matches its block's glossary and no other block's."""
+    from services.features.registry import describe
+
+    every = {b.name: b.outputs(fs, cfg.features) for fs in cfg.features.sets.values() for b in REGISTRY.values()}
+    for block, names in every.items():
+        for n in names:
+            owners = [b.name for b in REGISTRY.values() if any(re.fullmatch(p, n) for p in b.glossary)]
+            assert owners == [block], (n, owners)
+            assert describe(n) and "{" not in describe(n), n
+    assert describe("not_a_feature") is None
+    assert describe("ret_7") == "log return of the close over the last 7 bars"
 
 
 def test_real_frames_have_rows_and_no_missing_values(full):

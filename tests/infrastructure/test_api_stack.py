@@ -108,7 +108,7 @@ def test_api_routes_have_the_jwt_authorizer_and_the_pages_route_none(synthesized
         f"arn:aws:execute-api:eu-west-1:{ACCOUNT}:<{api_id}>/*")
 
 
-def test_the_api_role_writes_only_audit_and_feedback_and_starts_only_the_pipeline(synthesized):
+def test_the_api_role_writes_only_audit_feedback_and_watchlists_and_starts_only_the_pipeline(synthesized):
     _, t = synthesized
     _, fn = api_function(t)
     role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
@@ -127,7 +127,8 @@ def test_the_api_role_writes_only_audit_and_feedback_and_starts_only_the_pipelin
                 found += s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
         return [render(r) for r in found]
 
-    assert sorted(targets("s3:PutObject")) == [f"<{lake_id}.Arn>/audit/*", f"<{lake_id}.Arn>/feedback/*"]
+    assert sorted(targets("s3:PutObject")) == [f"<{lake_id}.Arn>/audit/*", f"<{lake_id}.Arn>/feedback/*",
+                                               f"<{lake_id}.Arn>/watchlists/*"]
     assert targets("s3:GetObject") == [f"<{lake_id}.Arn>/*"] and targets("s3:ListBucket") == [f"<{lake_id}.Arn>"]
     (sm_id,) = resources(t, "AWS::StepFunctions::StateMachine")
     assert targets("states:StartExecution") == [f"<{sm_id}>"]

@@ -1,5 +1,6 @@
 """The adaptive conformal range: misses widen it, covers narrow it, and coverage settles at the nominal level; the
-served kind scales it by the volatility forecast, the earlier kind (cqr) conformalizes the model's q10-q90.
+served kind scales it by the volatility forecast and keeps each volatility bin at that level, one step per decision
+time; the earlier kind (cqr) conformalizes the model's q10-q90.
 
 Seeded generated returns exercise the mechanics only; nothing here is a claim about markets.
 """
@@ -8,37 +9,52 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.predict.conformal import CQR, NORMALIZED, RangeState
+from services.predict.conformal import CQR, NORMALIZED, RangeState, load, replay, state_key
 
 ALPHA, GAMMA, WINDOW = 0.2, 0.005, 500
+
+
+def one(state: RangeState, t: int, a: float, b: float, r: float, gamma: float = GAMMA, served=None) -> float:
+    """Absorb a single outcome (a decision time with one coin); 1.0 a miss, 0.0 a cover, NaN nothing served."""
+    return float(state.absorb(t, np.array([a]), np.array([b]), np.array([r]),
+                              None if served is None else np.array([served]), ALPHA, gamma, WINDOW)[0])
 
 
 def test_a_miss_widens_the_range_and_a_cover_narrows_it():
     # Scores -0.050, -0.049, ..., 0.050; a step of 0.05 so one outcome moves the quantile by whole scores.
     step = 0.05
-    state = RangeState(ALPHA, scores=list(np.round(np.linspace(-0.05, 0.05, 101), 3)), kind=CQR)
+    scores = list(np.round(np.linspace(-0.05, 0.05, 101), 3))
+    state = RangeState([ALPHA], scores, [0.04] * 101, list(range(101)), kind=CQR)
     assert state.margin() == 0.031  # (1 - 0.2)(1 + 1/101) of 101 scores: the 82nd
-    assert state.update(-0.02, 0.02, 0.30, ALPHA, step, WINDOW)  # far outside: a miss
-    assert state.alpha == ALPHA - step * (1 - ALPHA)  # 0.16: a higher quantile of the scores
+    assert one(state, 101, -0.02, 0.02, 0.30, step) == 1.0  # far outside: a miss
+    assert state.alphas == [ALPHA - step * (1 - ALPHA)]  # 0.16: a higher quantile of the scores
     assert state.margin() == 0.036  # (1 - 0.16)(1 + 1/102) of 102 scores: the 87th
-    assert not state.update(-0.02, 0.02, 0.0, ALPHA, step, WINDOW)  # inside: a cover
-    assert state.alpha == ALPHA - step * (1 - ALPHA) + step * ALPHA  # 0.17
+    assert one(state, 102, -0.02, 0.02, 0.0, step) == 0.0  # inside: a cover
+    assert state.alphas == [ALPHA - step * (1 - ALPHA) + step * ALPHA]  # 0.17
     assert state.margin() == 0.035  # the 87th of 103: one lower, since the cover's score (-0.02) sits below
     assert (state.outcomes, state.misses) == (2, 1)
 
 
-def test_no_scores_serve_no_range_and_the_state_round_trips():
-    state = RangeState(ALPHA, kind=CQR)
+def test_no_scores_serve_no_range_and_the_state_round_trips(tmp_path):
+    from shared.storage import LocalLake
+
+    state = RangeState.new(ALPHA, kind=CQR)
     assert state.margin() is None and state.served(-0.1, 0.1) is None
-    assert state.update(-0.1, 0.1, 0.15, ALPHA, GAMMA, WINDOW) is None  # nothing was served: no miss, alpha stays
-    assert state.alpha == ALPHA and state.misses == 0 and state.outcomes == 1
+    assert np.isnan(one(state, 0, -0.1, 0.1, 0.15))  # nothing was served: no miss, alpha stays
+    assert state.alphas == [ALPHA] and state.misses == 0 and state.outcomes == 1
     again = RangeState.from_json(state.to_json())
     assert again == state and again.served(-0.1, 0.1) == (-0.15, 0.15)
-    # The served kind: centre +- m * sigma, m the quantile of |r - centre| / sigma.
-    norm = RangeState(ALPHA)
-    norm.update(0.01, 0.05, 0.11, ALPHA, GAMMA, WINDOW)  # |0.11 - 0.01| / 0.05 = 2
-    assert norm.scores == [2.0] and norm.served(0.0, 0.1) == (-0.2, 0.2)
-    assert RangeState.from_json(norm.to_json()).kind == NORMALIZED
+    # The served kind: centre +- m * sigma, m the quantile of |r - centre| / sigma (three bins, one alpha each).
+    norm = RangeState.new(ALPHA)
+    one(norm, 0, 0.01, 0.05, 0.11)  # |0.11 - 0.01| / 0.05 = 2
+    assert norm.scores == [2.0] and norm.served(0.0, 0.1) == (-0.2, 0.2) and norm.alphas == [ALPHA] * 3
+    lake = LocalLake(tmp_path)
+    lake.put_json(state_key("24h"), norm.to_json())
+    assert load(lake, "24h", ALPHA) == norm
+    # A state of the earlier layout (one alpha for every coin, no sigmas) starts afresh, keeping its last run.
+    lake.put_json(state_key("24h"), {"alpha": 0.1, "scores": [1.0], "outcomes": 1, "misses": 0, "last_run": "r1",
+                                     "kind": NORMALIZED})
+    assert load(lake, "24h", ALPHA) == RangeState.new(ALPHA, last_run="r1")
 
 
 def test_coverage_on_a_shifting_series_converges_to_the_nominal_level():
@@ -48,8 +64,8 @@ def test_coverage_on_a_shifting_series_converges_to_the_nominal_level():
     sigma = np.r_[np.full(2000, 1.0), np.full(2000, 2.0), np.full(2000, 0.5)]
     r = rng.normal(0.0, sigma)
     q_lo, q_hi = -1.2816, 1.2816
-    state = RangeState(ALPHA, kind=CQR)
-    misses = np.array([bool(state.update(q_lo, q_hi, float(x), ALPHA, GAMMA, WINDOW)) for x in r])
+    state = RangeState.new(ALPHA, kind=CQR)
+    misses = np.array([one(state, t, q_lo, q_hi, float(x)) == 1.0 for t, x in enumerate(r)])
     raw_cover = (r >= q_lo) & (r <= q_hi)
     assert raw_cover[2000:4000].mean() < 0.55 and raw_cover[4000:].mean() > 0.98  # the model alone: wrong both ways
     for lo, hi in ((1000, 2000), (3000, 4000), (5000, 6000)):  # after each regime has had time to be learned
@@ -59,27 +75,63 @@ def test_coverage_on_a_shifting_series_converges_to_the_nominal_level():
 
 
 def test_replay_serves_what_the_outcome_step_would_have_served():
-    from services.predict.conformal import replay
-
     # Two coins, daily decisions, a 2-day horizon: the outcome of day d matures at day d + 2.
     day = 86_400_000
     rng = np.random.default_rng(4)
     ts = np.repeat(np.arange(40) * day, 2)
     q_lo, q_hi = np.full(ts.size, -0.05), np.full(ts.size, 0.05)
     realized = rng.normal(0, 0.06, ts.size)
-    got = replay(ts, q_lo, q_hi, realized, 2 * day, alpha=ALPHA, gamma=GAMMA, window=WINDOW, kind=CQR)
+    got = replay(ts, q_lo, q_hi, realized, 2 * day, alpha=ALPHA, gamma=GAMMA, window=WINDOW, overlap=2, kind=CQR)
     # Days 0 and 1: nothing has matured, no range is served (the live path serves none either).
     assert np.isnan(got[:4]).all() and np.isfinite(got[4:]).all()
-    # The same by hand: before each day, absorb every outcome matured by then, in decision order.
-    state, absorbed = RangeState(ALPHA, kind=CQR), 0
+    # The same by hand: before each day, absorb every decision time matured by then, one at a time, in order.
+    state, absorbed = RangeState.new(ALPHA, kind=CQR), 0
     for d in range(40):
-        while absorbed < ts.size and ts[absorbed] + 2 * day <= d * day:
-            served = None if np.isnan(got[absorbed, 0]) else tuple(got[absorbed])
-            state.update(-0.05, 0.05, float(realized[absorbed]), ALPHA, GAMMA, WINDOW, served)
+        while absorbed < 40 and (absorbed + 2) <= d:
+            rows = np.flatnonzero(ts == absorbed * day)
+            state.absorb(absorbed * day, q_lo[rows], q_hi[rows], realized[rows], got[rows], ALPHA, GAMMA, WINDOW, 2)
             absorbed += 1
         rows = np.flatnonzero(ts == d * day)
         if state.margin() is not None:
             assert np.allclose(got[rows], [[-0.05 - state.margin(), 0.05 + state.margin()]] * rows.size)
+
+
+def test_coins_that_miss_together_move_alpha_once_and_overlapping_outcomes_by_a_share():
+    # 300 coins of one decision time all miss (the market jumped): one step, not 300. A 30-bar horizon's outcome
+    # repeats the news of 29 neighbours: a thirtieth of a step.
+    state = RangeState.new(ALPHA, bins=1)
+    state.absorb(0, np.zeros(300), np.ones(300), np.zeros(300), None, ALPHA, 0.01, WINDOW)  # no range yet: NaN
+    served = np.tile([-1.0, 1.0], (300, 1))
+    miss = state.absorb(1, np.zeros(300), np.ones(300), np.full(300, 5.0), served, ALPHA, 0.01, WINDOW)
+    assert miss.sum() == 300 and state.alphas == [ALPHA - 0.01 * 0.8]
+    state.absorb(2, np.zeros(300), np.ones(300), np.full(300, 5.0), served, ALPHA, 0.01, WINDOW, overlap=30)
+    assert np.isclose(state.alphas[0], ALPHA - 0.01 * 0.8 - 0.01 / 30 * 0.8)
+    # The window holds the scores of its last decision times.
+    for t in range(3, 8):
+        state.absorb(t, np.zeros(2), np.ones(2), np.zeros(2), None, ALPHA, 0.01, 4)
+    assert sorted(set(state.times)) == [4, 5, 6, 7] and len(state.scores) == 8
+
+
+def test_each_volatility_bin_settles_at_the_nominal_level_when_the_forecast_spreads_coins_too_far():
+    # 60 coins whose true volatility is sqrt(sigma_hat * 0.02): the forecast ranks them right but spreads them too
+    # far apart (calm coins look calmer, wild ones wilder than they are). One bin covers 80% overall and far from it
+    # in each tercile; three bins hold 80% in each.
+    rng = np.random.default_rng(5)
+    coins, days = 60, 400
+    s_hat = np.exp(rng.uniform(np.log(0.005), np.log(0.08), coins))
+    ts = np.repeat(np.arange(days), coins)
+    sig = np.tile(s_hat, days)
+    r = rng.normal(0.0, np.sqrt(sig * 0.02))
+    cover = {}
+    for bins in (1, 3):
+        got = replay(ts, np.zeros(ts.size), sig, r, 1, alpha=ALPHA, gamma=0.01, window=60, bins=bins)
+        late = ts >= 100
+        inside = (r >= got[:, 0]) & (r <= got[:, 1])
+        cut = np.quantile(s_hat, [1 / 3, 2 / 3])
+        third = np.digitize(sig, cut)
+        cover[bins] = [float(inside[late & (third == k)].mean()) for k in range(3)] + [float(inside[late].mean())]
+    assert abs(cover[1][3] - 0.8) < 0.02 and cover[1][0] < 0.7 and cover[1][2] > 0.9, cover[1]
+    assert all(abs(c - 0.8) < 0.03 for c in cover[3]), cover[3]
 
 
 def test_normalized_ranges_settle_at_the_nominal_level_in_each_volatility_regime():
@@ -90,15 +142,15 @@ def test_normalized_ranges_settle_at_the_nominal_level_in_each_volatility_regime
     sigma = np.r_[np.full(2000, 1.0), np.full(2000, 2.0), np.full(2000, 0.5)]
     r = rng.normal(0.0, sigma)
     var, lam = 1.0, 0.97
-    state = RangeState(ALPHA)
+    state = RangeState.new(ALPHA, bins=1)
     misses, widths = [], []
-    for x in r:
+    for t, x in enumerate(r):
         s_hat = float(np.sqrt(var))
         lohi = state.served(0.0, s_hat)
         widths.append(np.nan if lohi is None else lohi[1] - lohi[0])
-        misses.append(state.update(0.0, s_hat, float(x), ALPHA, GAMMA, WINDOW))
+        misses.append(one(state, t, 0.0, s_hat, float(x)))
         var = lam * var + (1 - lam) * x * x
-    miss = np.array([m if m is not None else np.nan for m in misses], dtype=float)
+    miss = np.array(misses)
     widths = np.asarray(widths)
     for lo, hi in ((1000, 2000), (3000, 4000), (5000, 6000)):
         cover = 1 - np.nanmean(miss[lo:hi])

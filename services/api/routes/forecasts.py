@@ -1,4 +1,5 @@
-"""The logged predictions, filtered and paged, and one coin's latest forecast per horizon."""
+"""The logged predictions, filtered and paged, one coin's latest forecast per horizon, and the board of every
+coin's newest forecasts."""
 
 import json
 from datetime import datetime
@@ -8,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from services.api import reads
 from services.api.context import Context, Viewer
+from shared.records import Forecast
 from services.api.models import (
     COIN,
     HORIZON,
@@ -53,3 +55,10 @@ def coin_forecast(coin: Annotated[str, Path(pattern=COIN)], ctx: Context, _: Vie
         range_80=[r.range_low, r.range_high], top_features=json.loads(r.top_features or "[]"), skill=r.skill,
         decision_ts=r.decision_ts, model_version=r.model_version,
         certified=h not in uncertified, why_not_certified=uncertified.get(h)) for h, r in latest.items()})
+
+
+@router.get("/board", responses=errors())
+def board(ctx: Context, _: Viewer) -> list[Forecast]:
+    """Every coin and horizon of the newest decisions: P(up) and its interval, P(beats), the volatility forecast,
+    the 80% range as returns and prices, the verdict in words, and the change since the previous forecast."""
+    return reads.board(ctx.lake, ctx.settings, ctx.horizons, reads.latest_summary(ctx.lake))
