@@ -8,6 +8,7 @@ from constructs import Construct
 
 from infra.constructs import acknowledge
 from infra.constructs.alarms import Alarms
+from infra.constructs.alerts import Alerts
 from infra.constructs.api import Api
 from infra.constructs.functions import StepFunctions
 from infra.constructs.lake import LakeBucket
@@ -42,10 +43,19 @@ class CstStack(Stack):
         self.users = Users(self, "Users", retain=retain, site_url=self.api.url)
         self.api.serve(users=self.users, lake=self.lake, state_machine=self.pipeline.state_machine,
                        environment=environment)
+        # Alerts: the summary step publishes each run, the API an operator's test; the alerts function delivers.
+        self.alerts = Alerts(self, "Alerts", lake=self.lake, secret=self.secret,
+                             environment={**environment, "CST_SECRETS_MANAGER_ID": self.secret.secret_arn},
+                             emails=list(config.get("alert_emails", [])),
+                             webhooks=list(config.get("alert_webhooks", [])))
+        self.alerts.allow_publish(self.steps.functions["summary"])
+        self.alerts.allow_publish(self.api.function)
         self.alarms = Alarms(self, "Alarms", state_machine=self.pipeline.state_machine,
-                             functions={**self.steps.functions, "api": self.api.function})
+                             functions={**self.steps.functions, "api": self.api.function,
+                                        "alerts": self.alerts.function})
         CfnOutput(self, "LakeBucket", value=self.lake.bucket.bucket_name)
         CfnOutput(self, "StateMachineArn", value=self.pipeline.state_machine.state_machine_arn)
         CfnOutput(self, "ApiUrl", value=self.api.url)
         CfnOutput(self, "SignInDomain", value=self.users.domain.base_url())
         CfnOutput(self, "AlarmTopic", value=self.alarms.topic.topic_arn)
+        CfnOutput(self, "AlertsTopic", value=self.alerts.topic.topic_arn)

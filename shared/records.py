@@ -473,3 +473,31 @@ def _arrow_type(annotation: Any) -> pa.DataType:
 def arrow_fields(record: type[BaseModel]) -> dict[str, pa.DataType]:
     """The record's fields as Parquet columns, in the record's order."""
     return {name: _arrow_type(f.annotation) for name, f in record.model_fields.items()}
+
+
+class Delivery(Record):
+    """One alert's attempt on one channel."""
+
+    channel: str = Field(description="the channel without its secret parts (scheme and host)")
+    ok: bool
+    detail: str = ""
+    at: str
+
+
+AlertEvent = Literal["signal_entered", "signal_left", "basket_changed", "run_failed", "universe_excluded",
+                     "drift_retrain", "model_promoted", "model_refused", "test"]
+
+
+class Alert(Record):
+    """Something a trader is told once per decision: its event, what it concerns, the page it links to, and how each
+    channel took it."""
+
+    key: str = Field(description="event|subject|as-of: the same decision's same event is sent once")
+    event: AlertEvent
+    subject: str = Field(description="the coin, horizon or run it concerns")
+    as_of: str
+    run_id: str
+    title: str
+    body: str
+    link: str
+    deliveries: list[Delivery] = []

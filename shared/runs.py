@@ -145,6 +145,18 @@ def complete_summary(lake: Lake, run_id: str) -> RunSummary | None:
     return doc if doc is not None and doc.status == "complete" else None
 
 
+def previous_summary(lake: Lake, run_id: str) -> RunSummary | None:
+    """The summary of the latest earlier run from the same source (run ids sort by as-of), or None."""
+    stamp, _, source = run_id.partition("-")
+    earlier = sorted((f[len("run_id="):] for f in lake.folders(RUNS) if f.startswith("run_id=")), reverse=True)
+    for other in earlier:
+        if other < run_id and other.partition("-")[2] == source:
+            doc = load_summary(lake, other)
+            if doc is not None:
+                return doc
+    return None
+
+
 def put_summary(lake: Lake, summary: RunSummary) -> str:
     key = summary_key(summary.run_id)
     lake.put_json(key, summary.model_dump(mode="json"))

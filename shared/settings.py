@@ -405,6 +405,23 @@ class RunSettings(BaseModel):
     range_naive_window: dict[str, int] = {"1h": 168, "1d": 30}
 
 
+class AlertSettings(BaseModel):
+    """Who is told what, and how often. `urls` are Apprise URLs (tgram://, discord://, slack://, mailto://, json://
+    and other webhooks): secrets, from Secrets Manager (key `alert_urls`, a JSON list) or CST_ALERTS__URLS."""
+
+    urls: list[SecretStr] = []
+    # A run that leaves out more than this share of its universe's coins is an event.
+    max_excluded_share: float = Field(0.2, ge=0.0, le=1.0)
+    # Deliveries per channel per hour, at most; more are recorded as held back, not sent.
+    per_channel_per_hour: int = Field(20, ge=1)
+    # The dashboard's address, for the link in every alert.
+    dashboard_url: str = "http://127.0.0.1:8080"
+    # Per-attempt timeout of one delivery (seconds).
+    timeout_s: float = 10.0
+    # In the cloud the summary step publishes each run here and the alerts function delivers (the CDK app sets it).
+    topic_arn: str = ""
+
+
 class ApiSettings(BaseModel):
     """Who the API trusts and what it starts: in the cloud the Cognito user pool's issuer URL, the dashboard client,
     the pool's sign-in domain, the site's own URL and the pipeline's state machine (the CDK app sets them all); locally
@@ -513,6 +530,7 @@ class Settings(BaseSettings):
     run: RunSettings = RunSettings()
     risk: RiskSettings = RiskSettings()
     api: ApiSettings = ApiSettings()
+    alerts: AlertSettings = AlertSettings()
     universe: UniverseSettings = UniverseSettings()
     timeframes: list[str] = ["1h", "1d"]
     horizons: list[str] = ["1h", "24h", "7d", "30d"]
@@ -568,7 +586,8 @@ class Settings(BaseSettings):
         """Every configured secret's plain value: the redaction filter's list."""
         found = [
             s.get_secret_value()
-            for s in (self.exchange.api_key, self.exchange.api_secret, self.sources.coinmetrics_api_key)
+            for s in (self.exchange.api_key, self.exchange.api_secret, self.sources.coinmetrics_api_key,
+                      *self.alerts.urls)
             if s is not None and s.get_secret_value()
         ]
         return found
@@ -603,6 +622,10 @@ def resolve_secrets(settings: Settings, client: Any | None = None) -> Settings:
         raise CstError("secret_malformed", f"secret {settings.secrets_manager_id!r} must be a JSON object")
     updated = settings.model_copy(deep=True)
     for key, value in values.items():
+        if key == "alert_urls" and value:
+            urls = json.loads(value) if isinstance(value, str) else value
+            updated.alerts.urls = [SecretStr(str(u)) for u in urls]
+            continue
         if key not in SECRET_FIELDS or not value:
             continue
         section, field = SECRET_FIELDS[key]

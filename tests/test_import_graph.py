@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = ("services.predict", "services.features", "services.risk")
 SERVICES = ("services.ingest", "services.features", "services.training", "services.predict", "services.risk",
-            "services.evaluation")
+            "services.evaluation", "services.alerts")
 FACES = ("services.cli", "services.api")
 ORCHESTRATOR = "services.orchestrator"
 TRAINING_ONLY_LIBS = ("sklearn", "torch", "shap", "lightgbm", "matplotlib")
@@ -91,6 +91,9 @@ def test_the_graph_sees_the_packages_and_function_level_imports():
     ("services.predict", ("services.training", "services.evaluation")),
     ("services.training", ("services.evaluation",)),
     ("services.features", ("services.training", "services.predict", "services.evaluation", "services.risk")),
+    # Alerts read a run's summary (shared records) and nothing of the services that made it.
+    ("services.alerts", ("services.ingest", "services.features", "services.training", "services.predict",
+                         "services.risk", "services.evaluation")),
 ])
 def test_imports_point_down(source, banned):
     bad = _violations(source, lambda t: any(_within(t, b) for b in banned))

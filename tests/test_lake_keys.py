@@ -34,6 +34,8 @@ OWNERS = {
     "audit": "shared/audit.py",
     "feedback": "shared/audit.py",
     "watchlists": "shared/audit.py",
+    "alerts": "services/alerts/store.py",
+    "state/alerts": "services/alerts/store.py",
 }
 STORES = set(OWNERS.values())
 TOP = re.compile(r"^(%s)/" % "|".join(sorted({k.split("/")[0] for k in OWNERS}, key=len, reverse=True)))

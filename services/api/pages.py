@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 # The charting library, installed from the npm registry by `npm ci --prefix services/api` (package-lock.json pins it).
 CHART_JS = HERE / "node_modules" / "chart.js" / "dist" / "chart.umd.min.js"
 NAV = [("/", "Signals"), ("/board", "Board"), ("/ranges", "Ranges"), ("/performance", "Performance"), ("/runs", "Runs"),
-       ("/quality", "Data quality"), ("/models", "Models")]
+       ("/quality", "Data quality"), ("/models", "Models"), ("/alerts", "Alerts")]
 UP, DOWN, BAND, GREY = "#1b7f3b", "#b3261e", "rgba(54, 110, 201, 0.18)", "#5d6673"
 COLORS = ["#366ec9", "#d9822b", "#1b7f3b", "#8e44ad", "#b3261e", "#2c9aa0", "#7a6a2a", "#c2185b", "#455a64"]
 PAGE = 50
@@ -191,7 +191,9 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
         return None
     uncertified = summary.uncertified_horizons if summary else {}
     forecasts = [{
-        "horizon": h, "p_up": pct(r.p_up), "interval": f"{pct(r.p_low)} – {pct(r.p_high)}",
+        "horizon": h, "p_up": pct(r.p_up),
+        "interval": (f"{pct(r.p_low)} – {pct(r.p_high)}" if round(r.p_high - r.p_low, 4) > 0 else
+                     "none: the base rate is served, not a forecast"),
         "range": (f"{pct(r.range_low, signed=True)} to {pct(r.range_high, signed=True)}"
                   if r.range_low is not None else "not calibrated yet"),
         "vol": pct(r.vol_forecast) if r.vol_forecast is not None else "no forecast in this model",
@@ -556,6 +558,29 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
         return render(request, who, "run.html", f"Run {run_id}", "/runs", as_of=doc.as_of, run_id=None,
                       as_of_label="Judged at",
                       **run_page(doc, horizons))
+
+    @page("/alerts")
+    def alerts_page(request: Request, who: Viewer, sent: str | None = None):
+        from services.alerts import store
+
+        rows = [{"event": a.event.replace("_", " "), "subject": a.subject, "as_of": a.as_of.replace("T", " ")[:16],
+                 "title": a.title, "body": a.body, "link": a.link,
+                 "deliveries": [(d.channel, d.ok, d.detail) for d in a.deliveries]} for a in store.recent(lake, 50)]
+        flash = {"ok": "Test alert sent: its deliveries are listed below.",
+                 "published": "Test alert published to the alerts topic: the alerts function delivers it."}.get(sent or "")
+        return render(request, who, "alerts.html", "Alerts", "/alerts", alerts=rows, flash=flash,
+                      channels=len(settings.alerts.urls), cloud=bool(settings.alerts.topic_arn))
+
+    @app.post("/actions/test-alert", include_in_schema=False)
+    def page_test_alert(request: Request, csrf: str = Form("", max_length=128)):
+        from services.alerts.notify import dispatch_test
+
+        who = _operator_form(request, csrf)
+        out = dispatch_test(settings, lake, who.username)
+        published = isinstance(out, str)
+        request.app.state.cst.audit(who, "test_alert", {}, f"published {out}" if published else
+                                    f"{sum(d.ok for d in out.deliveries)}/{len(out.deliveries)} delivered")
+        return RedirectResponse("/alerts?sent=" + ("published" if published else "ok"), status_code=303)
 
     @page("/quality")
     def quality(request: Request, who: Viewer):

@@ -7,6 +7,7 @@ prints is drawn by `render` from the typed records the services return.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from services.cli import evaluate, ingest, run, serve, train, validate
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = resolve_secrets(Settings())
         configure_logging(settings.log_level, settings.secret_values())
+        # Fetch failures reach the terminal from the run's own record, grouped by source and code: not twice.
+        logging.getLogger("services.ingest.logic.fetch_failures").setLevel(logging.ERROR)
         return args.func(args, settings)
     except CstError as exc:
         console.print(f"error {redact(str(exc))}", markup=False, highlight=False)

@@ -18,17 +18,33 @@ from shared.pipeline.contracts import RunRef
 from shared.settings import Settings
 
 
-def print_ingest(ctx: StepContext, ref: RunRef) -> None:
+def print_ingest(ctx: StepContext, ref: RunRef, compact: bool = False) -> None:
     from services.features.steps import quality_report
 
     ingested = ctx.output(ref.run_id, "ingest")
     report = quality_report(ctx, ref.run_id)
-    console.print(quality_table(report))
+    console.print(quality_table(report, compact))
     if ingested is not None:
         console.print(f"run {ref.run_id}: landed {ingested.landed} raw records ({ingested.already_present} already "
                       f"present), {len(ingested.failures)} fetch failures; {summary_line(report)}; lake {ctx.lake.uri}")
-        for f in ingested.failures:
-            console.print(f"[red]failed[/] {f.source} {f.task}: [{f.code}] {f.message}")
+        print_failures(ingested.failures, compact)
+
+
+def print_failures(failures, compact: bool) -> None:
+    """Fetch failures: each on its line, or (compact) one line per source and code with how many and one example,
+    so an offline run says "no network" once per source rather than once per coin."""
+    if not compact:
+        for f in failures:
+            console.print(f"[red]failed[/] {escape(f'{f.source} {f.task}: [{f.code}] {f.message}')}")
+        return
+    groups: dict[tuple[str, str], list] = {}
+    for f in failures:
+        groups.setdefault((getattr(f, "source", ""), f.code), []).append(f)
+    for (source, code), fs in groups.items():
+        more = f" (and {len(fs) - 1} more tasks: {', '.join(x.task for x in fs[1:4])}{'…' if len(fs) > 4 else ''})" \
+            if len(fs) > 1 else ""
+        where = f"{source}: " if source else ""
+        console.print(f"[red]failed[/] {escape(f'{where}[{code}] {fs[0].task}: {fs[0].message}{more}')}")
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,8 +92,7 @@ def backfill_with_progress(settings: Settings, lake, since_ms: int, now_ms: int)
     console.print(table)
     console.print(f"backfilled {report.pages} pages, {report.candles} candles in {time.perf_counter() - started:.1f} s "
                   f"({report.already_present} raw records already present); {len(report.failures)} failures")
-    for f in report.failures:
-        console.print(f"[red]failed[/] {escape(f.task)}: {escape('[' + f.code + '] ' + f.message)}")
+    print_failures(report.failures, compact=True)
     return len(report.failures)
 
 

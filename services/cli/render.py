@@ -11,14 +11,27 @@ from shared.contracts import QualityReport
 from shared.records import Basket, Forecast, Prediction, Signal, TrainingFailure, TrainingResult
 
 
-def quality_table(report: QualityReport) -> Table:
+def quality_table(report: QualityReport, compact: bool = False) -> Table:
+    """Every series on its own line; `compact` (what a run prints): one line per status and kind of issue, the
+    series named once (ok series only counted), so a wide universe's usual exclusions are said once, not per series."""
+    colour = {"ok": "green", "quarantined": "yellow", "excluded": "red"}
+    if compact:
+        table = Table(title=f"quality at as-of {report.as_of} (by status and issue; `cst validate` lists every series)")
+        for col in ("status", "issues", "series", "names"):
+            table.add_column(col)
+        groups: dict[tuple[str, str], list[str]] = {}
+        for key, s in report.series.items():
+            groups.setdefault((s.status, ", ".join(sorted(s.issues)) or "-"), []).append(key)
+        for (status, issues), keys in sorted(groups.items(), key=lambda kv: (kv[0][0] != "ok", kv[0])):
+            names = "" if status == "ok" else ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+            table.add_row(f"[{colour[status]}]{status}[/]", issues, str(len(keys)), names)
+        return table
     table = Table(title=f"quality at as-of {report.as_of}")
     table.add_column("series", no_wrap=True)
     table.add_column("status")
     table.add_column("rows", justify="right")
     table.add_column("rejected", justify="right")
     table.add_column("issues")
-    colour = {"ok": "green", "quarantined": "yellow", "excluded": "red"}
     for key, s in report.series.items():
         issues = ", ".join(f"{k}={v}" for k, v in s.issues.items())
         table.add_row(key, f"[{colour[s.status]}]{s.status}[/]", str(s.rows), str(s.rejected_rows), issues)

@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         result = runner.run_pipeline(ctx, ref, on_step=on_step)
     doc = runs.load_summary(lake, ref.run_id)
     if ctx.output(ref.run_id, "validate") is not None:
-        print_ingest(ctx, ref)
+        print_ingest(ctx, ref, compact=True)
     for u in doc.universes.values():
         console.print(escape(u.describe()))
     if ctx.output(ref.run_id, "risk") is not None:
@@ -80,12 +80,21 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         elif doc.basket_note:
             console.print(f"no market-neutral basket: {escape(doc.basket_note)}")
         drift = ctx.output(ref.run_id, "drift")
-        retrain = drift.retrain if drift is not None else []
+        retrain = [h + (f" ({'; '.join(drift.report[h].reasons)})" if h in drift.report and drift.report[h].reasons
+                        else "") for h in drift.retrain] if drift is not None else []
         console.print(f"run {ref.run_id}: as-of {doc.as_of}, {doc.coins_predicted}/{doc.coins_total} coins "
                       f"predicted, {doc.predictions} predictions ({doc.new_predictions} new), {doc.actionable} "
                       f"actionable, {len(doc.signals)} signals ({doc.tradable_signals} past the risk gate), "
                       f"{doc.outcomes_recorded} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
                       f"summary {runs.summary_key(ref.run_id)}")
+    told = ctx.output(ref.run_id, "summary")
+    if told is not None and (told.alerts or told.alerts_already_sent):
+        said = ", ".join(f"{n} {event.replace('_', ' ')}" for event, n in told.alerts.items()) or "none new"
+        channels = len(settings.alerts.urls)
+        console.print(f"alerts: {said}" + (f" ({told.alerts_already_sent} already sent for this decision)"
+                                           if told.alerts_already_sent else "")
+                      + (f"; to {channels} channel(s), {told.alert_deliveries_failed} deliveries failed" if channels
+                         else "; recorded in the lake (no channel configured: alerts.urls)"))
     for h, reasons in doc.no_outcome.items():
         said = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in reasons.items())
         console.print(f"[yellow]{h}: {sum(reasons.values())} matured predictions have no outcome[/]: {said}")
@@ -99,11 +108,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     for h, why in doc.horizons_without_model.items():
         console.print(f"[yellow]{h} has no model[/]: {escape(why)}")
     if result.status != "complete":
+        from services.ingest.logic import OFFLINE_HINT
+
         for f in doc.failures:
             where = f.step + (f"[{f.item}]" if f.item else "")
-            console.print(f"[red]step {escape(where)} failed[/]: {escape('[' + f.code + '] ' + f.message)}")
-        console.print(f"run {ref.run_id} is not complete (summary {runs.summary_key(ref.run_id)}); running the same "
-                      "command again finishes it, keeping every step that landed")
+            message = f.message.replace(f"\n  {OFFLINE_HINT}", "")  # said once, below
+            console.print(f"[red]step {escape(where)} failed[/]: {escape('[' + f.code + '] ' + message)}")
+        unreachable = bool(doc.failures) and all(f.code == "sources_unreachable" for f in doc.failures)
+        if unreachable:
+            console.print(f"no source could be reached from this machine: {escape(OFFLINE_HINT)}")
+        console.print(f"run {ref.run_id} is not complete (summary {runs.summary_key(ref.run_id)}); "
+                      + ("once the sources can be reached, the same command finishes it" if unreachable else
+                         "running the same command again finishes it")
+                      + ", keeping every step that landed")
         return 1
     return 0
 

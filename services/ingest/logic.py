@@ -23,6 +23,9 @@ from shared.settings import Settings
 from shared.storage import Lake
 
 log = logging.getLogger(__name__)
+# Each failed fetch, for the logs where nobody reads a terminal (Lambda); the CLI prints the run's failures itself,
+# grouped, and quiets this one.
+fetch_log = logging.getLogger(__name__ + ".fetch_failures")
 
 OFFLINE_HINT = "offline replay: make run SOURCE=../shared/data AS_OF=2024-07-01T00:00:00Z  (cst run --source ../shared/data --as-of ...)"
 
@@ -123,7 +126,7 @@ async def fetch_all(tasks: list[FetchTask], fetcher: Fetcher, on_done: Callable[
 
     await asyncio.gather(*(one(t) for t in tasks))
     for f in out.failures:
-        log.warning("fetch failed: %s %s [%s] %s", f.source, f.task, f.code, f.message)
+        fetch_log.warning("fetch failed: %s %s [%s] %s", f.source, f.task, f.code, f.message)
     return out
 
 

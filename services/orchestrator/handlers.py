@@ -91,6 +91,25 @@ def make_handler(name: str) -> Callable[[dict, Any], dict]:
     return handler
 
 
+@logger.inject_lambda_context(log_event=False)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def alerts(event: dict, context: Any = None) -> dict:
+    """The alerts topic (SNS) -> each message's alerts: a run's, delivered once per decision, or an operator's test.
+    Its role alone reads the channels' URLs (the secret's `alert_urls`)."""
+    import json
+
+    from services.alerts.notify import on_message
+
+    ctx = _context(secrets=True)
+    handled = [on_message(ctx.settings, ctx.lake, json.loads(r["Sns"]["Message"])).model_dump(mode="json")
+               for r in event.get("Records", [])]
+    metrics.add_dimension(name="step", value="alerts")
+    metrics.add_metric(name="AlertsSent", unit=MetricUnit.Count,
+                       value=sum(sum(h.get("sent", {}).values()) for h in handled))
+    return {"handled": handled}
+
+
 HANDLERS: dict[str, Callable[[dict, Any], dict]] = {s.name: make_handler(s.name) for s in PIPELINE
                                                     if s.runtime != "sagemaker"}
 globals().update(HANDLERS)  # services.orchestrator.handlers.<step> is each function's handler setting

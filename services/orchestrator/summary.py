@@ -64,4 +64,9 @@ def summary(ctx: StepContext, ref: RunRef) -> SummaryOutput:
         fetch_failures=len(o["ingest"].failures) if o["ingest"] else None,
         timings=timings,
     )
-    return SummaryOutput(run_id=run, status=status, summary_key=put_summary(ctx.lake, doc))
+    key = put_summary(ctx.lake, doc)
+    from services.alerts.notify import dispatch
+
+    told = dispatch(ctx.settings, ctx.lake, run)  # once per decision: a summary written again sends nothing new
+    return SummaryOutput(run_id=run, status=status, summary_key=key, alerts=told.sent,
+                         alerts_already_sent=told.already_sent, alert_deliveries_failed=told.failed_deliveries)

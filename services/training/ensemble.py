@@ -177,7 +177,9 @@ def fit_stack(target: str, horizon: str, ds: Dataset, settings: Settings, budget
         tick(f"{name}: tuning {m}")
         tuned[m] = tune_member(m, fit, folds, budget, seed=seed, lake=lake, horizon=horizon, target=target,
                                first_trial=cfg.first_trial[m], warm_starts=cfg.warm_starts, threads=cfg.threads,
-                               on_trial=lambda m=m: tick(f"{name}: {m} trial"))
+                               on_trial=lambda done, n, spent, left, m=m: tick(
+                                   f"{name}: {m} trial {done}/{n}, {spent:.0f} s"
+                                   + ("" if left is None else f", about {left:.0f} s left")))
     oof = np.column_stack([tuned[m].oof for m in MEMBERS])
     y_oof = fit.y[test_rows]
     meta = _meta_model().fit(oof, y_oof.astype(int))

@@ -34,7 +34,8 @@ def _record(out: TrainOutput, results: dict[str, TrainingResult]) -> None:
                 out.failed[h] = {"code": m.error, "message": m.message}
             continue
         out.trained[h] = m.version
-        out.results[h] = {"version": m.version, "promoted": m.promoted, "error": None}
+        out.results[h] = {"version": m.version, "promoted": m.promoted, "error": None,
+                          "gate": m.gate.reason if m.gate else None}
 
 
 def retrain(ctx: StepContext, ref: RunRef) -> TrainOutput:

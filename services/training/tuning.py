@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,8 @@ def earlier_best(study_summaries, current: str, keep: int) -> list[dict]:
 
 def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, seed: int, lake: Lake | None,
                 horizon: str, first_trial: dict, warm_starts: int = 2, threads: int = 2,
-                on_trial: Callable[[], None] | None = None, target: str = "direction") -> TuneResult:
+                on_trial: Callable[[int, int, float, float | None], None] | None = None,
+                target: str = "direction") -> TuneResult:
     """Optuna on the purged folds, in this window's own study; earlier windows' best parameters go first. Each
     target of a horizon (direction, beats) keeps its own journal: what one learned is no warm start for the other."""
     import optuna
@@ -156,7 +158,14 @@ def tune_member(member: str, ds: Dataset, folds: list[Fold], budget: Budget, *, 
             oofs[trial.number] = z
             return score
 
-        callbacks = [lambda *_: on_trial()] if on_trial else []
+        started = time.perf_counter()
+
+        def progress(study_, _trial) -> None:
+            done, elapsed = len(study_.trials) - first_number, time.perf_counter() - started
+            left = min(elapsed / done * (requested - done), max(0.0, budget.timeout_s - elapsed)) if done else None
+            on_trial(done, requested, elapsed, left)
+
+        callbacks = [progress] if on_trial else []
         study.optimize(objective, n_trials=requested, timeout=budget.timeout_s, callbacks=callbacks, catch=())
         trials = study.trials
         ran = len(trials) - first_number

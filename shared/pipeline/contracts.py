@@ -188,6 +188,9 @@ class DriftOutput(StepOutput):
 class SummaryOutput(StepOutput):
     status: Literal["complete", "failed"] = "complete"
     summary_key: str = ""
+    alerts: dict[str, int] = Field({}, description="event -> alerts this summary sent (services/alerts)")
+    alerts_already_sent: int = 0
+    alert_deliveries_failed: int = 0
 
 
 CONTRACTS: dict[str, type[BaseModel]] = {c.__name__: c for c in (

@@ -357,3 +357,17 @@ def test_the_board_shows_every_forecast_and_each_users_watchlist_first(served, b
     assert "Watching: nothing yet" in other.get("/board").text
     assert c.post("/board/watch", data={"coin": "ETH", "action": "remove", "csrf": csrf}).status_code == 303
     assert "Watching: nothing yet" in c.get("/board").text
+
+
+def test_an_operator_sends_a_test_alert_and_everyone_sees_the_last_alerts(served, browser_app):
+    c = served["client"]
+    assert c.post("/api/actions/test-alert", headers=bearer(served, "vera")).status_code == 403
+    r = c.post("/api/actions/test-alert", headers=bearer(served, "otto"))
+    assert r.status_code == 201 and r.json()["alert"]["event"] == "test" and r.json()["alert"]["deliveries"] == []
+    listed = c.get("/api/alerts", headers=bearer(served, "vera")).json()
+    assert listed[0]["key"] == r.json()["alert"]["key"] and len(listed) <= 50
+    audit = [json.loads(p.read_text()) for p in sorted(Path(served["lake"]).glob("audit/date=*/*.json"))]
+    assert any(a["action"] == "test_alert" and a["who"] == "otto" and a["result"] == "0/0 delivered" for a in audit)
+    _sign_in(browser_app, "vera", PASSWORD)
+    page = browser_app.get("/alerts").text
+    assert 'id="alerts"' in page and "test alert" in page and 'id="test-alert"' not in page  # viewers: no button

@@ -35,7 +35,7 @@ TINY = {"folds": 2, "trials": {"lr": 1, "gbt": 1, "gru": 1}, "timeout_s": 120, "
 PASSWORD = "correct horse battery staple"
 AS_OFS = ("2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z", "2024-05-03T00:00:00Z", "2024-05-10T00:00:00Z")
 PAGES = {"/": "Signals", "/board": "Board", "/ranges": "Ranges", "/coins/BTC": "BTC", "/performance": "Performance", "/runs": "Runs",
-         "/quality": "Data quality", "/models": "Models"}
+         "/quality": "Data quality", "/models": "Models", "/alerts": "Alerts"}
 CHARTED = {"/ranges", "/coins/BTC", "/performance", "/runs"}
 
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
@@ -221,6 +221,13 @@ def test_an_operator_starts_a_run_and_a_retrain_from_the_runs_page(site, browser
     assert [(e["who"], e["action"], e["detail"]) for e in entries[-2:]] == [
         ("otto", "start_run", {}), ("otto", "retrain", {"horizon": "7d"})]
     assert entries[-2]["result"] == run_id
+    # A test alert from the Alerts page: sent (no channel here: recorded only) and listed.
+    browser.get(site["base"] + "/alerts")
+    browser.find_element(By.ID, "test-alert").click()
+    assert WebDriverWait(browser, 10).until(ec.presence_of_element_located((By.ID, "flash"))).text.startswith(
+        "Test alert sent")
+    assert "test alert" in browser.find_element(By.ID, "alerts").text
+    browser.save_screenshot(str(shots / "operator_alerts.png"))
     # Signing out ends the session: pages send the browser back to the sign-in form.
     browser.find_element(By.ID, "logout").click()
     WebDriverWait(browser, 10).until(lambda d: "/login" in d.current_url)  # the sign-out answered

@@ -16,13 +16,16 @@ def resources(template: dict, kind: str) -> dict[str, dict]:
     return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
 
 
-def function_ids(template: dict) -> dict[str, str]:
-    """Step name -> logical id of its Lambda function (its image command names the handler)."""
+def function_ids(template: dict, *, steps_only: bool = True) -> dict[str, str]:
+    """Step name -> logical id of its Lambda function (its image command names the handler); the alerts function
+    with `steps_only=False` (it is checked in test_alerts_stack.py, the API function in test_api_stack.py)."""
     out = {}
     for lid, res in resources(template, "AWS::Lambda::Function").items():
         cmd = res["Properties"]["ImageConfig"]["Command"]
-        if cmd[0].startswith("services.orchestrator.handlers."):  # the API function is checked in test_api_stack.py
-            out[cmd[0].removeprefix("services.orchestrator.handlers.")] = lid
+        if cmd[0].startswith("services.orchestrator.handlers."):
+            name = cmd[0].removeprefix("services.orchestrator.handlers.")
+            if name != "alerts" or not steps_only:
+                out[name] = lid
     return out
 
 
@@ -79,6 +82,8 @@ def test_only_the_fetch_step_reads_the_secret_and_no_step_may_delete_from_the_la
         acts = actions_of(role_statements(t, role_id))
         reads_secret = any(a.startswith("secretsmanager:") for a in acts)
         assert reads_secret == (name == "fetch"), name
+        # Only the summary step may publish, and only to the alerts topic (test_alerts_stack.py).
+        assert ("sns:Publish" in acts) == (name == "summary"), name
         assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= acts
         assert not any(a.startswith("s3:Delete") or a in ("s3:*", "*") for a in acts), (name, acts)
 
@@ -119,11 +124,13 @@ def test_schedules_start_the_state_machine_hourly_and_retrain_weekly(synthesized
 
 def test_alarms_on_failed_executions_and_every_function_notify_one_encrypted_topic(synthesized):
     _, t = synthesized
-    (topic_id, topic), = resources(t, "AWS::SNS::Topic").items()
-    assert "KmsMasterKeyId" in topic["Properties"]
+    topics = resources(t, "AWS::SNS::Topic")
+    (topic_id,) = [k for k, v in topics.items() if v["Properties"].get("DisplayName") == "cst alarms"]
+    assert all("KmsMasterKeyId" in topic["Properties"] for topic in topics.values())
     alarms = resources(t, "AWS::CloudWatch::Alarm").values()
     metrics = sorted(a["Properties"]["MetricName"] for a in alarms)
-    assert metrics.count("ExecutionsFailed") == 1 and metrics.count("Errors") == len(LAMBDA_STEPS) + 1  # + the API
+    # Every step function, the API's and the alerts function's.
+    assert metrics.count("ExecutionsFailed") == 1 and metrics.count("Errors") == len(LAMBDA_STEPS) + 2
     assert all(a["Properties"]["AlarmActions"] == [{"Ref": topic_id}] for a in alarms)
 
 

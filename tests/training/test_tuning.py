@@ -54,9 +54,14 @@ def test_a_reopened_study_with_better_old_scores_neither_prunes_nor_starves_the_
     store_old_window(lake, 0.01, old_best)  # a Brier of 0.01 is unreachable on random labels
     ds = dataset(400)
     folds = walk_forward(ds.ts, DAY, BUDGET.folds)
-    r = tune_member("lr", ds, folds, BUDGET, seed=1, lake=lake, horizon="24h", first_trial={"C": 0.1})
+    seen = []
+    r = tune_member("lr", ds, folds, BUDGET, seed=1, lake=lake, horizon="24h", first_trial={"C": 0.1},
+                    on_trial=lambda *a: seen.append(a))
     # Every requested trial ran and completed in the new window's own study: none was compared with 0.01.
     assert r.fallback is None and r.trials_run == 4 and r.warm_starts == 1
+    # Progress after every trial: trials done of those asked, seconds spent, an estimate of what is left.
+    assert [(d, n) for d, n, _, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert seen[-1][3] == 0 and all(left is not None and left >= 0 for *_, left in seen)
     assert 0.2 < r.best_brier < 0.3 and r.oof.size == sum(f.test.size for f in folds)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
