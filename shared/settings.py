@@ -437,6 +437,8 @@ class ApiSettings(BaseModel):
     state_machine_arn: str = ""
     # Where an operator's run reads its data: "live" (the exchanges and feeds), or locally a folder of recorded files.
     run_source: str = "live"
+    # Runs and retrains one operator may start in an hour (every start, and every refusal, is audited).
+    actions_per_user_per_hour: int = Field(6, ge=1)
     # The Board page reloads itself this often (seconds; 0: never), so a screen left open follows the runs.
     board_refresh_seconds: int = 300
 

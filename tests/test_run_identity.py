@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from shared import runs
 from shared.storage import LocalLake
 
@@ -47,3 +49,28 @@ def test_a_cycle_is_the_close_of_the_shortest_timeframes_candle():
     assert runs.cycle_as_of(cfg, hour + 3_600_000) == hour + 3_600_000
     daily_only = cfg.model_copy(update={"timeframes": ["1d"]})
     assert runs.cycle_as_of(daily_only, hour) == iso_to_ms("2024-05-01T00:00:00Z")
+
+
+def test_an_operators_second_start_of_a_running_cycle_is_refused_on_one_machine(tmp_path, monkeypatch):
+    """One execution per (cycle, action): while this cycle's run runs, a second start names it instead of starting
+    another; a retrain of the same cycle is another action; once the run ended, a start goes ahead."""
+    import threading
+
+    from services.orchestrator import runner, usecases
+    from shared.pipeline.contracts import RunStart
+    from shared.settings import Settings
+    from shared.storage import LocalLake
+
+    release, calls = threading.Event(), []
+    monkeypatch.setattr(runner, "run_pipeline", lambda ctx, ref: (calls.append(ref.run_id), release.wait(10)))
+    settings, lake = Settings(_env_file=None), LocalLake(tmp_path)
+    first = usecases.start_in_background(settings, lake, RunStart(source="live"))
+    with pytest.raises(usecases.AlreadyRunning) as refused:
+        usecases.start_in_background(settings, lake, RunStart(source="live"))
+    assert refused.value.running == first
+    usecases.start_in_background(settings, lake, RunStart(source="live", retrain=True, retrain_only=["7d"]))
+    release.set()
+    for t in threading.enumerate():
+        if t.name.startswith(first):
+            t.join(10)
+    assert usecases.start_in_background(settings, lake, RunStart(source="live")) == first and len(calls) == 3

@@ -18,7 +18,7 @@ from fastapi import Depends, HTTPException, Request
 
 from services.api.auth import Identity, Unauthorized, Verifier
 from services.api.login import CSRF_COOKIE, SESSION_COOKIE
-from shared.audit import audit_key
+from shared.audit import AUDIT, audit_key
 from shared.settings import Settings
 from shared.storage import Lake
 
@@ -62,16 +62,42 @@ class ApiContext:
             self.known_horizon(detail.get("horizon"))
         if self.actions is None:
             raise HTTPException(503, detail={"error": "no_runner", "message": "runs cannot be started here"})
+        from services.orchestrator.usecases import AlreadyRunning
+
+        limit = self.settings.api.actions_per_user_per_hour
+        if self.recent_actions(who) >= limit:
+            self.audit(who, action, detail, f"refused: {limit} actions in the last hour")
+            raise HTTPException(429, detail={"error": "too_many_actions", "message": f"at most {limit} runs or "
+                                             "retrains per operator per hour; try again later"},
+                                headers={"Retry-After": "600"})
         request = {"source": self.settings.api.run_source}
         if action == "retrain":
             request.update(retrain=True, retrain_only=[detail["horizon"]])
         try:
             started = self.actions.start_run(request)
+        except AlreadyRunning as exc:
+            self.audit(who, action, detail, f"refused: already running {exc.running}")
+            raise HTTPException(409, detail={"error": "already_running", "message": "this cycle's run is still "
+                                             f"running: {exc.running}"}) from None
         except Exception as exc:
             self.audit(who, action, detail, f"failed: {type(exc).__name__}")
             raise
         self.audit(who, action, detail, started)
         return started
+
+    def recent_actions(self, who: Identity) -> int:
+        """How many runs and retrains this operator started (or tried to) in the last hour, from the audit log."""
+        from datetime import timedelta
+
+        since = self.now() - timedelta(hours=1)
+        count = 0
+        for day in {since.date().isoformat(), self.now().date().isoformat()}:
+            for key in self.lake.list(f"{AUDIT}date={day}/"):
+                doc = self.lake.get_json(key)
+                if doc.get("who") == who.username and doc.get("action") in ("start_run", "retrain") \
+                        and doc.get("at", "") >= since.isoformat() and not str(doc.get("result", "")).startswith("refused"):
+                    count += 1
+        return count
 
 
 def context(request: Request) -> ApiContext:

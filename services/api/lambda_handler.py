@@ -35,9 +35,19 @@ def execution_actions(state_machine_arn: str, client: Any) -> Actions:
     """Runs and retrains as executions of the pipeline's state machine: the input is the RunStart the schedules send
     (no as-of: the run is judged now); the execution's ARN is what the audit log records."""
     def start(request: dict) -> str:
+        from services.orchestrator.usecases import AlreadyRunning, action_name
+        from shared.runs import new_ref
+
         run = RunStart.model_validate(request)
-        started = client.start_execution(stateMachineArn=state_machine_arn,
-                                         input=run.model_dump_json(exclude_none=True))
+        # The execution is named after the cycle and the action: Step Functions refuses a second execution of the
+        # same name, so one cycle's run (or retrain) starts once however often it is asked for.
+        name = action_name(run, new_ref(get_settings(), run.source).run_id)[:80]
+        try:
+            started = client.start_execution(stateMachineArn=state_machine_arn, name=name,
+                                             input=run.model_dump_json(exclude_none=True))
+        except client.exceptions.ExecutionAlreadyExists:
+            running = state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+            raise AlreadyRunning(running) from None
         return started["executionArn"]
 
     return Actions(start)

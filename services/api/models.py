@@ -94,7 +94,8 @@ ERRORS = {400: {"model": ErrorBody, "description": "a request the service refuse
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The error answers of a route: authentication, bad input, and the route's own (404: not found)."""
-    described = {404: "not found", 409: "conflicts with what is already running", 503: "not available here"}
+    described = {404: "not found", 409: "conflicts with what is already running",
+                 429: "too many of these in the last hour (Retry-After says when to try again)", 503: "not available here"}
     out: dict[int | str, dict[str, Any]] = dict(ERRORS)
     out.update({c: {"model": ErrorBody, "description": described[c]} for c in codes})
     return out

@@ -40,16 +40,42 @@ def needs_history(lake: Lake, ref: RunRef) -> bool:
             and all(current_version(lake, h) is None for h in ref.horizons))
 
 
+class AlreadyRunning(Exception):
+    """A start asked for while the same run (this cycle, this action) is still running: `running` names it."""
+
+    def __init__(self, running: str):
+        super().__init__(running)
+        self.running = running
+
+
+_RUNNING: dict[str, threading.Thread] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+def action_name(request: RunStart, run_id: str) -> str:
+    """One execution per cycle and action: the run id, and the horizons a retrain asks for."""
+    what = "retrain-" + "-".join(request.retrain_only or ["all"]) if request.retrain else "run"
+    return f"{run_id}-{what}"
+
+
 def start_in_background(settings: Settings, lake: Lake, request: RunStart) -> str:
     """An operator's run or retrain on this machine: the run of the current cycle, run in a thread (its failures are
-    in its summary and the log). Returns the run id."""
-    ref = open_run(settings, lake, request.source, retrain=request.retrain, retrain_only=request.retrain_only)
+    in its summary and the log). Returns the run id; raises AlreadyRunning while the same one still runs."""
+    ref = runs.new_ref(settings, request.source, retrain=request.retrain, retrain_only=request.retrain_only)
+    name = action_name(request, ref.run_id)
+    with _RUNNING_LOCK:
+        alive = _RUNNING.get(name)
+        if alive is not None and alive.is_alive():
+            raise AlreadyRunning(ref.run_id)
+        runs.save_ref(lake, ref)
 
-    def work() -> None:
-        try:
-            runner.run_pipeline(StepContext(settings, lake), ref)
-        except Exception:  # noqa: BLE001 - a background run's failure is in its summary and the log
-            log.exception("run %s failed", ref.run_id)
+        def work() -> None:
+            try:
+                runner.run_pipeline(StepContext(settings, lake), ref)
+            except Exception:  # noqa: BLE001 - a background run's failure is in its summary and the log
+                log.exception("run %s failed", ref.run_id)
 
-    threading.Thread(target=work, name=ref.run_id, daemon=True).start()
+        thread = threading.Thread(target=work, name=name, daemon=True)
+        _RUNNING[name] = thread
+        thread.start()
     return ref.run_id

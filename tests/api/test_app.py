@@ -136,6 +136,46 @@ def test_feedback_is_stored_beside_the_outcomes_by_coin_horizon_and_run(served):
     assert r.status_code == 201 and r.json()["stored"].startswith(f"feedback/horizon=24h/coin=BTC/run_id={run_id}/")
     stored = json.loads((Path(served["lake"]) / r.json()["stored"]).read_text())
     assert stored["by"] == "vera" and stored["useful"] is True
+    # Only on a prediction that was made: made-up horizons, runs, coins and times are refused with their codes.
+    good = {"horizon": "24h", "coin": "BTC", "run_id": run_id, "decision_ts": 1714608000000}
+    for change, code in (({"horizon": "0d"}, "unknown_horizon"), ({"run_id": "20240101T000000Z-0"}, "unknown_run"),
+                         ({"coin": "ZZZ"}, "unknown_prediction"), ({"decision_ts": 0}, "unknown_prediction")):
+        bad = c.post("/api/feedback", headers=h, json={**good, **change})
+        assert bad.status_code == 404 and bad.json()["error"] == code, (change, bad.json())
+    assert c.post("/api/feedback", headers=h, json={**good, "traded": "yes"}).status_code == 422
+
+
+def test_a_second_start_of_the_same_cycle_is_refused_while_it_runs_and_starts_are_limited_per_operator(served):
+    from services.api.context import Actions
+    from services.orchestrator.usecases import AlreadyRunning
+
+    running: set[str] = set()
+
+    def start(request: dict) -> str:
+        name = "run" if not request.get("retrain") else "retrain-" + "-".join(request["retrain_only"])
+        if name in running:
+            raise AlreadyRunning(f"cycle-{name}")
+        running.add(name)
+        return f"cycle-{name}"
+
+    settings = Settings(_env_file=None)
+    settings.api.actions_per_user_per_hour = 3
+    app = create_app(settings, LocalLake(served["lake"]), served["issuer"].verifier(), Actions(start))
+    served["issuer"].add_user("olga", PASSWORD, "operator")  # an operator with no start in the last hour
+    c, h = TestClient(app), bearer(served, "olga")
+    before = len(list(Path(served["lake"]).glob("audit/date=*/*.json")))
+    assert c.post("/api/actions/run", headers=h).status_code == 202
+    again = c.post("/api/actions/run", headers=h)
+    assert again.status_code == 409 and again.json() == {
+        "error": "already_running", "message": "this cycle's run is still running: cycle-run"}
+    assert c.post("/api/actions/retrain", headers=h, json={"horizon": "7d"}).status_code == 202
+    assert c.post("/api/actions/retrain", headers=h, json={"horizon": "24h"}).status_code == 202
+    limited = c.post("/api/actions/retrain", headers=h, json={"horizon": "24h"})
+    assert limited.status_code == 429 and limited.json()["error"] == "too_many_actions"
+    assert limited.headers["Retry-After"] == "600"
+    audit = sorted(Path(served["lake"]).glob("audit/date=*/*.json"))[before:]
+    results = [json.loads(p.read_text())["result"] for p in audit]
+    assert sum(r.startswith("refused") for r in results) == 2 and len(results) == 5
 
 
 def test_cookie_sessions_need_the_csrf_token_on_state_changes(served):
