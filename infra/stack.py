@@ -39,7 +39,9 @@ class CstStack(Stack):
                                    hourly=config["schedule_hourly"], weekly=config["schedule_weekly_retrain"])
         # The HTTP API exists first: its URL is the user pool client's callback, and the client is the authorizer's
         # audience and the API function's.
-        self.api = Api(self, "Api")
+        self.api = Api(self, "Api", throttle_rate=float(config.get("api_throttle_rate", 10)),
+                       throttle_burst=int(config.get("api_throttle_burst", 20)),
+                       concurrency=int(config.get("api_concurrency", 10)))
         self.users = Users(self, "Users", retain=retain, site_url=self.api.url)
         self.api.serve(users=self.users, lake=self.lake, state_machine=self.pipeline.state_machine,
                        environment=environment)

@@ -34,6 +34,7 @@ class Alerts(Construct):
             self, "Function", role=role, log_group=log_group,
             code=serving_image("services.orchestrator.handlers.alerts"), memory_size=512,
             timeout=Duration.minutes(2), tracing=lambda_.Tracing.ACTIVE,
+            reserved_concurrent_executions=2,  # one run's alerts at a time (and a test alert beside them)
             environment={**environment, "POWERTOOLS_SERVICE_NAME": "cst", "POWERTOOLS_METRICS_NAMESPACE": "cst"})
         lake_findings = lake.grant(role, write=True)
         secret.grant_read(role)

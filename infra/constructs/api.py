@@ -33,13 +33,19 @@ class Api(Construct):
     """Built in two steps: the HTTP API first (its URL is the user pool client's callback), then `serve` once the
     client exists (the authorizer and the function need it)."""
 
-    def __init__(self, scope: Construct, cid: str) -> None:
+    def __init__(self, scope: Construct, cid: str, *, throttle_rate: float, throttle_burst: int,
+                 concurrency: int) -> None:
         super().__init__(scope, cid)
+        self.concurrency = concurrency
         self.http_api = apigw.HttpApi(self, "HttpApi", description="cst dashboard and API", create_default_stage=False)
         access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.THREE_MONTHS,
                                     removal_policy=RemovalPolicy.DESTROY)
         self.stage = apigw.CfnStage(
             self, "Stage", api_id=self.http_api.api_id, stage_name="$default", auto_deploy=True,
+            # Every route, pages and sign-in included: a flood of requests is refused at the gateway (429), not
+            # billed as function time (denial of wallet).
+            default_route_settings=apigw.CfnStage.RouteSettingsProperty(
+                throttling_rate_limit=throttle_rate, throttling_burst_limit=throttle_burst),
             access_log_settings=apigw.CfnStage.AccessLogSettingsProperty(
                 destination_arn=access_logs.log_group_arn,
                 format='{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
@@ -64,6 +70,9 @@ class Api(Construct):
         self.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:PutObject"], resources=[lake.bucket.arn_for_objects(prefix) for prefix in WRITES]))
         state_machine.grant_start_execution(self.role)
+        # Whether this cycle's execution still runs (one execution per cycle and action): the running ones listed.
+        self.role.add_to_principal_policy(iam.PolicyStatement(actions=["states:ListExecutions"],
+                                                              resources=[state_machine.state_machine_arn]))
         acknowledge(self.role, "AwsSolutions-IAM5",
                     "Objects inside the lake bucket: read anywhere (the API shows every run, model and prediction), "
                     "written only under audit/, feedback/ and watchlists/ (their keys are per date, per coin and per user).",
@@ -71,6 +80,8 @@ class Api(Construct):
         self.function = lambda_.DockerImageFunction(
             self, "Function", role=self.role, log_group=log_group, code=serving_image(HANDLER, "[api]"),
             memory_size=1024, timeout=Duration.seconds(TIMEOUT_S),
+            # At most this many requests are served at once; beyond, Lambda throttles instead of scaling the bill.
+            reserved_concurrent_executions=self.concurrency,
             environment={**environment,
                          "CST_API__ISSUER": users.pool.user_pool_provider_url,
                          "CST_API__CLIENT_ID": users.client.user_pool_client_id,

@@ -20,6 +20,7 @@ from infra.constructs import acknowledge
 from infra.constructs.lake import LakeBucket
 from shared.pipeline.asl import START
 from shared.pipeline.definition import PIPELINE, STEPS
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the serving image's build context holds: the project's code and its dependency list, nothing else.
@@ -28,6 +29,16 @@ IMAGE_EXCLUDE = [".venv", ".git", "cdk.out", "lake", "tests", "benchmarks", "inf
 # Steps whose work is network-bound fetching or small bookkeeping get less memory than the array-heavy ones. The
 # ingest step's cold import of 1,000 coins' files peaks at ~1.94 GB (bench_scale): 3,008 MB leaves a margin.
 MEMORY_MB = {"fetch": 2048, "ingest": 3008, "validate": 3008, "features": 3008, "predict": 3008}
+
+
+def reserved_concurrency(name: str, horizons: int) -> int:
+    """How many of a step's functions may run at once, from the pipeline's arithmetic: one execution per cycle and
+    action (the operators' guard), a Map over horizons runs one per horizon side by side, a Map over batches one at
+    a time; twice that for a retry or a retrain overlapping the hourly run. Beyond it Lambda throttles and the
+    state machine retries: runaway starts cannot scale the bill."""
+    step = STEPS.get(name)
+    at_once = horizons if step is not None and step.map_over == "horizons" else 1
+    return 2 * at_once
 
 
 def serving_image(handler: str, extras: str = "") -> lambda_.DockerImageCode:
@@ -55,6 +66,7 @@ class StepFunctions(Construct):
                 self, name, role=role, log_group=log_group,
                 code=serving_image(f"services.orchestrator.handlers.{name}"),
                 memory_size=MEMORY_MB.get(name, 1024), timeout=Duration.minutes(timeout_minutes),
+                reserved_concurrent_executions=reserved_concurrency(name, len(Settings().horizons)),
                 tracing=lambda_.Tracing.ACTIVE,
                 environment={**environment, "POWERTOOLS_SERVICE_NAME": "cst", "POWERTOOLS_METRICS_NAMESPACE": "cst"})
             lake_findings = lake.grant(role, write=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+import uuid
 from typing import Any
 
 import boto3
@@ -39,15 +40,20 @@ def execution_actions(state_machine_arn: str, client: Any) -> Actions:
         from shared.runs import new_ref
 
         run = RunStart.model_validate(request)
-        # The execution is named after the cycle and the action: Step Functions refuses a second execution of the
-        # same name, so one cycle's run (or retrain) starts once however often it is asked for.
-        name = action_name(run, new_ref(get_settings(), run.source).run_id)[:80]
+        # The execution is named after the cycle and the action: while it runs, a second start is refused with its
+        # ARN (two starts racing get the same execution: Step Functions' start is idempotent on name and input);
+        # once it has ended, a start of the same cycle is a new attempt under a suffixed name.
+        name = action_name(run, new_ref(get_settings(), run.source).run_id)[:70]
+        running = client.list_executions(stateMachineArn=state_machine_arn, statusFilter="RUNNING")["executions"]
+        for e in running:
+            if e["name"] == name or e["name"].startswith(name + "-"):
+                raise AlreadyRunning(e["executionArn"])
+        body = run.model_dump_json(exclude_none=True)
         try:
-            started = client.start_execution(stateMachineArn=state_machine_arn, name=name,
-                                             input=run.model_dump_json(exclude_none=True))
-        except client.exceptions.ExecutionAlreadyExists:
-            running = state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
-            raise AlreadyRunning(running) from None
+            started = client.start_execution(stateMachineArn=state_machine_arn, name=name, input=body)
+        except client.exceptions.ExecutionAlreadyExists:  # this cycle ran before and ended: a new attempt
+            started = client.start_execution(stateMachineArn=state_machine_arn, input=body,
+                                             name=f"{name}-{uuid.uuid4().hex[:8]}")
         return started["executionArn"]
 
     return Actions(start)
@@ -75,6 +81,19 @@ logger = Logger(service="cst-api")
 @logger.inject_lambda_context(log_event=False, correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 def handler(event: dict, context: object) -> dict:
     global _handler
+    if not _http_event(event):
+        # Not an HTTP API request (a test invoke, a misrouted event): a 400 in the API's error shape, not a crash.
+        logger.warning("not an HTTP API event", extra={"keys": sorted(event)[:10] if isinstance(event, dict) else []})
+        return {"statusCode": 400, "headers": {"content-type": "application/json"},
+                "body": json.dumps({"error": "bad_event", "message": "not an HTTP API (payload 2.0) request"})}
     if _handler is None:
         _handler = build()
     return _handler(event, context)
+
+
+def _http_event(event: object) -> bool:
+    """An API Gateway HTTP API request (payload format 2.0) as Mangum reads it."""
+    if not isinstance(event, dict):
+        return False
+    http = (event.get("requestContext") or {}).get("http") if isinstance(event.get("requestContext"), dict) else None
+    return isinstance(http, dict) and isinstance(http.get("method"), str) and isinstance(event.get("rawPath"), str)

@@ -336,6 +336,15 @@ def test_an_operators_retrain_through_the_lambda_handler_starts_one_execution_wi
     assert sorted(inputs, key=lambda i: i["retrain"]) == [
         {"source": "live", "retrain": False, "retrain_only": []},
         {"source": "live", "retrain": True, "retrain_only": ["24h"]}]
+    # The execution is named after the cycle and the action: a second start of this cycle's run is refused with
+    # the running one's ARN, and no second execution exists.
+    again = handler(http_api_event("POST", "/api/actions/run", token=cognito.token()), lambda_context)
+    running = json.loads(run["body"])["started"]
+    assert again["statusCode"] == 409 and running in json.loads(again["body"])["message"], again["body"]
+    assert len(sfn.list_executions(stateMachineArn=arn)["executions"]) == 2
+    # An event that is not an HTTP API request answers 400 in the API's error shape.
+    odd = handler({"hello": "world"}, lambda_context)
+    assert odd["statusCode"] == 400 and json.loads(odd["body"])["error"] == "bad_event"
 
 
 def test_the_lambda_handler_signs_browsers_in_through_the_pool_domain(cloud, cognito, lambda_context):

@@ -117,7 +117,8 @@ def test_the_api_role_writes_only_audit_feedback_and_watchlists_and_starts_only_
     stmts = role_statements(t, role_id)
     assert all(s["Effect"] == "Allow" for s in stmts)
     assert actions_of(stmts) == {"logs:CreateLogStream", "logs:PutLogEvents", "s3:GetObject", "s3:ListBucket",
-                                 "s3:PutObject", "states:StartExecution", "sns:Publish", "kms:Decrypt",
+                                 "s3:PutObject", "states:StartExecution", "states:ListExecutions",
+                                 "sns:Publish", "kms:Decrypt",
                                  "kms:GenerateDataKey*"}  # publish: an operator's test alert
     lake_id = next(k for k in resources(t, "AWS::S3::Bucket") if k.startswith("LakeBucket"))
 

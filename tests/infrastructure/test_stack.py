@@ -162,3 +162,24 @@ def test_prod_retains_data(env, tmp_path):
     app = App(outdir=str(tmp_path), context={**context, "env": env, "aws:cdk:bundling-stacks": []})
     template = Template.from_stack(build(app))
     template.has_resource("AWS::S3::Bucket", {"DeletionPolicy": "Retain"})
+
+
+def test_no_function_scales_without_bound_and_the_gateway_throttles_every_route(synthesized):
+    """Denial of wallet: every function has a reserved concurrency from the pipeline's arithmetic (a Map over
+    horizons one per horizon, twice for an overlapping retry; the API and alerts theirs), and the HTTP API's stage
+    throttles every route, pages and sign-in included."""
+    from infra.constructs.functions import reserved_concurrency
+    from shared.settings import Settings
+
+    _, t = synthesized
+    fns = resources(t, "AWS::Lambda::Function")
+    assert all("ReservedConcurrentExecutions" in f["Properties"] for f in fns.values())
+    steps = function_ids(t)
+    assert {n: fns[lid]["Properties"]["ReservedConcurrentExecutions"] for n, lid in steps.items()} == {
+        n: reserved_concurrency(n, len(Settings().horizons)) for n in LAMBDA_STEPS}
+    assert fns[steps["predict"]]["Properties"]["ReservedConcurrentExecutions"] == 2 * len(Settings().horizons)
+    total = sum(f["Properties"]["ReservedConcurrentExecutions"] for f in fns.values())
+    assert total <= 100, total  # leaves the account's default 1,000 (and its 100 unreserved) to everything else
+    (stage,) = resources(t, "AWS::ApiGatewayV2::Stage").values()
+    route = stage["Properties"]["DefaultRouteSettings"]
+    assert route["ThrottlingRateLimit"] == 10 and route["ThrottlingBurstLimit"] == 20
