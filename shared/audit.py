@@ -28,3 +28,17 @@ def feedback_key(horizon: str, coin: str, run_id: str, at: datetime) -> str:
 def watchlist_key(username: str) -> str:
     """A user's watchlist; the name is hashed so no user name ever becomes a path."""
     return f"{WATCHLISTS}user={hashlib.sha256(username.encode()).hexdigest()[:24]}.json"
+
+
+def load_watchlist(lake, username: str) -> list[str]:
+    """A user's watched coins (none when the user never watched one)."""
+    from shared.errors import LakeKeyNotFound
+
+    try:
+        return [str(c) for c in lake.get_json(watchlist_key(username)).get("coins", [])]
+    except LakeKeyNotFound:
+        return []
+
+
+def save_watchlist(lake, username: str, coins: list[str]) -> None:
+    lake.put_json(watchlist_key(username), {"coins": sorted(set(coins))[:200]})

@@ -19,6 +19,7 @@ from fastapi import Depends, HTTPException, Request
 from services.api.auth import Identity, Unauthorized, Verifier
 from services.api.login import CSRF_COOKIE, SESSION_COOKIE
 from shared.audit import AUDIT, audit_key
+from shared.records import Alert
 from shared.settings import Settings
 from shared.storage import Lake
 
@@ -84,6 +85,15 @@ class ApiContext:
             raise
         self.audit(who, action, detail, started)
         return started
+
+    def send_test_alert(self, who: Identity) -> Alert | str:
+        """An operator's test alert (the Alert with its deliveries, or in the cloud the topic's message id), audited."""
+        from services.alerts.notify import dispatch_test
+
+        out = dispatch_test(self.settings, self.lake, who.username)
+        self.audit(who, "test_alert", {}, f"published {out}" if isinstance(out, str) else
+                   f"{sum(d.ok for d in out.deliveries)}/{len(out.deliveries)} delivered")
+        return out
 
     def recent_actions(self, who: Identity) -> int:
         """How many runs and retrains this operator started (or tried to) in the last hour, from the audit log."""

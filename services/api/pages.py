@@ -25,6 +25,7 @@ from services.api.auth import Identity, Unauthorized
 from services.api.login import CSRF_COOKIE
 from services.api.models import QualityView
 from services.predict.board import price_text
+from shared.audit import load_watchlist, save_watchlist
 from shared.metrics import wilson
 from shared.records import DriftVerdict, RunSummary
 from shared.settings import Settings
@@ -139,22 +140,6 @@ def ranges_page(lake: Lake, horizons: list[str], summary: RunSummary | None) -> 
         out.append({"horizon": h, "rows": table, "chart": chart, "why": why,
                     "decision": day(rows[0].decision_ts, "1h" if h == "1h" else "1d") if rows else None})
     return {"horizons": out}
-
-
-def watchlist(lake: Lake, username: str) -> list[str]:
-    from shared.audit import watchlist_key
-    from shared.errors import LakeKeyNotFound
-
-    try:
-        return [str(c) for c in lake.get_json(watchlist_key(username)).get("coins", [])]
-    except LakeKeyNotFound:
-        return []
-
-
-def save_watchlist(lake: Lake, username: str, coins: list[str]) -> None:
-    from shared.audit import watchlist_key
-
-    lake.put_json(watchlist_key(username), {"coins": sorted(set(coins))[:200]})
 
 
 def board_page(lake: Lake, settings: Settings, horizons: list[str], summary: RunSummary | None,
@@ -469,7 +454,8 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
         summary = ctx.pop("summary", None)
         newest = [rows[0].decision_ts for h in horizons if (rows := reads.latest_rows(lake, h))]
-        ctx["freshness"] = freshness(reads.latest_summary(lake), max(newest, default=None), fresh_ms)
+        latest = summary if summary is not None else reads.latest_summary(lake)  # pages pass the latest summary
+        ctx["freshness"] = freshness(latest, max(newest, default=None), fresh_ms)
         ctx.setdefault("as_of", summary.as_of if summary else None)
         ctx.setdefault("run_id", summary.run_id if summary else None)
         body = _env.get_template(template).render(title=title, nav=NAV, active=active, who=who, csrf=csrf,
@@ -494,7 +480,7 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
     @page("/board")
     def board(request: Request, who: Viewer, watched: bool = False):
         summary = reads.latest_summary(lake)
-        mine = watchlist(lake, who.username)
+        mine = load_watchlist(lake, who.username)
         return render(request, who, "board.html", "Board", "/board", summary=summary,
                       **board_page(lake, settings, horizons, summary, mine, watched))
 
@@ -506,7 +492,7 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
         if not target.isascii() or not target.isalnum() or action not in ("add", "remove"):
             raise HTTPException(400, detail={"error": "bad_watch", "message": "a coin name (letters and digits) "
                                                                               "and add or remove"})
-        mine = watchlist(lake, who.username)
+        mine = load_watchlist(lake, who.username)
         save_watchlist(lake, who.username, [*mine, target] if action == "add" else [c for c in mine if c != target])
         return RedirectResponse("/board", status_code=303)
 
@@ -573,13 +559,8 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
 
     @app.post("/actions/test-alert", include_in_schema=False)
     def page_test_alert(request: Request, csrf: str = Form("", max_length=128)):
-        from services.alerts.notify import dispatch_test
-
         who = _operator_form(request, csrf)
-        out = dispatch_test(settings, lake, who.username)
-        published = isinstance(out, str)
-        request.app.state.cst.audit(who, "test_alert", {}, f"published {out}" if published else
-                                    f"{sum(d.ok for d in out.deliveries)}/{len(out.deliveries)} delivered")
+        published = isinstance(request.app.state.cst.send_test_alert(who), str)
         return RedirectResponse("/alerts?sent=" + ("published" if published else "ok"), status_code=303)
 
     @page("/quality")

@@ -4,7 +4,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from services.alerts import store
-from services.alerts.notify import dispatch_test
 from services.api.context import Context, Operator, Viewer
 from services.api.models import errors
 from shared.records import Alert
@@ -26,9 +25,5 @@ def alerts(ctx: Context, _: Viewer) -> list[Alert]:
 @router.post("/actions/test-alert", status_code=201, responses=errors())
 def test_alert(ctx: Context, who: Operator) -> TestAlertAnswer:
     """One alert to every channel, so an operator sees that the channels work."""
-    out = dispatch_test(ctx.settings, ctx.lake, who.username)
-    answer = TestAlertAnswer(alert=out) if isinstance(out, Alert) else TestAlertAnswer(published=out)
-    said = (f"{sum(d.ok for d in answer.alert.deliveries)}/{len(answer.alert.deliveries)} delivered"
-            if answer.alert else f"published {answer.published}")
-    ctx.audit(who, "test_alert", {}, said)
-    return answer
+    out = ctx.send_test_alert(who)
+    return TestAlertAnswer(alert=out) if isinstance(out, Alert) else TestAlertAnswer(published=out)
