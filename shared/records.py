@@ -501,3 +501,162 @@ class Alert(Record):
     body: str
     link: str
     deliveries: list[Delivery] = []
+
+
+BookName = Literal["signals", "research"]
+
+
+class Fill(Record):
+    """One trade of a paper book at a daily close: a signal's entry or exit, or a rebalance of the research basket."""
+
+    book: BookName
+    ts: int = Field(description="the close it filled at (epoch ms): the decision candle's close, the next bar's open")
+    coin: str
+    action: Literal["entry", "exit", "rebalance"]
+    side: int = Field(description="+1 bought, -1 sold")
+    qty: float = Field(description="coins (contracts) traded, > 0")
+    price: float
+    notional: float
+    fee: float
+    impact: float = Field(description="the square-root impact model's cost, in quote currency")
+    funding: float = Field(0.0, description="perpetual funding settled at this fill (a signal's exit: its days held)")
+    pnl: float | None = Field(None, description="an exit: the position's profit after every cost")
+    reason: str = Field(description="signal, horizon, delayed_exit, stop_loss, end_of_data, rebalance")
+    decision_ts: int = Field(description="the decision the position follows (epoch ms)")
+    run_id: str = Field(description="the run whose book step made the fill")
+
+
+class BookPosition(Record):
+    """An open position of the signals book: the order that opened it and what its entry cost, enough to mark, guard
+    and close it exactly as the backtest does."""
+
+    coin: str
+    direction: int
+    qty: float
+    entry_ts: int
+    exit_ts: int = Field(description="the close its horizon ends at")
+    entry_price: float
+    entry_notional: float
+    entry_impact_bps: float
+    entry_cost: float
+    adv: float
+    daily_vol: float
+    edge_bps: float = Field(description="the expected edge the guards judged it by")
+    decision_ts: int
+    horizon_days: int
+    p_up: float
+    q10: float
+    q50: float
+    q90: float
+    vol_forecast: float | None = None
+    last_price: float = Field(description="its latest mark (held when the coin has no candle)")
+
+
+class BookMark(Record):
+    """A book marked at a daily close."""
+
+    ts: int
+    equity: float
+    gross: float = Field(description="gross exposure in quote currency")
+
+
+class BookState(Record):
+    """A paper book as it stands after its last step: cash, positions, costs paid and the equity at every close."""
+
+    book: BookName
+    label: str
+    venue: str | None = None
+    start_ts: int = Field(description="its first close (epoch ms)")
+    last_close_ts: int
+    cash: float
+    peak_equity: float
+    halted: bool = False
+    fees: float = 0.0
+    impact: float = 0.0
+    funding: float = 0.0
+    traded_notional: float = 0.0
+    positions: list[BookPosition] = Field([], description="the signals book's open positions")
+    holdings: dict[str, float] = Field({}, description="the research book's signed units per coin")
+    last_prices: dict[str, float] = Field({}, description="the research book's latest mark per held coin")
+    marks: list[BookMark] = []
+    runs: list[str] = Field([], description="the runs that stepped it, in order")
+
+
+class BookStep(Record):
+    """What one run's book step did: the closes it advanced through, its fills and the gate's decisions."""
+
+    book: BookName
+    run_id: str
+    as_of: str
+    closes: list[int]
+    fills: list[Fill] = []
+    decisions: list[BookDecision] = []
+    orders: int = Field(0, description="orders (signals) or legs (basket) it was handed at its close")
+    targets: dict[str, float] = Field({}, description="the research book: the basket's signed weights it traded to")
+    model_version: str | None = None
+    note: str | None = None
+
+
+ReconcileCause = Literal["missed_run", "signal", "model_version", "universe", "gate", "fill_price", "cost",
+                         "unexplained"]
+
+
+class Difference(Record):
+    """One way the replay of the backtest and a paper book part: what, where, by how much, and why."""
+
+    book: BookName
+    cause: ReconcileCause
+    coin: str | None = None
+    ts: int | None = None
+    detail: str
+    book_value: float | None = None
+    replay_value: float | None = None
+
+
+class Reconciliation(Record):
+    """The backtest replayed from the logged predictions over the books' period, set against the books."""
+
+    from_ts: int
+    to_ts: int
+    made_at: str
+    books: dict[str, dict[str, Any]] = Field(description="per book: equity of book and replay, fills, P&L gap")
+    differences: list[Difference] = []
+    unexplained: int = 0
+    verdict: str
+
+
+class BookRecord(Record):
+    """One paper book's track record: its equity against BTC and the equal-weight universe, its drawdown, hits and
+    costs, and what it holds now."""
+
+    book: BookName
+    label: str
+    venue: str | None = None
+    start_ts: int
+    last_close_ts: int
+    ts: list[int] = Field(description="the daily closes of the curves")
+    equity: list[float] = Field(description="the book's equity at each close")
+    growth: list[float] = Field(description="equity / starting equity")
+    btc: list[float | None] = Field(description="BTC bought at the book's first close, growth of 1 (None: no BTC)")
+    equal_weight: list[float | None] = Field(description="the universe's coins equally weighted, rebalanced daily")
+    drawdown: list[float] = Field(description="fraction below the running peak")
+    total_return: float
+    max_drawdown: float
+    closed: int = Field(description="signals: positions closed; research: rebalance days")
+    wins: int = Field(description="signals: closed with a profit; research: days the equity rose")
+    fills: int
+    fees: float
+    impact: float
+    funding: float
+    positions: list[BookPosition] = []
+    holdings: dict[str, float] = {}
+
+
+class TrackRecord(Record):
+    """The paper books as a trader checks them: each book's record, the last reconciliation with the backtest, and
+    the alerts sent over the books' period by event."""
+
+    books: list[BookRecord] = []
+    reconciliation: Reconciliation | None = None
+    alerts_sent: dict[str, int] = Field({}, description="event -> alerts sent since the books' first close")
+    benchmark_note: str = ""

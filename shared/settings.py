@@ -490,6 +490,10 @@ class RiskSettings(BaseModel):
     allocation: Literal["kelly", "mean_variance"] = "kelly"
     # Annualisation of daily figures (CAGR, Sharpe, turnover): crypto trades every day of the year.
     periods_per_year: float = 365.0
+    # Perpetual funding a position pays (long) or receives (short) per day held, in bps of its entry notional; 0 on
+    # spot. A book of perpetuals takes the basket's assumed rates (services/books: `book_risk`).
+    funding_long_bps_per_day: float = 0.0
+    funding_short_bps_per_day: float = 0.0
     basket: BasketSettings = BasketSettings()
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVING = ("services.predict", "services.features", "services.risk")
+SERVING = ("services.predict", "services.features", "services.risk", "services.books")
 SERVICES = ("services.ingest", "services.features", "services.training", "services.predict", "services.risk",
-            "services.evaluation", "services.alerts")
+            "services.evaluation", "services.alerts", "services.books")
 FACES = ("services.cli", "services.api")
 ORCHESTRATOR = "services.orchestrator"
 TRAINING_ONLY_LIBS = ("sklearn", "torch", "shap", "lightgbm", "matplotlib")
@@ -94,6 +94,11 @@ def test_the_graph_sees_the_packages_and_function_level_imports():
     # Alerts read a run's summary (shared records) and nothing of the services that made it.
     ("services.alerts", ("services.ingest", "services.features", "services.training", "services.predict",
                          "services.risk", "services.evaluation")),
+    # The books follow what the pipeline decided (risk, predict) and replay it with the backtest (evaluation's); they
+    # run in the serving image, so nothing of training.
+    ("services.books", ("services.training",)),
+    ("services.evaluation", ("services.books",)),
+    ("services.risk", ("services.books",)),
 ])
 def test_imports_point_down(source, banned):
     bad = _violations(source, lambda t: any(_within(t, b) for b in banned))

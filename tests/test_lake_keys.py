@@ -36,6 +36,7 @@ OWNERS = {
     "watchlists": "shared/audit.py",
     "alerts": "services/alerts/store.py",
     "state/alerts": "services/alerts/store.py",
+    "books": "services/books/store.py",
 }
 STORES = set(OWNERS.values())
 TOP = re.compile(r"^(%s)/" % "|".join(sorted({k.split("/")[0] for k in OWNERS}, key=len, reverse=True)))

@@ -19,7 +19,7 @@ DOCUMENT_MODULES = [
     "services/predict/steps.py", "services/predict/logbook.py", "services/predict/drift.py", "services/predict/board.py",
     "services/risk/steps.py", "services/risk/gate.py", "services/training/registry.py", "services/training/train.py",
     "services/training/steps.py", "services/orchestrator/summary.py", "services/orchestrator/usecases.py",
-    "services/api/reads.py", "services/api/context.py", "services/api/routes", "services/cli",
+    "services/books", "services/api/reads.py", "services/api/context.py", "services/api/routes", "services/cli",
 ]
 # Mappings that are not documents: what each one is.
 NOT_DOCUMENTS = {

@@ -63,4 +63,16 @@ def note_sends(lake: Lake, channel: str, times: list[str]) -> None:
     lake.put_json(channel_key(channel), {"sent": times})
 
 
-__all__ = ["alert_key", "channel_sends", "note_sends", "recent", "record", "sent"]
+
+
+
+def sent_by_event(lake: Lake, since_day: str) -> dict[str, int]:
+    """How many alerts of each event were sent on or after `since_day` (YYYY-MM-DD)."""
+    out: dict[str, int] = {}
+    for day in sorted(f for f in lake.folders(ALERTS) if f.startswith("date=") and f[5:] >= since_day):
+        for k in lake.list(f"{ALERTS}{day}/"):
+            if k.endswith(".json"):
+                event = Alert.model_validate(lake.get_json(k)).event
+                out[event] = out.get(event, 0) + 1
+    return dict(sorted(out.items()))
+__all__ = ["alert_key", "channel_sends", "note_sends", "recent", "record", "sent", "sent_by_event"]

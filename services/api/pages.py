@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 # The charting library, installed from the npm registry by `npm ci --prefix services/api` (package-lock.json pins it).
 CHART_JS = HERE / "node_modules" / "chart.js" / "dist" / "chart.umd.min.js"
 NAV = [("/", "Signals"), ("/board", "Board"), ("/ranges", "Ranges"), ("/performance", "Performance"), ("/runs", "Runs"),
-       ("/quality", "Data quality"), ("/models", "Models"), ("/alerts", "Alerts")]
+       ("/track-record", "Track record"), ("/quality", "Data quality"), ("/models", "Models"), ("/alerts", "Alerts")]
 UP, DOWN, BAND, GREY = "#1b7f3b", "#b3261e", "rgba(54, 110, 201, 0.18)", "#5d6673"
 COLORS = ["#366ec9", "#d9822b", "#1b7f3b", "#8e44ad", "#b3261e", "#2c9aa0", "#7a6a2a", "#c2185b", "#455a64"]
 PAGE = 50
@@ -327,6 +327,57 @@ def performance_page(lake: Lake, horizons: list[str], summary: RunSummary | None
     return {"horizons": out}
 
 
+def money(x: float) -> str:
+    return f"{x:,.2f}"
+
+
+def track_record_page(lake: Lake, settings: Settings) -> dict:
+    """The paper books against BTC and the equal-weight universe, their drawdown, hits and costs, the last
+    reconciliation with the backtest and the alerts sent."""
+    from services.books.record import track_record
+
+    tr = track_record(lake, settings)
+    books = []
+    for b in tr.books:
+        labels = [day(t) for t in b.ts]
+        line = lambda name, ys, c, dash=None: {  # noqa: E731
+            "label": name, "data": [None if y is None else round(y, 6) for y in ys], "borderColor": c,
+            "backgroundColor": c, "pointRadius": 0, "borderWidth": 2, "spanGaps": False,
+            **({"borderDash": dash} if dash else {})}
+        sets = [line(f"{b.book} book", b.growth, COLORS[0])]
+        if any(v is not None for v in b.btc):
+            sets.append(line("BTC (buy and hold)", b.btc, COLORS[1], [6, 3]))
+        if any(v is not None for v in b.equal_weight):
+            sets.append(line("equal-weight universe", b.equal_weight, GREY, [2, 3]))
+        unit = "positions closed" if b.book == "signals" else "days"
+        books.append({
+            "book": b.book, "label": b.label, "venue": b.venue or "–", "since": day(b.start_ts),
+            "until": day(b.last_close_ts), "total_return": pct(b.total_return, signed=True),
+            "max_drawdown": pct(b.max_drawdown), "equity": money(b.equity[-1]),
+            "hits": f"{rate(b.wins, b.closed)} of {b.closed} {unit}" if b.closed else f"no {unit} yet",
+            "fills": b.fills, "fees": money(b.fees), "impact": money(b.impact), "funding": money(b.funding),
+            "equity_chart": _chart("line", labels, sets, y="growth of 1 since the book's first close"),
+            "drawdown_chart": _chart("line", labels, [{
+                "label": "drawdown (%)", "data": [round(-100 * d, 3) for d in b.drawdown], "borderColor": DOWN,
+                "backgroundColor": "rgba(179, 38, 30, 0.15)", "fill": True, "pointRadius": 0}],
+                y="below the running peak (%)", legend=False),
+            "positions": [{"coin": p.coin, "side": "long" if p.direction == 1 else "short", "since": day(p.entry_ts),
+                           "until": day(p.exit_ts), "entry": price_text(p.entry_price),
+                           "notional": money(p.entry_notional)} for p in b.positions],
+            "holdings": [{"coin": c, "side": "long" if u > 0 else "short", "units": f"{abs(u):,.4g}"}
+                         for c, u in sorted(b.holdings.items(), key=lambda kv: -kv[1])],
+        })
+    rec = tr.reconciliation
+    return {"books": books, "benchmark_note": tr.benchmark_note,
+            "alerts_sent": [(k.replace("_", " "), v) for k, v in tr.alerts_sent.items()],
+            "reconciliation": None if rec is None else {
+                "verdict": rec.verdict, "ok": rec.unexplained == 0, "made_at": rec.made_at.replace("T", " ")[:16],
+                "period": f"{day(rec.from_ts)} to {day(rec.to_ts)}",
+                "books": [(name, money(f["equity"]), money(f["replay_equity"]), money(f["gap"]),
+                           ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in f["by_cause"].items()) or "none")
+                          for name, f in rec.books.items()]}}
+
+
 def age_text(ms: int) -> str:
     hours = ms / 3_600_000
     if hours < 1:
@@ -556,6 +607,11 @@ def add_pages(app: FastAPI, settings: Settings, lake: Lake, horizons: list[str],
                  "published": "Test alert published to the alerts topic: the alerts function delivers it."}.get(sent or "")
         return render(request, who, "alerts.html", "Alerts", "/alerts", alerts=rows, flash=flash,
                       channels=len(settings.alerts.urls), cloud=bool(settings.alerts.topic_arn))
+
+    @page("/track-record")
+    def track_record(request: Request, who: Viewer):
+        return render(request, who, "track_record.html", "Track record", "/track-record",
+                      **track_record_page(lake, settings))
 
     @app.post("/actions/test-alert", include_in_schema=False)
     def page_test_alert(request: Request, csrf: str = Form("", max_length=128)):

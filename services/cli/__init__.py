@@ -10,13 +10,13 @@ import argparse
 import logging
 import sys
 
-from services.cli import evaluate, ingest, run, serve, train, validate
+from services.cli import books, evaluate, ingest, run, serve, train, validate
 from services.cli.common import console, lake_option
 from shared.errors import CstError
 from shared.logging import configure_logging, redact
 from shared.settings import Settings, resolve_secrets
 
-COMMANDS = (validate, train, evaluate, ingest, run, serve)
+COMMANDS = (validate, train, evaluate, ingest, run, books, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.risk.gate import Portfolio
+from services.risk.gate import COST_MODEL, Portfolio  # noqa: F401 - the backtest's cost label
 from services.risk.history import PriceHistory, mark_at_last_close
 from services.risk.orders import Order
 from shared.errors import CstError
 from shared.records import BookDecision
 from shared.settings import RiskSettings
-
-COST_MODEL = "sqrt_impact"
-
 
 @dataclass
 class BacktestResult:
@@ -36,6 +33,7 @@ class BacktestResult:
     metrics: dict
     skipped: dict[str, int]
     gross_exposure: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    open: dict = field(default_factory=dict)  # coin -> gate.Position still open at the end (hold_open only)
 
 
 def drawdown(equity) -> np.ndarray:
@@ -134,63 +132,20 @@ def equal_weight(history: PriceHistory, start_ms: int, end_ms: int, rebalance_da
     return out
 
 
-class _Run(Portfolio):
-    """One backtest's book, advanced close by close by run_backtest (a portfolio is path-dependent)."""
-
-    def __init__(self, history: PriceHistory, cfg: RiskSettings):
-        super().__init__(history, cfg)
-        self.trades: list[dict] = []
-
-    # -- one close ----------------------------------------------------------------------------------------------
-    def exits(self, i: int) -> None:
-        last, stop = i == len(self.history.ts) - 1, self.cfg.stop_loss
-        for coin, p in list(self.open.items()):
-            px = self.history.close[i, p.col]
-            if not np.isfinite(px):
-                if not last:
-                    continue  # no candle: the exit waits for the next close, the mark holds the last one
-                px, reason = self.mark[i, p.col], "end_of_data"
-            elif i >= p.exit_i:
-                reason = "horizon" if i == p.exit_i else "delayed_exit"
-            elif stop is not None and p.order.direction * (px / p.entry_price - 1) <= -stop:
-                reason = "stop_loss"  # judged at closes: daily history has no intraday path
-            else:
-                continue
-            value = float(p.qty * px)
-            adv, dv = float(self.adv[i, p.col]), float(self.vol[i, p.col])
-            if not (np.isfinite(adv) and adv > 0 and np.isfinite(dv)):
-                adv, dv = p.adv, p.daily_vol  # the exit day's inputs are unknown: the entry's are the last known
-            impact = self.cost_bps(value, adv, dv)
-            fee = value * self.cfg.fee_bps / 1e4
-            slip = value * impact / 1e4
-            self.cash += p.order.direction * value - fee - slip
-            self.fees += fee
-            self.impact += slip
-            self.traded_notional += value
-            pnl = p.order.direction * p.qty * (px - p.entry_price) - p.entry_cost - fee - slip
-            self.trades.append({
-                "coin": coin, "direction": p.order.direction, "horizon_days": p.order.horizon_days,
-                "entry_ts": int(self.history.close_ts[p.entry_i]), "exit_ts": int(self.history.close_ts[i]),
-                "entry_price": p.entry_price, "exit_price": float(px), "qty": p.qty,
-                "entry_notional": p.entry_notional, "exit_notional": float(value),
-                "fee_bps": self.cfg.fee_bps, "entry_cost_bps": p.entry_impact_bps, "exit_cost_bps": impact,
-                "cost_model": COST_MODEL, "costs": p.entry_cost + fee + slip, "pnl": float(pnl),
-                "return": float(pnl / p.entry_notional), "exit_reason": reason, "p_up": p.order.p_up,
-            })
-            del self.open[coin]
-
-
 def run_backtest(history: PriceHistory, orders: list[Order], cfg: RiskSettings, start_ms: int | None = None,
-                 end_ms: int | None = None) -> BacktestResult:
+                 end_ms: int | None = None, hold_open: bool = False) -> BacktestResult:
     """Simulate `orders` on `history` close by close: exits, marks, then that close's entries.
 
     The whole history is simulated (sizing and guards read the days before an order), but the curve and the
     metrics cover only the closes in [start_ms, end_ms] when given: exposure and turnover are per period traded,
-    not diluted by years before the first order.
+    not diluted by years before the first order. `hold_open`: as a paper book trades (services/books), an order
+    whose horizon ends beyond the data is entered and what is open at the last close stays open
+    (`BacktestResult.open`), instead of being refused and closed.
     """
     if len(history.ts) == 0:
         raise CstError("history_empty", "the price history has no rows to simulate on")
-    run = _Run(history, cfg)
+    run = Portfolio(history, cfg)
+    run.close_at_end = not hold_open
     row = {int(t): i for i, t in enumerate(history.close_ts)}
     today: dict[int, list[Order]] = defaultdict(list)
     for o in sorted(orders, key=lambda o: (o.ts_ms, o.coin, o.horizon_days)):
@@ -205,13 +160,7 @@ def run_backtest(history: PriceHistory, orders: list[Order], cfg: RiskSettings, 
     T = len(history.ts)
     equity, gross = np.empty(T), np.empty(T)
     for i in range(T):
-        run.exits(i)
-        eq, gx = run.value(i)
-        run.book.equity, run.book.peak_equity = eq, max(run.book.peak_equity, eq)
-        alloc = run.allocate(i, today.get(i, [])) if cfg.allocation == "mean_variance" else {}
-        for o in today.get(i, []):
-            eq, gx = run.entry(i, o, eq, gx, fraction=alloc.get(id(o)))
-        equity[i], gross[i] = run.value(i)
+        equity[i], gross[i] = run.step(i, today.get(i, []), require_exit=not hold_open)
     run.trades.sort(key=lambda t: (t["entry_ts"], t["coin"]))  # appended as they closed; read in entry order
     sl = history.window(history.close_ts[0] if start_ms is None else start_ms,
                         history.close_ts[-1] if end_ms is None else end_ms)
@@ -219,10 +168,10 @@ def run_backtest(history: PriceHistory, orders: list[Order], cfg: RiskSettings, 
     if ts.size == 0:
         raise CstError("window_empty", "no close lies in the requested backtest window")
     return BacktestResult(ts, equity, run.trades, run.decisions, _metrics(run, equity, gross, ts, len(orders)),
-                          dict(run.skipped), gross)
+                          dict(run.skipped), gross, dict(run.open))
 
 
-def _metrics(run: _Run, equity: np.ndarray, gross: np.ndarray, ts: np.ndarray, n_orders: int) -> dict:
+def _metrics(run: Portfolio, equity: np.ndarray, gross: np.ndarray, ts: np.ndarray, n_orders: int) -> dict:
     """performance() plus trading figures. turnover = traded notional (entries + exits) / mean equity, per year."""
     ppy = run.cfg.periods_per_year
     out = performance(equity, ts, ppy)
@@ -237,6 +186,7 @@ def _metrics(run: _Run, equity: np.ndarray, gross: np.ndarray, ts: np.ndarray, n
         "costs_paid": float(run.fees + run.impact),
         "fees_paid": float(run.fees),
         "impact_paid": float(run.impact),
+        "funding_paid": float(run.funding),
         "final_equity": float(equity[-1]),
         # Entries sized by the volatility forecast, and by the trailing daily sd where an order carried none.
         "sized_by": dict(run.sizing_vol),

@@ -58,6 +58,12 @@ def risk(ctx: StepContext, ref: RunRef) -> StepOutput:
     return risk(ctx, ref)
 
 
+def books(ctx: StepContext, ref: RunRef) -> StepOutput:
+    from services.books.steps import books
+
+    return books(ctx, ref)
+
+
 def outcomes(ctx: StepContext, ref: RunRef) -> StepOutput:
     from services.predict.steps import outcomes
 
@@ -96,6 +102,7 @@ ENTRIES: dict[str, StepFunction] = {
     "train": train,
     "predict": predict,
     "risk": risk,
+    "books": books,
     "outcomes": outcomes,
     "performance": performance,
     "drift": drift,

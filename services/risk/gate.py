@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from services.risk.guards import GUARDS, Book, SizedOrder, apply_guards, impact_model
-from services.risk.history import PriceHistory, mark_at_last_close
+from services.risk.history import DAY_MS, PriceHistory, mark_at_last_close
 from services.risk.orders import Order
 from services.risk.sizing import (
     expected_edge_bps,
@@ -36,14 +36,16 @@ from shared.records import BookDecision, GuardDecision, RiskDecision
 from shared.rolling import log_return, rolling_mean, rolling_std
 from shared.settings import RiskSettings
 
+COST_MODEL = "sqrt_impact"
+
 
 @dataclass
 class Position:
     order: Order
     col: int
     qty: float  # coins, > 0; the sign is the order's direction
-    entry_i: int
-    exit_i: int
+    entry_ts: int  # close time of the entry (ms)
+    exit_ts: int  # close time the horizon ends at: the exit's close unless the coin has no candle then
     entry_price: float
     entry_notional: float
     entry_impact_bps: float
@@ -82,6 +84,73 @@ class Portfolio:
         self.traded_notional = 0.0
         self.fees = 0.0
         self.impact = 0.0
+        self.funding = 0.0
+        self.trades: list[dict] = []  # closed positions, in the order they closed
+        # A backtest closes what is open at its last close; a paper book (and its replay) holds it to its horizon.
+        self.close_at_end = True
+
+    # -- one close ----------------------------------------------------------------------------------------------
+    def step(self, i: int, orders: list[Order], require_exit: bool = True) -> tuple[float, float]:
+        """Close i: exits, marks, then that close's entries (by coin, then horizon: the same orders are entered in
+        the same order however they were handed over); returns (equity, gross exposure) after them."""
+        orders = sorted(orders, key=lambda o: (o.coin, o.horizon_days))
+        self.exits(i)
+        eq, gx = self.value(i)
+        self.book.equity, self.book.peak_equity = eq, max(self.book.peak_equity, eq)
+        alloc = self.allocate(i, orders) if self.cfg.allocation == "mean_variance" else {}
+        for o in orders:
+            eq, gx = self.entry(i, o, eq, gx, require_exit=require_exit, fraction=alloc.get(id(o)))
+        return self.value(i)
+
+    def funding_cost(self, p: Position, exit_ts: int) -> float:
+        """Perpetual funding over the days held (0 on spot): a long pays `funding_long_bps_per_day` of its entry
+        notional, a short receives `funding_short_bps_per_day`."""
+        rate = self.cfg.funding_long_bps_per_day if p.order.direction == 1 else -self.cfg.funding_short_bps_per_day
+        return p.entry_notional * rate / 1e4 * (exit_ts - p.entry_ts) / DAY_MS
+
+    def exits(self, i: int) -> None:
+        """Close the positions due at close i: their horizon reached (or passed, where the coin had no candle), the
+        stop-loss hit, or the history's last close unless the book holds its positions open past it."""
+        last = self.close_at_end and i == len(self.history.ts) - 1
+        stop, now = self.cfg.stop_loss, int(self.history.close_ts[i])
+        for coin, p in list(self.open.items()):
+            px = self.history.close[i, p.col]
+            if not np.isfinite(px):
+                if not last:
+                    continue  # no candle: the exit waits for the next close, the mark holds the last one
+                px, reason = self.mark[i, p.col], "end_of_data"
+            elif now >= p.exit_ts:
+                reason = "horizon" if now == p.exit_ts else "delayed_exit"
+            elif stop is not None and p.order.direction * (px / p.entry_price - 1) <= -stop:
+                reason = "stop_loss"  # judged at closes: daily history has no intraday path
+            else:
+                continue
+            value = float(p.qty * px)
+            adv, dv = float(self.adv[i, p.col]), float(self.vol[i, p.col])
+            if not (np.isfinite(adv) and adv > 0 and np.isfinite(dv)):
+                adv, dv = p.adv, p.daily_vol  # the exit day's inputs are unknown: the entry's are the last known
+            impact = self.cost_bps(value, adv, dv)
+            fee = value * self.cfg.fee_bps / 1e4
+            slip = value * impact / 1e4
+            funding = self.funding_cost(p, now)
+            self.cash += p.order.direction * value - fee - slip - funding
+            self.fees += fee
+            self.impact += slip
+            self.funding += funding
+            self.traded_notional += value
+            pnl = p.order.direction * p.qty * (px - p.entry_price) - p.entry_cost - fee - slip - funding
+            self.trades.append({
+                "coin": coin, "direction": p.order.direction, "horizon_days": p.order.horizon_days,
+                "decision_ts": int(p.order.ts_ms), "entry_ts": p.entry_ts, "exit_ts": now,
+                "entry_price": p.entry_price, "exit_price": float(px), "qty": p.qty,
+                "entry_notional": p.entry_notional, "exit_notional": float(value),
+                "fee_bps": self.cfg.fee_bps, "entry_cost_bps": p.entry_impact_bps, "exit_cost_bps": impact,
+                "cost_model": COST_MODEL, "funding": funding, "exit_costs": fee + slip + funding,
+                "costs": p.entry_cost + fee + slip + funding,
+                "pnl": float(pnl), "return": float(pnl / p.entry_notional), "exit_reason": reason,
+                "p_up": p.order.p_up,
+            })
+            del self.open[coin]
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
     def value(self, i: int) -> tuple[float, float]:
@@ -200,8 +269,9 @@ class Portfolio:
         self.fees += fee
         self.impact += slip
         self.traded_notional += notional
-        self.open[o.coin] = Position(o, j, float(notional / px), i, i + o.horizon_days, float(px), notional, impact,
-                                     fee + slip, adv, dv, replace(sized, notional=notional))
+        entry_ts = int(self.history.close_ts[i])
+        self.open[o.coin] = Position(o, j, float(notional / px), entry_ts, entry_ts + o.horizon_days * DAY_MS,
+                                     float(px), notional, impact, fee + slip, adv, dv, replace(sized, notional=notional))
         return equity - fee - slip, gross + notional
 
 

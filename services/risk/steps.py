@@ -24,6 +24,7 @@ from shared.pipeline.contracts import RiskOutput, RunRef
 from shared.records import Basket, BasketLeg, GuardDecision, Prediction, RiskDecision, Signal
 from shared.registry import load_metadata
 from shared.settings import Settings, timeframe_ms
+from shared.storage import Lake
 
 
 def gate_signals(settings: Settings, panel: Panel | None, signals: list[Signal]) -> None:
@@ -59,7 +60,7 @@ def risk(ctx: StepContext, ref: RunRef) -> RiskOutput:
     out = RiskOutput(run_id=ref.run_id, predictions=len(preds), actionable=sum(p.actionable for p in preds),
                      signals=signals, tradable=sum(s.tradable for s in signals),
                      cross_section=cross_section_consensus(preds, settings.consensus_min_horizons))
-    out.basket, out.basket_note = market_neutral_basket(ctx, settings, preds, panel)
+    out.basket, out.basket_note = market_neutral_basket(ctx.lake, settings, preds, panel)
     return out
 
 
@@ -73,7 +74,7 @@ BASKET_GUARDS = {
 }
 
 
-def market_neutral_basket(ctx: StepContext, settings: Settings, preds: list[Prediction],
+def market_neutral_basket(lake: Lake, settings: Settings, preds: list[Prediction],
                           panel: Panel | None) -> tuple[Basket | None, str | None]:
     """Long the top `risk.basket.quantile` of the basket horizon's cross-sectional score, short the bottom, within
     the guards; labelled with the held-out rank IC and skill verdict of the stack that ranked them."""
@@ -95,7 +96,7 @@ def market_neutral_basket(ctx: StepContext, settings: Settings, preds: list[Pred
     if not built.per_leg:
         return None, f"{built.ranked} coins ranked: too few for a long and a short leg"
     version = rows[0].model_version
-    meta = load_metadata(ctx.lake, cfg.horizon, version)
+    meta = load_metadata(lake, cfg.horizon, version)
     beats = meta.beats if meta is not None else None
     ic = (beats.metrics.get("rank_ic") if beats is not None else None) or None
     skill = (beats.skill or {}).get("verdict") if beats is not None else None

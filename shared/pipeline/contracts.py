@@ -185,6 +185,22 @@ class DriftOutput(StepOutput):
     retrain: list[str] = []
 
 
+class BookMove(BaseModel):
+    """What one paper book did in a run's step."""
+
+    closes: int = 0
+    fills: int = 0
+    equity: float | None = None
+    note: str | None = None
+
+
+class BooksOutput(StepOutput):
+    books: dict[str, BookMove] = Field({}, description="signals, research -> what the step did to it")
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "Fills": sum(b.fills for b in self.books.values())}
+
+
 class SummaryOutput(StepOutput):
     status: Literal["complete", "failed"] = "complete"
     summary_key: str = ""
@@ -195,5 +211,5 @@ class SummaryOutput(StepOutput):
 
 CONTRACTS: dict[str, type[BaseModel]] = {c.__name__: c for c in (
     RunRef, StepOutput, IngestOutput, ValidateOutput, FeaturesOutput, TrainOutput, PredictOutput, RiskOutput,
-    OutcomesOutput, PerformanceOutput, DriftOutput, SummaryOutput)}
+    BooksOutput, OutcomesOutput, PerformanceOutput, DriftOutput, SummaryOutput)}
 

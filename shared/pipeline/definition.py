@@ -63,6 +63,9 @@ PIPELINE: tuple[Step, ...] = (
     Step(name="predict", output="PredictOutput", runtime="map", map_over="horizons",
          doc="one horizon's decision time: ONNX, SHAP, the confidence filter, the log"),
     Step(name="risk", output="RiskOutput", doc="consensus over horizons and the risk gate on each signal"),
+    Step(name="books", output="BooksOutput",
+         doc="the paper books at the run's daily close: the signals book through the risk gate, the research book at "
+             "the basket's weights"),
     Step(name="outcomes", output="OutcomesOutput",
          doc="outcomes of predictions that matured since the last run, once each"),
     Step(name="performance", output="PerformanceOutput", doc="rolling hit rate, Brier and ECE per coin and horizon"),

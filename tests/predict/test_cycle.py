@@ -156,6 +156,34 @@ def test_later_run_records_matured_outcomes_exactly_once(source, lake_dir, env):
         assert len(served) <= 1, (h, served)
 
 
+def test_the_books_step_with_each_daily_run_and_agree_with_the_replayed_backtest_to_the_cent(lake_dir):
+    from services.books import store
+    from shared.storage import LocalLake
+
+    lake = LocalLake(lake_dir)
+    research, signals = store.load_state(lake, "research"), store.load_state(lake, "signals")
+    day = 86_400_000
+    # Runs at 05-01, 05-09 and 05-10 (and 05-01 again, which changed nothing): ten closes, three steps.
+    for book in (research, signals):
+        assert book.start_ts == 1714521600000 and book.last_close_ts == 1715299200000
+        assert [m.ts for m in book.marks] == [1714521600000 + k * day for k in range(10)]
+        assert len(book.runs) == 3
+    # The research book holds the 7d basket (one long, one short of five), dollar-neutral at its last rebalance.
+    assert len(research.holdings) == 2 and sorted(u > 0 for u in research.holdings.values()) == [False, True]
+    steps = store.steps(lake, "research")
+    assert [len(s.closes) for s in steps] == [1, 8, 1] and "without a run of their own" in steps[1].note
+    assert all(f.action == "rebalance" and f.ts in (1714521600000, 1715212800000, 1715299200000)
+               for s in steps for f in s.fills)
+    assert research.fees > 0 and research.impact > 0
+    # Nothing reached 80%: the signals book holds cash and pays nothing.
+    assert not signals.positions and signals.marks[-1].equity == 100_000.0
+    # The backtest replayed from the logged predictions alone: the same fills, equity equal to the cent.
+    assert cli.main(["reconcile", "--lake", str(lake_dir)]) == 0
+    rec = store.load_reconciliation(lake)
+    assert rec.verdict == "the books and the replay agree to the cent" and rec.differences == [] and abs(rec.books["research"]["gap"]) < 0.005
+    assert rec.books["research"]["fills"] == rec.books["research"]["replay_trades"] > 0
+
+
 def test_consensus_needs_agreeing_actionable_horizons():
     from types import SimpleNamespace
 
@@ -372,6 +400,35 @@ def test_hourly_runs_predict_each_daily_decision_once_and_count_its_outcome_once
     assert later["outcomes_recorded"] == 5
     ids = [(r["horizon"], r["coin"], r["decision_ts"]) for r in outcome_rows(lake)]
     assert len(ids) == len(set(ids)) == 5
+
+
+def test_hourly_runs_leave_the_books_and_a_missed_daily_run_is_a_difference_with_its_cause(
+        source, lake_dir, env, tmp_path):
+    from services.books import store
+    from shared.storage import LocalLake
+
+    lake = tmp_path / "lake"
+    copy_models(lake_dir, lake)
+    run(source, lake, "2024-05-11T00:00:00Z")
+    books = LocalLake(lake)
+    at_midnight = {p.relative_to(lake).as_posix(): p.read_bytes() for p in (lake / "books").rglob("*") if p.is_file()}
+    assert {k.split("/")[1] for k in at_midnight} == {"book=research", "book=signals"}
+    for hour in (1, 13):
+        run(source, lake, f"2024-05-11T{hour:02d}:00:00Z")
+    # A run between daily closes fills nothing at a close already past: the books are byte for byte the same.
+    assert {p.relative_to(lake).as_posix(): p.read_bytes() for p in (lake / "books").rglob("*")
+            if p.is_file()} == at_midnight
+    # 05-12's decisions are made by a 06:00 run, which moves no book; the 05-13 run advances through 05-12 without
+    # following them. The replay follows the log, so it rebalances at 05-12: a difference, and its cause.
+    run(source, lake, "2024-05-12T06:00:00Z")
+    run(source, lake, "2024-05-13T00:00:00Z")
+    assert store.load_state(books, "research").last_close_ts == 1715558400000
+    assert cli.main(["reconcile", "--lake", str(lake)]) == 0
+    rec = store.load_reconciliation(books)
+    assert rec.unexplained == 0 and rec.differences
+    assert {d.cause for d in rec.differences} == {"missed_run"}
+    assert {d.ts for d in rec.differences} == {1715472000000}
+    assert rec.verdict.endswith("every one with its cause")
 
 
 def test_a_failed_retrain_keeps_current_names_the_failure_and_a_rerun_finishes_the_run(

@@ -5,6 +5,7 @@ from services.api.routes import (
     account,
     actions,
     alerts,
+    books,
     feedback,
     forecasts,
     models,
@@ -15,4 +16,4 @@ from services.api.routes import (
 )
 
 ROUTERS = [r.router for r in (account, signals, forecasts, performance, runs, models, quality, feedback, alerts,
-                              actions)]
+                              books, actions)]
