@@ -4,7 +4,7 @@ the last as-of run again and its books and summary steps retried (no second aler
 `cst reconcile`. Not part of `make bench` (an hour on the wide data); EVALUATION.md gives the command and figures.
 
     CST_SOURCES__VENUE=binance-perp .venv/bin/python -m benchmarks.paper_replay --models LAKE_WITH_MODELS \\
-        --source ../shared/data --start 2025-05-02 --days 60 --intraday 12 --out /tmp/paper60
+        --source ../shared/data --start 2025-05-02 --days 60 --intraday 12 --no-retrain --out /tmp/paper60
 """
 
 from __future__ import annotations
@@ -62,12 +62,15 @@ def main() -> int:
     ap.add_argument("--start", required=True, help="the first daily close, YYYY-MM-DD")
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--intraday", default="12", help="comma-separated hours of the intraday runs each day ('' none)")
+    ap.add_argument("--no-retrain", action="store_true",
+                    help="serve with the models as they are (drift and cadence judged and reported, nothing retrains)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
     lake = out / "lake"
     if lake.exists():
         shutil.rmtree(lake)
+    (out / "runs.jsonl").unlink(missing_ok=True)
     shutil.copytree(Path(args.models) / "models", lake / "models")
     receiver = Receiver()
     # Every alert goes to the receiver; no hourly cap, so that every event is counted.
@@ -84,15 +87,18 @@ def main() -> int:
         for hour in [0, *hours]:
             as_of = (start + timedelta(days=d, hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")
             t = time.perf_counter()
-            code = cli.main(["run", "--lake", str(lake), "--source", args.source, "--as-of", as_of, "--format", "json"])
+            code = cli.main(["run", "--lake", str(lake), "--source", args.source, "--as-of", as_of,
+                             *(["--no-retrain"] if args.no_retrain else [])])
             runs.append({"as_of": as_of, "exit": code, "seconds": round(time.perf_counter() - t, 1),
                          "alerts_so_far": len(receiver.got)})
-            print(json.dumps(runs[-1]), flush=True)
+            with (out / "runs.jsonl").open("a") as f:
+                f.write(json.dumps(runs[-1]) + "\n")
     first_pass = len(receiver.got)
     before = snapshot(lake, "books", "alerts")
     last = runs[-1 - len(hours)]["as_of"]  # the last daily close
     # A re-run of the same as-of, and its books and summary steps retried on the stored run.
-    rerun = cli.main(["run", "--lake", str(lake), "--source", args.source, "--as-of", last, "--format", "json"])
+    rerun = cli.main(["run", "--lake", str(lake), "--source", args.source, "--as-of", last,
+                      *(["--no-retrain"] if args.no_retrain else [])])
     ref = sorted(json.loads(p.read_text()) for p in lake.glob("runs/run_id=*/summary.json")
                  if json.loads(p.read_text())["as_of"] == last)[-1]
     retried = [cli.main(["step", step, "--lake", str(lake), "--run-id", ref["run_id"]]) for step in ("books", "summary")]

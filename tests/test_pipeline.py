@@ -56,7 +56,7 @@ def test_every_step_has_its_function_in_its_service():
     assert list(ENTRIES) == [s.name for s in PIPELINE]
     owner = {"fetch": "services.ingest", "ingest": "services.ingest", "validate": "services.features",
              "features": "services.features", "train": "services.training", "predict": "services.predict",
-             "risk": "services.risk", "outcomes": "services.predict", "performance": "services.predict",
+             "risk": "services.risk", "books": "services.books", "outcomes": "services.predict", "performance": "services.predict",
              "drift": "services.predict", "retrain": "services.training", "summary": "services.orchestrator.summary"}
     for step in PIPELINE:
         (imp,) = [n for n in ast.walk(ast.parse(inspect.getsource(ENTRIES[step.name])))

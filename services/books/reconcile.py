@@ -79,13 +79,12 @@ def replay_baskets(lake: Lake, settings: Settings, closes: list[int]) -> tuple[d
 
 
 class _Diffs:
-    def __init__(self, book: str, since: int):
-        self.book, self.since, self.items = book, since, []
+    def __init__(self, book: str):
+        self.book, self.items = book, []
 
     def add(self, cause: str, detail: str, coin: str | None = None, ts: int | None = None,
             book_value: float | None = None, replay_value: float | None = None) -> None:
-        if ts is None or ts >= self.since:
-            self.items.append(Difference(book=self.book, cause=cause, coin=coin, ts=ts, detail=detail,
+        self.items.append(Difference(book=self.book, cause=cause, coin=coin, ts=ts, detail=detail,
                                          book_value=book_value, replay_value=replay_value))
 
 
@@ -93,13 +92,13 @@ def _differs(a: float, b: float, rel: float = PRICE_REL) -> bool:
     return abs(a - b) > rel * max(abs(a), abs(b), 1e-300)
 
 
-def _signals(lake: Lake, settings: Settings, state: BookState, steps: list[BookStep], history, cfg,
-             since: int) -> tuple[list[Difference], dict]:
+def _signals(lake: Lake, settings: Settings, state: BookState, steps: list[BookStep], history,
+             cfg) -> tuple[list[Difference], dict]:
     closes = [int(t) for t in history.close_ts if state.start_ts <= t <= state.last_close_ts]
     orders = replay_orders(lake, settings, closes)
     flat = [o for c in closes for o in orders[c]]
     res = run_backtest(history, flat, cfg, state.start_ts, state.last_close_ts, hold_open=True)
-    d = _Diffs("signals", since)
+    d = _Diffs("signals")
     stepped = {c for s in steps for c in s.closes[-1:]}  # the close each run decided at
     book_fills = [f for s in steps for f in s.fills]
     entries = {(f.coin, f.decision_ts): f for f in book_fills if f.action == "entry"}
@@ -154,13 +153,13 @@ def _signals(lake: Lake, settings: Settings, state: BookState, steps: list[BookS
                      "replay_trades": len(res.trades) + len(res.open), "closes": len(closes)}
 
 
-def _research(lake: Lake, settings: Settings, state: BookState, steps: list[BookStep], history,
-              since: int) -> tuple[list[Difference], dict]:
+def _research(lake: Lake, settings: Settings, state: BookState, steps: list[BookStep],
+              history) -> tuple[list[Difference], dict]:
     closes = [int(t) for t in history.close_ts if state.start_ts <= t <= state.last_close_ts]
     baskets, versions = replay_baskets(lake, settings, closes)
     fresh = new_state("research", state.start_ts, settings.risk.initial_equity, state.venue)
     replayed, moved = step_research(fresh, history, baskets, settings, state.last_close_ts, "replay")
-    d = _Diffs("research", since)
+    d = _Diffs("research")
     stepped = {s.closes[-1]: s for s in steps}
     book_fills = {(f.ts, f.coin): f for s in steps for f in s.fills}
     replay_fills = {(f.ts, f.coin): f for f in moved.fills}
@@ -220,16 +219,17 @@ def reconcile(lake: Lake, settings: Settings, since: int | None = None) -> Recon
     for name, state in live.items():
         steps = store.steps(lake, name)
         if name == "signals":
-            got, fig = _signals(lake, settings, state, steps, history, book_risk(settings, state.venue), since)
+            got, fig = _signals(lake, settings, state, steps, history, book_risk(settings, state.venue))
         else:
-            got, fig = _research(lake, settings, state, steps, history, since)
+            got, fig = _research(lake, settings, state, steps, history)
         fig["gap"] = fig["equity"] - fig["replay_equity"]
-        fig["by_cause"] = dict(sorted(_count(got).items()))
         if abs(fig["gap"]) > CENT and not got:
             got.append(Difference(book=name, cause="unexplained", detail="equity differs with no difference found",
                                   book_value=fig["equity"], replay_value=fig["replay_equity"]))
-            fig["by_cause"] = dict(sorted(_count(got).items()))
-        diffs += got
+        listed = [x for x in got if x.ts is None or x.ts >= since]
+        fig["by_cause"] = dict(sorted(_count(listed).items()))
+        fig["differences_before"] = len(got) - len(listed)  # before --from: they explain part of the gap
+        diffs += listed
         books[name] = fig
     unexplained = sum(x.cause == "unexplained" for x in diffs)
     verdict = ("the books and the replay agree to the cent" if not diffs else

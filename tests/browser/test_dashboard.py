@@ -35,8 +35,8 @@ TINY = {"folds": 2, "trials": {"lr": 1, "gbt": 1, "gru": 1}, "timeout_s": 120, "
 PASSWORD = "correct horse battery staple"
 AS_OFS = ("2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z", "2024-05-03T00:00:00Z", "2024-05-10T00:00:00Z")
 PAGES = {"/": "Signals", "/board": "Board", "/ranges": "Ranges", "/coins/BTC": "BTC", "/performance": "Performance", "/runs": "Runs",
-         "/quality": "Data quality", "/models": "Models", "/alerts": "Alerts"}
-CHARTED = {"/ranges", "/coins/BTC", "/performance", "/runs"}
+         "/track-record": "Track record", "/quality": "Data quality", "/models": "Models", "/alerts": "Alerts"}
+CHARTED = {"/ranges", "/coins/BTC", "/performance", "/runs", "/track-record"}
 
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     pytest.skip("Chromium and its driver are not installed: `apt-get install chromium chromium-driver` "
@@ -67,6 +67,9 @@ def site(shared_data, tmp_path_factory):
         done = subprocess.run([*cst, "run", "--source", str(src), "--lake", str(lake), "--as-of", as_of], env=env,
                               capture_output=True, text=True, cwd=ROOT, check=False)
         assert done.returncode == 0, f"cst run {as_of} exited {done.returncode}: {done.stderr[-3000:]}"
+    done = subprocess.run([*cst, "reconcile", "--lake", str(lake)], env=env, capture_output=True, text=True, cwd=ROOT,
+                          check=False)
+    assert done.returncode == 0, f"cst reconcile exited {done.returncode}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
     for name, group in (("vera", "viewer"), ("otto", "operator")):
         subprocess.run([*cst, "users", "add", name, "--group", group, "--password-stdin", "--lake", str(lake)],
                        input=PASSWORD + "\n", text=True, env=env, check=True, capture_output=True, cwd=ROOT)
@@ -184,6 +187,14 @@ def test_a_viewer_reads_every_page_with_its_charts_and_no_buttons(site, browser,
     browser.find_element(By.CSS_SELECTOR, "#runs tbody tr a").click()
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith("Run ")
     browser.save_screenshot(str(shots / "viewer_run.png"))
+    # The paper books: the research book follows the basket from the first run (05-01 to 05-10: ten closes) with
+    # its equity against BTC and the equal-weight universe; the replayed backtest agrees to the cent.
+    browser.get(site["base"] + "/track-record")
+    assert "agree to the cent" in browser.find_element(By.ID, "reconciliation").text
+    research = browser.find_element(By.ID, "book-research")
+    assert "2024-05-01 to 2024-05-10" in research.text and "fills" in research.text
+    assert len(research.find_elements(By.CSS_SELECTOR, "canvas[data-drawn='1']")) == 2
+    assert "Nothing open" in browser.find_element(By.ID, "book-signals").text
     browser.get(site["base"] + "/models")
     browser.find_element(By.CSS_SELECTOR, "#models-24h tbody a").click()
     assert "Skill" in browser.find_element(By.ID, "model-card").text

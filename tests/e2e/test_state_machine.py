@@ -225,8 +225,8 @@ def test_the_state_machine_writes_what_cst_run_writes(cloud, shared_data, tmp_pa
     assert desc["status"] == "SUCCEEDED", desc
     # Every Lambda step published its EMF metrics: duration, and the counts of its output contract.
     emf = emf_documents(capsys.readouterr().out)
-    assert set(emf) == {"start", "ingest", "validate", "features", "predict", "risk", "outcomes", "performance",
-                        "drift", "summary"}
+    assert set(emf) == {"start", "ingest", "validate", "features", "predict", "risk", "books", "outcomes",
+                        "performance", "drift", "summary"}
     assert [d["Predictions"] for d in emf["predict"]] == [[5.0], [5.0]]
     assert emf["risk"][0]["Actionable"] == [0.0] and emf["features"][0]["Rows"][0] > 0
     assert all(d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "cst" for ds in emf.values() for d in ds)
@@ -251,6 +251,13 @@ def test_the_state_machine_writes_what_cst_run_writes(cloud, shared_data, tmp_pa
     assert summary["predictions"] == 10 and summary["coins_predicted"] == 5
     assert len(predictions(lake)) == 10 and predictions(local_lake) == predictions(lake)
     assert ref["run_id"] == summary["run_id"]  # the execution's final state is the run
+    # The books step of the state machine moved both paper books exactly as the local runner's did.
+    from services.books import store
+
+    for book in ("signals", "research"):
+        cloud_book, local_book = store.load_state(lake, book), store.load_state(local_lake, book)
+        assert cloud_book is not None and cloud_book.marks
+        assert cloud_book.model_dump(exclude={"runs"}) == local_book.model_dump(exclude={"runs"})
 
 
 def test_a_transient_error_is_retried_and_a_failed_horizon_does_not_stop_the_others(cloud, shared_data, tmp_path):

@@ -429,6 +429,12 @@ def test_hourly_runs_leave_the_books_and_a_missed_daily_run_is_a_difference_with
     assert {d.cause for d in rec.differences} == {"missed_run"}
     assert {d.ts for d in rec.differences} == {1715472000000}
     assert rec.verdict.endswith("every one with its cause")
+    # --from lists the differences from a date on (the replay still starts where the books did), as JSON.
+    assert cli.main(["reconcile", "--lake", str(lake), "--from", "2024-05-13", "--format", "json"]) == 0
+    later = store.load_reconciliation(books)
+    assert later.from_ts == 1715558400000 and later.differences == [] and later.unexplained == 0
+    assert later.books["research"]["differences_before"] == len(rec.differences)
+    assert later.books["research"]["gap"] == rec.books["research"]["gap"]
 
 
 def test_a_failed_retrain_keeps_current_names_the_failure_and_a_rerun_finishes_the_run(
