@@ -87,6 +87,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       f"actionable, {len(doc.signals)} signals ({doc.tradable_signals} past the risk gate), "
                       f"{doc.outcomes_recorded} outcomes recorded, retrain: {', '.join(retrain) or 'none'}; "
                       f"summary {runs.summary_key(ref.run_id)}")
+    moved = ctx.output(ref.run_id, "books")
+    if moved is not None and moved.books:
+        console.print("paper books: " + "; ".join(
+            f"{name} " + (f"equity {m.equity:,.2f} after {m.closes} close(s), {m.fills} fill(s)"
+                          if m.equity is not None else "unchanged")
+            + (f" ({m.note})" if m.note else "") for name, m in moved.books.items())
+            + " (cst reconcile: against the replayed backtest)")
     told = ctx.output(ref.run_id, "summary")
     if told is not None and (told.alerts or told.alerts_already_sent):
         said = ", ".join(f"{n} {event.replace('_', ' ')}" for event, n in told.alerts.items()) or "none new"
