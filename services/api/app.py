@@ -64,7 +64,7 @@ def create_app(settings: Settings, lake: Lake, verifier: Verifier, actions: Acti
     ctx = ApiContext(settings=settings, lake=lake, verifier=verifier, actions=actions, now=now)
     app.state.cst = ctx
     if issuer is not None:
-        add_login(app, issuer, secure_cookies=secure_cookies)
+        add_login(app, issuer, secure_cookies=secure_cookies, lake_uri=lake.uri)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):

@@ -61,8 +61,10 @@ def set_session_cookie(response, token: str, *, max_age: int, secure: bool):
     return response
 
 
-def _form(next_path: str, csrf: str, message: str = "") -> str:
+def _form(next_path: str, csrf: str, message: str = "", where: str = "") -> str:
     note = f'<p class="error">{html.escape(message)}</p>' if message else ""
+    if where:
+        note += f'<p class="meta" id="lake">{html.escape(where)}</p>'
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>cst: sign in</title>
 <link rel="stylesheet" href="/static/cst.css"></head><body class="login"><main>
 <h1>cst</h1>{note}
@@ -75,8 +77,20 @@ maxlength="256"></label>
 <button type="submit" id="sign-in">Sign in</button></form></main></body></html>"""
 
 
-def add_login(app: FastAPI, issuer: DevIssuer, *, secure_cookies: bool, throttle: Throttle | None = None) -> None:
+def add_login(app: FastAPI, issuer: DevIssuer, *, secure_cookies: bool, throttle: Throttle | None = None,
+              lake_uri: str = "") -> None:
+    """`lake_uri`: the lake whose users sign in here, said on the form (one machine, on loopback: a user added to
+    another lake, e.g. ./lake when --lake was forgotten, is told where this server looks)."""
     throttle = throttle or Throttle()
+
+    def _where() -> str:
+        if not lake_uri:
+            return ""
+        n = len(issuer.users())
+        if not n:
+            return (f"No user in the lake at {lake_uri} yet: add one with `cst users add NAME --group viewer "
+                    f"--lake {lake_uri}`.")
+        return f"Signing in to the lake at {lake_uri} ({n} user{'s' if n != 1 else ''})."
 
     def _csrf(request: Request) -> str:
         return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
@@ -87,7 +101,7 @@ def add_login(app: FastAPI, issuer: DevIssuer, *, secure_cookies: bool, throttle
     @app.get("/login", include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:  # noqa: A002 - the query's name
         token = _csrf(request)
-        return _with_csrf(HTMLResponse(_form(safe_next(next), token)), token)
+        return _with_csrf(HTMLResponse(_form(safe_next(next), token, where=_where())), token)
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, username: str = Form(max_length=64), password: str = Form(max_length=256),
@@ -103,7 +117,8 @@ def add_login(app: FastAPI, issuer: DevIssuer, *, secure_cookies: bool, throttle
             token = issuer.login(username, password)
         except Unauthorized as exc:
             throttle.failed(*keys)
-            return _with_csrf(HTMLResponse(_form(safe_next(next), expected, exc.message), status_code=401), expected)
+            return _with_csrf(HTMLResponse(_form(safe_next(next), expected, exc.message, _where()), status_code=401),
+                              expected)
         response = RedirectResponse(safe_next(next), status_code=303)
         set_session_cookie(response, token, max_age=TOKEN_SECONDS, secure=secure_cookies)
         # A fresh CSRF token with every session.

@@ -269,6 +269,22 @@ def test_sign_in_sets_an_httponly_samesite_secure_session_and_redirects_only_ins
         assert _sign_in(fresh, "vera", PASSWORD, hostile).headers["location"] == "/"
 
 
+def test_the_sign_in_form_says_which_lake_its_users_are_in(browser_app, served, tmp_path):
+    lake = str(LocalLake(served["lake"]).uri)
+    form = browser_app.get("/login").text
+    assert f"Signing in to the lake at {lake}" in form
+    refused = _sign_in(browser_app, "nobody", PASSWORD)
+    assert refused.status_code == 401 and "unknown user or wrong password" in refused.text and lake in refused.text
+    # A server over a lake without users says how to add one there (the user was added to another lake).
+    from services.api.issuer import DevIssuer
+
+    empty = DevIssuer(tmp_path / "keys", "http://127.0.0.1:8080/auth")
+    other = LocalLake(tmp_path / "other")
+    app = create_app(Settings(_env_file=None), other, empty.verifier(), issuer=empty, secure_cookies=True)
+    page = TestClient(app, base_url="https://testserver").get("/login").text
+    assert f"No user in the lake at {other.uri} yet" in page and f"--lake {other.uri}" in page
+
+
 def test_sign_in_needs_its_csrf_token_and_throttles_guessing(browser_app):
     c = browser_app
     c.get("/login")
