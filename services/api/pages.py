@@ -200,8 +200,11 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
             # A candle opened at t closes at t + step: the price known at decision time t is the close of t - step.
             ts = panel.open_ts + step
             grid = np.arange(ts[0], max(int(ts[-1]), last_maturity) + step, step, dtype=np.int64)
-            close = np.full(grid.size, np.nan)
-            close[(ts - grid[0]) // step] = panel.fields["close"][:, j]
+            ohlc = {}
+            for f in ("open", "high", "low", "close"):
+                ohlc[f] = np.full(grid.size, np.nan)
+                ohlc[f][(ts - grid[0]) // step] = panel.fields[f][:, j]
+            close = ohlc["close"]
             lo, hi, reached, colors = [None] * grid.size, [None] * grid.size, [None] * grid.size, [None] * grid.size
             for p in preds:
                 k0 = (p.decision_ts - grid[0]) // step
@@ -217,16 +220,26 @@ def coin_page(lake: Lake, settings: Settings, horizons: list[str], coin: str, ho
                     # Judged only where a range was served: grey where there was none to be in or out of.
                     colors[k1] = GREY if o.in_range is None else (UP if o.in_range else DOWN)
             labels = [day(int(t), tf) for t in grid]
-            page["price_chart"] = _chart("line", labels, [
-                {"label": "close", "data": [_finite(c) for c in close], "borderColor": "#1d2330", "pointRadius": 0,
-                 "borderWidth": 1.5, "spanGaps": False},
-                {"label": "80% range (high)", "data": hi, "borderColor": "rgba(54, 110, 201, 0.6)", "pointRadius": 2,
-                 "showLine": False, "backgroundColor": "rgba(54, 110, 201, 0.6)"},
-                {"label": "80% range (low)", "data": lo, "borderColor": "rgba(54, 110, 201, 0.6)", "pointRadius": 2,
-                 "showLine": False, "backgroundColor": "rgba(54, 110, 201, 0.6)"},
-                {"label": "price reached", "data": reached, "showLine": False, "pointRadius": 4,
-                 "pointBackgroundColor": [c or GREY for c in colors], "borderColor": "transparent"},
-            ], y="price", extra={"scales": {"x": {"ticks": {"maxTicksLimit": 12}}}})
+            # Candles as floating bars (Chart.js draws [low, high] pairs): a thin wick and the open-close body,
+            # green when the candle closed above its open.
+            known = np.isfinite(ohlc["open"]) & np.isfinite(close) & np.isfinite(ohlc["high"]) & np.isfinite(ohlc["low"])
+            pair = lambda a, b: [[_finite(x), _finite(y)] if ok else None  # noqa: E731
+                                 for x, y, ok in zip(a, b, known, strict=True)]
+            body_colors = [UP if c >= o else DOWN for o, c in zip(ohlc["open"], close, strict=True)]
+            page["price_chart"] = _chart("bar", labels, [
+                {"type": "bar", "label": "candle (high-low)", "data": pair(ohlc["low"], ohlc["high"]),
+                 "backgroundColor": "#5d6673", "barPercentage": 0.15, "grouped": False, "order": 3},
+                {"type": "bar", "label": "candle (open-close)", "data": pair(ohlc["open"], close),
+                 "backgroundColor": body_colors, "barPercentage": 0.7, "grouped": False, "order": 2},
+                {"type": "line", "label": "80% range (high)", "data": hi, "borderColor": "rgba(54, 110, 201, 0.7)",
+                 "pointRadius": 2, "borderWidth": 1, "fill": "+1", "backgroundColor": BAND, "spanGaps": False,
+                 "order": 1},
+                {"type": "line", "label": "80% range (low)", "data": lo, "borderColor": "rgba(54, 110, 201, 0.7)",
+                 "pointRadius": 2, "borderWidth": 1, "spanGaps": False, "order": 1},
+                {"type": "line", "label": "price reached", "data": reached, "showLine": False, "pointRadius": 4,
+                 "pointBackgroundColor": [c or GREY for c in colors], "borderColor": "transparent", "order": 0},
+            ], y="price", extra={"scales": {"x": {"ticks": {"maxTicksLimit": 12}},
+                                            "y": {"beginAtZero": False, "title": {"display": True, "text": "price"}}}})
         # One slot per decision step, so a gap in the record is a gap on the axis, not two days drawn side by side.
         slots = np.arange(preds[0].decision_ts, preds[-1].decision_ts + step, step, dtype=np.int64)[-2000:]
         at = {p.decision_ts: p for p in preds}
