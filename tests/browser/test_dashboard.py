@@ -292,3 +292,28 @@ def test_the_api_docs_render_from_the_app_itself(site, browser):
     assert {"/api/board", "/api/signals", "/api/predictions"} <= paths, paths
     sources = browser.execute_script("return [...document.scripts].map(s => s.src)")
     assert all(s.startswith(site["base"] + "/static/") for s in sources), sources
+
+
+def test_after_a_failed_run_every_page_says_so_and_nothing_unjudged_is_certified(site, browser, shots):
+    """The latest run failed in its predict step (written as the runner writes a failed run's summary): every page
+    carries the failed-run badge beside the stale one, and the Signals page calls no horizon certified."""
+    from shared.records import Failure, RunSummary
+    from shared.runs import put_summary
+    from shared.storage import LocalLake
+
+    put_summary(LocalLake(site["lake"]), RunSummary(
+        run_id="20240511T000000Z-failed00", as_of="2024-05-11T00:00:00Z", source=str(site["src"]), status="failed",
+        failures=[Failure(step="predict", item="24h", code="transient", message="the step broke off")],
+        uncertified_horizons={}))
+    sign_in(browser, site, "vera")
+    for path, title in PAGES.items():
+        browser.get(site["base"] + path)
+        assert browser.find_element(By.TAG_NAME, "h1").text == title, path
+        badge = browser.find_element(By.ID, "run-status-badge").text
+        assert badge.startswith("latest run failed"), (path, badge)
+        assert browser.find_elements(By.ID, "stale-badge"), path  # 2024 data, read in 2026
+        assert errors_in_console(browser) == [], path
+    browser.get(site["base"] + "/")
+    nothing = browser.find_element(By.ID, "no-signals").text
+    assert "did not complete" in nothing and "Every horizon is certified" not in nothing
+    browser.save_screenshot(str(shots / "viewer_after_failed_run.png"))
