@@ -14,7 +14,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from infra.constructs import acknowledge
+from infra.constructs import REDUNDANT_DEPENDS_ON, acknowledge, lint_acknowledge
 from infra.constructs.functions import serving_image
 from infra.constructs.lake import LakeBucket
 
@@ -36,6 +36,7 @@ class Alerts(Construct):
             timeout=Duration.minutes(2), tracing=lambda_.Tracing.ACTIVE,
             reserved_concurrent_executions=2,  # one run's alerts at a time (and a test alert beside them)
             environment={**environment, "POWERTOOLS_SERVICE_NAME": "cst", "POWERTOOLS_METRICS_NAMESPACE": "cst"})
+        lint_acknowledge(self.function, "W3005", REDUNDANT_DEPENDS_ON)
         lake_findings = lake.grant(role, write=True)
         secret.grant_read(role)
         acknowledge(role, "AwsSolutions-IAM5",

@@ -16,7 +16,7 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from infra.constructs import acknowledge, logical_ref
+from infra.constructs import REDUNDANT_DEPENDS_ON, acknowledge, lint_acknowledge, logical_ref
 from infra.constructs.functions import serving_image
 from infra.constructs.lake import LakeBucket
 from infra.constructs.users import Users
@@ -88,6 +88,7 @@ class Api(Construct):
                          "CST_API__LOGIN_DOMAIN": users.domain.base_url(),
                          "CST_API__PUBLIC_URL": self.url,
                          "CST_API__STATE_MACHINE_ARN": state_machine.state_machine_arn})
+        lint_acknowledge(self.function, "W3005", REDUNDANT_DEPENDS_ON)
 
         integration = apigw.CfnIntegration(
             self, "Integration", api_id=api_id, integration_type="AWS_PROXY",

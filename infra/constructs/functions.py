@@ -16,7 +16,7 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from infra.constructs import acknowledge
+from infra.constructs import REDUNDANT_DEPENDS_ON, acknowledge, lint_acknowledge
 from infra.constructs.lake import LakeBucket
 from shared.pipeline.asl import START
 from shared.pipeline.definition import PIPELINE, STEPS
@@ -77,5 +77,6 @@ class StepFunctions(Construct):
                         "Objects inside the one lake bucket (bucket/*: the lake's keys are per run and per date), and "
                         "X-Ray segment writes, which take no resource (xray:PutTraceSegments on *).",
                         lake_findings + ["Resource::*"])
+            lint_acknowledge(fn, "W3005", REDUNDANT_DEPENDS_ON)
             self.functions[name] = fn
         self.region = Stack.of(self).region

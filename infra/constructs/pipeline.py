@@ -16,7 +16,7 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from infra.constructs import acknowledge, logical_ref
+from infra.constructs import REDUNDANT_DEPENDS_ON, acknowledge, lint_acknowledge, logical_ref
 from infra.constructs.functions import IMAGE_EXCLUDE, ROOT
 from infra.constructs.lake import LakeBucket
 from shared.pipeline.asl import state_machine
@@ -58,6 +58,7 @@ class Pipeline(Construct):
             self, "StateMachine", state_machine_type=sfn.StateMachineType.STANDARD, tracing_enabled=True,
             definition_body=sfn.DefinitionBody.from_string(json.dumps(state_machine(resources))),
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True))
+        lint_acknowledge(self.state_machine, "W3005", REDUNDANT_DEPENDS_ON)
         role = self.state_machine.role
         for fn in functions.values():
             fn.grant_invoke(role)
