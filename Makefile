@@ -36,6 +36,14 @@ $(ASL): infra/asl/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix infra/asl --no-audit --no-fund --loglevel=error; \
 	else echo "!!! make: npm is missing: the state machine's States Language check will be SKIPPED (apt-get install nodejs npm)" >&2; fi
 
+# checkov (pinned by infra/checkov/requirements.txt) checks the synthesized template in the tests, from a venv of its
+# own: its dependencies pin boto3 and packaging older than the project's.
+CHECKOV := .venv-checkov/.installed
+$(CHECKOV): infra/checkov/requirements.txt
+	$(PY) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet -r infra/checkov/requirements.txt
+	touch $@
+
 # The browser tests need Debian's Chromium and its driver (same version). Installed when missing and we can.
 browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
@@ -51,7 +59,7 @@ run: $(VENV)/.installed-run
 	$(BIN)/cst run --source $(SOURCE) --lake $(LAKE) $(AS_OF_ARG)
 
 # pytest exits 5 when it collects no tests: that is a broken suite here, not a pass.
-test: $(VENV)/.installed-test $(CHARTS) $(ASL) browser
+test: $(VENV)/.installed-test $(CHARTS) $(ASL) $(CHECKOV) browser
 	$(BIN)/python -m pytest --cov --cov-report=term-missing; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose" >&2; exit 1; fi; exit $$rc
 
@@ -73,4 +81,4 @@ deploy: $(VENV)/.installed-test
 	npx --yes aws-cdk@2 deploy --context env=$(ENV) --require-approval broadening
 
 clean:
-	rm -rf $(VENV) .pytest_cache .coverage htmlcov services/api/node_modules infra/asl/node_modules cdk.out
+	rm -rf $(VENV) .venv-checkov .pytest_cache .coverage htmlcov services/api/node_modules infra/asl/node_modules cdk.out

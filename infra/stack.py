@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
@@ -22,8 +23,12 @@ class CstStack(Stack):
         super().__init__(scope, cid, **kwargs)
         retain = bool(config["retain_data"])
         self.lake = LakeBucket(self, "Lake", retain=retain, raw_days=int(config["raw_retention_days"]))
+        # The one secret (exchange and data-vendor keys, the alerts' channel URLs) under a key of its own, rotated
+        # yearly: its use is logged per key in CloudTrail, and the key's policy is the last word on who decrypts it.
+        key = kms.Key(self, "SecretKey", enable_key_rotation=True, description="cst: the exchange and alert secret")
         self.secret = secretsmanager.Secret(
-            self, "ExchangeSecret", description="cst: exchange and data-vendor credentials (JSON, settings field names)")
+            self, "ExchangeSecret", encryption_key=key,
+            description="cst: exchange and data-vendor credentials (JSON, settings field names)")
         acknowledge(self.secret, "AwsSolutions-SMG4",
             "Exchange and data-vendor API keys are issued and rotated at the exchange by the account owner; "
                    "no rotation function can mint new ones.")

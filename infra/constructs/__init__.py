@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, CfnResource, Stack, Validations
 from constructs import IConstruct
 
 
@@ -27,6 +27,28 @@ def lint_acknowledge(construct: IConstruct, rule: str, reason: str) -> None:
     reasons = {**(res.get_metadata("cst-lint-reasons") or {}), rule: reason}
     res.add_metadata("cfn-lint", lint)
     res.add_metadata("cst-lint-reasons", reasons)
+
+
+# checkov's findings accepted on what they concern, each with its reason (`checkov_acknowledge`).
+SYNC_INVOKED = ("invoked synchronously (the state machine's task, or API Gateway's request), which retries and "
+                "reports the failure (the run summary, the HTTP answer): a dead-letter queue serves only "
+                "asynchronous invocations")
+NO_VPC = ("reaches only S3, Secrets Manager, SNS, Step Functions and the public exchange and data APIs: no private "
+          "resource to reach, and a VPC would add NAT gateways to reach them")
+PLAIN_ENVIRONMENT = ("the environment holds names and ARNs (the lake's URI, the region, the secret's and the topic's "
+                     "ARNs), no secret: credentials are read from Secrets Manager at run time; at rest under the "
+                     "AWS-managed key")
+PLAIN_LOGS = ("log lines carry run ids, step names, counts and error codes with secrets redacted (shared/logging.py), "
+              "encrypted at rest by CloudWatch Logs: a customer key would add its cost and a key policy for no secret")
+
+
+def checkov_acknowledge(construct: IConstruct, check: str, reason: str) -> None:
+    """A checkov finding accepted on `construct`'s resource, with its reason: checkov reads the resource's Metadata
+    (`checkov: skip: [{id, comment}]`)."""
+    res = construct if isinstance(construct, CfnResource) else construct.node.default_child
+    meta = res.get_metadata("checkov") or {"skip": []}
+    meta["skip"] = [s for s in meta["skip"] if s["id"] != check] + [{"id": check, "comment": reason}]
+    res.add_metadata("checkov", meta)
 
 
 def logical_ref(construct: IConstruct, attribute: str = "Arn") -> str:

@@ -12,9 +12,18 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra.constructs import REDUNDANT_DEPENDS_ON, acknowledge, lint_acknowledge
+from infra.constructs import (
+    NO_VPC,
+    PLAIN_ENVIRONMENT,
+    PLAIN_LOGS,
+    REDUNDANT_DEPENDS_ON,
+    acknowledge,
+    checkov_acknowledge,
+    lint_acknowledge,
+)
 from infra.constructs.functions import serving_image
 from infra.constructs.lake import LakeBucket
 
@@ -30,13 +39,22 @@ class Alerts(Construct):
         role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                         description="cst alerts: reads run summaries, records alerts, reads the channels' URLs")
         log_group.grant_write(role)
+        checkov_acknowledge(log_group, "CKV_AWS_158", PLAIN_LOGS)
+        # SNS invokes the function asynchronously: a run whose alerts still fail after Lambda's retries is kept here
+        # (14 days) instead of being lost, and the alarm on the function's errors says so.
+        self.dead_letters = sqs.Queue(self, "DeadLetters", encryption=sqs.QueueEncryption.KMS_MANAGED,
+                                      enforce_ssl=True, retention_period=Duration.days(14))
+        acknowledge(self.dead_letters, "AwsSolutions-SQS3", "This queue is the alerts function's dead-letter queue.")
         self.function = lambda_.DockerImageFunction(
             self, "Function", role=role, log_group=log_group,
             code=serving_image("services.orchestrator.handlers.alerts"), memory_size=512,
             timeout=Duration.minutes(2), tracing=lambda_.Tracing.ACTIVE,
             reserved_concurrent_executions=2,  # one run's alerts at a time (and a test alert beside them)
+            dead_letter_queue=self.dead_letters,
             environment={**environment, "POWERTOOLS_SERVICE_NAME": "cst", "POWERTOOLS_METRICS_NAMESPACE": "cst"})
         lint_acknowledge(self.function, "W3005", REDUNDANT_DEPENDS_ON)
+        checkov_acknowledge(self.function, "CKV_AWS_117", NO_VPC)
+        checkov_acknowledge(self.function, "CKV_AWS_173", PLAIN_ENVIRONMENT)
         lake_findings = lake.grant(role, write=True)
         secret.grant_read(role)
         acknowledge(role, "AwsSolutions-IAM5",

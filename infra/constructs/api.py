@@ -16,7 +16,17 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from infra.constructs import REDUNDANT_DEPENDS_ON, acknowledge, lint_acknowledge, logical_ref
+from infra.constructs import (
+    NO_VPC,
+    PLAIN_ENVIRONMENT,
+    PLAIN_LOGS,
+    REDUNDANT_DEPENDS_ON,
+    SYNC_INVOKED,
+    acknowledge,
+    checkov_acknowledge,
+    lint_acknowledge,
+    logical_ref,
+)
 from infra.constructs.functions import serving_image
 from infra.constructs.lake import LakeBucket
 from infra.constructs.users import Users
@@ -40,6 +50,7 @@ class Api(Construct):
         self.http_api = apigw.HttpApi(self, "HttpApi", description="cst dashboard and API", create_default_stage=False)
         access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.THREE_MONTHS,
                                     removal_policy=RemovalPolicy.DESTROY)
+        checkov_acknowledge(access_logs, "CKV_AWS_158", PLAIN_LOGS)
         self.stage = apigw.CfnStage(
             self, "Stage", api_id=self.http_api.api_id, stage_name="$default", auto_deploy=True,
             # Every route, pages and sign-in included: a flood of requests is refused at the gateway (429), not
@@ -89,6 +100,10 @@ class Api(Construct):
                          "CST_API__PUBLIC_URL": self.url,
                          "CST_API__STATE_MACHINE_ARN": state_machine.state_machine_arn})
         lint_acknowledge(self.function, "W3005", REDUNDANT_DEPENDS_ON)
+        for check, reason in (("CKV_AWS_116", SYNC_INVOKED), ("CKV_AWS_117", NO_VPC),
+                              ("CKV_AWS_173", PLAIN_ENVIRONMENT)):
+            checkov_acknowledge(self.function, check, reason)
+        checkov_acknowledge(log_group, "CKV_AWS_158", PLAIN_LOGS)
 
         integration = apigw.CfnIntegration(
             self, "Integration", api_id=api_id, integration_type="AWS_PROXY",

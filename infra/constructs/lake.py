@@ -5,7 +5,7 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy, aws_iam as iam, aws_s3 as s3
 from constructs import Construct
 
-from infra.constructs import acknowledge, logical_ref
+from infra.constructs import acknowledge, checkov_acknowledge, logical_ref
 from shared.contracts import RAW
 
 
@@ -16,8 +16,10 @@ class LakeBucket(Construct):
         self.access_logs = s3.Bucket(
             self, "AccessLogs", encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL, enforce_ssl=True, removal_policy=policy,
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))])
+            versioned=True, lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365),
+                                                              noncurrent_version_expiration=Duration.days(30))])
         acknowledge(self.access_logs, "AwsSolutions-S1", "This bucket is the lake's access-log target; logging it would recurse.")
+        checkov_acknowledge(self.access_logs, "CKV_AWS_18", "the lake's access-log target: logging it would recurse")
         self.bucket = s3.Bucket(
             self, "Bucket", encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL, enforce_ssl=True, versioned=True,

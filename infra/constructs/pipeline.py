@@ -16,7 +16,14 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from infra.constructs import REDUNDANT_DEPENDS_ON, acknowledge, lint_acknowledge, logical_ref
+from infra.constructs import (
+    PLAIN_LOGS,
+    REDUNDANT_DEPENDS_ON,
+    acknowledge,
+    checkov_acknowledge,
+    lint_acknowledge,
+    logical_ref,
+)
 from infra.constructs.functions import IMAGE_EXCLUDE, ROOT
 from infra.constructs.lake import LakeBucket
 from shared.pipeline.asl import state_machine
@@ -54,6 +61,7 @@ class Pipeline(Construct):
         resources.update({s.name: job for s in PIPELINE if s.runtime == "sagemaker"})
         log_group = logs.LogGroup(self, "ExecutionLogs", retention=logs.RetentionDays.THREE_MONTHS,
                                   removal_policy=RemovalPolicy.DESTROY)
+        checkov_acknowledge(log_group, "CKV_AWS_158", PLAIN_LOGS)
         self.state_machine = sfn.StateMachine(
             self, "StateMachine", state_machine_type=sfn.StateMachineType.STANDARD, tracing_enabled=True,
             definition_body=sfn.DefinitionBody.from_string(json.dumps(state_machine(resources))),
