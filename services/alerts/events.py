@@ -63,12 +63,18 @@ def events(summary: RunSummary, previous: RunSummary | None, *, max_excluded_sha
                          for f in summary.failures[:5])
         add("run_failed", summary.run_id, "cst: run failed", f"run {summary.run_id} did not complete: {said}",
             f"/runs/{quote(summary.run_id)}")
-    if summary.coins_total and len(summary.excluded) / summary.coins_total > max_excluded_share:
-        share = len(summary.excluded) / summary.coins_total
+    # Coins the universe left out by its rules (listing age, liquidity, a peg) were never meant to be predicted:
+    # the share is of the coins that were, among which data failed.
+    by_rule = {c for c, why in summary.excluded.items() if all("universe at this decision" in part
+                                                               for part in why.split("; "))}
+    failed = {c: why for c, why in summary.excluded.items() if c not in by_rule}
+    meant = summary.coins_total - len(by_rule)
+    if meant > 0 and len(failed) / meant > max_excluded_share:
+        share = len(failed) / meant
         add("universe_excluded", summary.run_id, "cst: many coins left out",
-            f"run {summary.run_id} left out {len(summary.excluded)} of {summary.coins_total} coins "
+            f"run {summary.run_id} left out {len(failed)} of the {meant} coins it meant to predict "
             f"({100 * share:.0f}% > {100 * max_excluded_share:.0f}%): "
-            + "; ".join(f"{c}: {why}" for c, why in list(summary.excluded.items())[:5]), f"/runs/{quote(summary.run_id)}")
+            + "; ".join(f"{c}: {why}" for c, why in list(failed.items())[:5]), f"/runs/{quote(summary.run_id)}")
     for h, verdict in sorted(summary.drift.items()):
         drifted = [r for r in verdict.reasons if not r.startswith("cadence")]
         if verdict.retrain and drifted and h in summary.retrained:

@@ -97,6 +97,14 @@ def test_every_event_of_a_run_against_the_run_before():
     assert not [a for a in events(now, before, max_excluded_share=0.5, dashboard_url="x")
                 if a.event == "universe_excluded"]
     assert [a.subject for a in events(before, None, max_excluded_share=0.2, dashboard_url="x")] == ["BTC up", "ETH up"]
+    # Coins the universe's rules left out are no failure: 3 failed of the 6 meant (50%), not 3 + 4 of 10.
+    ruled = {c: "24h: outside the 1d universe at this decision: listing_age; 7d: outside the 1d universe at this "
+                "decision: listing_age" for c in ("D", "E", "F", "G")}
+    wide = now.model_copy(update={"excluded": {**now.excluded, **ruled}})
+    (said,) = [a for a in events(wide, before, max_excluded_share=0.4, dashboard_url="x") if a.event == "universe_excluded"]
+    assert "3 of the 6 coins it meant to predict (50%" in said.body
+    assert not [a for a in events(wide.model_copy(update={"excluded": ruled}), before, max_excluded_share=0.2,
+                                  dashboard_url="x") if a.event == "universe_excluded"]
 
 
 def _settings(*urls: str, per_hour: int = 20) -> Settings:
