@@ -341,7 +341,8 @@ def performance_page(lake: Lake, horizons: list[str], summary: RunSummary | None
 
 
 def money(x: float) -> str:
-    return f"{x:,.2f}"
+    """To the cent; a gap of -1e-10 reads 0.00, not -0.00."""
+    return f"{round(x, 2) + 0.0:,.2f}"
 
 
 def track_record_page(lake: Lake, settings: Settings) -> dict:

@@ -19,7 +19,7 @@ def _day(ts: int | None) -> str:
 
 
 def _money(x: float | None) -> str:
-    return "" if x is None else f"{x:,.2f}"
+    return "" if x is None else f"{round(x, 2) + 0.0:,.2f}"  # -1e-10 reads 0.00
 
 
 def print_reconciliation(doc: Reconciliation, limit: int = 50) -> None:
