@@ -301,8 +301,14 @@ def test_after_a_failed_run_every_page_says_so_and_nothing_unjudged_is_certified
     from shared.runs import put_summary
     from shared.storage import LocalLake
 
+    from datetime import datetime, timedelta
+
+    # The latest run of the lake: a day after every run already there (the operator's test started one now).
+    last = max(json.loads(p.read_text())["as_of"] for p in site["lake"].glob("runs/*/summary.json"))
+    when = datetime.fromisoformat(last.replace("Z", "+00:00")) + timedelta(days=1)
     put_summary(LocalLake(site["lake"]), RunSummary(
-        run_id="20240511T000000Z-failed00", as_of="2024-05-11T00:00:00Z", source=str(site["src"]), status="failed",
+        run_id=when.strftime("%Y%m%dT%H%M%SZ") + "-failed00", as_of=when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        source=str(site["src"]), status="failed",
         failures=[Failure(step="predict", item="24h", code="transient", message="the step broke off")],
         uncertified_horizons={}))
     sign_in(browser, site, "vera")
@@ -311,7 +317,7 @@ def test_after_a_failed_run_every_page_says_so_and_nothing_unjudged_is_certified
         assert browser.find_element(By.TAG_NAME, "h1").text == title, path
         badge = browser.find_element(By.ID, "run-status-badge").text
         assert badge.startswith("latest run failed"), (path, badge)
-        assert browser.find_elements(By.ID, "stale-badge"), path  # 2024 data, read in 2026
+        assert browser.find_elements(By.ID, "stale-badge"), path  # the newest forecasts are from 2024
         assert errors_in_console(browser) == [], path
     browser.get(site["base"] + "/")
     nothing = browser.find_element(By.ID, "no-signals").text
