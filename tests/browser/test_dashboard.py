@@ -21,6 +21,7 @@ pytest.importorskip("torch")
 selenium = pytest.importorskip("selenium")
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
@@ -266,7 +267,9 @@ def test_the_board_sorts_by_a_column_and_keeps_a_watchlist(site, browser, shots)
     assert ups == sorted(ups, reverse=True)
     browser.find_element(By.ID, "watch-coin").send_keys("XRP")
     browser.find_element(By.ID, "watch-add").click()
-    WebDriverWait(browser, 10).until(lambda d: "XRP" in d.find_element(By.ID, "watchlist").text)
+    # The form's answer reloads the page: an element found on the old page may go stale before it is read.
+    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
+        lambda d: "XRP" in d.find_element(By.ID, "watchlist").text)
     first = browser.find_element(By.CSS_SELECTOR, "#board tbody tr td a").text
     assert first == "XRP"
     browser.save_screenshot(str(shots / "viewer_board.png"))
