@@ -28,6 +28,7 @@ from services.risk.basket import Leg
 from services.risk.history import DAY_MS, price_history_from_panel
 from services.risk.orders import Order, orders_from_signals
 from services.risk.steps import market_neutral_basket
+from shared.datasets import day_of
 from shared.errors import CstError
 from shared.records import BookState, BookStep, Difference, Prediction, Reconciliation
 from shared.settings import Settings
@@ -35,10 +36,6 @@ from shared.storage import Lake
 
 CENT = 0.005  # P&L and cash compare to the cent
 PRICE_REL = 1e-9
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def logged_at(lake: Lake, settings: Settings, close: int, horizons: list[str] | None = None) -> list[Prediction]:
@@ -114,7 +111,7 @@ def _signals(lake: Lake, settings: Settings, state: BookState, steps: list[BookS
         coin, ts = key
         if key not in entries:
             if ts not in stepped:
-                d.add("missed_run", f"no run decided at {_iso(ts)}: the replay entered {coin}, the book could not",
+                d.add("missed_run", f"no run decided at {day_of(ts)}: the replay entered {coin}, the book could not",
                       coin, ts)
             elif key in refused:
                 d.add("gate", f"the book's gate refused {coin}: {refused[key]}", coin, ts)
@@ -171,7 +168,7 @@ def _research(lake: Lake, settings: Settings, state: BookState, steps: list[Book
         if f is None or r is None:
             same_basket = step is not None and step.targets == {x.coin: x.weight for x in baskets.get(ts, [])}
             if step is None:
-                d.add("missed_run", f"no run decided at {_iso(ts)}: the replay rebalanced {coin}, the book could not",
+                d.add("missed_run", f"no run decided at {day_of(ts)}: the replay rebalanced {coin}, the book could not",
                       coin, ts)
             elif same_basket and earlier:
                 pass  # the same basket traded from holdings an earlier difference left apart: not a new cause

@@ -3,8 +3,6 @@ universe over the same closes, drawdown, hits, costs, the last reconciliation an
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import numpy as np
 
 from services.alerts.store import sent_by_event
@@ -12,6 +10,7 @@ from services.books import store
 from services.evaluation.backtest import buy_and_hold, drawdown, equal_weight
 from services.features.store import read_panel
 from services.risk.history import DAY_MS, price_history_from_panel
+from shared.datasets import day_of
 from shared.errors import CstError
 from shared.records import BookRecord, BookState, TrackRecord
 from shared.settings import Settings
@@ -66,7 +65,7 @@ def track_record(lake: Lake, settings: Settings) -> TrackRecord:
     books = [book_record(lake, settings, s) for s in (store.load_state(lake, n) for n in ("signals", "research"))
              if s is not None and s.marks]
     since = min((b.start_ts for b in books), default=None)
-    day = datetime.fromtimestamp(since / 1000, tz=timezone.utc).strftime("%Y-%m-%d") if since is not None else None
+    day = day_of(since) if since is not None else None
     return TrackRecord(
         books=books, reconciliation=store.load_reconciliation(lake),
         alerts_sent=sent_by_event(lake, day) if day else {},

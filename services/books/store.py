@@ -3,17 +3,12 @@ reconciliation; the only module that spells their keys."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
+from shared.datasets import day_of
 from shared.errors import LakeKeyNotFound
 from shared.records import BookName, BookState, BookStep, Reconciliation
 from shared.storage import Lake
 
 BOOKS = "books/"
-
-
-def _day(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def state_key(book: BookName) -> str:
@@ -22,7 +17,7 @@ def state_key(book: BookName) -> str:
 
 def step_key(book: BookName, close_ts: int) -> str:
     """One step per daily close it advanced to: a re-run of the same close writes the same key."""
-    return f"{BOOKS}book={book}/steps/date={_day(close_ts)}.json"
+    return f"{BOOKS}book={book}/steps/date={day_of(close_ts)}.json"
 
 
 def reconciliation_key() -> str:

@@ -79,7 +79,6 @@ def test_the_research_book_holds_the_baskets_weights_with_costs_and_funding_by_h
     state = new_state("research", int(m.close_ts[start]), 100_000.0, "binance-perp")
     state, moved = step_research(state, m, baskets, settings, int(m.close_ts[-1]), "r")
     # By hand, from the same closes and the same impact model.
-    adv = {j: m.quote_volume[i - 29:i + 1, j].mean() for i in (40, 42) for j in range(4)}  # noqa: F841
     from services.risk.guards import liquidity
 
     a, v = liquidity(m.close, m.quote_volume, DAY_MS)
