@@ -12,8 +12,15 @@ from shared.settings import Settings
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from services.evaluation.evaluate import evaluate, load_experiment
+    from services.evaluation.evaluate import evaluate, judge_ranges_again, load_experiment
 
+    out = Path(args.out)
+    if getattr(args, "ranges_again", False):
+        res = judge_ranges_again(settings, out)
+        console.print(evaluation_table(res["metrics"]))
+        console.print(f"the ranges judged again on the rows in {out / 'rows'}; wrote {out / 'metrics.json'} and "
+                      f"{out / 'report.html'}")
+        return 0
     if getattr(args, "from_snapshot", None):
         settings, stored = load_experiment(args.from_snapshot, args.source)
         kwargs = {k: stored[k] for k in ("train_until", "train_until_1h", "horizons", "budget", "backtest_threshold")}
@@ -31,7 +38,6 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                   "horizons": horizons, "budget": args.budget, "backtest_threshold": args.threshold,
                   "retrain_every": args.retrain_every}
         source = args.source
-    out = Path(args.out)
     with activity("evaluating") as tick:
         res = evaluate(settings, source, out, tick=tick, **kwargs)
     console.print(evaluation_table(res["metrics"]))
@@ -55,6 +61,9 @@ def register(sub, _lake: argparse.ArgumentParser) -> None:
         if name == "evaluate":
             p.add_argument("--train-until-1h", help="the split for the 1h horizon (default: --train-until)")
             p.add_argument("--horizons", help="comma-separated, default all: 1h,24h,7d,30d")
+            p.add_argument("--ranges-again", action="store_true",
+                           help="serve and judge the 80%% ranges again on the rows of the evaluation in OUT with "
+                                "these settings' range rules (run.range_*), without training again")
         p.add_argument("--budget", default="quick", help="tuning/training budget profile: quick or full")
         p.add_argument("--retrain-every", default="production",
                        help="retrain during the test: 'production' (the main job's cadence per timeframe, "

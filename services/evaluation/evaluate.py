@@ -416,21 +416,91 @@ def replay_ranges(settings: Settings, market: History, t: HorizonTest, tick: Cal
     """The served range replayed as the outcome step serves it, and every reference range on the same rows."""
     run, spec = settings.run, settings.training.horizons[t.horizon]
     panel = market.panels[spec.timeframe]
-    adapt = {"alpha": run.range_alpha, "gamma": run.range_gamma, "window": run.range_window, "overlap": spec.bars,
-             "bins": run.range_bins}
-    t.ranges = conformal.replay(t.ts, t.quantiles[:, 1], t.vol, t.fwd, t.horizon_ms, **adapt)
     t.naive = naive_ranges(panel, t.coin, t.ts, spec.bars, run.range_naive_window[spec.timeframe], run.range_alpha)
     starts = sorted({iso_to_ms(m["from"]) for m in t.models})
     tick(f"{t.horizon}: GARCH(1,1) per coin")
     garch = ranges_eval.garch_sigma(panel, t.coin, t.ts, spec.bars, starts, tick=tick)
+    t.references = {ranges_eval.NAIVE: t.naive, ranges_eval.GARCH: ranges_eval.normal_range(garch, run.range_alpha)}
+    serve_ranges(settings, t)
+
+
+def serve_ranges(settings: Settings, t: HorizonTest) -> None:
+    """The ranges that follow from the rows and the range settings alone: the served one and the previous served
+    one (each replayed as the outcome step serves it) and HAR's, beside the references already on `t`."""
+    run, spec = settings.run, settings.training.horizons[t.horizon]
+    adapt = {"alpha": run.range_alpha, "gamma": run.range_gamma, "window": run.range_window, "overlap": spec.bars,
+             "bins": run.range_bins}
+    t.ranges = conformal.replay(t.ts, t.quantiles[:, 1], t.vol, t.fwd, t.horizon_ms, **adapt)
     t.references = {
         ranges_eval.SERVED: t.ranges,
         ranges_eval.PREVIOUS: conformal.replay(t.ts, t.quantiles[:, 0], t.quantiles[:, 2], t.fwd, t.horizon_ms,
                                                kind=conformal.CQR, **adapt),
-        ranges_eval.NAIVE: t.naive,
+        ranges_eval.NAIVE: t.references[ranges_eval.NAIVE],
         ranges_eval.HAR: ranges_eval.normal_range(t.vol_har, run.range_alpha),
-        ranges_eval.GARCH: ranges_eval.normal_range(garch, run.range_alpha),
+        ranges_eval.GARCH: t.references[ranges_eval.GARCH],
     }
+
+
+ROWS = "rows"  # OUT/rows/<horizon>.npz and .json: every test row, so the ranges can be judged again
+
+
+def save_rows(out: Path, tests: dict[str, HorizonTest]) -> None:
+    """Every horizon's test rows (predictions, outcomes, volatility forecasts, every range) beside the report."""
+    folder = out / ROWS
+    folder.mkdir(parents=True, exist_ok=True)
+    for h, t in tests.items():
+        arrays = {a: getattr(t, a) for a in HorizonTest.ARRAYS if getattr(t, a) is not None}
+        arrays["coin"] = np.asarray(t.coin, dtype=str)
+        arrays.update({f"range:{name}": r for name, r in t.references.items()})
+        np.savez_compressed(folder / f"{h}.npz", **arrays)
+        about = {"horizon": h, "split_ms": t.split_ms, "horizon_ms": t.horizon_ms, "excluded": t.excluded,
+                 "models": t.models, "search": t.search}
+        (folder / f"{h}.json").write_text(json.dumps(about, indent=1, default=_json_default))
+
+
+def load_rows(out: Path) -> dict[str, HorizonTest]:
+    folder = out / ROWS
+    if not folder.is_dir():
+        raise CstError("no_rows", f"{out} holds no test rows ({ROWS}/): it was written by an older cst evaluate; "
+                                  "run the evaluation again (cst evaluate --from OUT/experiment.json)")
+    tests = {}
+    for path in sorted(folder.glob("*.json")):
+        about = json.loads(path.read_text())
+        with np.load(path.with_suffix(".npz")) as z:
+            arrays = {k: z[k] for k in z.files}
+        refs = {k.split(":", 1)[1]: arrays.pop(k) for k in list(arrays) if k.startswith("range:")}
+        t = HorizonTest(about["horizon"], int(about["split_ms"]), excluded=about["excluded"],
+                        horizon_ms=int(about["horizon_ms"]), models=about["models"], search=about["search"],
+                        **{k: arrays[k] for k in HorizonTest.ARRAYS if k in arrays})
+        t.references, t.naive, t.ranges = refs, refs.get(ranges_eval.NAIVE), refs.get(ranges_eval.SERVED)
+        tests[t.horizon] = t
+    return tests
+
+
+def judge_ranges_again(settings: Settings, out: Path) -> dict:
+    """The ranges of a finished evaluation served and judged again with these settings' range rules, on its stored
+    rows, without training again: metrics.json (every horizon's range and volatility figures; its cross-section,
+    chance level and backtest as they were), the report and the rows are rewritten, and metrics.json says so."""
+    tests = load_rows(out)
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+        bt = json.loads((out / "backtest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CstError("bad_evaluation", f"cannot read the evaluation in {out}: {exc}") from None
+    thr = settings.confidence_threshold
+    for h, t in tests.items():
+        serve_ranges(settings, t)
+        kept = {k: v for k, v in metrics["horizons"].get(h, {}).items() if k in ("level_by_chance", "cross_section")}
+        metrics["horizons"][h] = {**horizon_metrics(t, thr, settings.training.seed, settings.run.range_alpha), **kept}
+    run = settings.run
+    metrics["ranges_judged_again"] = {
+        "code_revision": provenance(settings)["code_revision"],
+        "settings": {k: getattr(run, k) for k in ("range_alpha", "range_gamma", "range_window", "range_bins")},
+        "note": "the served and previous served ranges replayed on the stored rows; the models were not retrained"}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    write_report(out, metrics, tests, bt, thr, 1 - run.range_alpha)
+    save_rows(out, tests)
+    return {"metrics": metrics, "tests": tests, "backtest": bt}
 
 
 def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: str,
@@ -499,6 +569,7 @@ def evaluate(settings: Settings, source: str | Path, out: Path, *, train_until: 
                              "search_stopped_by_time": {h: ms for h, ms in stopped.items() if ms}}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     write_report(out, metrics, tests, bt, thr, 1 - settings.run.range_alpha)
+    save_rows(out, tests)
     return {"metrics": metrics, "tests": tests, "signals": signals, "market": market, "backtest": bt}
 
 

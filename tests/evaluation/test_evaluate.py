@@ -74,6 +74,28 @@ def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monk
         assert f'src="{png}"' in html
     assert "wrote" in capsys.readouterr().err
 
+    # The ranges judged again on the stored rows: with the same settings, the same figures; with other range rules,
+    # the served range changes and the references that do not depend on them (naive, GARCH) do not.
+    before = {h: metrics["horizons"][h]["ranges"] for h in ("24h", "7d")}
+    rows = {h: dict(np.load(out / "rows" / f"{h}.npz")) for h in ("24h", "7d")}
+    assert main(["evaluate", "--ranges-again", "--out", str(out)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["ranges_judged_again"]["settings"]["range_bins"] == 3
+    for h in ("24h", "7d"):
+        assert again["horizons"][h]["ranges"] == json.loads(json.dumps(before[h]))
+        assert again["horizons"][h]["cross_section"] == metrics["horizons"][h]["cross_section"]
+    monkeypatch.setenv("CST_RUN__RANGE_BINS", "1")
+    assert main(["evaluate", "--ranges-again", "--out", str(out)]) == 0
+    one_bin = json.loads((out / "metrics.json").read_text())
+    assert one_bin["ranges_judged_again"]["settings"]["range_bins"] == 1
+    for h in ("24h", "7d"):
+        now = dict(np.load(out / "rows" / f"{h}.npz"))
+        served = "range:served (volatility-scaled conformal)"
+        assert not np.allclose(now[served], rows[h][served], equal_nan=True)
+        for kept in ("range:naive rolling volatility", "range:GARCH(1,1)", "fwd", "vol", "coin"):
+            np.testing.assert_array_equal(now[kept], rows[h][kept])
+        assert one_bin["horizons"][h]["n"] == metrics["horizons"][h]["n"]
+
 
 def _test(p, y, direction, confidence, base_rate=0.5) -> HorizonTest:
     n = len(p)
