@@ -396,7 +396,8 @@ class RunSettings(BaseModel):
     pool_min_rows: int = 512
     # The served return range: nominal miscoverage (0.2 = an 80% range); the adaptive conformal step per decision
     # time (Gibbs & Candes 2021: alpha_t+1 = alpha_t + gamma / bars * (alpha - miss share_t)); the scores of how
-    # many recent decision times it ranks; how many volatility bins keep their own scores and alpha (terciles).
+    # many recent horizons it ranks (window x bars decision times: independent outcomes, not overlapping ones); how
+    # many volatility bins keep their own scores and alpha (terciles).
     range_alpha: float = 0.2
     range_gamma: float = 0.01
     range_window: int = 60

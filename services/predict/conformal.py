@@ -1,8 +1,10 @@
 """Honest return ranges: conformal ranges scaled by the volatility forecast, by volatility bin, adapted online (ACI).
 
-The served range is centre +- m * sigma, with the model's median return as centre and the horizon's volatility
-forecast as sigma: each matured prediction scores s = |r - centre| / sigma, so one calibration serves calm and wild
-coins alike (a normalized conformal score). A forecast that spreads the coins too far apart (calm coins too calm,
+The served range is centre +- m * sigma, with the horizon's volatility forecast as sigma: each matured prediction
+scores s = |r - centre| / sigma, so one calibration serves calm and wild coins alike (a normalized conformal score).
+The centre is the model's median return where it has earned it: where, over the window's outcomes, it sat closer to
+them (in sigmas) than no move at all; otherwise the range is centred on no move, as every reference range is. A
+median that only adds its own noise (a direction barely forecast) would widen every range for nothing. A forecast that spreads the coins too far apart (calm coins too calm,
 wild ones too wild) would still cover 80% overall and not within each kind of coin, so the scores are kept apart by
 volatility bin (Mondrian conformal: terciles of the recent forecasts) and m is the (1 - alpha_t) quantile of the
 recent scores of the prediction's own bin.
@@ -11,8 +13,11 @@ Adaptive conformal inference (Gibbs & Candes 2021) moves each bin's alpha_t with
 gamma * (alpha - miss share). One step per decision time, not per outcome: the coins of one decision time miss
 together when the market jumps, and a step per coin would answer one market move with as many steps as there are
 coins (hundreds in a wide universe). Outcomes of overlapping horizons (a 30-day outcome every day) repeat the same
-news for as many decision times as the horizon has bars, so the step is gamma / bars. The recent scores are those
-of the last `window` decision times. The state lives in the lake per horizon.
+news for as many decision times as the horizon has bars, so the step is gamma / bars. For the same reason the
+window is counted in independent outcomes: the recent scores are those of the last `window` horizons (window x bars
+decision times); a 30-day range learns its quantile from 60 thirty-day outcomes, not from two. A decision time keeps
+at most MAX_SCORES_PER_TIME scores, evenly spread over its coins' forecasts (a wide universe's coins of one decision
+time mostly repeat one market move), so the state stays small. The state lives in the lake per horizon.
 
 The kind "cqr" (conformalized quantile regression: s = max(q_lo - r, r - q_hi), range [q_lo - m, q_hi + m], one
 bin) is the range served before the volatility forecast; cst evaluate replays it as a reference.
@@ -26,8 +31,9 @@ import numpy as np
 
 
 NORMALIZED, CQR = "normalized", "cqr"
-FORM = 2  # the state's layout: scores with their sigma and decision time, one alpha per bin
+FORM = 3  # the state's layout: scores (model's centre and no move) with their sigma and time, one alpha per bin
 MIN_BIN_SCORES = 20  # a bin with fewer recent scores is served the quantile of all of them
+MAX_SCORES_PER_TIME = 32  # scores kept per decision time (evenly over its forecasts' order)
 
 
 def scores_of(kind: str, a: np.ndarray, b: np.ndarray, realized: np.ndarray) -> np.ndarray:
@@ -62,6 +68,7 @@ class RangeState:
     misses: int = 0
     last_run: str | None = None  # the run whose outcomes were absorbed last (absorbing is once per run)
     kind: str = NORMALIZED
+    zero_scores: list[float] = field(default_factory=list)  # "normalized": the same outcomes' |r| / sigma
 
     @classmethod
     def new(cls, alpha: float, kind: str = NORMALIZED, bins: int = 3, last_run: str | None = None) -> RangeState:
@@ -81,11 +88,18 @@ class RangeState:
         edges = self.edges() if edges is None else edges
         return np.searchsorted(edges, b, side="right") if edges.size else np.zeros(np.shape(b), dtype=np.int64)
 
+    def centred(self) -> bool:
+        """Whether the range is centred on the model's median: always for "cqr"; for "normalized" while the
+        window's outcomes sat closer to it than to no move (mean |r - centre| / sigma against mean |r| / sigma)."""
+        if self.kind != NORMALIZED or len(self.zero_scores) != len(self.scores) or not self.scores:
+            return True
+        return float(np.mean(self.scores)) <= float(np.mean(self.zero_scores))
+
     def margins(self) -> list[float] | None:
         """Per bin, how far both ends move (in sigmas for "normalized"); None without any score yet."""
         if not self.scores:
             return None
-        scores = np.asarray(self.scores)
+        scores = np.asarray(self.scores if self.centred() else self.zero_scores)
         where = self.bin_of(np.asarray(self.sigmas))
         out = []
         for k, alpha in enumerate(self.alphas):
@@ -107,7 +121,7 @@ class RangeState:
         if m is None or not a.size:
             return out
         mm = np.asarray(m)[self.bin_of(b)] if self.bins > 1 else np.full(a.size, m[0])
-        out[:, 0], out[:, 1] = interval(self.kind, a, b, mm)
+        out[:, 0], out[:, 1] = interval(self.kind, a if self.centred() else np.zeros_like(a), b, mm)
         return out
 
     def served(self, a: float, b: float) -> tuple[float, float] | None:
@@ -130,13 +144,19 @@ class RangeState:
             judged = miss[(where == k) & ~np.isnan(miss)]
             if judged.size:
                 self.alphas[k] += gamma / max(overlap, 1) * (target_alpha - float(judged.mean()))
-        self.scores += scores_of(self.kind, a, b, realized).tolist()
-        self.sigmas += (b if self.kind == NORMALIZED else b - a).tolist()
-        self.times += [int(ts)] * a.size
-        kept = np.unique(self.times)[-window:]
+        spread = b if self.kind == NORMALIZED else b - a
+        keep = np.argsort(spread, kind="stable")
+        if keep.size > MAX_SCORES_PER_TIME:
+            keep = keep[np.unique(np.linspace(0, keep.size - 1, MAX_SCORES_PER_TIME).round().astype(int))]
+        self.scores += scores_of(self.kind, a[keep], b[keep], realized[keep]).tolist()
+        if self.kind == NORMALIZED:
+            self.zero_scores += scores_of(self.kind, np.zeros(keep.size), b[keep], realized[keep]).tolist()
+        self.sigmas += spread[keep].tolist()
+        self.times += [int(ts)] * keep.size
+        kept = np.unique(self.times)[-window * max(overlap, 1):]
         if kept.size and self.times[0] < kept[0]:
             first = int(np.searchsorted(np.asarray(self.times), kept[0], side="left"))
-            del self.scores[:first], self.sigmas[:first], self.times[:first]
+            del self.scores[:first], self.sigmas[:first], self.times[:first], self.zero_scores[:first]
         self.outcomes += a.size
         self.misses += int(np.nansum(miss))
         return miss
@@ -146,13 +166,14 @@ class RangeState:
 
     def to_json(self) -> dict:
         return {"form": FORM, "kind": self.kind, "alphas": self.alphas, "scores": self.scores, "sigmas": self.sigmas,
-                "times": self.times, "outcomes": self.outcomes, "misses": self.misses, "last_run": self.last_run}
+                "times": self.times, "outcomes": self.outcomes, "misses": self.misses, "last_run": self.last_run,
+                "zero_scores": self.zero_scores}
 
     @classmethod
     def from_json(cls, doc: dict) -> RangeState:
         return cls([float(x) for x in doc["alphas"]], [float(x) for x in doc["scores"]],
                    [float(x) for x in doc["sigmas"]], [int(x) for x in doc["times"]], int(doc["outcomes"]),
-                   int(doc["misses"]), doc.get("last_run"), doc["kind"])
+                   int(doc["misses"]), doc.get("last_run"), doc["kind"], [float(x) for x in doc["zero_scores"]])
 
 
 def state_key(horizon: str) -> str:

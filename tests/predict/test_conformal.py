@@ -158,3 +158,40 @@ def test_normalized_ranges_settle_at_the_nominal_level_in_each_volatility_regime
     ratio = np.nanmedian(widths[3000:4000]) / np.nanmedian(widths[5000:6000])
     assert 3.0 < ratio < 5.0, ratio
     assert abs(np.nanmean(miss) - ALPHA) <= (max(ALPHA, 1 - ALPHA) + GAMMA) / (GAMMA * r.size)
+
+
+def test_the_range_is_centred_on_the_models_median_only_where_it_sat_closer_to_the_outcomes_than_no_move():
+    rng = np.random.default_rng(3)
+    days, coins = 200, 10
+    ts = np.repeat(np.arange(days), coins)
+    sigma = np.full(ts.size, 0.05)
+    drift = rng.normal(0.0, 0.05, ts.size)  # what the coin will do beyond noise, known to a skilled median only
+    r = drift + rng.normal(0.0, 0.02, ts.size)
+    for median, centred in ((drift, True), (rng.normal(0.0, 0.05, ts.size), False)):
+        state = RangeState.new(ALPHA)
+        for t in range(days):
+            rows = ts == t
+            state.absorb(t, median[rows], sigma[rows], r[rows], None, ALPHA, 0.01, 60)
+        assert state.centred() is centred
+        lo, hi = state.served(0.1, 0.05)
+        assert np.isclose((lo + hi) / 2, 0.1 if centred else 0.0)
+        got = replay(ts, median, sigma, r, 1, alpha=ALPHA, gamma=0.01, window=60)
+        late = ts >= 100
+        inside = (r >= got[:, 0]) & (r <= got[:, 1])
+        assert abs(inside[late].mean() - 0.8) < 0.04
+        # 80% of |N(0, sd)| is 1.28 sd: the skilled median leaves sd 0.02 (width ~0.051); no move leaves 0.054
+        # (~0.138); the noisy median would have left 0.073 (~0.187).
+        width = np.median(got[late, 1] - got[late, 0])
+        assert width < (0.07 if centred else 0.16), width
+
+
+def test_the_window_counts_horizons_and_a_decision_time_keeps_a_spread_of_its_coins_scores():
+    state = RangeState.new(ALPHA)
+    sig = np.linspace(0.01, 0.3, 300)
+    for t in range(100):  # a 30-bar horizon with a window of 2 horizons: the last 60 decision times
+        state.absorb(t, np.zeros(300), sig, np.full(300, 0.05), None, ALPHA, 0.01, 2, overlap=30)
+    assert sorted(set(state.times)) == list(range(40, 100))
+    assert len(state.scores) == len(state.zero_scores) == len(state.sigmas) == 60 * 32
+    kept = np.asarray(state.sigmas[-32:])
+    assert kept.min() == sig.min() and kept.max() == sig.max() and np.all(np.diff(kept) > 0)
+    assert RangeState.from_json(state.to_json()) == state
