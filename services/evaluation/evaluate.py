@@ -680,7 +680,10 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
 
     range_rows = [{"horizon": h, "range": name, "rows (same for all)": m["ranges"].get("common_rows"),
                    "coverage": pct(r["coverage"]),
+                   "coverage [90%]": _cov_interval(r.get("coverage_interval")),
                    "by vol tercile (low / mid / high)": " / ".join(f"{c:.3f}" for c in r["coverage_by_vol_tercile"]),
+                   "by tercile [90%]": " / ".join(_cov_interval(x) or "-"
+                                                  for x in r.get("coverage_by_vol_tercile_interval", [])) or None,
                    "by coin: median [min, max]": (f"{r['coverage_by_coin']['median']:.3f} "
                                                   f"[{r['coverage_by_coin']['min']:.3f}, {r['coverage_by_coin']['max']:.3f}]"
                                                   if r["coverage_by_coin"].get("coins") else None),
@@ -742,6 +745,12 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
         sections.append(("Guard decisions (rejections and scale-downs)", bt["decisions_with_guards"] or "none"))
     return report.html_report(out / "report.html", f"cst evaluation, trained until {metrics['train_until']}",
                               sections, images)
+
+
+def _cov_interval(x: dict | None) -> str | None:
+    if not x or x.get("interval", [None])[0] is None:
+        return None
+    return f"[{x['interval'][0]:.3f}, {x['interval'][1]:.3f}]"
 
 
 def _inside(t: HorizonTest) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -138,6 +138,12 @@ def range_metrics(ts: np.ndarray, coin: np.ndarray, fwd: np.ndarray, ranges: dic
         out["kinds"][name] = {
             "coverage": float(inside.mean()),
             "coverage_by_vol_tercile": [float(inside[tercile == k].mean()) for k in range(3)],
+            # How far the test can tell coverage apart from the nominal level: window-bootstrap 90% intervals (the
+            # mean per window differs from the row share where windows hold unequal numbers of rows).
+            "coverage_interval": window_interval(inside.astype(float), t, horizon_ms, seed=seed),
+            "coverage_by_vol_tercile_interval": [
+                window_interval(inside[tercile == k].astype(float), t[tercile == k], horizon_ms, seed=seed)
+                for k in range(3)],
             "coverage_by_coin": _by_coin(inside, c),
             "median_width": float(np.median(hi - lo)),
             "interval_score": window_interval(s, t, horizon_ms, seed=seed),

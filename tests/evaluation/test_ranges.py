@@ -44,6 +44,12 @@ def test_range_metrics_cover_terciles_coins_and_the_difference_to_the_best_refer
     # The flat range over-covers the calm coin and under-covers the wild one.
     low, _, high = ref["coverage_by_vol_tercile"]
     assert low > 0.99 and high < 0.6
+    # Coverage intervals over 300 independent days: the sharp range's hold 0.8, the flat one's high tercile not.
+    cov = served["coverage_interval"]
+    assert cov["windows"] == n_days and cov["interval"][0] < 0.8 < cov["interval"][1]
+    assert cov["mean"] == pytest.approx(served["coverage"])
+    assert all(iv["interval"][0] < 0.8 < iv["interval"][1] for iv in served["coverage_by_vol_tercile_interval"])
+    assert ref["coverage_by_vol_tercile_interval"][2]["interval"][1] < 0.7
     assert served["coverage_by_coin"]["coins"] == 3
     # The sharp range wins on interval score, and the interval of the difference says so.
     assert m["best_reference"] == "flat"
