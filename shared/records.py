@@ -379,6 +379,16 @@ class TargetModel(BaseModel):
     calibration_rows: int = 0
 
 
+class RangeSeed(BaseModel):
+    """Held-out normalized scores the served range starts from: |forward log return| / the served volatility
+    forecast on the volatility model's calibration rows (which its members never saw), for the last decision times a
+    range window holds (at most 32 per decision time), so a new range begins calibrated, not from nothing."""
+
+    ts: list[int] = Field(description="decision time of each score (epoch ms)")
+    sigma: list[float] = Field(description="the served volatility forecast of each score")
+    score: list[float] = Field(description="|r| / sigma: the outcome's distance from no move, in forecast sds")
+
+
 class VolModel(BaseModel):
     """The volatility forecast inside a horizon version: realized variance over the horizon from HAR and pooled
     gradient-boosting members, linearly stacked; its held-out QLIKE and R2 against HAR alone and the rolling mean."""
@@ -393,6 +403,7 @@ class VolModel(BaseModel):
     members: dict[str, Any] = {}
     rows: int = 0
     rows_excluded: dict[str, Any] = {}
+    range_seed: RangeSeed | None = Field(None, description="held-out scores a new served range starts from")
 
 
 class ModelMetadata(BaseModel):

@@ -180,7 +180,9 @@ def test_run_replays_the_real_files_into_the_lake_and_again_lands_nothing(shared
     for r in board:
         assert 0 <= r["p_up_low"] <= r["p_up"] <= r["p_up_high"] <= 1 and r["vol_forecast"] > 0
         assert r["close"] > 0 and r["why"].startswith(("actionable", "not actionable: "))
-        assert r["range_low"] is None and r["price_low"] is None  # the first run: no outcome has calibrated a range
+        # The first run: no outcome yet, the range starts from the model's held-out scores, centred on no move.
+        assert r["range_low"] < 0 < r["range_high"] and r["range_low"] == pytest.approx(-r["range_high"])
+        assert r["price_low"] < r["close"] < r["price_high"]
     assert {(r["coin"], r["decision"]) for r in board} == {(r["coin"], "2024-07-01T00:00:00Z") for r in board}
     assert main([*argv, "--no-retrain", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -49,7 +49,7 @@ from shared.metrics import (
 )
 from shared.pipeline.context import StepContext
 from shared.provenance import directory_digest, provenance
-from shared.records import BookDecision, ModelMetadata, Signal, TrainingFailure
+from shared.records import BookDecision, ModelMetadata, RangeSeed, Signal, TrainingFailure
 from shared.runs import new_ref
 from shared.settings import SECRET_FIELDS, Settings, timeframe_ms
 from shared.storage import LocalLake
@@ -102,6 +102,8 @@ class HorizonTest:
     ranges: np.ndarray | None = None  # (n, 2) the 80% range served (conformal, replayed); NaN before any outcome
     naive: np.ndarray | None = None  # (n, 2) rolling-volatility range of the same nominal level
     references: dict[str, np.ndarray] = field(default_factory=dict)  # every range, served included, by name
+    # The held-out scores the served range starts from: the first window's model's (the range carries on after).
+    range_seed: RangeSeed | None = None
 
     def labeled(self) -> np.ndarray:
         return np.isfinite(self.y)
@@ -121,7 +123,8 @@ class HorizonTest:
             for k, v in p.excluded.items():
                 excluded[k] += v
         return cls(first.horizon, first.split_ms, excluded=dict(excluded), horizon_ms=first.horizon_ms,
-                   models=[m for p in parts for m in p.models], search=parts[-1].search, **arrays)
+                   models=[m for p in parts for m in p.models], search=parts[-1].search,
+                   range_seed=first.range_seed, **arrays)
 
 
 def retrain_points(start_ms: int, end_ms: int, every_ms: int | None) -> list[int]:
@@ -169,6 +172,7 @@ def predict_window(settings: Settings, market: History, lake: LocalLake, horizon
                  "beats_skill": beats.get("verdict", model.metadata.beats_note), "beats_strength": beats.get("strength"),
                  "vol_served": model.metadata.vol.served if model.has_vol else None}]
     t.search = model.metadata.tuning
+    t.range_seed = model.metadata.vol.range_seed if model.has_vol else None
     return t
 
 
@@ -430,7 +434,7 @@ def serve_ranges(settings: Settings, t: HorizonTest) -> None:
     run, spec = settings.run, settings.training.horizons[t.horizon]
     adapt = {"alpha": run.range_alpha, "gamma": run.range_gamma, "window": run.range_window, "overlap": spec.bars,
              "bins": run.range_bins}
-    t.ranges = conformal.replay(t.ts, t.quantiles[:, 1], t.vol, t.fwd, t.horizon_ms, **adapt)
+    t.ranges = conformal.replay(t.ts, t.quantiles[:, 1], t.vol, t.fwd, t.horizon_ms, seed=t.range_seed, **adapt)
     t.references = {
         ranges_eval.SERVED: t.ranges,
         ranges_eval.PREVIOUS: conformal.replay(t.ts, t.quantiles[:, 0], t.quantiles[:, 2], t.fwd, t.horizon_ms,
@@ -454,7 +458,8 @@ def save_rows(out: Path, tests: dict[str, HorizonTest]) -> None:
         arrays.update({f"range:{name}": r for name, r in t.references.items()})
         np.savez_compressed(folder / f"{h}.npz", **arrays)
         about = {"horizon": h, "split_ms": t.split_ms, "horizon_ms": t.horizon_ms, "excluded": t.excluded,
-                 "models": t.models, "search": t.search}
+                 "models": t.models, "search": t.search,
+                 "range_seed": t.range_seed.model_dump() if t.range_seed is not None else None}
         (folder / f"{h}.json").write_text(json.dumps(about, indent=1, default=_json_default))
 
 
@@ -473,6 +478,7 @@ def load_rows(out: Path) -> dict[str, HorizonTest]:
                         horizon_ms=int(about["horizon_ms"]), models=about["models"], search=about["search"],
                         **{k: arrays[k] for k in HorizonTest.ARRAYS if k in arrays})
         t.references, t.naive, t.ranges = refs, refs.get(ranges_eval.NAIVE), refs.get(ranges_eval.SERVED)
+        t.range_seed = RangeSeed(**about["range_seed"]) if about.get("range_seed") else None
         tests[t.horizon] = t
     return tests
 

@@ -19,6 +19,11 @@ decision times); a 30-day range learns its quantile from 60 thirty-day outcomes,
 at most MAX_SCORES_PER_TIME scores, evenly spread over its coins' forecasts (a wide universe's coins of one decision
 time mostly repeat one market move), so the state stays small. The state lives in the lake per horizon.
 
+A range with no outcomes yet starts from the model's held-out scores (`RangeSeed`: |r| / sigma on the volatility
+model's calibration rows, which no member saw), as split conformal does, and adapts from there; the seed's scores
+count as centred on no move, so the model's median earns the centre from live outcomes only. Without a seed there is
+no range until the first outcome.
+
 The kind "cqr" (conformalized quantile regression: s = max(q_lo - r, r - q_hi), range [q_lo - m, q_hi + m], one
 bin) is the range served before the volatility forecast; cst evaluate replays it as a reference.
 """
@@ -28,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from shared.records import RangeSeed
 
 
 NORMALIZED, CQR = "normalized", "cqr"
@@ -47,6 +54,28 @@ def interval(kind: str, a, b, m):
     if kind == NORMALIZED:
         return a - m * b, a + m * b
     return a - m, b + m
+
+
+def spread_sample(spread: np.ndarray) -> np.ndarray:
+    """Indices of at most MAX_SCORES_PER_TIME of one decision time's rows, evenly over the order of `spread`."""
+    keep = np.argsort(spread, kind="stable")
+    if keep.size > MAX_SCORES_PER_TIME:
+        keep = keep[np.unique(np.linspace(0, keep.size - 1, MAX_SCORES_PER_TIME).round().astype(int))]
+    return keep
+
+
+def range_seed(ts: np.ndarray, sigma: np.ndarray, realized: np.ndarray, times: int) -> RangeSeed | None:
+    """The held-out scores of the last `times` decision times (at most MAX_SCORES_PER_TIME each); None without any."""
+    ok = np.isfinite(sigma) & (sigma > 0) & np.isfinite(realized)
+    ts, sigma, realized = ts[ok], sigma[ok], realized[ok]
+    out_ts, out_sig, out_score = [], [], []
+    for t in np.unique(ts)[-times:]:
+        rows = np.flatnonzero(ts == t)
+        rows = rows[spread_sample(sigma[rows])]
+        out_ts += [int(t)] * rows.size
+        out_sig += [float(f"{x:.6g}") for x in sigma[rows]]
+        out_score += [float(f"{x:.6g}") for x in np.abs(realized[rows]) / sigma[rows]]
+    return RangeSeed(ts=out_ts, sigma=out_sig, score=out_score) if out_ts else None
 
 
 def _quantile(scores: np.ndarray, alpha: float) -> float:
@@ -74,6 +103,15 @@ class RangeState:
     def new(cls, alpha: float, kind: str = NORMALIZED, bins: int = 3, last_run: str | None = None) -> RangeState:
         return cls([alpha] * (bins if kind == NORMALIZED else 1), kind=kind, last_run=last_run)
 
+    @classmethod
+    def seeded(cls, alpha: float, bins: int, seed: RangeSeed | None, last_run: str | None = None) -> RangeState:
+        """A new normalized state holding the held-out scores of `seed` (centred on no move); empty without one."""
+        state = cls.new(alpha, bins=bins, last_run=last_run)
+        if seed is not None:
+            state.scores, state.zero_scores = list(seed.score), list(seed.score)
+            state.sigmas, state.times = list(seed.sigma), list(seed.ts)
+        return state
+
     @property
     def bins(self) -> int:
         return len(self.alphas)
@@ -93,7 +131,7 @@ class RangeState:
         window's outcomes sat closer to it than to no move (mean |r - centre| / sigma against mean |r| / sigma)."""
         if self.kind != NORMALIZED or len(self.zero_scores) != len(self.scores) or not self.scores:
             return True
-        return float(np.mean(self.scores)) <= float(np.mean(self.zero_scores))
+        return float(np.mean(self.scores)) < float(np.mean(self.zero_scores))
 
     def margins(self) -> list[float] | None:
         """Per bin, how far both ends move (in sigmas for "normalized"); None without any score yet."""
@@ -145,9 +183,7 @@ class RangeState:
             if judged.size:
                 self.alphas[k] += gamma / max(overlap, 1) * (target_alpha - float(judged.mean()))
         spread = b if self.kind == NORMALIZED else b - a
-        keep = np.argsort(spread, kind="stable")
-        if keep.size > MAX_SCORES_PER_TIME:
-            keep = keep[np.unique(np.linspace(0, keep.size - 1, MAX_SCORES_PER_TIME).round().astype(int))]
+        keep = spread_sample(spread)
         self.scores += scores_of(self.kind, a[keep], b[keep], realized[keep]).tolist()
         if self.kind == NORMALIZED:
             self.zero_scores += scores_of(self.kind, np.zeros(keep.size), b[keep], realized[keep]).tolist()
@@ -180,30 +216,31 @@ def state_key(horizon: str) -> str:
     return f"state/conformal/horizon={horizon}.json"
 
 
-def load(lake, horizon: str, alpha: float, bins: int = 3) -> RangeState:
-    """The horizon's state; a state of an earlier layout (cqr scores in return units, or one alpha for all coins)
-    cannot serve these ranges: the range starts afresh from the next outcomes."""
+def load(lake, horizon: str, alpha: float, bins: int = 3, seed: RangeSeed | None = None) -> RangeState:
+    """The horizon's state; with none yet, or one of an earlier layout (cqr scores in return units, or one alpha for
+    all coins), which cannot serve these ranges, the range starts afresh from `seed` (the serving model's held-out
+    scores) or, without one, from the next outcomes."""
     from shared.errors import LakeKeyNotFound
 
     try:
         doc = lake.get_json(state_key(horizon))
     except LakeKeyNotFound:
-        return RangeState.new(alpha, bins=bins)
+        return RangeState.seeded(alpha, bins, seed)
     if doc.get("form") != FORM or doc.get("kind") != NORMALIZED or len(doc["alphas"]) != bins:
-        return RangeState.new(alpha, bins=bins, last_run=doc.get("last_run"))
+        return RangeState.seeded(alpha, bins, seed, last_run=doc.get("last_run"))
     return RangeState.from_json(doc)
 
 
 def replay(ts: np.ndarray, a: np.ndarray, b: np.ndarray, realized: np.ndarray, horizon_ms: int, *,
            alpha: float, gamma: float, window: int, overlap: int = 1, bins: int = 3,
-           kind: str = NORMALIZED) -> np.ndarray:
+           kind: str = NORMALIZED, seed: RangeSeed | None = None) -> np.ndarray:
     """The ranges the outcome step would have served, decision time by decision time: before each decision time
     every outcome matured by then is absorbed (one decision time at a time, in order, as the outcome step does), then
     the ranges of that time are served. (a, b) per row: (centre, sigma) or (q_lo, q_hi) by kind; a row whose a or b
     is not finite is served no range and absorbs nothing. Returns (n, 2); NaN where no outcome had matured yet (the
     live path serves none either)."""
     order = np.lexsort((np.arange(ts.size), ts))
-    state = RangeState.new(alpha, kind=kind, bins=bins)
+    state = RangeState.seeded(alpha, bins, seed) if kind == NORMALIZED else RangeState.new(alpha, kind=kind, bins=bins)
     ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(realized)
     out = np.full((ts.size, 2), np.nan)
     times, starts = np.unique(ts[order], return_index=True)

@@ -43,6 +43,7 @@ from shared.records import (
     NoOutcome,
     Outcome,
     Prediction,
+    RangeSeed,
     TargetModel,
 )
 from shared.registry import load_metadata
@@ -174,7 +175,8 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
                              min_rows=settings.run.pool_min_rows)
     tops = top_features(phi, model.names, settings.training.shap_top_k)
     beats = _beats_fields(model, pred, X, S, lake.uri, settings, thr, out.beats_uncertified)
-    ranges = conformal.load(lake, h, settings.run.range_alpha, settings.run.range_bins)
+    ranges = conformal.load(lake, h, settings.run.range_alpha, settings.run.range_bins,
+                            _range_seed(model.metadata))
     served_all = ranges.serve(pred.quantiles[:, 1], pred.vol) if pred.vol is not None else None
     verdict = (model.metadata.skill or {}).get("verdict", "no demonstrated skill")
     records = []
@@ -300,7 +302,8 @@ def _absorb_ranges(ctx: StepContext, ref: RunRef, horizon: str, records: list[Ou
     """The horizon's adaptive range learns from this run's matured outcomes, one decision time at a time, once per
     run; an outcome whose prediction carried no volatility forecast has no normalized score and teaches nothing."""
     cfg = ctx.settings.run
-    state = conformal.load(ctx.lake, horizon, cfg.range_alpha, cfg.range_bins)
+    meta = _metadata(ctx.lake, horizon)
+    state = conformal.load(ctx.lake, horizon, cfg.range_alpha, cfg.range_bins, _range_seed(meta))
     if state.last_run == ref.run_id:
         return
     bars = ctx.settings.training.horizons[horizon].bars
@@ -361,6 +364,11 @@ def performance(ctx: StepContext, ref: RunRef) -> PerformanceOutput:
         out.keys.append(logbook.write_performance(lake, h, iso_to_ms(ref.as_of), ref.run_id, rows))
         out.coins[h] = len(rows)
     return out
+
+
+def _range_seed(meta: ModelMetadata | None) -> RangeSeed | None:
+    """The held-out scores a horizon's range starts from: the serving model's, when it has them."""
+    return meta.vol.range_seed if meta is not None and meta.vol is not None else None
 
 
 def _metadata(lake: Lake, horizon: str) -> ModelMetadata | None:

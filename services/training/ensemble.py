@@ -11,6 +11,7 @@ import numpy as np
 
 from services.features.frame import FeatureFrame, Panel
 from services.features.sequences import sequence_index, sequences
+from services.predict.conformal import range_seed
 from services.training.calibration import (
     Calibrator,
     brier,
@@ -323,6 +324,11 @@ def train_vol(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, settings: Se
     vol = fit_vol(frame.X[rows], rv[rows], ts, list(frame.names), spec.bars, spec.length_ms, fit_rows, cal_rows,
                   budget.folds, params, cfg.seed, cfg.threads)
     vol.excluded = excluded
+    # Where the served range starts: the calibration rows' |r| / sigma, rows the volatility members never saw.
+    held = rows[cal_rows]
+    vol.range_seed = range_seed(frame.ts[held], vol.sigma(frame.X[held]),
+                                forward_log_returns(panel, frame, spec.bars)[held],
+                                settings.run.range_window * spec.bars)
     return vol
 
 

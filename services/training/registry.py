@@ -84,7 +84,7 @@ def _vol(t: Trained) -> dict | None:
     if v is None:
         return None
     return {"log_residual_variance": v.s2, "served": v.served, "metrics": v.metrics, "rows": v.rows,
-            "rows_excluded": v.excluded,
+            "rows_excluded": v.excluded, "range_seed": v.range_seed.model_dump() if v.range_seed is not None else None,
             "members": {"har": {"windows": [n for n in t.names if n.startswith("har_")]}, "gbt": v.gbt.params}}
 
 

@@ -135,12 +135,19 @@ class VolStack:
     served: str = "stack"  # "stack", or "HAR" when the stack did not beat HAR alone on the held-out rows
     rows: int = 0
     excluded: dict = field(default_factory=dict)
+    range_seed: object = None  # shared.records.RangeSeed: held-out scores the served range starts from
 
     def log_forecast(self, X: np.ndarray) -> np.ndarray:
         return self.meta.predict(np.column_stack([self.har.predict(X), self.gbt.predict(X)]))
 
     def variance(self, X: np.ndarray) -> np.ndarray:
         return np.exp(self.log_forecast(X) + self.s2 / 2)
+
+    def sigma(self, X: np.ndarray) -> np.ndarray:
+        """The served forecast's sd (as predict serves it): the stack's, or HAR's mean-corrected alone."""
+        if self.served == "HAR":
+            return np.sqrt(np.exp(self.har.predict(X) + self.metrics["har_log_residual_variance"] / 2))
+        return np.sqrt(self.variance(X))
 
     def blobs(self, n_features: int) -> dict[str, bytes]:
         from skl2onnx import to_onnx

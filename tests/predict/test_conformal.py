@@ -195,3 +195,29 @@ def test_the_window_counts_horizons_and_a_decision_time_keeps_a_spread_of_its_co
     kept = np.asarray(state.sigmas[-32:])
     assert kept.min() == sig.min() and kept.max() == sig.max() and np.all(np.diff(kept) > 0)
     assert RangeState.from_json(state.to_json()) == state
+
+
+def test_a_seeded_range_serves_calibrated_from_its_first_decision_and_the_median_earns_the_centre_live():
+    # Held-out scores of N(0, sigma) returns seed the range: it covers 80% from the first decision time, where an
+    # unseeded one serves nothing until an outcome matures and then learns from one decision time's scores.
+    from services.predict.conformal import range_seed
+
+    rng = np.random.default_rng(7)
+    coins, days, bars = 20, 120, 7
+    held_ts = np.repeat(np.arange(-400, 0), coins)
+    held_sig = np.exp(rng.normal(np.log(0.05), 0.3, held_ts.size))
+    seed = range_seed(held_ts, held_sig, rng.normal(0, held_sig), 60 * bars)
+    assert len(set(seed.ts)) == 400 and len(seed.score) == 400 * coins  # 420 times allowed, 20 coins < 32
+    ts = np.repeat(np.arange(days), coins)
+    sig = np.exp(rng.normal(np.log(0.05), 0.3, ts.size))
+    r = rng.normal(0, sig)
+    seeded = replay(ts, np.zeros(ts.size), sig, r, bars, alpha=ALPHA, gamma=0.01, window=60, overlap=bars, seed=seed)
+    cold = replay(ts, np.zeros(ts.size), sig, r, bars, alpha=ALPHA, gamma=0.01, window=60, overlap=bars)
+    assert np.isfinite(seeded).all() and np.isnan(cold[ts < bars]).all()
+    first = ts < 20
+    inside = (r >= seeded[:, 0]) & (r <= seeded[:, 1])
+    assert abs(inside[first].mean() - 0.8) < 0.06 and abs(inside.mean() - 0.8) < 0.03
+    # The seed counts as centred on no move: a median equal to it does not win the centre by a tie.
+    state = RangeState.seeded(ALPHA, 3, seed)
+    assert not state.centred() and state.served(0.5, 0.05)[0] < 0 < state.served(0.5, 0.05)[1]
+    assert state.outcomes == 0 and RangeState.from_json(state.to_json()) == state

@@ -13,6 +13,7 @@ import pytest
 from services.predict.model import HorizonModel, current_version, model_prefix
 from services.training.ensemble import native_meta_logit, native_p_up
 from services.training.members import MEMBERS
+from shared.contracts import iso_to_ms
 from shared.errors import CstError
 from shared.settings import Budget, Settings
 from shared.storage import LocalLake
@@ -185,6 +186,29 @@ def test_the_volatility_forecast_is_served_from_onnx_with_its_held_out_figures(t
     pred = model.predict(X, t.ds.S[::5])
     np.testing.assert_allclose(pred.vol ** 2, t.vol.variance(X), rtol=1e-3)
     assert (pred.vol > 0).all() and np.median(pred.vol) < 0.2  # a daily sd of log return, not a percentage
+
+
+def test_the_served_range_starts_from_held_out_scores_of_the_volatility_model(trained):
+    """The version carries |r| / sigma on the volatility model's calibration rows (the last range window of them,
+    at most 32 per decision time), with sigma as the ONNX model serves it: where a new range starts."""
+    t, lake, cfg = trained["t"], trained["lake"], trained["cfg"]
+    meta = trained["results"]["24h"]
+    seed = meta.vol.range_seed
+    assert seed is not None and len(seed.ts) == len(seed.sigma) == len(seed.score) > 0
+    times, per_time = np.unique(seed.ts, return_counts=True)
+    assert times.size <= cfg.run.range_window * cfg.training.horizons["24h"].bars and per_time.max() <= 32
+    # Held out: after the rows the members were fitted on, inside the training window.
+    assert times.min() > t.window["members_fitted_until"] and times.max() <= iso_to_ms(meta.training_window.last)
+    assert all(s > 0 for s in seed.sigma) and all(x >= 0 for x in seed.score)
+    # The sigmas are the served forecast's on those rows (matched on the rows the direction data set also holds).
+    model = HorizonModel.load(lake, "24h")
+    rows = np.flatnonzero(np.isin(t.ds.ts, times))
+    served = model.vol_sigma(t.ds.X[rows])
+    seed_sig = np.asarray(seed.sigma)
+    matched = [np.min(np.abs(seed_sig - s) / s) < 1e-3 for s in served]
+    assert np.mean(matched) > 0.5
+    # A 24h |r| / sigma of real coins: mostly under 1.3 sds (80% of a normal's |z| is 1.28).
+    assert 0.6 < np.mean(np.asarray(seed.score) <= 1.3) < 0.95
 
 
 def test_realized_variance_sums_the_parkinson_variances_of_the_horizon_candles():
