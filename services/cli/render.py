@@ -159,7 +159,7 @@ def forecasts_table(rows: list[Forecast], uncertified: dict[str, str] | None = N
                       "-" if r.vol_forecast is None else f"{r.vol_forecast:.1%}", rng, prices, verdict)
     notes = [f"{h}: not certified: {why}" for h, why in (uncertified or {}).items() if any(r.horizon == h for r in rows)]
     if any(r.range_low is None for r in rows):
-        notes.append("range 'none yet': no outcome has calibrated that horizon's range")
+        notes.append("range 'none yet': neither held-out scores nor an outcome has calibrated that horizon's range")
     if notes:
         table.caption = "\n".join(notes)
     return table
