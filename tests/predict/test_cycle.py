@@ -141,7 +141,7 @@ def test_later_run_records_matured_outcomes_exactly_once(source, lake_dir, env):
     # those of 05-10 carry the one their outcomes have adapted.
     preds = predictions_of(lake_dir)
     first_day = [p for (h, c, t), p in preds.items() if t == 1714521600000]
-    assert first_day and all(p["range_low"] == pytest.approx(-p["range_high"]) < 0 for p in first_day)
+    assert first_day and all(p["range_low"] < 0 and p["range_low"] == pytest.approx(-p["range_high"]) for p in first_day)
     tenth = [p for (h, c, t), p in preds.items() if h == "24h" and t == 1715299200000]
     assert tenth and all(p["range_low"] < p["range_high"] for p in tenth)
     # The range is a centre +- one conformal multiple of each coin's volatility forecast: as wide as the coin's
