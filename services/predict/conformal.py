@@ -4,7 +4,8 @@ The served range is centre +- m * sigma, with the horizon's volatility forecast 
 scores s = |r - centre| / sigma, so one calibration serves calm and wild coins alike (a normalized conformal score).
 The centre is the model's median return where it has earned it: where, over the window's outcomes, it sat closer to
 them (in sigmas) than no move at all; otherwise the range is centred on no move, as every reference range is. A
-median that only adds its own noise (a direction barely forecast) would widen every range for nothing. A forecast that spreads the coins too far apart (calm coins too calm,
+median that only adds its own noise (a direction barely forecast) would widen every range for nothing. A forecast
+that spreads the coins too far apart (calm coins too calm,
 wild ones too wild) would still cover 80% overall and not within each kind of coin, so the scores are kept apart by
 volatility bin (Mondrian conformal: terciles of the recent forecasts) and m is the (1 - alpha_t) quantile of the
 recent scores of the prediction's own bin.
@@ -133,11 +134,13 @@ class RangeState:
             return True
         return float(np.mean(self.scores)) < float(np.mean(self.zero_scores))
 
-    def margins(self) -> list[float] | None:
-        """Per bin, how far both ends move (in sigmas for "normalized"); None without any score yet."""
+    def margins(self, centred: bool | None = None) -> list[float] | None:
+        """Per bin, how far both ends move (in sigmas for "normalized"); None without any score yet. `centred`:
+        whether the range is centred on the model's median (decided here when not given)."""
         if not self.scores:
             return None
-        scores = np.asarray(self.scores if self.centred() else self.zero_scores)
+        centred = self.centred() if centred is None else centred
+        scores = np.asarray(self.scores if centred else self.zero_scores)
         where = self.bin_of(np.asarray(self.sigmas))
         out = []
         for k, alpha in enumerate(self.alphas):
@@ -154,12 +157,13 @@ class RangeState:
     def serve(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(n, 2) ranges for predictions with (centre, sigma) or (q_lo, q_hi); NaN before any score."""
         a, b = np.asarray(a, float), np.asarray(b, float)
-        m = self.margins()
+        centred = self.centred()
+        m = self.margins(centred)
         out = np.full((a.size, 2), np.nan)
         if m is None or not a.size:
             return out
         mm = np.asarray(m)[self.bin_of(b)] if self.bins > 1 else np.full(a.size, m[0])
-        out[:, 0], out[:, 1] = interval(self.kind, a if self.centred() else np.zeros_like(a), b, mm)
+        out[:, 0], out[:, 1] = interval(self.kind, a if centred else np.zeros_like(a), b, mm)
         return out
 
     def served(self, a: float, b: float) -> tuple[float, float] | None:
