@@ -380,12 +380,13 @@ class TargetModel(BaseModel):
 
 
 class RangeSeed(BaseModel):
-    """Held-out normalized scores the served range starts from: |forward log return| / the served volatility
-    forecast on the volatility model's calibration rows (which its members never saw), for the last decision times a
-    range window holds (at most 32 per decision time), so a new range begins calibrated, not from nothing."""
+    """Held-out normalized scores the served range starts from: |forward log return| / the volatility forecast on
+    rows no model that forecast them saw (the calibration rows, with the served forecast; before them the
+    walk-forward folds' test rows, with the fold models' forecast), for the last decision times a range window holds
+    (at most 32 per decision time), so a new range begins calibrated, not from nothing."""
 
     ts: list[int] = Field(description="decision time of each score (epoch ms)")
-    sigma: list[float] = Field(description="the served volatility forecast of each score")
+    sigma: list[float] = Field(description="the out-of-sample volatility forecast of each score")
     score: list[float] = Field(description="|r| / sigma: the outcome's distance from no move, in forecast sds")
 
 

@@ -21,9 +21,10 @@ at most MAX_SCORES_PER_TIME scores, evenly spread over its coins' forecasts (a w
 time mostly repeat one market move), so the state stays small. The state lives in the lake per horizon.
 
 A range with no outcomes yet starts from the model's held-out scores (`RangeSeed`: |r| / sigma on the volatility
-model's calibration rows, which no member saw), as split conformal does, and adapts from there; the seed's scores
-count as centred on no move, so the model's median earns the centre from live outcomes only. Without a seed there is
-no range until the first outcome.
+model's calibration rows, which no member saw, and before them on its walk-forward folds' test rows, which no fold
+model saw, as CV+ does: a 30-day window reaches back past the calibration block) and adapts from there; the seed's
+scores count as centred on no move, so the model's median earns the centre from live outcomes only. Without a seed
+there is no range until the first outcome.
 
 The kind "cqr" (conformalized quantile regression: s = max(q_lo - r, r - q_hi), range [q_lo - m, q_hi + m], one
 bin) is the range served before the volatility forecast; cst evaluate replays it as a reference.

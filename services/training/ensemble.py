@@ -324,10 +324,12 @@ def train_vol(frame: FeatureFrame, panel: Panel, spec: HorizonSpec, settings: Se
     vol = fit_vol(frame.X[rows], rv[rows], ts, list(frame.names), spec.bars, spec.length_ms, fit_rows, cal_rows,
                   budget.folds, params, cfg.seed, cfg.threads)
     vol.excluded = excluded
-    # Where the served range starts: the calibration rows' |r| / sigma, rows the volatility members never saw.
-    held = rows[cal_rows]
-    vol.range_seed = range_seed(frame.ts[held], vol.sigma(frame.X[held]),
-                                forward_log_returns(panel, frame, spec.bars)[held],
+    # Where the served range starts: |r| / sigma on rows no model that forecast them saw: the calibration rows (the
+    # served members) and, before them, the walk-forward folds' test rows (fold models). A long horizon's window
+    # (60 thirty-day outcomes) reaches back past the calibration block, which holds only a few of its outcomes.
+    held = np.concatenate([rows[fit_rows][vol.oof_rows], rows[cal_rows]])
+    sigma = np.concatenate([vol.oof_sigma, vol.sigma(frame.X[rows[cal_rows]])])
+    vol.range_seed = range_seed(frame.ts[held], sigma, forward_log_returns(panel, frame, spec.bars)[held],
                                 settings.run.range_window * spec.bars)
     return vol
 

@@ -136,6 +136,10 @@ class VolStack:
     rows: int = 0
     excluded: dict = field(default_factory=dict)
     range_seed: object = None  # shared.records.RangeSeed: held-out scores the served range starts from
+    # The served forecast's sd on the fit rows that walk-forward folds scored out of sample (fold models, which
+    # never saw those rows): indices into the fit rows, and the sd there.
+    oof_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    oof_sigma: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def log_forecast(self, X: np.ndarray) -> np.ndarray:
         return self.meta.predict(np.column_stack([self.har.predict(X), self.gbt.predict(X)]))
@@ -202,6 +206,8 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
     # What is served earns its place on rows no member saw: the stack, unless HAR alone forecasts them better.
     held = stack.metrics["held_out"]
     stack.served = "HAR" if held["HAR"]["qlike"] < held["stack"]["qlike"] else "stack"
+    log_oof = oof[oof_rows, 0] + s2_har / 2 if stack.served == "HAR" else meta.predict(oof[oof_rows]) + s2 / 2
+    stack.oof_rows, stack.oof_sigma = oof_rows, np.sqrt(np.exp(log_oof))
     return stack
 
 

@@ -189,19 +189,20 @@ def test_the_volatility_forecast_is_served_from_onnx_with_its_held_out_figures(t
 
 
 def test_the_served_range_starts_from_held_out_scores_of_the_volatility_model(trained):
-    """The version carries |r| / sigma on the volatility model's calibration rows (the last range window of them,
-    at most 32 per decision time), with sigma as the ONNX model serves it: where a new range starts."""
+    """The version carries |r| / sigma on rows no model that forecast them saw (the last range window of them, at
+    most 32 per decision time): on the calibration rows with sigma as the ONNX model serves it, and before them on
+    the walk-forward folds' test rows: where a new range starts."""
     t, lake, cfg = trained["t"], trained["lake"], trained["cfg"]
     meta = trained["results"]["24h"]
     seed = meta.vol.range_seed
     assert seed is not None and len(seed.ts) == len(seed.sigma) == len(seed.score) > 0
     times, per_time = np.unique(seed.ts, return_counts=True)
     assert times.size <= cfg.run.range_window * cfg.training.horizons["24h"].bars and per_time.max() <= 32
-    # Held out: after the rows the members were fitted on, inside the training window.
-    assert times.min() > t.window["members_fitted_until"] and times.max() <= iso_to_ms(meta.training_window.last)
+    assert times.max() <= iso_to_ms(meta.training_window.last)
     assert all(s > 0 for s in seed.sigma) and all(x >= 0 for x in seed.score)
-    # The sigmas are the served forecast's on those rows (matched on the rows the direction data set also holds).
+    # The calibration rows' sigmas are the served forecast's (matched on the rows the direction data set also holds).
     model = HorizonModel.load(lake, "24h")
+    times = times[times > t.window["members_fitted_until"]]
     rows = np.flatnonzero(np.isin(t.ds.ts, times))
     served = model.vol_sigma(t.ds.X[rows])
     seed_sig = np.asarray(seed.sigma)
@@ -209,6 +210,40 @@ def test_the_served_range_starts_from_held_out_scores_of_the_volatility_model(tr
     assert np.mean(matched) > 0.5
     # A 24h |r| / sigma of real coins: mostly under 1.3 sds (80% of a normal's |z| is 1.28).
     assert 0.6 < np.mean(np.asarray(seed.score) <= 1.3) < 0.95
+
+
+def test_the_range_seed_of_a_long_horizon_reaches_back_over_out_of_fold_forecasts():
+    """A 30-day range window (60 outcomes) is longer than the calibration block: the seed goes on with the fit rows
+    the walk-forward folds scored, each with the forecast of a fold model that never saw it (not the final one)."""
+    from services.training.cv import walk_forward
+    from services.training.ensemble import calibration_split
+    from services.training.volatility import GbtVolMember, HarMember, fit_vol
+
+    rng = np.random.default_rng(5)
+    day, bars = 86_400_000, 30
+    ts = np.repeat(np.arange(900) * day, 4)
+    level = np.repeat(np.cumsum(rng.normal(0, 0.05, 900)), 4) + rng.normal(0, 0.3, ts.size) - 6
+    X = np.column_stack([level + rng.normal(0, 0.2, ts.size) for _ in range(3)] + [rng.normal(size=ts.size)])
+    names = ["har_1", "har_7", "har_30", "other"]
+    rv = np.exp(np.log(bars) + 0.8 * level + rng.normal(0, 0.3, ts.size))
+    fit_rows, cal_rows = calibration_split(ts, bars * day, 0.2)
+    params = {"n_estimators": 20, "num_leaves": 4, "learning_rate": 0.1}
+    vol = fit_vol(X, rv, ts, names, bars, bars * day, fit_rows, cal_rows, 3, params, 0, 1)
+    folds = walk_forward(ts[fit_rows], bars * day, 3)
+    assert np.array_equal(vol.oof_rows, np.concatenate([f.test for f in folds]))
+    assert (vol.oof_sigma > 0).all() and ts[fit_rows][vol.oof_rows].min() < ts[cal_rows].min() - 60 * day
+    # Out of fold: the first fold's rows carry its own model's forecast, not the final model's.
+    first = folds[0]
+    Xt, Xs, yt = X[fit_rows][first.test], X[fit_rows][first.train], np.log(rv[fit_rows][first.train])
+    har = HarMember([0, 1, 2]).fit(Xs, yt).predict(Xt)
+    if vol.served == "HAR":
+        log_fold = har + vol.metrics["har_log_residual_variance"] / 2
+    else:
+        gbt = GbtVolMember(params, 0, 1).fit(Xs, yt).predict(Xt)
+        log_fold = vol.meta.predict(np.column_stack([har, gbt])) + vol.s2 / 2
+    on_first = vol.oof_sigma[:first.test.size]
+    np.testing.assert_allclose(on_first, np.sqrt(np.exp(log_fold)), rtol=1e-9)
+    assert not np.allclose(on_first, vol.sigma(Xt), rtol=1e-6)
 
 
 def test_realized_variance_sums_the_parkinson_variances_of_the_horizon_candles():
