@@ -684,22 +684,31 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
     def pct(x: float | None) -> str | None:
         return None if x is None else f"{x:.3f}"
 
-    range_rows = [{"horizon": h, "range": name, "rows (same for all)": m["ranges"].get("common_rows"),
-                   "coverage": pct(r["coverage"]),
-                   "coverage [90%]": _cov_interval(r.get("coverage_interval")),
-                   "by vol tercile (low / mid / high)": " / ".join(f"{c:.3f}" for c in r["coverage_by_vol_tercile"]),
-                   "by tercile [90%]": " / ".join(_cov_interval(x) or "-"
-                                                  for x in r.get("coverage_by_vol_tercile_interval", [])) or None,
-                   "by coin: median [min, max]": (f"{r['coverage_by_coin']['median']:.3f} "
-                                                  f"[{r['coverage_by_coin']['min']:.3f}, {r['coverage_by_coin']['max']:.3f}]"
-                                                  if r["coverage_by_coin"].get("coins") else None),
-                   "coins in [0.70, 0.90]": pct(r["coverage_by_coin"].get("share_within_0.70_0.90")),
-                   "median width": pct(r["median_width"]), "interval score [90%]": iv(r, "interval_score"),
-                   "served minus this [90%]": (iv({"d": m["ranges"]["served_minus_best_reference"]}, "d")
-                                               if name == m["ranges"].get("best_reference") else
-                                               (f"{m['ranges']['served_minus_reference'][name]:+.4f}"
-                                                if name in m["ranges"].get("served_minus_reference", {}) else None))}
+    def range_row(h: str, m: dict, name: str, r: dict, rows: int | None) -> dict:
+        pair = m["ranges"].get("served_minus_reference_pairwise", {}).get(name)
+        return {"horizon": h, "range": name, "rows": rows,
+                "coverage": pct(r["coverage"]),
+                "coverage [90%]": _cov_interval(r.get("coverage_interval")),
+                "by vol tercile (low / mid / high)": " / ".join(pct(c) or "-" for c in r["coverage_by_vol_tercile"]),
+                "by tercile [90%]": " / ".join(_cov_interval(x) or "-"
+                                               for x in r.get("coverage_by_vol_tercile_interval", [])) or None,
+                "by coin: median [min, max]": (f"{r['coverage_by_coin']['median']:.3f} "
+                                               f"[{r['coverage_by_coin']['min']:.3f}, {r['coverage_by_coin']['max']:.3f}]"
+                                               if r["coverage_by_coin"].get("coins") else None),
+                "coins in [0.70, 0.90]": pct(r["coverage_by_coin"].get("share_within_0.70_0.90")),
+                "median width": pct(r["median_width"]), "interval score [90%]": iv(r, "interval_score"),
+                "served minus this [90%]": (iv({"d": m["ranges"]["served_minus_best_reference"]}, "d")
+                                            if name == m["ranges"].get("best_reference") else
+                                            (f"{m['ranges']['served_minus_reference'][name]:+.4f}"
+                                             if name in m["ranges"].get("served_minus_reference", {}) else None)),
+                "served minus this, on every row both have [90%]": (f"{iv({'d': pair}, 'd')} ({pair['rows']} rows)"
+                                                                    if pair else None)}
+
+    range_rows = [range_row(h, m, name, r, m["ranges"].get("common_rows"))
                   for h, m in metrics["horizons"].items() for name, r in (m.get("ranges") or {}).get("kinds", {}).items()]
+    range_rows += [range_row(h, m, f"{ranges_eval.SERVED}, on every row it served", m["ranges"]["served_own_rows"],
+                             m["ranges"]["served_own_rows"]["rows"])
+                   for h, m in metrics["horizons"].items() if (m.get("ranges") or {}).get("served_own_rows")]
     vol_rows = [{"horizon": h, "forecast": name, "rows": m["volatility"]["rows"], "QLIKE": f"{r['qlike']:.4f}",
                  "QLIKE [90%]": f"[{r['qlike_interval'][0]:.4f}, {r['qlike_interval'][1]:.4f}]"
                  if r["qlike_interval"][0] is not None else None, "R2 of log variance": f"{r['r2_log']:.3f}",
@@ -729,7 +738,10 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
          "model's median +- the normalized conformal multiple of the volatility forecast (adapted online); previous "
          "served = the model's q10-q90 conformalized with ACI; naive, HAR and GARCH(1,1) ranges are +-z sd of their "
          "forecast. Interval score (Gneiting & Raftery 2007; lower is better) = width + 2/alpha x the miss; "
-         "'served minus this' is negative where the served range is better (interval for the best reference)",
+         "'served minus this' is negative where the served range is better (interval for the best reference). The "
+         "same rows leave out the served range's first horizon (the previous served range had no outcome yet) and "
+         "young coins (GARCH needs 250 returns): the last rows judge the served range on every row it served, and "
+         "the last column against each reference on every row the two share",
          range_rows),
         ("Volatility forecast: realized Parkinson variance over the horizon; QLIKE (lower is better) and R2 of log "
          "variance, the stack against HAR alone and the 30-bar rolling mean", vol_rows),

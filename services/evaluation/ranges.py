@@ -113,43 +113,68 @@ def _by_coin(inside: np.ndarray, coin: np.ndarray, min_rows: int = 20) -> dict:
             "lowest": {str(names[enough][i]): float(c[i]) for i in np.argsort(c)[:3]}}
 
 
+def _judge(t: np.ndarray, c: np.ndarray, y: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+           horizon_ms: int, alpha: float, seed: int) -> tuple[dict, np.ndarray]:
+    """One range on one set of rows: coverage (overall, by tercile of the served volatility forecast on these rows,
+    by coin) with window-bootstrap intervals, median width, interval score; and the per-row interval scores."""
+    cuts = np.quantile(v, [1 / 3, 2 / 3])
+    tercile = np.digitize(v, cuts)
+    inside = _coverage(lo, hi, y)
+    s = interval_score(lo, hi, y, alpha)
+    return {
+        "rows": int(y.size),
+        "coverage": float(inside.mean()),
+        "coverage_by_vol_tercile": [float(inside[tercile == k].mean()) if (tercile == k).any() else None
+                                    for k in range(3)],
+        # How far the test can tell coverage apart from the nominal level: window-bootstrap 90% intervals (the
+        # mean per window differs from the row share where windows hold unequal numbers of rows).
+        "coverage_interval": window_interval(inside.astype(float), t, horizon_ms, seed=seed),
+        "coverage_by_vol_tercile_interval": [
+            window_interval(inside[tercile == k].astype(float), t[tercile == k], horizon_ms, seed=seed)
+            for k in range(3)],
+        "coverage_by_coin": _by_coin(inside, c),
+        "median_width": float(np.median(hi - lo)),
+        "interval_score": window_interval(s, t, horizon_ms, seed=seed),
+        "vol_tercile_bounds": [float(x) for x in cuts],
+    }, s
+
+
 def range_metrics(ts: np.ndarray, coin: np.ndarray, fwd: np.ndarray, ranges: dict[str, np.ndarray],
                   vol: np.ndarray, horizon_ms: int, alpha: float, seed: int = 0) -> dict:
     """Every range on the rows where all of them exist (the same rows), plus each one's own coverage where it
-    exists. Terciles are of the served volatility forecast."""
+    exists. Terciles are of the served volatility forecast. The served range is also judged on every row it served
+    (`served_own_rows`: the same rows leave out its first horizon, where the previous served range had no outcome
+    yet, and young coins, which GARCH cannot fit), and against each reference on the rows both exist
+    (`served_minus_reference_pairwise`)."""
     common = np.isfinite(fwd) & np.isfinite(vol)
     for r in ranges.values():
         common &= np.isfinite(r[:, 0])
     out: dict = {"alpha": alpha, "nominal": 1 - alpha, "common_rows": int(common.sum()),
                  "rows": int(ts.size), "kinds": {}}
+    if SERVED in ranges:
+        own = np.isfinite(ranges[SERVED][:, 0]) & np.isfinite(fwd) & np.isfinite(vol)
+        if own.any():
+            out["served_own_rows"], served_s = _judge(ts[own], coin[own], fwd[own], vol[own], ranges[SERVED][own, 0],
+                                                      ranges[SERVED][own, 1], horizon_ms, alpha, seed)
+            out["served_minus_reference_pairwise"] = {}
+            for name, r in ranges.items():
+                both = own & np.isfinite(r[:, 0])
+                if name == SERVED or not both.any():
+                    continue
+                d = served_s[both[own]] - interval_score(r[both, 0], r[both, 1], fwd[both], alpha)
+                out["served_minus_reference_pairwise"][name] = {
+                    "rows": int(both.sum()), **window_interval(d, ts[both], horizon_ms, seed=seed)}
     if not common.any():
         out["note"] = "no row has every range"
         return out
     t, c, y, v = ts[common], coin[common], fwd[common], vol[common]
-    cuts = np.quantile(v, [1 / 3, 2 / 3])
-    tercile = np.digitize(v, cuts)
     scores = {}
     for name, r in ranges.items():
-        lo, hi = r[common, 0], r[common, 1]
-        inside = _coverage(lo, hi, y)
-        s = interval_score(lo, hi, y, alpha)
-        scores[name] = s
+        out["kinds"][name], scores[name] = _judge(t, c, y, v, r[common, 0], r[common, 1], horizon_ms, alpha, seed)
         own = np.isfinite(r[:, 0]) & np.isfinite(fwd)
-        out["kinds"][name] = {
-            "coverage": float(inside.mean()),
-            "coverage_by_vol_tercile": [float(inside[tercile == k].mean()) for k in range(3)],
-            # How far the test can tell coverage apart from the nominal level: window-bootstrap 90% intervals (the
-            # mean per window differs from the row share where windows hold unequal numbers of rows).
-            "coverage_interval": window_interval(inside.astype(float), t, horizon_ms, seed=seed),
-            "coverage_by_vol_tercile_interval": [
-                window_interval(inside[tercile == k].astype(float), t[tercile == k], horizon_ms, seed=seed)
-                for k in range(3)],
-            "coverage_by_coin": _by_coin(inside, c),
-            "median_width": float(np.median(hi - lo)),
-            "interval_score": window_interval(s, t, horizon_ms, seed=seed),
-            "rows_with_this_range": int(own.sum()),
-            "coverage_where_it_exists": float(_coverage(r[own, 0], r[own, 1], fwd[own]).mean()) if own.any() else None,
-        }
+        out["kinds"][name]["rows_with_this_range"] = int(own.sum())
+        out["kinds"][name]["coverage_where_it_exists"] = (
+            float(_coverage(r[own, 0], r[own, 1], fwd[own]).mean()) if own.any() else None)
     if SERVED in scores:
         refs = {k: window_interval(scores[SERVED] - s, t, horizon_ms, seed=seed)["mean"] for k, s in scores.items()
                 if k != SERVED}
@@ -160,7 +185,7 @@ def range_metrics(ts: np.ndarray, coin: np.ndarray, fwd: np.ndarray, ranges: dic
             out["served_minus_best_reference"] = window_interval(scores[SERVED] - scores[best], t, horizon_ms,
                                                                  seed=seed)
             out["served_minus_reference"] = refs
-    out["vol_tercile_bounds"] = [float(x) for x in cuts]
+    out["vol_tercile_bounds"] = out["kinds"][next(iter(ranges))]["vol_tercile_bounds"] if ranges else []
     return out
 
 

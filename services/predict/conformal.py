@@ -2,9 +2,12 @@
 
 The served range is centre +- m * sigma, with the horizon's volatility forecast as sigma: each matured prediction
 scores s = |r - centre| / sigma, so one calibration serves calm and wild coins alike (a normalized conformal score).
-The centre is the model's median return where it has earned it: where, over the window's outcomes, it sat closer to
-them (in sigmas) than no move at all; otherwise the range is centred on no move, as every reference range is. A
-median that only adds its own noise (a direction barely forecast) would widen every range for nothing. A forecast
+The centre is the model's median return where it has demonstrated that it earns it: where, over the window's
+outcomes, it sat closer to them (in sigmas) than no move at all, by the project's skill standard (the gain per
+independent horizon window above zero by CENTRE_Z standard errors over at least CENTRE_MIN_WINDOWS windows, as
+training's skill_z and skill_min_windows); otherwise the range is centred on no move, as every reference range is.
+A median that only adds its own noise (a direction barely forecast) would widen every range for nothing, and one
+that won a few windows by chance would move every range on luck. A forecast
 that spreads the coins too far apart (calm coins too calm,
 wild ones too wild) would still cover 80% overall and not within each kind of coin, so the scores are kept apart by
 volatility bin (Mondrian conformal: terciles of the recent forecasts) and m is the (1 - alpha_t) quantile of the
@@ -43,6 +46,7 @@ NORMALIZED, CQR = "normalized", "cqr"
 FORM = 3  # the state's layout: scores (model's centre and no move) with their sigma and time, one alpha per bin
 MIN_BIN_SCORES = 20  # a bin with fewer recent scores is served the quantile of all of them
 MAX_SCORES_PER_TIME = 32  # scores kept per decision time (evenly over its forecasts' order)
+CENTRE_Z, CENTRE_MIN_WINDOWS = 1.645, 10  # the median's demonstrated gain: training's skill_z, skill_min_windows
 
 
 def scores_of(kind: str, a: np.ndarray, b: np.ndarray, realized: np.ndarray) -> np.ndarray:
@@ -100,6 +104,7 @@ class RangeState:
     last_run: str | None = None  # the run whose outcomes were absorbed last (absorbing is once per run)
     kind: str = NORMALIZED
     zero_scores: list[float] = field(default_factory=list)  # "normalized": the same outcomes' |r| / sigma
+    bars: int = 1  # decision times per horizon (outcomes of this many consecutive decision times overlap)
 
     @classmethod
     def new(cls, alpha: float, kind: str = NORMALIZED, bins: int = 3, last_run: str | None = None) -> RangeState:
@@ -128,12 +133,30 @@ class RangeState:
         edges = self.edges() if edges is None else edges
         return np.searchsorted(edges, b, side="right") if edges.size else np.zeros(np.shape(b), dtype=np.int64)
 
+    def centre_evidence(self) -> dict:
+        """The median's gain over no move in the window, |r| / sigma - |r - centre| / sigma, averaged per decision
+        time and then per independent horizon window (`bars` consecutive decision times): its mean, standard
+        error and number of windows."""
+        if len(self.zero_scores) != len(self.scores) or not self.scores:
+            return {"windows": 0, "mean": None, "se": None}
+        gain = np.asarray(self.zero_scores) - np.asarray(self.scores)
+        _, at = np.unique(np.asarray(self.times), return_inverse=True)
+        per_time = np.bincount(at, weights=gain) / np.bincount(at)
+        block = np.arange(per_time.size) // max(self.bars, 1)
+        per_window = np.bincount(block, weights=per_time) / np.bincount(block)
+        n = per_window.size
+        se = float(per_window.std(ddof=1) / np.sqrt(n)) if n > 1 else None
+        return {"windows": int(n), "mean": float(per_window.mean()), "se": se}
+
     def centred(self) -> bool:
         """Whether the range is centred on the model's median: always for "cqr"; for "normalized" while the
-        window's outcomes sat closer to it than to no move (mean |r - centre| / sigma against mean |r| / sigma)."""
-        if self.kind != NORMALIZED or len(self.zero_scores) != len(self.scores) or not self.scores:
+        window's outcomes demonstrate that they sat closer to it than to no move (`centre_evidence`: at least
+        CENTRE_MIN_WINDOWS windows, mean gain above zero by CENTRE_Z standard errors)."""
+        if self.kind != NORMALIZED:
             return True
-        return float(np.mean(self.scores)) < float(np.mean(self.zero_scores))
+        e = self.centre_evidence()
+        return bool(e["windows"] >= CENTRE_MIN_WINDOWS and e["se"] is not None
+                    and e["mean"] - CENTRE_Z * e["se"] > 0)
 
     def margins(self, centred: bool | None = None) -> list[float] | None:
         """Per bin, how far both ends move (in sigmas for "normalized"); None without any score yet. `centred`:
@@ -200,6 +223,7 @@ class RangeState:
             del self.scores[:first], self.sigmas[:first], self.times[:first], self.zero_scores[:first]
         self.outcomes += a.size
         self.misses += int(np.nansum(miss))
+        self.bars = max(overlap, 1)
         return miss
 
     def _edges_of(self, b: np.ndarray) -> np.ndarray:
@@ -208,13 +232,14 @@ class RangeState:
     def to_json(self) -> dict:
         return {"form": FORM, "kind": self.kind, "alphas": self.alphas, "scores": self.scores, "sigmas": self.sigmas,
                 "times": self.times, "outcomes": self.outcomes, "misses": self.misses, "last_run": self.last_run,
-                "zero_scores": self.zero_scores}
+                "zero_scores": self.zero_scores, "bars": self.bars}
 
     @classmethod
     def from_json(cls, doc: dict) -> RangeState:
         return cls([float(x) for x in doc["alphas"]], [float(x) for x in doc["scores"]],
                    [float(x) for x in doc["sigmas"]], [int(x) for x in doc["times"]], int(doc["outcomes"]),
-                   int(doc["misses"]), doc.get("last_run"), doc["kind"], [float(x) for x in doc["zero_scores"]])
+                   int(doc["misses"]), doc.get("last_run"), doc["kind"], [float(x) for x in doc["zero_scores"]],
+                   int(doc.get("bars", 1)))
 
 
 def state_key(horizon: str) -> str:

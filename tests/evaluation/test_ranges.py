@@ -59,6 +59,33 @@ def test_range_metrics_cover_terciles_coins_and_the_difference_to_the_best_refer
     assert served["interval_score"]["mean"] == pytest.approx(by_hand)  # equal rows per window: the plain mean
 
 
+def test_the_served_range_is_also_judged_on_every_row_it_served_and_against_each_reference_on_shared_rows():
+    """The same rows leave out where a reference has no range (its first horizon, a young coin): a served range
+    that misses exactly there looks honest on them. Its own rows show the misses; pairwise differences use every row
+    the two share."""
+    rng = np.random.default_rng(4)
+    n_days, coins = 300, np.array(["A", "B", "C"])
+    ts = np.repeat(np.arange(n_days) * DAY, coins.size)
+    coin = np.tile(coins, n_days)
+    sd = np.tile([0.01, 0.03, 0.09], n_days)
+    y = rng.normal(0, sd)
+    z = 1.2816
+    served = np.column_stack([-z * sd, z * sd])
+    served[:150] *= 0.1  # the first 50 days: a range far too narrow
+    late = served.copy()
+    late[:150] = np.nan  # a reference that starts only after them
+    wide = np.column_stack([-3 * sd, 3 * sd])
+    m = range_metrics(ts, coin, y, {SERVED: served, "late": late, "wide": wide}, sd, DAY, 0.2, seed=2)
+    assert m["common_rows"] == y.size - 150 and abs(m["kinds"][SERVED]["coverage"] - 0.8) < 0.04
+    own = m["served_own_rows"]
+    inside = (y >= served[:, 0]) & (y <= served[:, 1])
+    assert own["rows"] == y.size and own["coverage"] == pytest.approx(inside.mean()) and own["coverage"] < 0.72
+    pair = m["served_minus_reference_pairwise"]
+    assert pair["late"]["rows"] == y.size - 150 and pair["late"]["mean"] == pytest.approx(0.0)
+    d = interval_score(served[:, 0], served[:, 1], y, 0.2) - interval_score(wide[:, 0], wide[:, 1], y, 0.2)
+    assert pair["wide"]["rows"] == y.size and pair["wide"]["mean"] == pytest.approx(d.mean())
+
+
 def test_qlike_prefers_the_forecast_that_knows_the_variance():
     rng = np.random.default_rng(5)
     ts = np.arange(2000) * DAY

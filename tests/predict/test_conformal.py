@@ -45,9 +45,11 @@ def test_no_scores_serve_no_range_and_the_state_round_trips(tmp_path):
     again = RangeState.from_json(state.to_json())
     assert again == state and again.served(-0.1, 0.1) == (-0.15, 0.15)
     # The served kind: centre +- m * sigma, m the quantile of |r - centre| / sigma (three bins, one alpha each).
+    # One outcome demonstrates no median skill: the centre is no move, m the quantile of |r| / sigma.
     norm = RangeState.new(ALPHA)
-    one(norm, 0, 0.01, 0.05, 0.11)  # |0.11 - 0.01| / 0.05 = 2
-    assert norm.scores == [2.0] and norm.served(0.0, 0.1) == (-0.2, 0.2) and norm.alphas == [ALPHA] * 3
+    one(norm, 0, 0.01, 0.05, 0.11)  # |0.11 - 0.01| / 0.05 = 2; |0.11| / 0.05 = 2.2
+    assert norm.scores == [2.0] and np.allclose(norm.zero_scores, [2.2]) and norm.alphas == [ALPHA] * 3
+    assert np.allclose(norm.served(0.0, 0.1), (-0.22, 0.22))
     lake = LocalLake(tmp_path)
     lake.put_json(state_key("24h"), norm.to_json())
     assert load(lake, "24h", ALPHA) == norm
@@ -183,6 +185,31 @@ def test_the_range_is_centred_on_the_models_median_only_where_it_sat_closer_to_t
         # (~0.138); the noisy median would have left 0.073 (~0.187).
         width = np.median(got[late, 1] - got[late, 0])
         assert width < (0.07 if centred else 0.16), width
+
+
+def test_the_median_earns_the_centre_only_by_the_projects_skill_standard():
+    """A skilled median over four 30-day windows has not demonstrated anything yet (fewer than ten independent
+    windows); over twelve it has. The standard is training's (skill_z, skill_min_windows)."""
+    from services.predict.conformal import CENTRE_MIN_WINDOWS, CENTRE_Z
+    from shared.settings import Settings
+
+    training = Settings().training
+    assert (CENTRE_Z, CENTRE_MIN_WINDOWS) == (training.skill_z, training.skill_min_windows)
+    rng = np.random.default_rng(11)
+    bars, coins = 30, 8
+    for days, demonstrated in ((120, False), (360, True)):
+        ts = np.repeat(np.arange(days), coins)
+        drift = np.repeat(rng.normal(0.0, 0.1, days // bars), bars * coins)  # one market move per window
+        drift = drift + rng.normal(0.0, 0.05, ts.size)
+        r = drift + rng.normal(0.0, 0.03, ts.size)
+        state = RangeState.new(ALPHA)
+        for t in range(days):
+            rows = ts == t
+            state.absorb(t, drift[rows], np.full(coins, 0.1), r[rows], None, ALPHA, 0.01, 60, overlap=bars)
+        e = state.centre_evidence()
+        assert e["windows"] == days // bars and e["mean"] > 0
+        assert state.centred() is demonstrated
+        assert RangeState.from_json(state.to_json()).centred() is demonstrated
 
 
 def test_the_window_counts_horizons_and_a_decision_time_keeps_a_spread_of_its_coins_scores():
