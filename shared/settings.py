@@ -396,11 +396,13 @@ class RunSettings(BaseModel):
     pool_min_rows: int = 512
     # The served return range: nominal miscoverage (0.2 = an 80% range); the adaptive conformal step per decision
     # time (Gibbs & Candes 2021: alpha_t+1 = alpha_t + gamma / bars * (alpha - miss share_t)); the scores of how
-    # many recent horizons it ranks (window x bars decision times: independent outcomes, not overlapping ones); how
-    # many volatility bins keep their own scores and alpha (terciles).
+    # many recent horizons it ranks (window x bars decision times: independent outcomes, not overlapping ones; 240
+    # pin the window's 80% quantile down to about +-0.026 in coverage, one binomial sd, where 60 left +-0.052, wider
+    # than a range's tolerance; a long horizon's window holds all the history there is either way); how many
+    # volatility bins keep their own scores and alpha (terciles).
     range_alpha: float = 0.2
     range_gamma: float = 0.01
-    range_window: int = 60
+    range_window: int = 240
     range_bins: int = 3
     # The naive range evaluation shows beside the served one: +-z sd of this many one-bar returns per timeframe.
     range_naive_window: dict[str, int] = {"1h": 168, "1d": 30}
