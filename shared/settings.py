@@ -199,6 +199,11 @@ class FeatureSettings(BaseModel):
     # HAR terms (Corsi 2009): log of the mean Parkinson variance per bar over the last 1, 7 and 30 bars
     # (features har_<w>); the volatility forecast's HAR member reads exactly these.
     har_windows: list[int] = [1, 7, 30]
+    # The coin's long-run level beside them (features har_long_<w>): log of the mean Parkinson variance per bar over
+    # up to the last 90 bars, fewer (down to the longest HAR window) for a coin younger than that. A coin's volatility
+    # reverts to its own level, which three months say better than one; the volatility forecast's second linear
+    # member reads the HAR terms and these, while HAR alone stays the standard baseline.
+    har_long_windows: list[int] = [90]
     macd: tuple[int, int, int] = (12, 26, 9)
     stoch: tuple[int, int, int] = (14, 3, 3)
     bollinger: tuple[int, float] = (20, 2.0)

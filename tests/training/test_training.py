@@ -166,20 +166,25 @@ def test_the_cross_sectional_stack_is_served_from_onnx_like_the_direction_stack(
 
 
 def test_the_volatility_forecast_is_served_from_onnx_with_its_held_out_figures(trained):
-    """Every version carries the volatility forecast: HAR and LightGBM members and their linear stack under vol/,
-    the same forecast through ONNX as natively, figures against HAR alone and the rolling mean on rows it never
-    fitted on, and a model card section."""
+    """Every version carries the volatility forecast: HAR, HAR with the long-run level and LightGBM members and their
+    linear stack under vol/, the same forecast through ONNX as natively, figures against HAR alone and the rolling
+    mean on rows it never fitted on, and a model card section."""
     t, lake = trained["t"], trained["lake"]
     meta = trained["results"]["24h"]
     assert t.vol is not None and meta.vol is not None, meta.vol_note
     held = meta.vol.metrics["held_out"]
-    assert set(held) == {"stack", "HAR", "rolling 30-bar mean"}
+    assert set(held) == {"stack", "HAR", "HAR with the long-run level", "rolling 30-bar mean"}
     assert all(np.isfinite(r["qlike"]) and r["qlike"] >= 0 for r in held.values())
+    # HAR stays the standard baseline (1, 7, 30 bars); the second linear member adds the 90-bar level.
+    assert meta.vol.members["har"]["windows"] == ["har_1", "har_7", "har_30"]
+    assert meta.vol.members["long"]["windows"] == ["har_1", "har_7", "har_30", "har_long_90"]
+    assert set(meta.vol.metrics["meta_weights"]) == {"har", "long", "gbt", "intercept"}
     prefix = model_prefix("24h", meta.version)
-    for f in ("har.onnx", "gbt.onnx", "meta.onnx"):
+    for f in ("har.onnx", "long.onnx", "gbt.onnx", "meta.onnx"):
         assert lake.exists(prefix + "vol/" + f), f
     card = lake.get(prefix + "MODEL_CARD.md").decode()
     assert "## Volatility: realized variance over the horizon" in card and "QLIKE" in card
+    assert "HAR with the long-run level (har_1, har_7, har_30, har_long_90)" in card and "x HAR-long" in card
     model = HorizonModel.load(lake, "24h")
     X = t.ds.X[::5]
     np.testing.assert_allclose(model.vol_log_variance(X), t.vol.log_forecast(X), atol=2e-4)
