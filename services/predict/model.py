@@ -149,8 +149,10 @@ class HorizonModel:
         return self._run(VOL + "meta", z)[0].reshape(-1).astype(np.float64)
 
     def vol_sigma(self, X: np.ndarray) -> np.ndarray:
-        """The served volatility forecast: the stack's, or HAR's where the stack did not earn its place."""
-        return self.har_sigma(X) if self.metadata.vol.served == "HAR" else self.stack_sigma(X)
+        """The served volatility forecast: the stack's, or the linear member's that forecast the held-out rows
+        better (HAR, or HAR with the long-run level)."""
+        served = self.metadata.vol.served
+        return self.stack_sigma(X) if served == "stack" else self.member_sigma(X, "har" if served == "HAR" else served)
 
     def stack_sigma(self, X: np.ndarray) -> np.ndarray:
         """The stacked forecast (mean-corrected by its out-of-fold residual variance)."""
@@ -159,9 +161,13 @@ class HorizonModel:
 
     def har_sigma(self, X: np.ndarray) -> np.ndarray:
         """The HAR member alone (mean-corrected by its own out-of-fold residual variance): a reference."""
-        s2 = float(self.metadata.vol.metrics.get("har_log_residual_variance", 0.0))
+        return self.member_sigma(X, "har")
+
+    def member_sigma(self, X: np.ndarray, member: str) -> np.ndarray:
+        """One linear member alone ("har" or "long"), mean-corrected by its own out-of-fold residual variance."""
+        s2 = float(self.metadata.vol.metrics.get(f"{member}_log_residual_variance", 0.0))
         X = np.ascontiguousarray(X, dtype=np.float32)
-        return np.sqrt(np.exp(self._run(VOL + "har", X)[0].reshape(-1).astype(np.float64) + s2 / 2))
+        return np.sqrt(np.exp(self._run(VOL + member, X)[0].reshape(-1).astype(np.float64) + s2 / 2))
 
     def predict(self, X: np.ndarray, S: np.ndarray) -> Predictions:
         if X.shape[1] != len(self.names):

@@ -216,7 +216,8 @@ def vol_lines(record: ModelMetadata) -> list[str]:
         f"- Held out ({m.get('held_out_rows', 0):,} calibration rows the members never saw): "
         + "; ".join(f"{k}: QLIKE {r['qlike']:.4f}, R2 of log variance {r['r2_log']:.3f}" for k, r in held.items()),
         "- Served: " + ("the stack." if v.served == "stack" else
-                        "**HAR alone**: the stack did not beat it on the held-out rows."),
+                        f"**{'HAR' if v.served == 'HAR' else 'HAR with the long-run level'} alone**: it forecast the "
+                        "held-out rows better than the stack."),
         "",
     ]
 

@@ -140,7 +140,7 @@ class VolStack:
     meta: object  # LinearRegression over the members' log forecasts, in the order of `members`
     s2: float  # residual variance of the out-of-fold log forecasts (the log-normal mean correction)
     metrics: dict = field(default_factory=dict)
-    served: str = "stack"  # "stack", or "HAR" when the stack did not beat HAR alone on the held-out rows
+    served: str = "stack"  # "stack", "HAR" or "long": whichever forecast the held-out rows best
     rows: int = 0
     excluded: dict = field(default_factory=dict)
     range_seed: object = None  # shared.records.RangeSeed: held-out scores the served range starts from
@@ -162,10 +162,11 @@ class VolStack:
         return np.exp(self.log_forecast(X) + self.s2 / 2)
 
     def sigma(self, X: np.ndarray) -> np.ndarray:
-        """The served forecast's sd (as predict serves it): the stack's, or HAR's mean-corrected alone."""
-        if self.served == "HAR":
-            return np.sqrt(np.exp(self.har.predict(X) + self.metrics["har_log_residual_variance"] / 2))
-        return np.sqrt(self.variance(X))
+        """The served forecast's sd (as predict serves it): the stack's, or one linear member's mean-corrected."""
+        if self.served == "stack":
+            return np.sqrt(self.variance(X))
+        key = "har" if self.served == "HAR" else self.served
+        return np.sqrt(np.exp(self.members[key].predict(X) + self.metrics[f"{key}_log_residual_variance"] / 2))
 
     def blobs(self, n_features: int) -> dict[str, bytes]:
         from skl2onnx import to_onnx
@@ -218,15 +219,19 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
                          "intercept": float(meta.intercept_)},
         "log_residual_variance": s2,
         "har_log_residual_variance": s2_har,
+        **({"long_log_residual_variance": s2_long} if long else {}),
         "held_out": _held_out(rvc, {"stack": (stack.log_forecast(Xc), s2), "HAR": (stack.har.predict(Xc), s2_har),
                                     **({"HAR with the long-run level": (stack.long.predict(Xc), s2_long)}
                                        if stack.long is not None else {}),
                                     "rolling 30-bar mean": (roll, s2_roll)}),
     }
-    # What is served earns its place on rows no member saw: the stack, unless HAR alone forecasts them better.
+    # What is served earns its place on rows no member saw: the stack, unless a linear member alone (HAR, or HAR
+    # with the long-run level) forecasts them better (lowest QLIKE; a tie keeps the stack).
     held = stack.metrics["held_out"]
-    stack.served = "HAR" if held["HAR"]["qlike"] < held["stack"]["qlike"] else "stack"
-    log_oof = oof[oof_rows, 0] + s2_har / 2 if stack.served == "HAR" else meta.predict(oof[oof_rows]) + s2 / 2
+    candidates = {"stack": "stack", "HAR": "HAR", **({"long": "HAR with the long-run level"} if long else {})}
+    stack.served = min(candidates, key=lambda k: held[candidates[k]]["qlike"])
+    log_oof = {"stack": lambda: meta.predict(oof[oof_rows]) + s2 / 2, "HAR": lambda: oof[oof_rows, 0] + s2_har / 2,
+               "long": lambda: oof[oof_rows, 1] + s2_long / 2}[stack.served]()
     stack.oof_rows, stack.oof_sigma = oof_rows, np.sqrt(np.exp(log_oof))
     return stack
 
