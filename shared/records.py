@@ -398,8 +398,9 @@ class VolModel(BaseModel):
 
     target: Literal["log_realized_variance"] = "log_realized_variance"
     log_residual_variance: float = Field(description="s2: the served variance is exp(log forecast + s2 / 2)")
-    served: Literal["stack", "HAR"] = Field("stack", description="the forecast served: the stack, or HAR alone when "
-                                                                   "the stack did not beat it on held-out rows")
+    served: Literal["stack", "HAR", "long"] = Field(
+        "stack", description="the forecast served: the stack, or the linear member that forecast the held-out rows "
+                             "better alone (HAR, or long: HAR with the long-run level)")
     metrics: dict[str, Any] = {}
     members: dict[str, Any] = {}
     rows: int = 0

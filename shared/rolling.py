@@ -1,7 +1,8 @@
 """Causal rolling statistics on arrays (numpy only), shared by the features and the risk gate.
 
 Every function is causal: its value at row i uses rows <= i only. A rolling statistic is NaN unless its whole
-window is finite, so a window that touches a gap yields no value; nothing is ever filled.
+window is finite, so a window that touches a gap yields no value; nothing is ever filled. (rolling_mean_upto alone
+takes a shorter window where the consecutive finite values are fewer, never one across a gap.)
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
     """Trailing mean along axis 0; NaN unless all `window` values are finite."""
     s, n = _window_sums(x, window)
     return np.where(n == window, s / window, np.nan)
+
+
+def rolling_mean_upto(x: np.ndarray, window: int, min_window: int) -> np.ndarray:
+    """Trailing mean along axis 0 of the last `window` values, or of fewer where the finite run ending at a row is
+    shorter (a series' start, or a gap), down to `min_window`; NaN where the run is shorter than that. A window
+    never reaches across a gap: it holds only consecutive finite values."""
+    valid = np.isfinite(x)
+    T = x.shape[0]
+    idx = np.arange(T).reshape(-1, *([1] * (x.ndim - 1)))
+    last_gap = np.maximum.accumulate(np.where(valid, -1, idx), axis=0)  # the last non-finite row at or before
+    n = np.minimum(idx - last_gap, window)
+    c = np.zeros((T + 1, *x.shape[1:]))
+    np.cumsum(np.where(valid, x, 0.0), axis=0, out=c[1:])
+    end = np.broadcast_to(idx + 1, x.shape)
+    sums = np.take_along_axis(c, end, axis=0) - np.take_along_axis(c, end - n, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n >= min_window, sums / np.maximum(n, 1), np.nan)
 
 
 def rolling_std(x: np.ndarray, window: int) -> np.ndarray:

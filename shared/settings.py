@@ -199,6 +199,11 @@ class FeatureSettings(BaseModel):
     # HAR terms (Corsi 2009): log of the mean Parkinson variance per bar over the last 1, 7 and 30 bars
     # (features har_<w>); the volatility forecast's HAR member reads exactly these.
     har_windows: list[int] = [1, 7, 30]
+    # The coin's long-run level beside them (features har_long_<w>): log of the mean Parkinson variance per bar over
+    # up to the last 90 bars, fewer (down to the longest HAR window) for a coin younger than that. A coin's volatility
+    # reverts to its own level, which three months say better than one; the volatility forecast's second linear
+    # member reads the HAR terms and these, while HAR alone stays the standard baseline.
+    har_long_windows: list[int] = [90]
     macd: tuple[int, int, int] = (12, 26, 9)
     stoch: tuple[int, int, int] = (14, 3, 3)
     bollinger: tuple[int, float] = (20, 2.0)
@@ -396,11 +401,13 @@ class RunSettings(BaseModel):
     pool_min_rows: int = 512
     # The served return range: nominal miscoverage (0.2 = an 80% range); the adaptive conformal step per decision
     # time (Gibbs & Candes 2021: alpha_t+1 = alpha_t + gamma / bars * (alpha - miss share_t)); the scores of how
-    # many recent horizons it ranks (window x bars decision times: independent outcomes, not overlapping ones); how
-    # many volatility bins keep their own scores and alpha (terciles).
+    # many recent horizons it ranks (window x bars decision times: independent outcomes, not overlapping ones; 240
+    # pin the window's 80% quantile down to about +-0.026 in coverage, one binomial sd, where 60 left +-0.052, wider
+    # than a range's tolerance; a long horizon's window holds all the history there is either way); how many
+    # volatility bins keep their own scores and alpha (terciles).
     range_alpha: float = 0.2
     range_gamma: float = 0.01
-    range_window: int = 60
+    range_window: int = 240
     range_bins: int = 3
     # The naive range evaluation shows beside the served one: +-z sd of this many one-bar returns per timeframe.
     range_naive_window: dict[str, int] = {"1h": 168, "1d": 30}

@@ -43,10 +43,15 @@ def volatility(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings)
 
 @feature_block("har", kind="coin", layer="price", inputs=("high", "low"),
                lookback=lambda fs, fst: max(fst.har_windows),
-               outputs=lambda fs, fst: [f"har_{w}" for w in fst.har_windows],
-               glossary={r"har_(\d+)": 'mean Parkinson variance of the last {0} bars (a HAR term of the volatility forecast)'})
+               outputs=lambda fs, fst: [f"har_{w}" for w in fst.har_windows]
+               + [f"har_long_{w}" for w in fst.har_long_windows],
+               glossary={r"har_(\d+)": 'mean Parkinson variance of the last {0} bars (a HAR term of the volatility forecast)',
+                         r"har_long_(\d+)": "mean Parkinson variance of up to the last {0} bars (the coin's long-run "
+                                             "level; fewer bars for a younger coin)"})
 def har(seg: dict[str, np.ndarray], fs: FeatureSet, fst: FeatureSettings) -> dict[str, np.ndarray]:
-    return {f"har_{w}": v for w, v in ind.har_terms(seg["high"], seg["low"], fst.har_windows).items()}
+    out = {f"har_{w}": v for w, v in ind.har_terms(seg["high"], seg["low"], fst.har_windows).items()}
+    long = ind.har_long_terms(seg["high"], seg["low"], fst.har_long_windows, max(fst.har_windows))
+    return out | {f"har_long_{w}": v for w, v in long.items()}
 
 
 @feature_block("oscillators", kind="coin", layer="price", inputs=("high", "low", "close"),

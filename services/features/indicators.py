@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import talib
 
-from shared.rolling import rolling_sum_complete
+from shared.rolling import rolling_mean_upto, rolling_sum_complete
 
 
 def segments(valid: np.ndarray) -> list[tuple[int, int]]:
@@ -41,12 +41,21 @@ def har_terms(high: np.ndarray, low: np.ndarray, windows: list[int]) -> dict[int
     """HAR terms (Corsi 2009): log of the mean Parkinson variance per bar over the last w bars, for each w. A mean
     of zero (flat bars only) has no log: NaN, and the row drops."""
     v = parkinson_variance(high, low)
-    out = {}
-    for w in windows:
-        m = v if w == 1 else talib.SMA(v, timeperiod=w)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[w] = np.where(m > 0, np.log(np.where(m > 0, m, 1.0)), np.nan)
-    return out
+    return {w: _log_positive(v if w == 1 else talib.SMA(v, timeperiod=w)) for w in windows}
+
+
+def _log_positive(m: np.ndarray) -> np.ndarray:
+    """log m where m > 0; NaN elsewhere (a mean variance of zero has no log)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(m > 0, np.log(np.where(m > 0, m, 1.0)), np.nan)
+
+
+def har_long_terms(high: np.ndarray, low: np.ndarray, windows: list[int], min_bars: int) -> dict[int, np.ndarray]:
+    """Long-run levels: log of the mean Parkinson variance per bar over up to the last w bars, for each w; over
+    fewer where the coin's contiguous history is shorter, down to `min_bars` (NaN below it, or where the mean is
+    zero)."""
+    v = parkinson_variance(high, low)
+    return {w: _log_positive(rolling_mean_upto(v, w, min(min_bars, w))) for w in windows}
 
 
 def parkinson(high: np.ndarray, low: np.ndarray, window: int) -> np.ndarray:

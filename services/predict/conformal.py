@@ -1,7 +1,11 @@
 """Honest return ranges: conformal ranges scaled by the volatility forecast, by volatility bin, adapted online (ACI).
 
-The served range is centre +- m * sigma, with the horizon's volatility forecast as sigma: each matured prediction
-scores s = |r - centre| / sigma, so one calibration serves calm and wild coins alike (a normalized conformal score).
+The served range is centre +- m * sigma ** beta, with the horizon's volatility forecast as sigma: each matured
+prediction scores s = |r - centre| / sigma ** beta, so one calibration serves calm and wild coins alike (a
+normalized conformal score). beta is how far the range follows the forecast: 1 (in proportion) until the window
+holds CENTRE_MIN_WINDOWS independent windows, then the one of EXPONENTS whose range had the lowest interval score
+over the window's outcomes; a forecast that spreads coins or months further apart than their outcomes turn out (its
+log variance explains the outcomes' with a slope below one) is followed less than in proportion.
 The centre is the model's median return where it has demonstrated that it earns it: where, over the window's
 outcomes, it sat closer to them (in sigmas) than no move at all, by the project's skill standard (the gain per
 independent horizon window above zero by CENTRE_Z standard errors over at least CENTRE_MIN_WINDOWS windows, as
@@ -19,7 +23,7 @@ together when the market jumps, and a step per coin would answer one market move
 coins (hundreds in a wide universe). Outcomes of overlapping horizons (a 30-day outcome every day) repeat the same
 news for as many decision times as the horizon has bars, so the step is gamma / bars. For the same reason the
 window is counted in independent outcomes: the recent scores are those of the last `window` horizons (window x bars
-decision times); a 30-day range learns its quantile from 60 thirty-day outcomes, not from two. A decision time keeps
+decision times); a 30-day range learns its quantile from every thirty-day outcome of its window, not from two. A decision time keeps
 at most MAX_SCORES_PER_TIME scores, evenly spread over its coins' forecasts (a wide universe's coins of one decision
 time mostly repeat one market move), so the state stays small. The state lives in the lake per horizon.
 
@@ -47,6 +51,7 @@ FORM = 3  # the state's layout: scores (model's centre and no move) with their s
 MIN_BIN_SCORES = 20  # a bin with fewer recent scores is served the quantile of all of them
 MAX_SCORES_PER_TIME = 32  # scores kept per decision time (evenly over its forecasts' order)
 CENTRE_Z, CENTRE_MIN_WINDOWS = 1.645, 10  # the median's demonstrated gain: training's skill_z, skill_min_windows
+EXPONENTS = np.round(np.linspace(1.0, 0.0, 11), 2)  # how far the range follows the forecast, sigma ** beta
 
 
 def scores_of(kind: str, a: np.ndarray, b: np.ndarray, realized: np.ndarray) -> np.ndarray:
@@ -105,10 +110,11 @@ class RangeState:
     kind: str = NORMALIZED
     zero_scores: list[float] = field(default_factory=list)  # "normalized": the same outcomes' |r| / sigma
     bars: int = 1  # decision times per horizon (outcomes of this many consecutive decision times overlap)
+    target: float = 0.2  # the nominal miscoverage alpha the range serves (1 - alpha is its level)
 
     @classmethod
     def new(cls, alpha: float, kind: str = NORMALIZED, bins: int = 3, last_run: str | None = None) -> RangeState:
-        return cls([alpha] * (bins if kind == NORMALIZED else 1), kind=kind, last_run=last_run)
+        return cls([alpha] * (bins if kind == NORMALIZED else 1), kind=kind, last_run=last_run, target=alpha)
 
     @classmethod
     def seeded(cls, alpha: float, bins: int, seed: RangeSeed | None, last_run: str | None = None) -> RangeState:
@@ -158,13 +164,38 @@ class RangeState:
         return bool(e["windows"] >= CENTRE_MIN_WINDOWS and e["se"] is not None
                     and e["mean"] - CENTRE_Z * e["se"] > 0)
 
-    def margins(self, centred: bool | None = None) -> list[float] | None:
-        """Per bin, how far both ends move (in sigmas for "normalized"); None without any score yet. `centred`:
-        whether the range is centred on the model's median (decided here when not given)."""
+    def exponent(self, centred: bool | None = None) -> float:
+        """beta, how far the range follows the volatility forecast: the half-width is m * sigma ** beta. 1 (in
+        proportion) for "cqr", and until the window holds CENTRE_MIN_WINDOWS independent horizon windows; then the
+        beta of EXPONENTS whose range (split conformal on the window, at the nominal level) had the lowest mean
+        interval score over the window's outcomes (ties: the larger beta). A forecast that spreads the coins and the
+        months further apart than their outcomes turn out (calm ones too calm, wild ones too wild) is followed
+        less than in proportion, from the outcomes the range has seen."""
+        if self.kind != NORMALIZED or not self.scores or self.centre_evidence()["windows"] < CENTRE_MIN_WINDOWS:
+            return 1.0
+        centred = self.centred() if centred is None else centred
+        sigma = np.asarray(self.sigmas)
+        miss = np.asarray(self.scores if centred else self.zero_scores) * sigma  # |r - centre|
+        best, best_score = 1.0, np.inf
+        for beta in EXPONENTS:
+            width = sigma ** beta
+            m = _quantile(miss / width, self.target)
+            score = float(np.mean(2.0 * m * width + (2.0 / self.target) * np.maximum(miss - m * width, 0.0)))
+            if score < best_score - 1e-12 * abs(best_score if np.isfinite(best_score) else 0.0):
+                best, best_score = float(beta), score
+        return best
+
+    def margins(self, centred: bool | None = None, beta: float | None = None) -> list[float] | None:
+        """Per bin, how far both ends move (in units of sigma ** beta for "normalized"); None without any score
+        yet. `centred`: whether the range is centred on the model's median; `beta`: the exponent (each decided here
+        when not given)."""
         if not self.scores:
             return None
         centred = self.centred() if centred is None else centred
+        beta = self.exponent(centred) if beta is None else beta
         scores = np.asarray(self.scores if centred else self.zero_scores)
+        if beta != 1.0:
+            scores = scores * np.asarray(self.sigmas) ** (1.0 - beta)
         where = self.bin_of(np.asarray(self.sigmas))
         out = []
         for k, alpha in enumerate(self.alphas):
@@ -182,12 +213,14 @@ class RangeState:
         """(n, 2) ranges for predictions with (centre, sigma) or (q_lo, q_hi); NaN before any score."""
         a, b = np.asarray(a, float), np.asarray(b, float)
         centred = self.centred()
-        m = self.margins(centred)
+        beta = self.exponent(centred)
+        m = self.margins(centred, beta)
         out = np.full((a.size, 2), np.nan)
         if m is None or not a.size:
             return out
         mm = np.asarray(m)[self.bin_of(b)] if self.bins > 1 else np.full(a.size, m[0])
-        out[:, 0], out[:, 1] = interval(self.kind, a if centred else np.zeros_like(a), b, mm)
+        out[:, 0], out[:, 1] = interval(self.kind, a if centred else np.zeros_like(a),
+                                        b ** beta if self.kind == NORMALIZED else b, mm)
         return out
 
     def served(self, a: float, b: float) -> tuple[float, float] | None:
@@ -232,14 +265,16 @@ class RangeState:
     def to_json(self) -> dict:
         return {"form": FORM, "kind": self.kind, "alphas": self.alphas, "scores": self.scores, "sigmas": self.sigmas,
                 "times": self.times, "outcomes": self.outcomes, "misses": self.misses, "last_run": self.last_run,
-                "zero_scores": self.zero_scores, "bars": self.bars}
+                "zero_scores": self.zero_scores, "bars": self.bars, "target": self.target}
 
     @classmethod
-    def from_json(cls, doc: dict) -> RangeState:
-        return cls([float(x) for x in doc["alphas"]], [float(x) for x in doc["scores"]],
+    def from_json(cls, doc: dict, target: float | None = None) -> RangeState:
+        """The state of `doc`; `target`: the nominal alpha of a document that does not say it."""
+        alphas = [float(x) for x in doc["alphas"]]
+        return cls(alphas, [float(x) for x in doc["scores"]],
                    [float(x) for x in doc["sigmas"]], [int(x) for x in doc["times"]], int(doc["outcomes"]),
                    int(doc["misses"]), doc.get("last_run"), doc["kind"], [float(x) for x in doc["zero_scores"]],
-                   int(doc.get("bars", 1)))
+                   int(doc.get("bars", 1)), float(doc.get("target", target if target is not None else alphas[0])))
 
 
 def state_key(horizon: str) -> str:
@@ -258,7 +293,7 @@ def load(lake, horizon: str, alpha: float, bins: int = 3, seed: RangeSeed | None
         return RangeState.seeded(alpha, bins, seed)
     if doc.get("form") != FORM or doc.get("kind") != NORMALIZED or len(doc["alphas"]) != bins:
         return RangeState.seeded(alpha, bins, seed, last_run=doc.get("last_run"))
-    return RangeState.from_json(doc)
+    return RangeState.from_json(doc, alpha)
 
 
 def replay(ts: np.ndarray, a: np.ndarray, b: np.ndarray, realized: np.ndarray, horizon_ms: int, *,

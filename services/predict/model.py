@@ -25,10 +25,19 @@ EXPLAIN_FILE = "explain.npz"
 BEATS = "beats/"
 BEATS_FILES = {f"{BEATS}{k}": f"{BEATS}{f}" for k, f in {**MEMBER_FILES, "meta": "meta.onnx",
                                                          "calibrator": "calibrator.onnx"}.items()}
-# The volatility forecast (log realized variance over the horizon): HAR and LightGBM members, a linear meta-learner;
-# required when the version's metadata says it has one.
+# The volatility forecast (log realized variance over the horizon): HAR, HAR with the long-run level (in versions
+# whose metadata lists that member) and LightGBM members, a linear meta-learner; required when the version's
+# metadata says it has one.
 VOL = "vol/"
-VOL_FILES = {f"{VOL}{k}": f"{VOL}{k}.onnx" for k in ("har", "gbt", "meta")}
+
+
+def vol_members(metadata: ModelMetadata) -> tuple[str, ...]:
+    """The volatility members in the meta-learner's order."""
+    return ("har", "long", "gbt") if "long" in metadata.vol.members else ("har", "gbt")
+
+
+def vol_files(metadata: ModelMetadata) -> dict[str, str]:
+    return {f"{VOL}{k}": f"{VOL}{k}.onnx" for k in (*vol_members(metadata), "meta")} if metadata.vol else {}
 
 
 def _session(blob: bytes, threads: int) -> ort.InferenceSession:
@@ -78,7 +87,7 @@ class HorizonModel:
 
     def __init__(self, horizon: str, version: str, blobs: dict[str, bytes], metadata: ModelMetadata, threads: int = 1):
         files = {**ALL_FILES, **(BEATS_FILES if metadata.beats is not None else {}),
-                 **(VOL_FILES if metadata.vol is not None else {})}
+                 **vol_files(metadata)}
         missing = [name for name, f in files.items() if f not in blobs]
         if missing:
             raise CstError("model_incomplete",
@@ -105,7 +114,7 @@ class HorizonModel:
             raise CstError("model_incomplete", f"model {horizon}/{version} has no metadata yet (still being written)")
         blobs = {}
         extra = [*BEATS_FILES.values(), BEATS + EXPLAIN_FILE] if meta.beats is not None else []
-        extra += list(VOL_FILES.values()) if meta.vol is not None else []
+        extra += list(vol_files(meta).values())
         for f in [*ALL_FILES.values(), EXPLAIN_FILE, *extra]:
             try:
                 blobs[f] = lake.get(prefix + f)
@@ -135,12 +144,15 @@ class HorizonModel:
     def vol_log_variance(self, X: np.ndarray) -> np.ndarray:
         """The stacked log realized-variance forecast (before the log-normal mean correction)."""
         X = np.ascontiguousarray(X, dtype=np.float32)
-        z = np.column_stack([self._run(VOL + m, X)[0].reshape(-1) for m in ("har", "gbt")]).astype(np.float32)
+        z = np.column_stack([self._run(VOL + m, X)[0].reshape(-1)
+                             for m in vol_members(self.metadata)]).astype(np.float32)
         return self._run(VOL + "meta", z)[0].reshape(-1).astype(np.float64)
 
     def vol_sigma(self, X: np.ndarray) -> np.ndarray:
-        """The served volatility forecast: the stack's, or HAR's where the stack did not earn its place."""
-        return self.har_sigma(X) if self.metadata.vol.served == "HAR" else self.stack_sigma(X)
+        """The served volatility forecast: the stack's, or the linear member's that forecast the held-out rows
+        better (HAR, or HAR with the long-run level)."""
+        served = self.metadata.vol.served
+        return self.stack_sigma(X) if served == "stack" else self.member_sigma(X, "har" if served == "HAR" else served)
 
     def stack_sigma(self, X: np.ndarray) -> np.ndarray:
         """The stacked forecast (mean-corrected by its out-of-fold residual variance)."""
@@ -149,9 +161,13 @@ class HorizonModel:
 
     def har_sigma(self, X: np.ndarray) -> np.ndarray:
         """The HAR member alone (mean-corrected by its own out-of-fold residual variance): a reference."""
-        s2 = float(self.metadata.vol.metrics.get("har_log_residual_variance", 0.0))
+        return self.member_sigma(X, "har")
+
+    def member_sigma(self, X: np.ndarray, member: str) -> np.ndarray:
+        """One linear member alone ("har" or "long"), mean-corrected by its own out-of-fold residual variance."""
+        s2 = float(self.metadata.vol.metrics.get(f"{member}_log_residual_variance", 0.0))
         X = np.ascontiguousarray(X, dtype=np.float32)
-        return np.sqrt(np.exp(self._run(VOL + "har", X)[0].reshape(-1).astype(np.float64) + s2 / 2))
+        return np.sqrt(np.exp(self._run(VOL + member, X)[0].reshape(-1).astype(np.float64) + s2 / 2))
 
     def predict(self, X: np.ndarray, S: np.ndarray) -> Predictions:
         if X.shape[1] != len(self.names):

@@ -85,7 +85,9 @@ def _vol(t: Trained) -> dict | None:
         return None
     return {"log_residual_variance": v.s2, "served": v.served, "metrics": v.metrics, "rows": v.rows,
             "rows_excluded": v.excluded, "range_seed": v.range_seed.model_dump() if v.range_seed is not None else None,
-            "members": {"har": {"windows": [n for n in t.names if n.startswith("har_")]}, "gbt": v.gbt.params}}
+            "members": {"har": {"windows": [t.names[i] for i in v.har.cols]},
+                        **({"long": {"windows": [t.names[i] for i in v.long.cols]}} if v.long is not None else {}),
+                        "gbt": v.gbt.params}}
 
 
 def _beats(t: Trained) -> dict | None:
@@ -200,17 +202,22 @@ def vol_lines(record: ModelMetadata) -> list[str]:
     m = v.metrics
     w = m.get("meta_weights", {})
     held = m.get("held_out", {})
+    long = v.members.get("long")
     return [
         *head,
         f"- Target: log of the summed Parkinson variances of the horizon's candles; {v.rows:,} member rows (left "
-        f"out: {json.dumps(v.rows_excluded)}). HAR member ({', '.join(v.members.get('har', {}).get('windows', []))}) "
-        f"and a pooled LightGBM regressor {json.dumps(v.members.get('gbt', {}))}, stacked linearly on out-of-fold "
-        f"forecasts: {w.get('har', 0):.3f} x HAR + {w.get('gbt', 0):.3f} x GBT {w.get('intercept', 0):+.3f}; "
+        f"out: {json.dumps(v.rows_excluded)}). HAR member ({', '.join(v.members.get('har', {}).get('windows', []))})"
+        + (f", HAR with the long-run level ({', '.join(long.get('windows', []))})" if long else "")
+        + f" and a pooled LightGBM regressor {json.dumps(v.members.get('gbt', {}))}, stacked linearly on out-of-fold "
+        f"forecasts: {w.get('har', 0):.3f} x HAR"
+        + (f" + {w.get('long', 0):.3f} x HAR-long" if long else "")
+        + f" + {w.get('gbt', 0):.3f} x GBT {w.get('intercept', 0):+.3f}; "
         f"served variance exp(forecast + {v.log_residual_variance:.3f} / 2).",
         f"- Held out ({m.get('held_out_rows', 0):,} calibration rows the members never saw): "
         + "; ".join(f"{k}: QLIKE {r['qlike']:.4f}, R2 of log variance {r['r2_log']:.3f}" for k, r in held.items()),
         "- Served: " + ("the stack." if v.served == "stack" else
-                        "**HAR alone**: the stack did not beat it on the held-out rows."),
+                        f"**{'HAR' if v.served == 'HAR' else 'HAR with the long-run level'} alone**: it forecast the "
+                        "held-out rows better than the stack."),
         "",
     ]
 

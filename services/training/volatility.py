@@ -3,8 +3,9 @@ the horizon.
 
 Target: the sum of the Parkinson range variances of the horizon's bars after the decision (log of it: variance is
 skewed, its log is nearly normal). Members: HAR (Corsi 2009), a linear model of the log target on the log mean
-variance of the last 1, 7 and 30 bars (the frame's har_* features), and a pooled LightGBM regressor on every
-feature. A linear meta-learner combines their out-of-fold forecasts (purged walk-forward folds, as the direction
+variance of the last 1, 7 and 30 bars (the frame's har_<w> features); HAR with the coin's long-run level, the same
+terms and the log mean variance of up to the last 90 bars (har_long_<w>: a coin's volatility reverts to its own
+level); and a pooled LightGBM regressor on every feature. A linear meta-learner combines their out-of-fold forecasts (purged walk-forward folds, as the direction
 stack). The served variance is exp(forecast + s2/2), the mean of a log-normal whose log-scale residual variance s2
 the out-of-fold forecasts measured. Held-out figures on the calibration block (which the members never saw): QLIKE
 and R2 of log variance against HAR alone and the 30-bar rolling mean.
@@ -13,6 +14,8 @@ and R2 of log variance against HAR alone and the 30-bar rolling mean.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import re
 
 import numpy as np
 
@@ -23,7 +26,6 @@ from services.training.members import OPSET
 from shared.errors import CstError
 
 VOL_PREFIX = "vol/"
-VOL_FILES = ("har.onnx", "gbt.onnx", "meta.onnx")
 
 
 def forward_variance(panel: Panel, frame: FeatureFrame, bars: int) -> np.ndarray:
@@ -62,16 +64,22 @@ def r2_log(rv: np.ndarray, log_forecast: np.ndarray) -> float:
 
 
 def har_columns(names: list[str]) -> list[int]:
-    cols = [i for i, n in enumerate(names) if n.startswith("har_")]
+    """The standard HAR terms (har_<w>)."""
+    cols = [i for i, n in enumerate(names) if re.fullmatch(r"har_\d+", n)]
     if not cols:
         raise CstError("no_har_features", "the feature set has no har_* features: the volatility forecast needs them "
                                           "(features.har_windows, the price layer)")
     return cols
 
 
+def long_columns(names: list[str]) -> list[int]:
+    """The long-run levels (har_long_<w>); none where the feature set has none."""
+    return [i for i, n in enumerate(names) if re.fullmatch(r"har_long_\d+", n)]
+
+
 def rolling_log_variance(X: np.ndarray, names: list[str], bars: int) -> np.ndarray:
     """The naive forecast: the longest HAR window's mean variance per bar, times the horizon's bars (log)."""
-    cols = [(int(n.split("_")[1]), i) for i, n in enumerate(names) if n.startswith("har_")]
+    cols = [(int(names[i].split("_")[1]), i) for i in har_columns(names)]
     return X[:, max(cols)[1]].astype(np.float64) + np.log(bars)
 
 
@@ -129,10 +137,10 @@ class GbtVolMember:
 class VolStack:
     har: HarMember
     gbt: GbtVolMember
-    meta: object  # LinearRegression over [har, gbt] log forecasts
+    meta: object  # LinearRegression over the members' log forecasts, in the order of `members`
     s2: float  # residual variance of the out-of-fold log forecasts (the log-normal mean correction)
     metrics: dict = field(default_factory=dict)
-    served: str = "stack"  # "stack", or "HAR" when the stack did not beat HAR alone on the held-out rows
+    served: str = "stack"  # "stack", "HAR" or "long": whichever forecast the held-out rows best
     rows: int = 0
     excluded: dict = field(default_factory=dict)
     range_seed: object = None  # shared.records.RangeSeed: held-out scores the served range starts from
@@ -140,25 +148,32 @@ class VolStack:
     # never saw those rows): indices into the fit rows, and the sd there.
     oof_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     oof_sigma: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    long: HarMember | None = None  # HAR with the long-run levels, where the feature set has them
+
+    @property
+    def members(self) -> dict[str, HarMember | GbtVolMember]:
+        """The members in the meta-learner's order: har, long (where present), gbt."""
+        return {"har": self.har, **({"long": self.long} if self.long is not None else {}), "gbt": self.gbt}
 
     def log_forecast(self, X: np.ndarray) -> np.ndarray:
-        return self.meta.predict(np.column_stack([self.har.predict(X), self.gbt.predict(X)]))
+        return self.meta.predict(np.column_stack([m.predict(X) for m in self.members.values()]))
 
     def variance(self, X: np.ndarray) -> np.ndarray:
         return np.exp(self.log_forecast(X) + self.s2 / 2)
 
     def sigma(self, X: np.ndarray) -> np.ndarray:
-        """The served forecast's sd (as predict serves it): the stack's, or HAR's mean-corrected alone."""
-        if self.served == "HAR":
-            return np.sqrt(np.exp(self.har.predict(X) + self.metrics["har_log_residual_variance"] / 2))
-        return np.sqrt(self.variance(X))
+        """The served forecast's sd (as predict serves it): the stack's, or one linear member's mean-corrected."""
+        if self.served == "stack":
+            return np.sqrt(self.variance(X))
+        key = "har" if self.served == "HAR" else self.served
+        return np.sqrt(np.exp(self.members[key].predict(X) + self.metrics[f"{key}_log_residual_variance"] / 2))
 
     def blobs(self, n_features: int) -> dict[str, bytes]:
         from skl2onnx import to_onnx
 
-        return {f"{VOL_PREFIX}har.onnx": self.har.to_onnx(n_features),
-                f"{VOL_PREFIX}gbt.onnx": self.gbt.to_onnx(n_features),
-                f"{VOL_PREFIX}meta.onnx": to_onnx(self.meta, np.zeros((1, 2), np.float32),
+        members = self.members
+        return {**{f"{VOL_PREFIX}{name}.onnx": m.to_onnx(n_features) for name, m in members.items()},
+                f"{VOL_PREFIX}meta.onnx": to_onnx(self.meta, np.zeros((1, len(members)), np.float32),
                                                   target_opset=OPSET).SerializeToString()}
 
 
@@ -175,7 +190,8 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
     from sklearn.linear_model import LinearRegression
 
     y = np.log(rv)
-    cols = har_columns(names)
+    cols, long = har_columns(names), long_columns(names)
+    linear = {"har": cols, **({"long": cols + long} if long else {})}
     Xf, yf = X[fit_rows], y[fit_rows]
     try:
         cv = walk_forward(ts[fit_rows], horizon_ms, folds)
@@ -183,32 +199,41 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
         raise CstError("too_few_rows", f"volatility: the {fit_rows.size} rows before the calibration block cannot "
                                        f"fill {folds} walk-forward folds ({exc})") from None
     oof_rows = np.concatenate([f.test for f in cv])
-    oof = np.full((fit_rows.size, 2), np.nan)
+    oof = np.full((fit_rows.size, len(linear) + 1), np.nan)
     for f in cv:
-        oof[f.test, 0] = HarMember(cols).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
-        oof[f.test, 1] = GbtVolMember(params, seed, threads).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
+        for k, c in enumerate(linear.values()):
+            oof[f.test, k] = HarMember(c).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
+        oof[f.test, -1] = GbtVolMember(params, seed, threads).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
     meta = LinearRegression().fit(oof[oof_rows], yf[oof_rows])
     s2 = float(np.var(yf[oof_rows] - meta.predict(oof[oof_rows])))
     s2_har = float(np.var(yf[oof_rows] - oof[oof_rows, 0]))
+    s2_long = float(np.var(yf[oof_rows] - oof[oof_rows, 1])) if long else 0.0
     stack = VolStack(HarMember(cols).fit(Xf, yf), GbtVolMember(params, seed, threads).fit(Xf, yf), meta, s2,
-                     rows=int(fit_rows.size))
+                     rows=int(fit_rows.size), long=HarMember(linear["long"]).fit(Xf, yf) if long else None)
     Xc, rvc = X[cal_rows], rv[cal_rows]
     roll = rolling_log_variance(Xc, names, bars)
     s2_roll = float(np.var(yf[oof_rows] - rolling_log_variance(Xf[oof_rows], names, bars)))
     stack.metrics = {
         "held_out_rows": int(cal_rows.size),
-        "meta_weights": {"har": float(meta.coef_[0]), "gbt": float(meta.coef_[1]), "intercept": float(meta.intercept_)},
+        "meta_weights": {**{name: float(w) for name, w in zip(stack.members, meta.coef_)},
+                         "intercept": float(meta.intercept_)},
         "log_residual_variance": s2,
         "har_log_residual_variance": s2_har,
+        **({"long_log_residual_variance": s2_long} if long else {}),
         "held_out": _held_out(rvc, {"stack": (stack.log_forecast(Xc), s2), "HAR": (stack.har.predict(Xc), s2_har),
+                                    **({"HAR with the long-run level": (stack.long.predict(Xc), s2_long)}
+                                       if stack.long is not None else {}),
                                     "rolling 30-bar mean": (roll, s2_roll)}),
     }
-    # What is served earns its place on rows no member saw: the stack, unless HAR alone forecasts them better.
+    # What is served earns its place on rows no member saw: the stack, unless a linear member alone (HAR, or HAR
+    # with the long-run level) forecasts them better (lowest QLIKE; a tie keeps the stack).
     held = stack.metrics["held_out"]
-    stack.served = "HAR" if held["HAR"]["qlike"] < held["stack"]["qlike"] else "stack"
-    log_oof = oof[oof_rows, 0] + s2_har / 2 if stack.served == "HAR" else meta.predict(oof[oof_rows]) + s2 / 2
+    candidates = {"stack": "stack", "HAR": "HAR", **({"long": "HAR with the long-run level"} if long else {})}
+    stack.served = min(candidates, key=lambda k: held[candidates[k]]["qlike"])
+    log_oof = {"stack": lambda: meta.predict(oof[oof_rows]) + s2 / 2, "HAR": lambda: oof[oof_rows, 0] + s2_har / 2,
+               "long": lambda: oof[oof_rows, 1] + s2_long / 2}[stack.served]()
     stack.oof_rows, stack.oof_sigma = oof_rows, np.sqrt(np.exp(log_oof))
     return stack
 
 
-__all__ = ["VOL_FILES", "VOL_PREFIX", "VolStack", "fit_vol", "forward_variance", "qlike", "r2_log"]
+__all__ = ["VOL_PREFIX", "VolStack", "fit_vol", "forward_variance", "qlike", "r2_log"]

@@ -109,6 +109,26 @@ def test_windows_touching_a_gap_have_no_value():
     assert ind.segments(np.isfinite(x)) == [(0, 9), (10, 20)]
 
 
+def test_the_long_run_level_averages_up_to_its_window_of_consecutive_bars_and_never_across_a_gap():
+    x = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 5.0, 6.0, 7.0, 8.0])
+    got = rolling.rolling_mean_upto(x, 3, 2)
+    want = [np.nan, 1.5, 2.0, 3.0, np.nan, np.nan, 5.5, 6.0, 7.0]
+    np.testing.assert_allclose(got, want)
+    # Column by column as one array, and with the full window it is the complete-window mean.
+    both = rolling.rolling_mean_upto(np.column_stack([x, x[::-1]]), 3, 2)
+    np.testing.assert_allclose(both[:, 1], rolling.rolling_mean_upto(x[::-1], 3, 2))
+    y = np.arange(1.0, 30.0)
+    np.testing.assert_allclose(rolling.rolling_mean_upto(y, 5, 5), rolling.rolling_mean(y, 5))
+    # The feature: log of the mean Parkinson variance over up to 90 bars, from 30 bars of history on.
+    rng = np.random.default_rng(0)
+    low = np.exp(rng.normal(0, 0.1, 200).cumsum())
+    high = low * np.exp(np.abs(rng.normal(0, 0.03, 200)))
+    long = ind.har_long_terms(high, low, [90], 30)[90]
+    pv = ind.parkinson_variance(high, low)
+    assert np.isnan(long[:29]).all() and np.isclose(long[29], np.log(pv[:30].mean()))
+    assert np.isclose(long[150], np.log(pv[61:151].mean()))
+
+
 def test_cross_rank_and_z():
     x = np.array([[3.0, 1.0, 2.0, np.nan], [1.0, 1.0, np.nan, np.nan]])
     rank, z = cross_rank_z(x, min_coins=3)

@@ -116,24 +116,59 @@ def test_coins_that_miss_together_move_alpha_once_and_overlapping_outcomes_by_a_
 
 def test_each_volatility_bin_settles_at_the_nominal_level_when_the_forecast_spreads_coins_too_far():
     # 60 coins whose true volatility is sqrt(sigma_hat * 0.02): the forecast ranks them right but spreads them too
-    # far apart (calm coins look calmer, wild ones wilder than they are). One bin covers 80% overall and far from it
-    # in each tercile; three bins hold 80% in each.
+    # far apart (calm coins look calmer, wild ones wilder than they are). In proportion to sigma_hat (beta = 1), one
+    # bin covers 80% overall and far from it in each tercile; the range learns to follow the forecast by its square
+    # root (beta = 0.5) from the outcomes it has seen, and then each tercile holds 80%, with one bin or three.
     rng = np.random.default_rng(5)
     coins, days = 60, 400
     s_hat = np.exp(rng.uniform(np.log(0.005), np.log(0.08), coins))
     ts = np.repeat(np.arange(days), coins)
     sig = np.tile(s_hat, days)
     r = rng.normal(0.0, np.sqrt(sig * 0.02))
-    cover = {}
-    for bins in (1, 3):
-        got = replay(ts, np.zeros(ts.size), sig, r, 1, alpha=ALPHA, gamma=0.01, window=60, bins=bins)
-        late = ts >= 100
+    cut = np.quantile(s_hat, [1 / 3, 2 / 3])
+    third = np.digitize(sig, cut)
+    late = ts >= 100
+
+    def cover(got):
         inside = (r >= got[:, 0]) & (r <= got[:, 1])
-        cut = np.quantile(s_hat, [1 / 3, 2 / 3])
-        third = np.digitize(sig, cut)
-        cover[bins] = [float(inside[late & (third == k)].mean()) for k in range(3)] + [float(inside[late].mean())]
-    assert abs(cover[1][3] - 0.8) < 0.02 and cover[1][0] < 0.7 and cover[1][2] > 0.9, cover[1]
-    assert all(abs(c - 0.8) < 0.03 for c in cover[3]), cover[3]
+        return [float(inside[late & (third == k)].mean()) for k in range(3)] + [float(inside[late].mean())]
+
+    proportional = RangeState.exponent
+    try:
+        RangeState.exponent = lambda self, centred=None: 1.0
+        fixed = cover(replay(ts, np.zeros(ts.size), sig, r, 1, alpha=ALPHA, gamma=0.01, window=60, bins=1))
+    finally:
+        RangeState.exponent = proportional
+    assert abs(fixed[3] - 0.8) < 0.02 and fixed[0] < 0.7 and fixed[2] > 0.9, fixed
+    for bins in (1, 3):
+        learned = cover(replay(ts, np.zeros(ts.size), sig, r, 1, alpha=ALPHA, gamma=0.01, window=60, bins=bins))
+        assert all(abs(c - 0.8) < 0.03 for c in learned), (bins, learned)
+    state = RangeState.new(ALPHA, bins=3)
+    for t in range(60):
+        rows = ts == t
+        state.absorb(t, np.zeros(coins), sig[rows], r[rows], None, ALPHA, 0.01, 60)
+    assert state.exponent() == 0.5
+
+
+def test_a_forecast_in_proportion_to_the_outcomes_is_followed_in_proportion_and_only_after_enough_windows():
+    rng = np.random.default_rng(6)
+    coins = 60
+    s_hat = np.exp(rng.uniform(np.log(0.005), np.log(0.08), coins))
+    state = RangeState.new(ALPHA, bins=3)
+    for t in range(60):
+        r = rng.normal(0.0, np.sqrt(s_hat * 0.02))  # as above: sigma_hat spreads the coins twice too far
+        state.absorb(t, np.zeros(coins), s_hat, r, None, ALPHA, 0.01, 60, overlap=7)
+    # 60 decision times of a 7-bar horizon are 9 independent windows, fewer than 10: followed in proportion
+    # whatever the outcomes say; one window more, and the outcomes decide.
+    assert state.centre_evidence()["windows"] == 9 and state.exponent() == 1.0
+    for t in range(60, 70):
+        state.absorb(t, np.zeros(coins), s_hat, rng.normal(0.0, np.sqrt(s_hat * 0.02)), None, ALPHA, 0.01, 60,
+                     overlap=7)
+    assert state.centre_evidence()["windows"] == 10 and state.exponent() == 0.5
+    calibrated = RangeState.new(ALPHA, bins=3)
+    for t in range(60):
+        calibrated.absorb(t, np.zeros(coins), s_hat, rng.normal(0.0, s_hat), None, ALPHA, 0.01, 60)
+    assert calibrated.exponent() == 1.0
 
 
 def test_normalized_ranges_settle_at_the_nominal_level_in_each_volatility_regime():

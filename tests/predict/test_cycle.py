@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from services import cli
+from services.predict.conformal import EXPONENTS
 from services.predict.drift import psi
 from services.predict.signals import consensus
 from services.training.registry import drift_reference
@@ -144,15 +145,16 @@ def test_later_run_records_matured_outcomes_exactly_once(source, lake_dir, env):
     assert first_day and all(p["range_low"] < 0 and p["range_low"] == pytest.approx(-p["range_high"]) for p in first_day)
     tenth = [p for (h, c, t), p in preds.items() if h == "24h" and t == 1715299200000]
     assert tenth and all(p["range_low"] < p["range_high"] for p in tenth)
-    # The range is a centre +- one conformal multiple of each coin's volatility forecast: as wide as the coin's
-    # forecast volatility, centred on the model's median for every coin or on no move for every coin (whichever sat
-    # closer to the outcomes), one multiple per volatility bin (at most three).
+    # The range is a centre +- one conformal multiple of each coin's volatility forecast (to one power beta for all
+    # coins): as wide as the coin's forecast volatility, centred on the model's median for every coin or on no move
+    # for every coin (whichever sat closer to the outcomes), one multiple per volatility bin (at most three).
     assert all(p["vol_forecast"] > 0 for p in preds.values())
     centres = [(p["range_low"] + p["range_high"]) / 2 for p in tenth]
     on_median = all(c == pytest.approx(p["q50"]) for c, p in zip(centres, tenth))
     assert on_median or all(c == pytest.approx(0.0, abs=1e-12) for c in centres)
-    multiples = [(p["range_high"] - c) / p["vol_forecast"] for c, p in zip(centres, tenth)]
-    assert len({round(m, 9) for m in multiples}) <= 3 and min(multiples) > 0
+    multiples = {beta: [(p["range_high"] - c) / p["vol_forecast"] ** beta for c, p in zip(centres, tenth)]
+                 for beta in EXPONENTS}
+    assert any(len({round(m, 9) for m in ms}) <= 3 and min(ms) > 0 for ms in multiples.values()), multiples
     # Every prediction carries its model's verdict on skill; a base-rate horizon serves one probability.
     assert all(p["skill"] in ("no demonstrated skill", "skill demonstrated out of sample") for p in preds.values())
     for h in ("24h", "7d"):

@@ -166,25 +166,33 @@ def test_the_cross_sectional_stack_is_served_from_onnx_like_the_direction_stack(
 
 
 def test_the_volatility_forecast_is_served_from_onnx_with_its_held_out_figures(trained):
-    """Every version carries the volatility forecast: HAR and LightGBM members and their linear stack under vol/,
-    the same forecast through ONNX as natively, figures against HAR alone and the rolling mean on rows it never
-    fitted on, and a model card section."""
+    """Every version carries the volatility forecast: HAR, HAR with the long-run level and LightGBM members and their
+    linear stack under vol/, the same forecast through ONNX as natively, figures against HAR alone and the rolling
+    mean on rows it never fitted on, and a model card section."""
     t, lake = trained["t"], trained["lake"]
     meta = trained["results"]["24h"]
     assert t.vol is not None and meta.vol is not None, meta.vol_note
     held = meta.vol.metrics["held_out"]
-    assert set(held) == {"stack", "HAR", "rolling 30-bar mean"}
+    assert set(held) == {"stack", "HAR", "HAR with the long-run level", "rolling 30-bar mean"}
     assert all(np.isfinite(r["qlike"]) and r["qlike"] >= 0 for r in held.values())
+    # HAR stays the standard baseline (1, 7, 30 bars); the second linear member adds the 90-bar level.
+    assert meta.vol.members["har"]["windows"] == ["har_1", "har_7", "har_30"]
+    assert meta.vol.members["long"]["windows"] == ["har_1", "har_7", "har_30", "har_long_90"]
+    assert set(meta.vol.metrics["meta_weights"]) == {"har", "long", "gbt", "intercept"}
     prefix = model_prefix("24h", meta.version)
-    for f in ("har.onnx", "gbt.onnx", "meta.onnx"):
+    for f in ("har.onnx", "long.onnx", "gbt.onnx", "meta.onnx"):
         assert lake.exists(prefix + "vol/" + f), f
     card = lake.get(prefix + "MODEL_CARD.md").decode()
     assert "## Volatility: realized variance over the horizon" in card and "QLIKE" in card
+    assert "HAR with the long-run level (har_1, har_7, har_30, har_long_90)" in card and "x HAR-long" in card
     model = HorizonModel.load(lake, "24h")
     X = t.ds.X[::5]
     np.testing.assert_allclose(model.vol_log_variance(X), t.vol.log_forecast(X), atol=2e-4)
     pred = model.predict(X, t.ds.S[::5])
-    np.testing.assert_allclose(pred.vol ** 2, t.vol.variance(X), rtol=1e-3)
+    np.testing.assert_allclose(pred.vol, t.vol.sigma(X), rtol=1e-3)  # the served forecast, whichever it is
+    np.testing.assert_allclose(model.stack_sigma(X) ** 2, t.vol.variance(X), rtol=1e-3)
+    s2 = meta.vol.metrics["long_log_residual_variance"]
+    np.testing.assert_allclose(model.member_sigma(X, "long") ** 2, np.exp(t.vol.long.predict(X) + s2 / 2), rtol=1e-3)
     assert (pred.vol > 0).all() and np.median(pred.vol) < 0.2  # a daily sd of log return, not a percentage
 
 
@@ -244,6 +252,33 @@ def test_the_range_seed_of_a_long_horizon_reaches_back_over_out_of_fold_forecast
     on_first = vol.oof_sigma[:first.test.size]
     np.testing.assert_allclose(on_first, np.sqrt(np.exp(log_fold)), rtol=1e-9)
     assert not np.allclose(on_first, vol.sigma(Xt), rtol=1e-6)
+
+
+def test_the_linear_member_with_the_long_run_level_is_served_where_it_forecasts_the_held_out_rows_best():
+    """Coins whose variance sits at their own long-run level, which the 1, 7 and 30-bar terms see only through
+    noise: HAR with the long-run level forecasts the held-out rows best and is served alone, HAR stays the
+    baseline, and the range seed carries that member's out-of-fold forecasts."""
+    from services.training.ensemble import calibration_split
+    from services.training.volatility import fit_vol
+
+    rng = np.random.default_rng(8)
+    day, bars, coins = 86_400_000, 7, 40
+    ts = np.repeat(np.arange(500) * day, coins)
+    level = np.tile(rng.normal(-6, 1.0, coins), 500)  # each coin's own level, for good
+    X = np.column_stack([level + rng.normal(0, 1.5, ts.size) for _ in range(3)]
+                        + [level + rng.normal(0, 0.05, ts.size), rng.normal(size=ts.size)])
+    names = ["har_1", "har_7", "har_30", "har_long_90", "other"]
+    rv = np.exp(np.log(bars) + level + rng.normal(0, 0.3, ts.size))
+    fit_rows, cal_rows = calibration_split(ts, bars * day, 0.2)
+    params = {"n_estimators": 5, "num_leaves": 2, "learning_rate": 0.05}
+    vol = fit_vol(X, rv, ts, names, bars, bars * day, fit_rows, cal_rows, 3, params, 0, 1)
+    held = vol.metrics["held_out"]
+    assert vol.served == "long", held
+    assert held["HAR with the long-run level"]["qlike"] < min(held["HAR"]["qlike"], held["stack"]["qlike"])
+    assert vol.har.cols == [0, 1, 2] and vol.long.cols == [0, 1, 2, 3]
+    s2 = vol.metrics["long_log_residual_variance"]
+    np.testing.assert_allclose(vol.sigma(X[:50]), np.sqrt(np.exp(vol.long.predict(X[:50]) + s2 / 2)))
+    assert held["HAR with the long-run level"]["r2_log"] > held["HAR"]["r2_log"] + 0.2
 
 
 def test_realized_variance_sums_the_parkinson_variances_of_the_horizon_candles():
