@@ -93,7 +93,11 @@ def test_first_run_trains_predicts_and_excludes_with_reasons(source, lake_dir, e
     assert b["long"][0]["weight"] == -b["short"][0]["weight"] > 0
     by_coin = {r["coin"]: r["beats_score"] for r in rows if r["horizon"] == "7d"}
     assert b["long"][0]["coin"] == max(by_coin, key=by_coin.get) and b["short"][0]["coin"] == min(by_coin, key=by_coin.get)
-    assert b["label"].startswith("Research (no demonstrated skill)")
+    # Labelled by the verdict of the stack that ranked the coins: research unless its skill was demonstrated.
+    (verdict,) = {r["beats_skill"] for r in rows if r["horizon"] == "7d"}
+    assert b["skill"] == verdict and verdict in b["label"]
+    assert b["label"].startswith("Market-neutral" if verdict == "skill demonstrated out of sample"
+                                 else "Research (no demonstrated skill)")
 
 
 def test_rerunning_the_same_as_of_changes_nothing(source, lake_dir, env):
