@@ -397,7 +397,11 @@ class VolModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     target: Literal["log_realized_variance"] = "log_realized_variance"
-    log_residual_variance: float = Field(description="s2: the served variance is exp(log forecast + s2 / 2)")
+    log_residual_variance: float = Field(description="s2: the residual variance of the stack's out-of-fold log "
+                                                     "forecasts (the level of versions without `levels`: s2 / 2)")
+    levels: dict[str, float] | None = Field(
+        None, description="per forecast (stack, har, long), the log mean correction: its variance is exp(log "
+                          "forecast + level), level = log mean exp(out-of-fold residual) (smearing, Duan 1983)")
     served: Literal["stack", "HAR", "long"] = Field(
         "stack", description="the forecast served: the stack, or the linear member that forecast the held-out rows "
                              "better alone (HAR, or long: HAR with the long-run level)")

@@ -142,7 +142,7 @@ class HorizonModel:
         return self.meta_logit(X, S, BEATS)
 
     def vol_log_variance(self, X: np.ndarray) -> np.ndarray:
-        """The stacked log realized-variance forecast (before the log-normal mean correction)."""
+        """The stacked log realized-variance forecast (before the mean correction)."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         z = np.column_stack([self._run(VOL + m, X)[0].reshape(-1)
                              for m in vol_members(self.metadata)]).astype(np.float32)
@@ -154,20 +154,27 @@ class HorizonModel:
         served = self.metadata.vol.served
         return self.stack_sigma(X) if served == "stack" else self.member_sigma(X, "har" if served == "HAR" else served)
 
+    def vol_level(self, forecast: str) -> float:
+        """The log mean correction of one forecast ("stack", "har", "long"): its variance is exp(log forecast +
+        level). Versions before `levels` corrected by half the out-of-fold residual variance (log-normal)."""
+        v = self.metadata.vol
+        if v.levels is not None:
+            return float(v.levels[forecast])
+        s2 = v.log_residual_variance if forecast == "stack" else v.metrics.get(f"{forecast}_log_residual_variance", 0.0)
+        return float(s2) / 2
+
     def stack_sigma(self, X: np.ndarray) -> np.ndarray:
-        """The stacked forecast (mean-corrected by its out-of-fold residual variance)."""
-        s2 = self.metadata.vol.log_residual_variance
-        return np.sqrt(np.exp(self.vol_log_variance(X) + s2 / 2))
+        """The stacked forecast, mean-corrected."""
+        return np.sqrt(np.exp(self.vol_log_variance(X) + self.vol_level("stack")))
 
     def har_sigma(self, X: np.ndarray) -> np.ndarray:
-        """The HAR member alone (mean-corrected by its own out-of-fold residual variance): a reference."""
+        """The HAR member alone (mean-corrected by its own out-of-fold residuals): a reference."""
         return self.member_sigma(X, "har")
 
     def member_sigma(self, X: np.ndarray, member: str) -> np.ndarray:
-        """One linear member alone ("har" or "long"), mean-corrected by its own out-of-fold residual variance."""
-        s2 = float(self.metadata.vol.metrics.get(f"{member}_log_residual_variance", 0.0))
+        """One linear member alone ("har" or "long"), mean-corrected by its own out-of-fold residuals."""
         X = np.ascontiguousarray(X, dtype=np.float32)
-        return np.sqrt(np.exp(self._run(VOL + member, X)[0].reshape(-1).astype(np.float64) + s2 / 2))
+        return np.sqrt(np.exp(self._run(VOL + member, X)[0].reshape(-1).astype(np.float64) + self.vol_level(member)))
 
     def predict(self, X: np.ndarray, S: np.ndarray) -> Predictions:
         if X.shape[1] != len(self.names):

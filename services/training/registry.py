@@ -83,7 +83,7 @@ def _vol(t: Trained) -> dict | None:
     v = t.vol
     if v is None:
         return None
-    return {"log_residual_variance": v.s2, "served": v.served, "metrics": v.metrics, "rows": v.rows,
+    return {"log_residual_variance": v.s2, "levels": v.levels, "served": v.served, "metrics": v.metrics, "rows": v.rows,
             "rows_excluded": v.excluded, "range_seed": v.range_seed.model_dump() if v.range_seed is not None else None,
             "members": {"har": {"windows": [t.names[i] for i in v.har.cols]},
                         **({"long": {"windows": [t.names[i] for i in v.long.cols]}} if v.long is not None else {}),
@@ -212,7 +212,9 @@ def vol_lines(record: ModelMetadata) -> list[str]:
         f"forecasts: {w.get('har', 0):.3f} x HAR"
         + (f" + {w.get('long', 0):.3f} x HAR-long" if long else "")
         + f" + {w.get('gbt', 0):.3f} x GBT {w.get('intercept', 0):+.3f}; "
-        f"served variance exp(forecast + {v.log_residual_variance:.3f} / 2).",
+        "served variance exp(forecast + level), level (log mean exp of the out-of-fold residuals): "
+        + (", ".join(f"{k} {x:+.3f}" for k, x in v.levels.items()) if v.levels
+           else f"{v.log_residual_variance / 2:+.3f} (s2 / 2)") + ".",
         f"- Held out ({m.get('held_out_rows', 0):,} calibration rows the members never saw): "
         + "; ".join(f"{k}: QLIKE {r['qlike']:.4f}, R2 of log variance {r['r2_log']:.3f}" for k, r in held.items()),
         "- Served: " + ("the stack." if v.served == "stack" else

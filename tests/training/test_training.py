@@ -191,8 +191,8 @@ def test_the_volatility_forecast_is_served_from_onnx_with_its_held_out_figures(t
     pred = model.predict(X, t.ds.S[::5])
     np.testing.assert_allclose(pred.vol, t.vol.sigma(X), rtol=1e-3)  # the served forecast, whichever it is
     np.testing.assert_allclose(model.stack_sigma(X) ** 2, t.vol.variance(X), rtol=1e-3)
-    s2 = meta.vol.metrics["long_log_residual_variance"]
-    np.testing.assert_allclose(model.member_sigma(X, "long") ** 2, np.exp(t.vol.long.predict(X) + s2 / 2), rtol=1e-3)
+    level = meta.vol.levels["long"]
+    np.testing.assert_allclose(model.member_sigma(X, "long") ** 2, np.exp(t.vol.long.predict(X) + level), rtol=1e-3)
     assert (pred.vol > 0).all() and np.median(pred.vol) < 0.2  # a daily sd of log return, not a percentage
 
 
@@ -245,10 +245,10 @@ def test_the_range_seed_of_a_long_horizon_reaches_back_over_out_of_fold_forecast
     Xt, Xs, yt = X[fit_rows][first.test], X[fit_rows][first.train], np.log(rv[fit_rows][first.train])
     har = HarMember([0, 1, 2]).fit(Xs, yt).predict(Xt)
     if vol.served == "HAR":
-        log_fold = har + vol.metrics["har_log_residual_variance"] / 2
+        log_fold = har + vol.levels["har"]
     else:
         gbt = GbtVolMember(params, 0, 1).fit(Xs, yt).predict(Xt)
-        log_fold = vol.meta.predict(np.column_stack([har, gbt])) + vol.s2 / 2
+        log_fold = vol.meta.predict(np.column_stack([har, gbt])) + vol.levels["stack"]
     on_first = vol.oof_sigma[:first.test.size]
     np.testing.assert_allclose(on_first, np.sqrt(np.exp(log_fold)), rtol=1e-9)
     assert not np.allclose(on_first, vol.sigma(Xt), rtol=1e-6)
@@ -276,9 +276,37 @@ def test_the_linear_member_with_the_long_run_level_is_served_where_it_forecasts_
     assert vol.served == "long", held
     assert held["HAR with the long-run level"]["qlike"] < min(held["HAR"]["qlike"], held["stack"]["qlike"])
     assert vol.har.cols == [0, 1, 2] and vol.long.cols == [0, 1, 2, 3]
-    s2 = vol.metrics["long_log_residual_variance"]
-    np.testing.assert_allclose(vol.sigma(X[:50]), np.sqrt(np.exp(vol.long.predict(X[:50]) + s2 / 2)))
+    np.testing.assert_allclose(vol.sigma(X[:50]), np.sqrt(np.exp(vol.long.predict(X[:50]) + vol.levels["long"])))
     assert held["HAR with the long-run level"]["r2_log"] > held["HAR"]["r2_log"] + 0.2
+
+
+def test_the_served_level_is_the_smearing_estimate_and_makes_the_out_of_fold_variance_ratio_one():
+    """Log residuals that are not normal (here the log of an exponential: a noisy variance proxy, skewed to the
+    left): the log-normal correction s2 / 2 misplaces the level (pi^2 / 12 = 0.82 where the right one is Euler's
+    gamma = 0.58); the served level, log mean exp of the out-of-fold residuals, is QLIKE's best constant on those
+    rows, where the mean of rv / forecast is then one, and forecasts the held-out rows better."""
+    from services.training.ensemble import calibration_split
+    from services.training.volatility import fit_vol, qlike, smear
+
+    r = np.array([-1.0, 0.0, 0.5])
+    assert smear(r) == pytest.approx(np.log((np.exp(-1.0) + 1.0 + np.exp(0.5)) / 3))  # by hand
+    rng = np.random.default_rng(5)
+    day, bars, coins = 86_400_000, 7, 20
+    ts = np.repeat(np.arange(400) * day, coins)
+    level = rng.normal(-6, 0.7, ts.size)
+    X = np.column_stack([level + rng.normal(0, 0.1, ts.size) for _ in range(3)] + [rng.normal(size=ts.size)])
+    names = ["har_1", "har_7", "har_30", "other"]
+    rv = np.exp(np.log(bars) + level) * rng.exponential(1.0, ts.size)
+    fit_rows, cal_rows = calibration_split(ts, bars * day, 0.2)
+    vol = fit_vol(X, rv, ts, names, bars, bars * day, fit_rows, cal_rows, 3,
+                  {"n_estimators": 5, "num_leaves": 2, "learning_rate": 0.05}, 0, 1)
+    key = "har" if vol.served == "HAR" else vol.served
+    assert np.mean(rv[fit_rows][vol.oof_rows] / vol.oof_sigma ** 2) == pytest.approx(1.0, rel=1e-9)
+    s2 = vol.metrics["log_residual_variance" if key == "stack" else f"{key}_log_residual_variance"]
+    assert vol.levels[key] == pytest.approx(np.euler_gamma, abs=0.08)
+    assert s2 / 2 == pytest.approx(np.pi ** 2 / 12, abs=0.08)
+    log_f = np.log(vol.sigma(X[cal_rows]) ** 2) - vol.levels[key]
+    assert qlike(rv[cal_rows], np.exp(log_f + vol.levels[key])) < qlike(rv[cal_rows], np.exp(log_f + s2 / 2)) - 0.01
 
 
 def test_realized_variance_sums_the_parkinson_variances_of_the_horizon_candles():
