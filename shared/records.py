@@ -401,7 +401,8 @@ class VolModel(BaseModel):
                                                      "forecasts (the level of versions without `levels`: s2 / 2)")
     levels: dict[str, float] | None = Field(
         None, description="per forecast (stack, har, long), the log mean correction: its variance is exp(log "
-                          "forecast + level), level = log mean exp(out-of-fold residual) (smearing, Duan 1983)")
+                          "forecast + level), level = log mean exp(out-of-fold residual less its mean) (smearing, "
+                          "Duan 1983)")
     served: Literal["stack", "HAR", "long"] = Field(
         "stack", description="the forecast served: the stack, or the linear member that forecast the held-out rows "
                              "better alone (HAR, or long: HAR with the long-run level)")

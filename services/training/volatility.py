@@ -7,8 +7,8 @@ variance of the last 1, 7 and 30 bars (the frame's har_<w> features); HAR with t
 terms and the log mean variance of up to the last 90 bars (har_long_<w>: a coin's volatility reverts to its own
 level); and a pooled LightGBM regressor on every feature. A linear meta-learner combines their out-of-fold forecasts (purged walk-forward folds, as the direction
 stack). The served variance is exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold
-forecasts (the smearing estimate, Duan 1983): the constant that makes the forecast's QLIKE least on those rows, with
-no assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance
+forecasts, their mean taken out (the smearing estimate, Duan 1983; for a forecast without bias, the constant that
+makes its QLIKE least), with no assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance
 proxy skews them to the left, jumps in variance to the right; on the evaluations' test rows the s2 / 2 forecasts sat
 below the realized variance on average.) Held-out figures on the calibration
 block (which the members never saw): QLIKE and R2 of log variance against HAR alone and the 30-bar rolling mean.
@@ -61,11 +61,14 @@ def qlike(rv: np.ndarray, h: np.ndarray) -> float:
 
 
 def smear(residual: np.ndarray) -> float:
-    """The log mean correction of a log forecast from its residuals (log target - log forecast): log mean exp. With
-    it, the mean of rv / exp(forecast + level) over those rows is one (QLIKE's optimum for a constant level)."""
+    """The log mean correction of a least-squares log forecast from out-of-sample residuals (log target - log
+    forecast): log mean exp of the residuals less their mean. The mean is left out: it is the bias of the fold models
+    (fitted on less and earlier data), which the final fit on every row does not carry; the spread around it is
+    what the correction is for. Zero or above (Jensen); s2 / 2 for normal residuals."""
     from scipy.special import logsumexp
 
     r = np.asarray(residual, np.float64)
+    r = r - r.mean()
     return float(logsumexp(r) - np.log(r.size))
 
 
