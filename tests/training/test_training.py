@@ -311,6 +311,44 @@ def test_the_served_level_is_the_smearing_estimate_of_the_out_of_fold_residuals(
     assert np.mean(rv[cal_rows] / vol.sigma(X[cal_rows]) ** 2) == pytest.approx(1.0, abs=0.05)
 
 
+def test_the_volatility_members_are_combined_with_non_negative_weights_that_sum_to_one():
+    """Two nearly collinear members (HAR and HAR with the long-run level are): an unconstrained regression sets
+    them against each other; the served combination keeps every weight >= 0, sums them to one, fits no worse than
+    any point of a grid over the simplex, exports to ONNX as it predicts, and takes a member that is the truth
+    whole."""
+    import onnxruntime as ort
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LinearRegression
+
+    from services.training.members import OPSET
+    from services.training.volatility import convex_combination
+
+    rng = np.random.default_rng(11)
+    n = 4000
+    truth = rng.normal(size=n)
+    a = truth + 0.3 * rng.normal(size=n)
+    b = a + 0.3 * truth + 0.02 * rng.normal(size=n)  # a, nudged toward the truth: nearly collinear with it
+    g = truth + 0.6 * rng.normal(size=n)
+    Z, y = np.column_stack([a, b, g]), -5.0 + truth + 0.4 * rng.normal(size=n)
+    assert (LinearRegression().fit(Z, y).coef_ < 0).any()  # the failure the constraint is for
+    meta = convex_combination(Z, y)
+    assert (meta.coef_ >= 0).all() and meta.coef_.sum() == pytest.approx(1.0)
+
+    def sse(w):
+        fit = Z @ w
+        return float(np.sum((y - fit - (y - fit).mean()) ** 2))  # with its own best intercept
+
+    grid = [np.array([i, j, 20 - i - j]) / 20 for i in range(21) for j in range(21 - i)]
+    assert sse(meta.coef_) <= min(sse(w) for w in grid) + 1e-9
+    assert np.mean(y - meta.predict(Z)) == pytest.approx(0.0, abs=1e-9)
+    onnx = ort.InferenceSession(to_onnx(meta, Z[:1].astype(np.float32), target_opset=OPSET).SerializeToString())
+    got = onnx.run(None, {onnx.get_inputs()[0].name: Z[:50].astype(np.float32)})[0].ravel()
+    np.testing.assert_allclose(got, meta.predict(Z[:50]), atol=1e-4)
+    exact = convex_combination(np.column_stack([a, truth, g]), 2.0 + truth)
+    np.testing.assert_allclose(exact.coef_, [0.0, 1.0, 0.0], atol=1e-9)
+    assert exact.intercept_ == pytest.approx(2.0)
+
+
 def test_realized_variance_sums_the_parkinson_variances_of_the_horizon_candles():
     from types import SimpleNamespace
 
