@@ -9,11 +9,12 @@ level); and a pooled LightGBM regressor on every feature. Their out-of-fold fore
 the direction stack) are combined with non-negative weights that sum to one, plus a shift (non-negative stacking,
 Breiman 1996): the two HAR members are nearly collinear, and an unconstrained regression set them against each other
 (weights +2.5 and -2.1) or, on ten months with two folds, scaled the log forecast by 1.73 and failed on rows it never
-saw. A convex combination stays within its members' forecasts. The served variance is exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold
-forecasts, their mean taken out (the smearing estimate, Duan 1983; for a forecast without bias, the constant that
-makes its QLIKE least), with no assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance
-proxy skews them to the left, jumps in variance to the right; on the evaluations' test rows the s2 / 2 forecasts sat
-below the realized variance on average.) Held-out figures on the calibration
+saw. A convex combination stays between its members' forecasts, up to the shift. The served variance is
+exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold forecasts, their mean taken out (the smearing estimate,
+Duan 1983; for a forecast without bias, the constant that makes its QLIKE least), with no assumption on the
+residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance proxy skews them to the
+left, jumps in variance to the right; on the evaluations' test rows the s2 / 2 forecasts sat below the realized
+variance on average.) Held-out figures on the calibration
 block (which the members never saw): QLIKE and R2 of log variance against HAR alone and the 30-bar rolling mean.
 """
 
@@ -271,7 +272,6 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
                          "intercept": float(meta.intercept_)},
         "log_residual_variance": s2,
         **{f"{k}_log_residual_variance": float(np.var(yo - log_oof[k])) for k in ("har", "long") if k in log_oof},
-        "levels": dict(stack.levels),
         "held_out": _held_out(rvc, {"stack": (stack.log_forecast(Xc), levels["stack"]),
                                     "HAR": (stack.har.predict(Xc), levels["har"]),
                                     **({"HAR with the long-run level": (stack.long.predict(Xc), levels["long"])}
