@@ -8,14 +8,14 @@ terms and the log mean variance of up to the last 90 bars (har_long_<w>: a coin'
 level); and a pooled LightGBM regressor on every feature. Their out-of-fold forecasts (purged walk-forward folds, as
 the direction stack) are combined with non-negative weights that sum to one, plus a shift (non-negative stacking,
 Breiman 1996): the two HAR members are nearly collinear, and an unconstrained regression set them against each other
-(weights +2.5 and -2.1) or, on ten months with two folds, scaled the log forecast by 1.73 and failed on rows it never
-saw. A convex combination stays between its members' forecasts, up to the shift. The served variance is
-exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold forecasts, their mean taken
-out (the smearing estimate, Duan 1983; for a forecast without bias, the constant that makes its QLIKE least), with
-no assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance proxy skews them to the
-left, jumps in variance to the right; on the evaluations' test rows the s2 / 2 forecasts sat below the realized
-variance on average.) Held-out figures on the calibration
-block (which the members never saw): QLIKE and R2 of log variance against HAR alone and the 30-bar rolling mean.
+(weights +2.5 and -2.1) or, on ten months with two folds, scaled the log forecast by 1.73 and failed on rows it
+never saw. A convex combination stays between its members' forecasts, up to the shift. The served variance is
+exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold forecasts, their mean taken out
+(the smearing estimate, Duan 1983; for a forecast without bias, the constant that makes its QLIKE least), with no
+assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance proxy
+skews them to the left, jumps in variance to the right; on the evaluations' test rows the s2 / 2 forecasts sat below
+the realized variance on average.) Held-out figures on the calibration block (which the members never saw): QLIKE
+and R2 of log variance against HAR alone and the 30-bar rolling mean.
 """
 
 from __future__ import annotations
