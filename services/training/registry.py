@@ -209,7 +209,8 @@ def vol_lines(record: ModelMetadata) -> list[str]:
         f"out: {json.dumps(v.rows_excluded)}). HAR member ({', '.join(v.members.get('har', {}).get('windows', []))})"
         + (f", HAR with the long-run level ({', '.join(long.get('windows', []))})" if long else "")
         + f" and a pooled LightGBM regressor {json.dumps(v.members.get('gbt', {}))}, combined on out-of-fold "
-        f"forecasts (weights >= 0 summing to one, and a shift): {w.get('har', 0):.3f} x HAR"
+        f"forecasts (weights >= 0 summing to one; the shift from the final members' fit rows): "
+        f"{w.get('har', 0):.3f} x HAR"
         + (f" + {w.get('long', 0):.3f} x HAR-long" if long else "")
         + f" + {w.get('gbt', 0):.3f} x GBT {w.get('intercept', 0):+.3f}; "
         "served variance exp(forecast + level), level (log mean exp of the out-of-fold residuals): "

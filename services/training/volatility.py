@@ -9,7 +9,9 @@ level); and a pooled LightGBM regressor on every feature. Their out-of-fold fore
 the direction stack) are combined with non-negative weights that sum to one, plus a shift (non-negative stacking,
 Breiman 1996): the two HAR members are nearly collinear, and an unconstrained regression set them against each other
 (weights +2.5 and -2.1) or, on ten months with two folds, scaled the log forecast by 1.73 and failed on rows it
-never saw. A convex combination stays between its members' forecasts, up to the shift. The served variance is
+never saw. A convex combination stays between its members' forecasts, up to the shift; the weights come from the
+fold models, the shift from the final members (the mean residual of their combination on the rows they were fit on:
+a fold model trained on a few months is biased in a way the final fit is not). The served variance is
 exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold forecasts, their mean taken out
 (the smearing estimate, Duan 1983; for a forecast without bias, the constant that makes its QLIKE least), with no
 assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance proxy
@@ -255,21 +257,27 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
         for k, c in enumerate(linear.values()):
             oof[f.test, k] = HarMember(c).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
         oof[f.test, -1] = GbtVolMember(params, seed, threads).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
+    # The weights come from the fold models' out-of-fold forecasts; the shift from the final members, which are
+    # the ones served: the mean of their combination's residual on the rows they were fit on. (The fold models' own
+    # bias, e.g. of a fold trained on a few months of new listings, is not the final fit's and must not be served.)
     meta = convex_combination(oof[oof_rows], yf[oof_rows])
+    stack = VolStack(HarMember(cols).fit(Xf, yf), GbtVolMember(params, seed, threads).fit(Xf, yf), meta, 0.0,
+                     rows=int(fit_rows.size), long=HarMember(linear["long"]).fit(Xf, yf) if long else None)
+    fold_shift = float(meta.intercept_)
+    meta.intercept_ = float(np.mean(yf - np.column_stack([m.predict(Xf) for m in stack.members.values()])
+                                    @ meta.coef_))
     yo = yf[oof_rows]
     log_oof = {"stack": meta.predict(oof[oof_rows]), "har": oof[oof_rows, 0],
                **({"long": oof[oof_rows, 1]} if long else {}),
                "roll": rolling_log_variance(Xf[oof_rows], names, bars)}
     levels = {k: smear(yo - f) for k, f in log_oof.items()}
-    s2 = float(np.var(yo - log_oof["stack"]))
-    stack = VolStack(HarMember(cols).fit(Xf, yf), GbtVolMember(params, seed, threads).fit(Xf, yf), meta, s2,
-                     rows=int(fit_rows.size), long=HarMember(linear["long"]).fit(Xf, yf) if long else None,
-                     levels={k: v for k, v in levels.items() if k != "roll"})
+    stack.s2 = s2 = float(np.var(yo - log_oof["stack"]))
+    stack.levels = {k: v for k, v in levels.items() if k != "roll"}
     Xc, rvc = X[cal_rows], rv[cal_rows]
     stack.metrics = {
         "held_out_rows": int(cal_rows.size),
         "meta_weights": {**{name: float(w) for name, w in zip(stack.members, meta.coef_)},
-                         "intercept": float(meta.intercept_)},
+                         "intercept": float(meta.intercept_), "out_of_fold_intercept": fold_shift},
         "log_residual_variance": s2,
         **{f"{k}_log_residual_variance": float(np.var(yo - log_oof[k])) for k in ("har", "long") if k in log_oof},
         "held_out": _held_out(rvc, {"stack": (stack.log_forecast(Xc), levels["stack"]),
