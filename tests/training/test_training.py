@@ -349,6 +349,38 @@ def test_the_volatility_members_are_combined_with_non_negative_weights_that_sum_
     assert exact.intercept_ == pytest.approx(2.0)
 
 
+def test_the_stack_shift_is_the_final_members_own_not_the_fold_models_bias():
+    """A wild first quarter (new listings move more than their history says): the fold models trained on it
+    over-forecast the rows after it, so the out-of-fold shift comes out well below zero. The served combination
+    keeps the out-of-fold weights but takes its shift from the final members, which are the ones served: on their
+    fit rows it is as unbiased as they are, on any row it lies between its members' forecasts, and the fold shift
+    is only recorded."""
+    from services.training.ensemble import calibration_split
+    from services.training.volatility import fit_vol
+
+    rng = np.random.default_rng(3)
+    day, bars, coins, days = 86_400_000, 7, 20, 400
+    ts = np.repeat(np.arange(days) * day, coins)
+    level = rng.normal(-6, 0.7, ts.size)
+    wild = np.repeat(np.arange(days) < 100, coins)
+    X = np.column_stack([level + rng.normal(0, 0.3, ts.size) for _ in range(3)] + [rng.normal(size=ts.size)])
+    names = ["har_1", "har_7", "har_30", "other"]
+    rv = np.exp(np.log(bars) + level + 1.5 * wild + rng.normal(0, 0.3, ts.size))
+    fit_rows, cal_rows = calibration_split(ts, bars * day, 0.2)
+    vol = fit_vol(X, rv, ts, names, bars, bars * day, fit_rows, cal_rows, 3,
+                  {"n_estimators": 20, "num_leaves": 4, "learning_rate": 0.1}, 0, 1)
+    w = vol.metrics["meta_weights"]
+    assert w["out_of_fold_intercept"] < -0.5, w  # the fold models' bias
+    Xf = X[fit_rows]
+    Z = np.column_stack([m.predict(Xf) for m in vol.members.values()])
+    assert np.mean(np.log(rv[fit_rows]) - vol.log_forecast(Xf)) == pytest.approx(0.0, abs=1e-9)
+    assert w["intercept"] == pytest.approx(np.mean(np.log(rv[fit_rows]) - Z @ vol.meta.coef_), abs=1e-12)
+    assert abs(w["intercept"]) < 0.01  # each member is unbiased on its own fit rows, so is their combination
+    Zc = np.column_stack([m.predict(X[cal_rows]) for m in vol.members.values()])
+    f = vol.log_forecast(X[cal_rows])
+    assert ((f >= Zc.min(axis=1) - 0.01) & (f <= Zc.max(axis=1) + 0.01)).all()
+
+
 def test_realized_variance_sums_the_parkinson_variances_of_the_horizon_candles():
     from types import SimpleNamespace
 
