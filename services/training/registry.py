@@ -212,7 +212,9 @@ def vol_lines(record: ModelMetadata) -> list[str]:
         f"forecasts (weights >= 0 summing to one; the shift from the final members' fit rows): "
         f"{w.get('har', 0):.3f} x HAR"
         + (f" + {w.get('long', 0):.3f} x HAR-long" if long else "")
-        + f" + {w.get('gbt', 0):.3f} x GBT {w.get('intercept', 0):+.3f}; "
+        + f" + {w.get('gbt', 0):.3f} x GBT {w.get('intercept', 0):+.3f}"
+        + (f" (the fold models' shift, {w['out_of_fold_intercept']:+.3f}, is not served)"
+           if "out_of_fold_intercept" in w else "") + "; "
         "served variance exp(forecast + level), level (log mean exp of the out-of-fold residuals): "
         + (", ".join(f"{k} {x:+.3f}" for k, x in v.levels.items()) if v.levels
            else f"{v.log_residual_variance / 2:+.3f} (s2 / 2)") + ".",

@@ -178,13 +178,14 @@ def test_the_volatility_forecast_is_served_from_onnx_with_its_held_out_figures(t
     # HAR stays the standard baseline (1, 7, 30 bars); the second linear member adds the 90-bar level.
     assert meta.vol.members["har"]["windows"] == ["har_1", "har_7", "har_30"]
     assert meta.vol.members["long"]["windows"] == ["har_1", "har_7", "har_30", "har_long_90"]
-    assert set(meta.vol.metrics["meta_weights"]) == {"har", "long", "gbt", "intercept"}
+    assert set(meta.vol.metrics["meta_weights"]) == {"har", "long", "gbt", "intercept", "out_of_fold_intercept"}
     prefix = model_prefix("24h", meta.version)
     for f in ("har.onnx", "long.onnx", "gbt.onnx", "meta.onnx"):
         assert lake.exists(prefix + "vol/" + f), f
     card = lake.get(prefix + "MODEL_CARD.md").decode()
     assert "## Volatility: realized variance over the horizon" in card and "QLIKE" in card
     assert "HAR with the long-run level (har_1, har_7, har_30, har_long_90)" in card and "x HAR-long" in card
+    assert "the fold models' shift" in card
     model = HorizonModel.load(lake, "24h")
     X = t.ds.X[::5]
     np.testing.assert_allclose(model.vol_log_variance(X), t.vol.log_forecast(X), atol=2e-4)
