@@ -390,6 +390,12 @@ class RangeSeed(BaseModel):
     score: list[float] = Field(description="|r| / sigma: the outcome's distance from no move, in forecast sds")
 
 
+def vol_forecast_key(served: str) -> str:
+    """The key of a served volatility forecast among the members and levels ("stack", "har", "long"): the label
+    "HAR" names the har member."""
+    return "har" if served == "HAR" else served
+
+
 class VolModel(BaseModel):
     """The volatility forecast inside a horizon version: realized variance over the horizon from HAR and pooled
     gradient-boosting members, linearly stacked; its held-out QLIKE and R2 against HAR alone and the rolling mean."""

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from shared.errors import CstError, LakeKeyNotFound
 from shared.metrics import logit
-from shared.records import ModelMetadata
+from shared.records import ModelMetadata, vol_forecast_key
 from shared.registry import current_version, load_metadata, model_prefix  # noqa: F401 - the registry's keys, re-exported
 from shared.storage import Lake
 
@@ -152,7 +152,7 @@ class HorizonModel:
         """The served volatility forecast: the stack's, or the linear member's that forecast the held-out rows
         better (HAR, or HAR with the long-run level)."""
         served = self.metadata.vol.served
-        return self.stack_sigma(X) if served == "stack" else self.member_sigma(X, "har" if served == "HAR" else served)
+        return self.stack_sigma(X) if served == "stack" else self.member_sigma(X, vol_forecast_key(served))
 
     def vol_level(self, forecast: str) -> float:
         """The log mean correction of one forecast ("stack", "har", "long"): its variance is exp(log forecast +

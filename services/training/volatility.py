@@ -33,6 +33,7 @@ from services.features.indicators import parkinson_variance
 from services.training.cv import walk_forward
 from services.training.members import OPSET
 from shared.errors import CstError
+from shared.records import vol_forecast_key
 
 VOL_PREFIX = "vol/"
 
@@ -188,7 +189,7 @@ class VolStack:
         """The served forecast's sd (as predict serves it): the stack's, or one linear member's mean-corrected."""
         if self.served == "stack":
             return np.sqrt(self.variance(X))
-        key = "har" if self.served == "HAR" else self.served
+        key = vol_forecast_key(self.served)
         return np.sqrt(np.exp(self.members[key].predict(X) + self.levels[key]))
 
     def blobs(self, n_features: int) -> dict[str, bytes]:
@@ -291,7 +292,7 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
     held = stack.metrics["held_out"]
     candidates = {"stack": "stack", "HAR": "HAR", **({"long": "HAR with the long-run level"} if long else {})}
     stack.served = min(candidates, key=lambda k: held[candidates[k]]["qlike"])
-    key = "har" if stack.served == "HAR" else stack.served
+    key = vol_forecast_key(stack.served)
     stack.oof_rows, stack.oof_sigma = oof_rows, np.sqrt(np.exp(log_oof[key] + levels[key]))
     return stack
 

@@ -288,6 +288,7 @@ def test_the_served_level_is_the_smearing_estimate_of_the_out_of_fold_residuals(
     forecasts the held-out rows better. A bias of the fold models does not move it."""
     from services.training.ensemble import calibration_split
     from services.training.volatility import fit_vol, qlike, smear
+    from shared.records import vol_forecast_key
 
     r = np.array([-1.0, 0.0, 0.5])
     c = r - r.mean()
@@ -303,7 +304,7 @@ def test_the_served_level_is_the_smearing_estimate_of_the_out_of_fold_residuals(
     fit_rows, cal_rows = calibration_split(ts, bars * day, 0.2)
     vol = fit_vol(X, rv, ts, names, bars, bars * day, fit_rows, cal_rows, 3,
                   {"n_estimators": 5, "num_leaves": 2, "learning_rate": 0.05}, 0, 1)
-    key = "har" if vol.served == "HAR" else vol.served
+    key = vol_forecast_key(vol.served)
     s2 = vol.metrics["log_residual_variance" if key == "stack" else f"{key}_log_residual_variance"]
     assert vol.levels[key] == pytest.approx(np.euler_gamma, abs=0.08)
     assert s2 / 2 == pytest.approx(np.pi ** 2 / 12, abs=0.08)
