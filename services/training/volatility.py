@@ -11,10 +11,10 @@ Breiman 1996): the two HAR members are nearly collinear, and an unconstrained re
 (weights +2.5 and -2.1) or, on ten months with two folds, scaled the log forecast by 1.73 and failed on rows it
 never saw. A convex combination stays between its members' forecasts, up to the shift; the weights come from the
 fold models, the shift from the final members (the mean residual of their combination on the rows they were fit on:
-a fold model trained on a few months is biased in a way the final fit is not). The served variance is
-exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold forecasts, their mean taken out
-(the smearing estimate, Duan 1983; for a forecast without bias, the constant that makes its QLIKE least), with no
-assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance proxy
+a fold model trained on a few months is biased in its own way, which the final fit need not share). The served
+variance is exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold forecasts, their mean
+taken out (the smearing estimate, Duan 1983; for a forecast without bias, the constant that makes its QLIKE least),
+with no assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance proxy
 skews them to the left, jumps in variance to the right; on the evaluations' test rows the s2 / 2 forecasts sat below
 the realized variance on average.) Held-out figures on the calibration block (which the members never saw): QLIKE
 and R2 of log variance against HAR alone and the 30-bar rolling mean.
@@ -259,8 +259,9 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
             oof[f.test, k] = HarMember(c).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
         oof[f.test, -1] = GbtVolMember(params, seed, threads).fit(Xf[f.train], yf[f.train]).predict(Xf[f.test])
     # The weights come from the fold models' out-of-fold forecasts; the shift from the final members, which are
-    # the ones served: the mean of their combination's residual on the rows they were fit on. (The fold models' own
-    # bias, e.g. of a fold trained on a few months of new listings, is not the final fit's and must not be served.)
+    # the ones served: the mean of their combination's residual on the rows they were fit on, as HAR alone is served
+    # without the folds' bias. (A fold trained on a few months is biased in its own way: the wide 30d folds' shift
+    # was -1.14, and with it the stack failed on rows it never saw; EVALUATION item 10.)
     meta = convex_combination(oof[oof_rows], yf[oof_rows])
     stack = VolStack(HarMember(cols).fit(Xf, yf), GbtVolMember(params, seed, threads).fit(Xf, yf), meta, 0.0,
                      rows=int(fit_rows.size), long=HarMember(linear["long"]).fit(Xf, yf) if long else None)
