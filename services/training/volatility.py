@@ -14,10 +14,10 @@ fold models, the shift from the final members (the mean residual of their combin
 a fold model trained on a few months is biased in its own way, which the final fit need not share). The served
 variance is exp(forecast + level), level = log of the mean of exp(residual) over the out-of-fold forecasts, their mean
 taken out (the smearing estimate, Duan 1983; for a forecast without bias, the constant that makes its QLIKE least),
-with no assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy variance proxy
-skews them to the left, jumps in variance to the right; on the evaluations' test rows the s2 / 2 forecasts sat below
-the realized variance on average.) Held-out figures on the calibration block (which the members never saw): QLIKE
-and R2 of log variance against HAR alone and the 30-bar rolling mean.
+with no assumption on the residuals' shape. (A log-normal's s2 / 2 assumes them normal. They are not: a noisy
+variance proxy skews them to the left, jumps in variance to the right; on the evaluations' test rows the s2 / 2
+forecasts sat below the realized variance on average.) Held-out figures on the calibration block (which the members
+never saw): QLIKE and R2 of log variance against HAR alone and the 30-bar rolling mean.
 """
 
 from __future__ import annotations
