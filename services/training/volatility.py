@@ -263,18 +263,18 @@ def fit_vol(X: np.ndarray, rv: np.ndarray, ts: np.ndarray, names: list[str], bar
     # without the folds' bias. (A fold trained on a few months is biased in its own way: the wide 30d folds' shift
     # was -1.14, and with it the stack failed on rows it never saw; EVALUATION item 10.)
     meta = convex_combination(oof[oof_rows], yf[oof_rows])
-    stack = VolStack(HarMember(cols).fit(Xf, yf), GbtVolMember(params, seed, threads).fit(Xf, yf), meta, 0.0,
-                     rows=int(fit_rows.size), long=HarMember(linear["long"]).fit(Xf, yf) if long else None)
+    final = {name: HarMember(c).fit(Xf, yf) for name, c in linear.items()}
+    final["gbt"] = GbtVolMember(params, seed, threads).fit(Xf, yf)  # in the meta-learner's order: har, long, gbt
     fold_shift = float(meta.intercept_)
-    meta.intercept_ = float(np.mean(yf - np.column_stack([m.predict(Xf) for m in stack.members.values()])
-                                    @ meta.coef_))
+    meta.intercept_ = float(np.mean(yf - np.column_stack([m.predict(Xf) for m in final.values()]) @ meta.coef_))
     yo = yf[oof_rows]
     log_oof = {"stack": meta.predict(oof[oof_rows]), "har": oof[oof_rows, 0],
                **({"long": oof[oof_rows, 1]} if long else {}),
                "roll": rolling_log_variance(Xf[oof_rows], names, bars)}
     levels = {k: smear(yo - f) for k, f in log_oof.items()}
-    stack.s2 = s2 = float(np.var(yo - log_oof["stack"]))
-    stack.levels = {k: v for k, v in levels.items() if k != "roll"}
+    s2 = float(np.var(yo - log_oof["stack"]))
+    stack = VolStack(final["har"], final["gbt"], meta, s2, rows=int(fit_rows.size), long=final.get("long"),
+                     levels={k: v for k, v in levels.items() if k != "roll"})
     Xc, rvc = X[cal_rows], rv[cal_rows]
     stack.metrics = {
         "held_out_rows": int(cal_rows.size),
