@@ -696,6 +696,10 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
                                                f"[{r['coverage_by_coin']['min']:.3f}, {r['coverage_by_coin']['max']:.3f}]"
                                                if r["coverage_by_coin"].get("coins") else None),
                 "coins in [0.70, 0.90]": pct(r["coverage_by_coin"].get("share_within_0.70_0.90")),
+                "misses below / above": (f"{r['miss_below']:.3f} / {r['miss_above']:.3f}" if "miss_below" in r
+                                         else None),
+                "a range at exactly nominal, here: coverage [90%] overall / by tercile; share within the band":
+                    _resolution(r.get("calibrated_resolution")),
                 "median width": pct(r["median_width"]), "interval score [90%]": iv(r, "interval_score"),
                 "served minus this [90%]": (iv({"d": m["ranges"]["served_minus_best_reference"]}, "d")
                                             if name == m["ranges"].get("best_reference") else
@@ -741,7 +745,9 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
          "'served minus this' is negative where the served range is better (interval for the best reference). The "
          "same rows leave out the served range's first horizon (the previous served range had no outcome yet) and "
          "young coins (GARCH needs 250 returns): the last rows judge the served range on every row it served, and "
-         "the last column against each reference on every row the two share",
+         "the last column against each reference on every row the two share. On those rows, the column 'a range at "
+         "exactly nominal' says what such a range would measure there: a test of few independent horizon windows "
+         "cannot tell its coverage from nominal more finely than that",
          range_rows),
         ("Volatility forecast: realized Parkinson variance over the horizon; QLIKE (lower is better) and R2 of log "
          "variance, the stack against HAR alone and the 30-bar rolling mean", vol_rows),
@@ -769,6 +775,17 @@ def _cov_interval(x: dict | None) -> str | None:
     if not x or x.get("interval", [None])[0] is None:
         return None
     return f"[{x['interval'][0]:.3f}, {x['interval'][1]:.3f}]"
+
+
+def _resolution(x: dict | None) -> str | None:
+    """How far the rows can tell a coverage from nominal: a range at exactly nominal would measure within these
+    intervals (overall / low / mid / high tercile), and within +-band of nominal everywhere in this share of draws."""
+    if not x or x.get("interval", [None])[0] is None:
+        return None
+    ivs = [x["interval"], *x["by_vol_tercile_interval"]]
+    return (" / ".join(f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "-" for lo, hi in ivs)
+            + f"; within +-{x['band']:.2f}: {x['within_band_overall']:.0%} overall, "
+              f"{x['within_band_everywhere']:.0%} everywhere")
 
 
 def _inside(t: HorizonTest) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -6,7 +6,10 @@ naive rolling-volatility range, a HAR range and a GARCH(1,1) range per coin (nor
 sd). Each is judged by coverage (overall, by tercile of the served volatility forecast, by coin), median width and
 the interval score of Gneiting & Raftery (2007), width + 2/alpha x the distance by which the outcome missed,
 which rewards coverage and sharpness together; means and differences carry block-bootstrap intervals over
-non-overlapping horizon windows. The volatility forecast is judged by QLIKE and R2 of log variance against HAR
+non-overlapping horizon windows. Misses are told apart by side (below the range, above it: a market that drifted
+one way through the test). The served range's own rows also say what a range at exactly the nominal level would
+measure on them (`calibrated_resolution`): a test of a few independent horizon windows cannot tell 0.80 from 0.85,
+and the figure says how far it can. The volatility forecast is judged by QLIKE and R2 of log variance against HAR
 alone and the 30-bar rolling mean.
 """
 
@@ -18,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from services.training.volatility import qlike, r2_log
-from shared.ranking import window_interval
+from shared.ranking import horizon_windows, window_interval
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ PREVIOUS = "previous served (q10-q90 + ACI)"
 NAIVE = "naive rolling volatility"
 HAR = "HAR"
 GARCH = "GARCH(1,1)"
+COVERAGE_BAND = 0.03  # how far from the nominal level a measured coverage may lie and count as on target
 
 
 def interval_score(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
@@ -132,11 +136,58 @@ def _judge(t: np.ndarray, c: np.ndarray, y: np.ndarray, v: np.ndarray, lo: np.nd
         "coverage_by_vol_tercile_interval": [
             window_interval(inside[tercile == k].astype(float), t[tercile == k], horizon_ms, seed=seed)
             for k in range(3)],
+        "miss_below": float(np.mean(y < lo)),
+        "miss_above": float(np.mean(y > hi)),
         "coverage_by_coin": _by_coin(inside, c),
         "median_width": float(np.median(hi - lo)),
         "interval_score": window_interval(s, t, horizon_ms, seed=seed),
         "vol_tercile_bounds": [float(x) for x in cuts],
     }, s
+
+
+def calibrated_resolution(t: np.ndarray, y: np.ndarray, v: np.ndarray, horizon_ms: int, alpha: float, *,
+                          band: float = COVERAGE_BAND, draws: int = 1000, level: float = 0.90, seed: int = 0) -> dict:
+    """What a range at exactly the nominal level 1 - alpha would measure on these rows (outcomes y, volatility
+    forecasts v, decision times t): the rows' own |y| / v ranked within each tercile of v, the lowest 1 - alpha
+    share of each tercile covered, so its coverage is nominal overall and in every tercile; then whole horizon
+    windows resampled (as every interval here). Returned: the 90% intervals of its coverage, overall and by
+    tercile, and the share of draws within `band` of nominal overall and everywhere at once. The draws keep the
+    coins of one window together (they move together); neighbouring windows of overlapping outcomes still share
+    news, so the intervals are if anything too narrow."""
+    nominal = 1.0 - alpha
+    cuts = np.quantile(v, [1 / 3, 2 / 3])
+    tercile = np.digitize(v, cuts)
+    inside = np.zeros(y.size, dtype=bool)
+    for k in range(3):
+        rows = np.flatnonzero(tercile == k)
+        order = rows[np.argsort(np.abs(y[rows]) / v[rows], kind="stable")]
+        inside[order[:int(round(nominal * rows.size))]] = True
+    _, w = np.unique(horizon_windows(t, horizon_ms), return_inverse=True)
+    n_w = int(w.max()) + 1 if w.size else 0
+    cell = w * 3 + tercile
+    hits = np.bincount(cell, weights=inside.astype(float), minlength=3 * n_w).reshape(n_w, 3)
+    rows = np.bincount(cell, minlength=3 * n_w).reshape(n_w, 3).astype(float)
+    out: dict = {"nominal": nominal, "band": band, "windows": n_w, "draws": draws, "level": level,
+                 "coverage": float(inside.mean()) if y.size else None,
+                 "coverage_by_vol_tercile": [float(inside[tercile == k].mean()) if (tercile == k).any() else None
+                                             for k in range(3)]}
+    if n_w < 2:
+        return {**out, "interval": [None, None], "by_vol_tercile_interval": [[None, None]] * 3,
+                "within_band_overall": None, "within_band_everywhere": None}
+    k = np.random.default_rng(seed).multinomial(n_w, np.full(n_w, 1.0 / n_w), size=draws).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        overall = (k @ hits.sum(axis=1)) / (k @ rows.sum(axis=1))
+        by = (k @ hits) / (k @ rows)  # a draw without a tercile's rows: NaN, never within the band
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+
+    def near(x):
+        return np.abs(x - nominal) <= band + 1e-12
+
+    return {**out, "interval": [float(np.quantile(overall, lo)), float(np.quantile(overall, hi))],
+            "by_vol_tercile_interval": [[float(np.nanquantile(by[:, j], lo)), float(np.nanquantile(by[:, j], hi))]
+                                        if rows[:, j].any() else [None, None] for j in range(3)],
+            "within_band_overall": float(np.mean(near(overall))),
+            "within_band_everywhere": float(np.mean(near(overall) & near(by).all(axis=1)))}
 
 
 def range_metrics(ts: np.ndarray, coin: np.ndarray, fwd: np.ndarray, ranges: dict[str, np.ndarray],
@@ -156,6 +207,8 @@ def range_metrics(ts: np.ndarray, coin: np.ndarray, fwd: np.ndarray, ranges: dic
         if own.any():
             out["served_own_rows"], served_s = _judge(ts[own], coin[own], fwd[own], vol[own], ranges[SERVED][own, 0],
                                                       ranges[SERVED][own, 1], horizon_ms, alpha, seed)
+            out["served_own_rows"]["calibrated_resolution"] = calibrated_resolution(
+                ts[own], fwd[own], vol[own], horizon_ms, alpha, seed=seed)
             out["served_minus_reference_pairwise"] = {}
             for name, r in ranges.items():
                 both = own & np.isfinite(r[:, 0])

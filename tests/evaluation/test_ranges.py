@@ -11,6 +11,7 @@ import pytest
 from services.evaluation.ranges import (
     HAR,
     SERVED,
+    calibrated_resolution,
     garch_sigma,
     interval_score,
     range_metrics,
@@ -84,6 +85,44 @@ def test_the_served_range_is_also_judged_on_every_row_it_served_and_against_each
     assert pair["late"]["rows"] == y.size - 150 and pair["late"]["mean"] == pytest.approx(0.0)
     d = interval_score(served[:, 0], served[:, 1], y, 0.2) - interval_score(wide[:, 0], wide[:, 1], y, 0.2)
     assert pair["wide"]["rows"] == y.size and pair["wide"]["mean"] == pytest.approx(d.mean())
+
+
+def test_misses_are_told_apart_by_side():
+    y = np.array([-2.0, -0.5, 0.0, 0.5, 1.5, 2.5, 3.0, 0.2, -0.1, 0.9])
+    lo, hi = np.full(y.size, -1.0), np.full(y.size, 1.0)
+    ts, coin = np.arange(y.size) * DAY, np.full(y.size, "A")
+    m = range_metrics(ts, coin, y, {SERVED: np.column_stack([lo, hi])}, np.ones(y.size), DAY, 0.2)
+    own = m["served_own_rows"]
+    assert own["miss_below"] == pytest.approx(0.1) and own["miss_above"] == pytest.approx(0.3)
+    assert own["coverage"] + own["miss_below"] + own["miss_above"] == pytest.approx(1.0)
+
+
+def test_a_range_at_exactly_nominal_says_how_finely_the_rows_can_tell_its_coverage():
+    """Independent outcomes: the interval is the binomial one. The same number of rows in twelve windows whose
+    coins move together: far wider, and a band of +-0.03 is rarely met everywhere by a range exactly at 80%."""
+    rng = np.random.default_rng(6)
+    n = 3000
+    ts = np.arange(n) * DAY
+    v = rng.choice([0.01, 0.03, 0.09], n)
+    y = rng.normal(0, v)
+    alone = calibrated_resolution(ts, y, v, DAY, 0.2, seed=1)
+    assert alone["windows"] == n and alone["coverage"] == pytest.approx(0.8, abs=1e-3)
+    assert all(c == pytest.approx(0.8, abs=2e-3) for c in alone["coverage_by_vol_tercile"])
+    half = 1.645 * np.sqrt(0.8 * 0.2 / n)
+    lo, hi = alone["interval"]
+    assert lo == pytest.approx(0.8 - half, abs=0.25 * half) and hi == pytest.approx(0.8 + half, abs=0.25 * half)
+    assert alone["within_band_everywhere"] > 0.9
+    # Twelve 30-day windows of 250 rows each (coins of 30 days): one shared move per window.
+    windows, per = 12, 250
+    ts_w = np.repeat(np.arange(windows) * 30 * DAY, per) + np.tile(np.arange(per) % 30 * DAY, windows)
+    shared = np.repeat(rng.normal(0, 1.0, windows), per)
+    y_w = v * (shared + rng.normal(0, 0.5, n))
+    together = calibrated_resolution(ts_w, y_w, v, 30 * DAY, 0.2, seed=1)
+    assert together["windows"] == windows and together["coverage"] == pytest.approx(0.8, abs=1e-3)
+    w_lo, w_hi = together["interval"]
+    assert w_hi - w_lo > 3 * (hi - lo)
+    assert together["within_band_everywhere"] < 0.5 < alone["within_band_everywhere"]
+    assert together["within_band_everywhere"] <= together["within_band_overall"]
 
 
 def test_qlike_prefers_the_forecast_that_knows_the_variance():
