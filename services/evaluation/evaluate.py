@@ -698,8 +698,6 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
                 "coins in [0.70, 0.90]": pct(r["coverage_by_coin"].get("share_within_0.70_0.90")),
                 "misses below / above": (f"{r['miss_below']:.3f} / {r['miss_above']:.3f}" if "miss_below" in r
                                          else None),
-                "a range at exactly nominal, here: coverage [90%] overall / by tercile; share within the band":
-                    _resolution(r.get("calibrated_resolution")),
                 "median width": pct(r["median_width"]), "interval score [90%]": iv(r, "interval_score"),
                 "served minus this [90%]": (iv({"d": m["ranges"]["served_minus_best_reference"]}, "d")
                                             if name == m["ranges"].get("best_reference") else
@@ -745,10 +743,14 @@ def write_report(out: Path, metrics: dict, tests: dict[str, HorizonTest], bt: di
          "'served minus this' is negative where the served range is better (interval for the best reference). The "
          "same rows leave out the served range's first horizon (the previous served range had no outcome yet) and "
          "young coins (GARCH needs 250 returns): the last rows judge the served range on every row it served, and "
-         "the last column against each reference on every row the two share. On those rows, the column 'a range at "
-         "exactly nominal' says what such a range would measure there: a test of few independent horizon windows "
-         "cannot tell its coverage from nominal more finely than that",
+         "the last column against each reference on every row the two share",
          range_rows),
+        (f"How finely the served range's own rows tell coverage from {nominal:.0%}: a range at exactly {nominal:.0%} "
+         "there (the rows' own |r| / forecast volatility, the lowest share of each volatility tercile covered), its "
+         "coverage over resampled horizon windows; a test of few independent windows cannot tell a coverage from "
+         "nominal more finely than these intervals",
+         [_resolution_row(h, m["ranges"]["served_own_rows"]) for h, m in metrics["horizons"].items()
+          if "calibrated_resolution" in ((m.get("ranges") or {}).get("served_own_rows") or {})]),
         ("Volatility forecast: realized Parkinson variance over the horizon; QLIKE (lower is better) and R2 of log "
          "variance, the stack against HAR alone and the 30-bar rolling mean", vol_rows),
         ("Which coins beat the others (per decision time, over the universe's coins; intervals resample "
@@ -777,15 +779,21 @@ def _cov_interval(x: dict | None) -> str | None:
     return f"[{x['interval'][0]:.3f}, {x['interval'][1]:.3f}]"
 
 
-def _resolution(x: dict | None) -> str | None:
-    """How far the rows can tell a coverage from nominal: a range at exactly nominal would measure within these
-    intervals (overall / low / mid / high tercile), and within +-band of nominal everywhere in this share of draws."""
-    if not x or x.get("interval", [None])[0] is None:
-        return None
+def _resolution_row(h: str, own: dict) -> dict:
+    """How finely the served range's own rows tell coverage from nominal: what a range at exactly nominal would
+    measure there (90% intervals, overall and by tercile; how often within +-band), beside what the served one did."""
+    x = own["calibrated_resolution"]
     ivs = [x["interval"], *x["by_vol_tercile_interval"]]
-    return (" / ".join(f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "-" for lo, hi in ivs)
-            + f"; within +-{x['band']:.2f}: {x['within_band_overall']:.0%} overall, "
-              f"{x['within_band_everywhere']:.0%} everywhere")
+    has = x["interval"][0] is not None
+    return {"horizon": h, "independent windows": x["windows"],
+            "served: coverage (low / mid / high)": f"{own['coverage']:.3f} ("
+            + " / ".join(f"{c:.3f}" if c is not None else "-" for c in own["coverage_by_vol_tercile"]) + ")",
+            "served: misses below / above": f"{own['miss_below']:.3f} / {own['miss_above']:.3f}",
+            "exact range: coverage [90%], overall / low / mid / high": " / ".join(
+                f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "-" for lo, hi in ivs) if has else None,
+            f"exact range within +-{x['band']:.2f}: overall": f"{x['within_band_overall']:.0%}" if has else None,
+            f"exact range within +-{x['band']:.2f}: overall and every tercile":
+                f"{x['within_band_everywhere']:.0%}" if has else None}
 
 
 def _inside(t: HorizonTest) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -73,6 +73,15 @@ def test_evaluate_writes_metrics_report_and_backtest(shared_data, tmp_path, monk
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f'src="{png}"' in html
     assert "wrote" in capsys.readouterr().err
+    # How finely the served range's rows tell coverage from 80%, beside its misses by side.
+    for h in ("24h", "7d"):
+        own = metrics["horizons"][h]["ranges"]["served_own_rows"]
+        res = own["calibrated_resolution"]
+        assert own["coverage"] + own["miss_below"] + own["miss_above"] == pytest.approx(1.0)
+        assert res["coverage"] == pytest.approx(0.8, abs=0.01) and res["windows"] > 1
+        assert res["interval"][0] < 0.8 < res["interval"][1]
+        assert 0 <= res["within_band_everywhere"] <= res["within_band_overall"] <= 1
+    assert "own rows tell coverage from 80%: a range at exactly 80% there" in html
 
     # The ranges judged again on the stored rows: with the same settings, the same figures; with other range rules,
     # the served range changes and the references that do not depend on them (naive, GARCH) do not.
