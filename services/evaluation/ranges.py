@@ -159,9 +159,9 @@ def calibrated_resolution(t: np.ndarray, y: np.ndarray, v: np.ndarray, horizon_m
     tercile = np.digitize(v, cuts)
     inside = np.zeros(y.size, dtype=bool)
     for k in range(3):
-        rows = np.flatnonzero(tercile == k)
-        order = rows[np.argsort(np.abs(y[rows]) / v[rows], kind="stable")]
-        inside[order[:int(round(nominal * rows.size))]] = True
+        mine = np.flatnonzero(tercile == k)
+        order = mine[np.argsort(np.abs(y[mine]) / v[mine], kind="stable")]
+        inside[order[:int(round(nominal * mine.size))]] = True
     _, w = np.unique(horizon_windows(t, horizon_ms), return_inverse=True)
     n_w = int(w.max()) + 1 if w.size else 0
     cell = w * 3 + tercile
