@@ -125,9 +125,11 @@ def predict(ctx: StepContext, ref: RunRef) -> PredictOutput:
         out.no_model = (trained.trained.get(h) if trained else None) or "no CURRENT model"
         return out
     done = logbook.logged_decision(lake, h, t_now)
-    if done is not None:
+    if done is not None and done[0] != ref.run_id:
         # This decision time was predicted by an earlier run (an hourly run meets the daily close many times):
-        # its predictions stand, and this run serves them instead of predicting the same decision again.
+        # its predictions stand, and this run serves them instead of predicting the same decision again. Logged by
+        # this run itself (stopped after writing them, before recording the step), they are its own: predicted
+        # again below, the same rows, the logged file kept, so the step says what an uninterrupted one says.
         by, key, rows = done
         earlier = ctx.output(by, "predict", h)
         out.predicted_by, out.log_key, out.predictions = by, key, len(rows)

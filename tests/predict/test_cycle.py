@@ -377,6 +377,31 @@ def test_each_step_runs_alone_from_what_the_previous_step_stored(source, lake_di
     assert a == w
 
 
+def test_a_run_stopped_after_logging_its_predictions_and_run_again_counts_them_as_its_own(
+        source, lake_dir, env, tmp_path):
+    """Stopped after a horizon's predictions were logged and before its step was recorded (a kill can land there),
+    the run, run again, predicts that horizon again: the logged file is kept, and the summary is that of a run never
+    stopped (its new predictions are its own, not an earlier run's)."""
+    as_of = "2024-05-06T00:00:00Z"
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    for lake in (whole, stopped):
+        copy_models(lake_dir, lake)
+    expected = run(source, whole, as_of)
+    first = run(source, stopped, as_of)
+    steps = stopped / f"runs/run_id={first['run_id']}/steps"
+    cut = (steps / "predict/7d.json").stat().st_mtime_ns
+    for p in [*steps.rglob("*.json"), steps.parent / "summary.json"]:
+        if p.stat().st_mtime_ns >= cut:  # the 7d step's record and everything recorded after it
+            p.unlink()
+    logged = {p: p.read_bytes() for p in stopped.glob("predictions/horizon=7d/date=*/*.parquet")}
+    assert logged and not (steps / "predict/7d.json").exists()
+    again = run(source, stopped, as_of)
+    assert {p: p.read_bytes() for p in stopped.glob("predictions/horizon=7d/date=*/*.parquet")} == logged
+    assert again["run_id"] == first["run_id"] and again["new_predictions"] == expected["new_predictions"] == 10
+    for key in ("predictions", "coins_predicted", "actionable", "excluded", "served_from_earlier_runs"):
+        assert again[key] == expected[key], key
+
+
 def test_a_step_without_its_stored_input_fails_with_a_code(source, tmp_path, env, capsys):
     assert cli.main(["step", "ingest", "--source", str(source), "--as-of", "2024-05-03T00:00:00Z",
                      "--lake", str(tmp_path)]) == 0
