@@ -104,6 +104,12 @@ def _coverage(lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (y >= lo) & (y <= hi)
 
 
+def _terciles(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds between the volatility forecast's terciles on these rows, and each row's tercile (0 calm, 2 wild)."""
+    cuts = np.quantile(v, [1 / 3, 2 / 3])
+    return cuts, np.digitize(v, cuts)
+
+
 def _by_coin(inside: np.ndarray, coin: np.ndarray, min_rows: int = 20) -> dict:
     names, which = np.unique(coin, return_inverse=True)
     counts = np.bincount(which)
@@ -121,8 +127,7 @@ def _judge(t: np.ndarray, c: np.ndarray, y: np.ndarray, v: np.ndarray, lo: np.nd
            horizon_ms: int, alpha: float, seed: int) -> tuple[dict, np.ndarray]:
     """One range on one set of rows: coverage (overall, by tercile of the served volatility forecast on these rows,
     by coin) with window-bootstrap intervals, median width, interval score; and the per-row interval scores."""
-    cuts = np.quantile(v, [1 / 3, 2 / 3])
-    tercile = np.digitize(v, cuts)
+    cuts, tercile = _terciles(v)
     inside = _coverage(lo, hi, y)
     s = interval_score(lo, hi, y, alpha)
     return {
@@ -155,8 +160,7 @@ def calibrated_resolution(t: np.ndarray, y: np.ndarray, v: np.ndarray, horizon_m
     coins of one window together (they move together); neighbouring windows of overlapping outcomes still share
     news, so the intervals are if anything too narrow."""
     nominal = 1.0 - alpha
-    cuts = np.quantile(v, [1 / 3, 2 / 3])
-    tercile = np.digitize(v, cuts)
+    _, tercile = _terciles(v)
     inside = np.zeros(y.size, dtype=bool)
     for k in range(3):
         mine = np.flatnonzero(tercile == k)
